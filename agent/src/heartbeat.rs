@@ -1,0 +1,234 @@
+//! `edge.health` heartbeats: this node's own, and the watch over its children's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nexus_config::Mode;
+use nexus_federation::{Encoding, Envelope, Link, LinkState, Outbox, SignedEvent};
+use nexus_policies::SecretKey;
+use serde_json::{json, Map, Value};
+use time::OffsetDateTime;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// The event name of heartbeats.
+pub const EVENT_NAME: &str = "edge.health";
+
+/// What a heartbeat reports besides the host's figures.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    /// This node's id.
+    pub node_id: String,
+    /// This node's mode.
+    pub mode: Mode,
+    /// The key that signs it.
+    pub key: SecretKey,
+    /// How often.
+    pub interval: Duration,
+    /// The parent link (member, hub).
+    pub uplink: Option<Link>,
+    /// This node's own NATS (hub, root; optional for member).
+    pub local: Option<Link>,
+    /// Where heartbeats are queued.
+    pub outbox: Outbox,
+    /// The watch over children (hub, root).
+    pub children: Option<Children>,
+}
+
+impl Heartbeat {
+    /// Emits a heartbeat now and every `interval` until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let started = Instant::now();
+        let mut host = Host::new();
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut full_warned = false;
+        // Give the links one interval to come up, so that the first heartbeat of a normal
+        // start does not report a degraded node that is merely still connecting.
+        let links: Vec<&Link> = self.uplink.iter().chain(self.local.iter()).collect();
+        let all_connected = futures::future::join_all(links.iter().map(|link| link.wait_connected(&shutdown)));
+        let _ = tokio::time::timeout(self.interval, all_connected).await;
+        loop {
+            // Cancel safety: a tick is only a timer; nothing is lost by dropping it.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let payload = self.payload(started.elapsed(), &mut host);
+            let envelope = Envelope::new(EVENT_NAME, &self.node_id, None, payload, OffsetDateTime::now_utc());
+            let event = match SignedEvent::seal(&envelope, Encoding::Json, &self.key) {
+                Ok(event) => event,
+                Err(error) => {
+                    warn!(%error, "Cannot build a heartbeat.");
+                    continue;
+                }
+            };
+            match self.outbox.push(event) {
+                Ok(_) => {
+                    full_warned = false;
+                    debug!("Heartbeat queued.");
+                }
+                Err(full) if !full_warned => {
+                    full_warned = true;
+                    warn!(bytes = full.bytes, max_bytes = full.max_bytes, "Outbox full; heartbeats are dropped until the uplink drains it.");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn payload(&self, uptime: Duration, host: &mut Host) -> Map<String, Value> {
+        let (cpu_pct, mem_pct) = host.sample();
+        let links: Vec<&Link> = self.uplink.iter().chain(self.local.iter()).collect();
+        let degraded = links.iter().any(|link| !link.state().connected);
+        let outbox = self.outbox.stats();
+        let mut payload = Map::new();
+        payload.insert("node_id".into(), json!(self.node_id));
+        payload.insert("mode".into(), json!(self.mode.as_str()));
+        payload.insert("status".into(), json!(if degraded { "degraded" } else { "healthy" }));
+        payload.insert("uptime_secs".into(), json!(uptime.as_secs()));
+        payload.insert("cpu_pct".into(), json!(round1(cpu_pct)));
+        payload.insert("mem_pct".into(), json!(round1(mem_pct)));
+        payload.insert("agent_version".into(), json!(env!("CARGO_PKG_VERSION")));
+        if let Some(uplink) = &self.uplink {
+            payload.insert("uplink".into(), link_json(&uplink.state()));
+        }
+        if let Some(local) = &self.local {
+            payload.insert("local".into(), link_json(&local.state()));
+        }
+        payload.insert("outbox".into(), json!({"depth": outbox.depth, "bytes": outbox.bytes}));
+        if let Some(children) = &self.children {
+            let (online, offline) = children.census();
+            payload.insert("children".into(), json!({"online": online, "offline": offline}));
+        }
+        payload
+    }
+}
+
+fn link_json(state: &LinkState) -> Value {
+    json!({
+        "connected": state.connected,
+        "since": nexus_federation::envelope::format_ts(state.since),
+    })
+}
+
+fn round1(value: f32) -> f64 {
+    (f64::from(value) * 10.0).round() / 10.0
+}
+
+/// The host's CPU and memory figures (sysinfo), refreshed per sample.
+struct Host {
+    system: Option<sysinfo::System>,
+}
+
+impl Host {
+    fn new() -> Self {
+        let system = match sysinfo::System::new() {
+            Ok(mut system) => {
+                system.refresh_cpu_usage();
+                system.refresh_memory();
+                Some(system)
+            }
+            Err(error) => {
+                warn!(%error, "Cannot read host figures; heartbeats report cpu_pct and mem_pct as 0.");
+                None
+            }
+        };
+        Self { system }
+    }
+
+    /// CPU % since the previous sample, memory in use %.
+    fn sample(&mut self) -> (f32, f32) {
+        let Some(system) = self.system.as_mut() else { return (0.0, 0.0) };
+        system.refresh_cpu_usage();
+        system.refresh_memory();
+        let total = system.total_memory();
+        let used = total.saturating_sub(system.available_memory());
+        let mem = if total == 0 { 0.0 } else { (used as f64 / total as f64 * 100.0) as f32 };
+        (system.global_cpu_usage(), mem)
+    }
+}
+
+/// The last heartbeat of every child, to tell online from silent ones.
+#[derive(Debug, Clone)]
+pub struct Children {
+    offline_after: Duration,
+    seen: Arc<Mutex<HashMap<String, ChildState>>>,
+}
+
+#[derive(Debug)]
+struct ChildState {
+    last: Instant,
+    reported_offline: bool,
+}
+
+impl Children {
+    /// A watch that calls a child offline after `offline_after` of silence.
+    pub fn new(offline_after: Duration) -> Self {
+        Self { offline_after, seen: Arc::default() }
+    }
+
+    /// Records a verified heartbeat of `node_id`.
+    pub fn heard(&self, node_id: &str, now: Instant) {
+        let Ok(mut seen) = self.seen.lock() else { return };
+        match seen.get_mut(node_id) {
+            Some(state) => {
+                if state.reported_offline {
+                    info!(node_id, "Child is back online.");
+                }
+                state.last = now;
+                state.reported_offline = false;
+            }
+            None => {
+                // Bound the table: a fleet far larger than this is served by more hubs.
+                if seen.len() < 100_000 {
+                    info!(node_id, "Child seen for the first time.");
+                    seen.insert(node_id.to_owned(), ChildState { last: now, reported_offline: false });
+                }
+            }
+        }
+    }
+
+    /// Marks silent children offline (logging each once); returns (online, offline).
+    pub fn census_at(&self, now: Instant) -> (usize, usize) {
+        let Ok(mut seen) = self.seen.lock() else { return (0, 0) };
+        let mut online = 0;
+        let mut offline = 0;
+        for (node_id, state) in seen.iter_mut() {
+            if now.duration_since(state.last) > self.offline_after {
+                offline += 1;
+                if !state.reported_offline {
+                    state.reported_offline = true;
+                    warn!(node_id = %node_id, silent_secs = now.duration_since(state.last).as_secs(), "Child went silent; reporting it offline.");
+                }
+            } else {
+                online += 1;
+            }
+        }
+        (online, offline)
+    }
+
+    fn census(&self) -> (usize, usize) {
+        self.census_at(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silent_child_is_offline_until_heard_again() {
+        let children = Children::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        children.heard("edge-01", t0);
+        children.heard("edge-02", t0);
+        assert_eq!(children.census_at(t0 + Duration::from_secs(10)), (2, 0));
+        children.heard("edge-02", t0 + Duration::from_secs(20));
+        assert_eq!(children.census_at(t0 + Duration::from_secs(31)), (1, 1));
+        children.heard("edge-01", t0 + Duration::from_secs(40));
+        assert_eq!(children.census_at(t0 + Duration::from_secs(41)), (2, 0));
+    }
+}

@@ -1,0 +1,92 @@
+//! The nexus-agent binary: CLI → config → tracing → build → run → exit code.
+//!
+//! Exit codes: 0 success; 1 runtime failure; 2 bad config or bad command line.
+//!
+//! # Layout
+//! - `cli`: the command line (clap).
+//! - `run`: mode assembly, supervision, shutdown, logging.
+//! - `heartbeat`: `edge.health` emission and the watch over children.
+//! - `keygen`: key pair creation and loading.
+//! - `tail`: printing envelopes from a subject.
+
+mod cli;
+mod heartbeat;
+mod keygen;
+mod run;
+mod tail;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match nexus_config::load(&config) {
+            Ok(config) => {
+                println!("{}", config.redacted());
+                eprintln!("{}: OK", display_source(&config));
+                ExitCode::SUCCESS
+            }
+            Err(errors) => config_failed(&errors),
+        },
+        Command::Keygen { out, force } => match keygen::keygen(&out, force) {
+            Ok(public) => {
+                eprintln!("Wrote {} (secret, mode 0600) and {}.", out.display(), keygen::public_path(&out).display());
+                println!("{public}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => failed(&error),
+        },
+        Command::Tail { pattern, server, json, count } => {
+            runtime(async move { tail::tail(&pattern, &server, json, count).await })
+        }
+        Command::Run { config } => {
+            let config = match nexus_config::load(&config) {
+                Ok(config) => config,
+                Err(errors) => return config_failed(&errors),
+            };
+            if let Err(error) = run::init_logging(&config.log) {
+                eprintln!("error: {error:#}");
+                return ExitCode::from(2);
+            }
+            runtime(async move {
+                let result = run::run(config).await;
+                if let Err(error) = &result {
+                    tracing::error!(error = format!("{error:#}"), "nexus-agent failed.");
+                }
+                result
+            })
+        }
+    }
+}
+
+fn runtime<F>(future: F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return failed(&anyhow::Error::new(error).context("cannot start the async runtime")),
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => failed(&error),
+    }
+}
+
+fn failed(error: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {error:#}");
+    ExitCode::FAILURE
+}
+
+fn config_failed(errors: &nexus_config::ConfigErrors) -> ExitCode {
+    eprintln!("{errors}");
+    ExitCode::from(2)
+}
+
+fn display_source(config: &nexus_config::Config) -> String {
+    config.source.as_ref().map_or_else(|| "config".to_owned(), |p| p.display().to_string())
+}

@@ -1,0 +1,220 @@
+//! `nexus-agent run`: builds the subsystems a mode needs and supervises them.
+//!
+//! One shutdown story: a root `CancellationToken` (a child per subsystem) and a
+//! `TaskTracker`. SIGINT/SIGTERM cancel it; so does the first subsystem that exits on its
+//! own (reported as an error). Then every subsystem drains within the grace period.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nexus_config::{Config, Mode};
+use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
+use nexus_federation::ingress::{Destination, Ingress, LandingStream};
+use nexus_federation::uplink::Uplink;
+use nexus_federation::{Link, Outbox};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::heartbeat::{Children, Heartbeat, EVENT_NAME};
+use crate::keygen::load_secret;
+
+/// How long subsystems get to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1800);
+
+/// Runs the agent until a signal or a subsystem failure. `Ok` means a clean shutdown.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let node = &config.node;
+    let key = load_secret(&node.key)?;
+    info!(
+        node_id = %node.id,
+        mode = %node.mode,
+        public_key = %key.public(),
+        version = env!("CARGO_PKG_VERSION"),
+        "Starting nexus-agent."
+    );
+    let client_name = format!("nexus-agent {} {}", node.mode, node.id);
+    let uplink = match &config.uplink {
+        Some(link) => Some(Link::connect("uplink", link, &client_name).await?),
+        None => None,
+    };
+    let local = match &config.local {
+        Some(link) => Some(Link::connect("local", link, &client_name).await?),
+        None => None,
+    };
+    // Where this node's own events go: the parent's ingress, or (root) its own.
+    let next_hop = match (node.mode, &uplink, &local) {
+        (Mode::Member | Mode::Hub, Some(uplink), _) => uplink.clone(),
+        (Mode::Root, _, Some(local)) => local.clone(),
+        // Validation guarantees these sections; say so plainly if that ever breaks.
+        _ => anyhow::bail!("mode {} lacks the NATS link it needs (config validation should have caught this)", node.mode),
+    };
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let failed = Arc::new(AtomicBool::new(false));
+    let outbox = Outbox::in_memory(config.outbox.max_bytes);
+    let max_backoff = config.uplink.as_ref().or(config.local.as_ref()).map_or(Duration::from_secs(10), |l| l.reconnect_max_delay);
+
+    supervise(&tracker, &shutdown, &failed, "uplink", {
+        let pump = Uplink::new(next_hop, outbox.clone(), config.outbox.batch, max_backoff);
+        let token = shutdown.child_token();
+        async move {
+            pump.run(token).await;
+        }
+    });
+
+    let children = match (node.mode, &local) {
+        (Mode::Hub | Mode::Root, Some(local)) => {
+            let children = Children::new(config.heartbeat.offline_after);
+            let destination = match (node.mode, &uplink) {
+                (Mode::Hub, Some(uplink)) => Destination::Parent(uplink.clone()),
+                _ => Destination::Landing(local.clone()),
+            };
+            let watch = children.clone();
+            let own_id = node.id.clone();
+            let ingress = Ingress::new(local.clone(), config.ingress.clone(), destination, MAX_ENVELOPE_BYTES)
+                .with_observer(Arc::new(move |envelope| {
+                    if envelope.event_name == EVENT_NAME && envelope.source != own_id {
+                        watch.heard(&envelope.source, Instant::now());
+                    }
+                }));
+            let token = shutdown.child_token();
+            let landing_link = (node.mode == Mode::Root).then(|| local.clone());
+            supervise(&tracker, &shutdown, &failed, "ingress", async move {
+                if let Some(link) = landing_link {
+                    if !ensure_landing(&link, &token).await {
+                        return;
+                    }
+                }
+                ingress.run(token).await;
+            });
+            Some(children)
+        }
+        _ => None,
+    };
+
+    let heartbeat = Heartbeat {
+        node_id: node.id.clone(),
+        mode: node.mode,
+        key,
+        interval: config.heartbeat.interval,
+        uplink: uplink.clone(),
+        local: local.clone(),
+        outbox: outbox.clone(),
+        children,
+    };
+    supervise(&tracker, &shutdown, &failed, "heartbeat", heartbeat.run(shutdown.child_token()));
+    tracker.close();
+
+    // Cancel safety: both branches only wait; the subsystems run in their own tasks.
+    tokio::select! {
+        signal = shutdown_signal() => info!(%signal, "Shutting down."),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+    let started = Instant::now();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        warn!(grace_ms = SHUTDOWN_GRACE.as_millis() as u64, "Subsystems did not finish in time; exiting anyway.");
+    }
+    // Whatever the client still buffers gets a last chance to reach the socket.
+    let rest = SHUTDOWN_GRACE.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+    for link in uplink.iter().chain(local.iter()) {
+        let _ = tokio::time::timeout(rest, link.client().flush()).await;
+    }
+    let pending = outbox.stats();
+    info!(outbox_depth = pending.depth, elapsed_ms = started.elapsed().as_millis() as u64, "Stopped.");
+    if failed.load(Ordering::SeqCst) {
+        anyhow::bail!("a subsystem stopped unexpectedly (see the log above)");
+    }
+    Ok(())
+}
+
+/// Spawns a subsystem; if it returns before shutdown was requested, that is a failure:
+/// it is reported and everything else is cancelled.
+fn supervise<F>(tracker: &TaskTracker, shutdown: &CancellationToken, failed: &Arc<AtomicBool>, name: &'static str, task: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let shutdown = shutdown.clone();
+    let failed = Arc::clone(failed);
+    tracker.spawn(async move {
+        task.await;
+        if !shutdown.is_cancelled() {
+            error!(subsystem = name, "Subsystem stopped unexpectedly; shutting the agent down.");
+            failed.store(true, Ordering::SeqCst);
+            shutdown.cancel();
+        }
+    });
+}
+
+/// Creates the root's landing streams, retrying while its NATS is unreachable.
+async fn ensure_landing(link: &Link, shutdown: &CancellationToken) -> bool {
+    let backoff = nexus_federation::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let stream = LandingStream::core();
+    let mut attempt = 0;
+    loop {
+        if !link.wait_connected(shutdown).await {
+            return false;
+        }
+        match stream.ensure(link).await {
+            Ok(()) => {
+                info!(stream = %stream.name, subjects = ?stream.subjects, "Landing stream ready.");
+                return true;
+            }
+            Err(error) if attempt == 0 => warn!(stream = %stream.name, %error, "Cannot create the landing stream; retrying."),
+            Err(_) => {}
+        }
+        let delay = backoff.delay_now(attempt);
+        attempt += 1;
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            warn!(%error, "Cannot listen for SIGTERM; only Ctrl-C stops the agent.");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// Sets up tracing as the config says (`RUST_LOG`, when set, overrides `log.level`).
+pub fn init_logging(config: &nexus_config::LogConfig) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    use std::io::IsTerminal as _;
+    let (source, mut directives) = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.is_empty() => ("RUST_LOG", value),
+        _ => ("log.level", config.level.clone()),
+    };
+    // The NATS client logs every (re)connect at INFO; the agent logs link state changes
+    // itself, once, so the client is kept to warnings unless asked for explicitly.
+    if !directives.contains("async_nats") {
+        directives.push_str(",async_nats=warn");
+    }
+    let filter = EnvFilter::try_new(&directives)
+        .with_context(|| format!("{source} = `{directives}` is not a valid log filter"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match config.format {
+        nexus_config::LogFormat::Json => builder.json().flatten_event(true).init(),
+        nexus_config::LogFormat::Human => builder.with_target(false).init(),
+    }
+    Ok(())
+}

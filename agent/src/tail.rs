@@ -1,0 +1,85 @@
+//! `nexus-agent tail`: decoded envelopes on a subject pattern, one line each.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
+use nexus_federation::provenance::{HDR_CONTENT_TYPE, HDR_SIGNATURE, HDR_SIGNER};
+use nexus_federation::{Encoding, Envelope};
+use nexus_policies::{PublicKey, Signature};
+
+/// Subscribes to `pattern` on `server` and prints until Ctrl-C (or `count` envelopes).
+pub async fn tail(pattern: &str, server: &str, json: bool, count: Option<u64>) -> anyhow::Result<()> {
+    let client = async_nats::ConnectOptions::new()
+        .name("nexus-agent tail")
+        .connection_timeout(Duration::from_secs(5))
+        .connect(server)
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    let mut subscription = client
+        .subscribe(pattern.to_owned())
+        .await
+        .with_context(|| format!("cannot subscribe to `{pattern}`"))?;
+    client.flush().await.with_context(|| format!("cannot subscribe to `{pattern}`"))?;
+    eprintln!("Tailing `{pattern}` on {server} (Ctrl-C stops).");
+    let mut seen = 0u64;
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        // Cancel safety: a message not yet returned by `next` stays in the subscription.
+        let message = tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            message = subscription.next() => message,
+        };
+        let Some(message) = message else { break };
+        let line = render(&message, json);
+        if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
+            break; // stdout closed (e.g. piped into `head`)
+        }
+        seen += 1;
+        if count.is_some_and(|count| seen >= count) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn render(message: &async_nats::Message, json: bool) -> String {
+    let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+    let decoded = Encoding::from_content_type(header(HDR_CONTENT_TYPE).as_deref())
+        .and_then(|encoding| Envelope::decode(&message.payload, encoding, MAX_ENVELOPE_BYTES));
+    let envelope = match decoded {
+        Ok(envelope) => envelope,
+        Err(error) => {
+            return format!("{}  <not an envelope: {error}; {} bytes>", message.subject, message.payload.len());
+        }
+    };
+    if json {
+        return serde_json::to_string(&envelope).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    }
+    let signature = match (header(HDR_SIGNER), header(HDR_SIGNATURE)) {
+        (Some(signer), Some(sig)) => match (PublicKey::parse(&signer), Signature::parse(&sig)) {
+            (Ok(key), Ok(sig)) if key.verify(&message.payload, &sig).is_ok() => "sig:ok",
+            _ => "sig:BAD",
+        },
+        _ => "sig:none",
+    };
+    let payload = serde_json::to_string(&envelope.payload).unwrap_or_default();
+    format!(
+        "{}  {}  {}  {}  {}  {}",
+        envelope.ts,
+        message.subject,
+        envelope.source,
+        envelope.event_name,
+        signature,
+        shorten(&payload, 120)
+    )
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}

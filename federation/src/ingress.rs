@@ -1,0 +1,336 @@
+//! The ingress pump of a hub or root: the children's traffic lands in a JetStream stream on
+//! this node's NATS; a durable consumer (shared by every instance of this node) takes it,
+//! verifies each message, publishes it onward with a JetStream publish (dedup id =
+//! event_id) and acks its own consumer only after the onward PubAck.
+//!
+//! Onward is the parent's ingress for a hub, and the landing subject (captured by the
+//! landing streams) for the root. Bodies are forwarded byte for byte.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{self, StorageType};
+use async_nats::jetstream::{AckKind, Message};
+use futures::future::join_all;
+use futures::StreamExt as _;
+use nexus_config::IngressConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::envelope::Envelope;
+use crate::link::Link;
+use crate::provenance::{SignedEvent, VerifyError};
+use crate::ratelog::RateLimitedLog;
+use crate::subject;
+
+/// Where verified traffic goes next.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// A hub: the parent's ingress (`_nexus.ingress.{subject}` on the uplink).
+    Parent(Link),
+    /// The root: the event subject on its own NATS, captured by the landing streams.
+    Landing(Link),
+}
+
+impl Destination {
+    fn link(&self) -> &Link {
+        match self {
+            Destination::Parent(link) | Destination::Landing(link) => link,
+        }
+    }
+
+    fn subject_for(&self, event: &SignedEvent) -> String {
+        match self {
+            Destination::Parent(_) => subject::ingress_subject(&event.subject),
+            Destination::Landing(_) => event.subject.clone(),
+        }
+    }
+}
+
+/// Live counters of an ingress pump.
+#[derive(Debug, Default)]
+pub struct IngressCounters {
+    /// Messages taken from the ingress stream.
+    pub received: AtomicU64,
+    /// Messages acknowledged by the destination.
+    pub forwarded: AtomicU64,
+    /// Of those, reported as already stored (dedup hit).
+    pub duplicates: AtomicU64,
+    /// Messages refused (never forwarded).
+    pub rejected: AtomicU64,
+    /// Onward publish failures (retried).
+    pub failures: AtomicU64,
+}
+
+/// Called with every verified envelope (e.g. to watch children's heartbeats).
+pub type Observer = Arc<dyn Fn(&Envelope) + Send + Sync>;
+
+/// The ingress pump.
+pub struct Ingress {
+    local: Link,
+    config: IngressConfig,
+    destination: Destination,
+    max_body: usize,
+    observer: Option<Observer>,
+    counters: Arc<IngressCounters>,
+}
+
+impl std::fmt::Debug for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingress")
+            .field("config", &self.config)
+            .field("destination", &self.destination.link().role())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ingress {
+    /// A pump reading `config.stream` on `local` and sending to `destination`.
+    pub fn new(local: Link, config: IngressConfig, destination: Destination, max_body: usize) -> Self {
+        Self {
+            local,
+            config,
+            destination,
+            max_body,
+            observer: None,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Calls `observer` with every verified envelope.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The pump's counters (shared, live).
+    pub fn counters(&self) -> Arc<IngressCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// Runs until `shutdown`: sets up the stream and consumer (retrying while the local
+    /// server is unreachable), then pumps.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut log = RateLimitedLog::new(Duration::from_secs(60));
+        let mut attempt = 0u32;
+        while !shutdown.is_cancelled() {
+            if !self.local.wait_connected(&shutdown).await {
+                break;
+            }
+            match self.consumer().await {
+                Ok(consumer) => {
+                    attempt = 0;
+                    self.pump(consumer, &shutdown, &mut log).await;
+                }
+                Err(error) => {
+                    if log.check("setup", Instant::now()).is_some() {
+                        warn!(stream = %self.config.stream, %error, "Cannot set up the ingress stream; retrying.");
+                    }
+                }
+            }
+            let delay = backoff.delay_now(attempt);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn consumer(&self) -> Result<PullConsumer, async_nats::Error> {
+        let js = self.local.jetstream();
+        let stream = js
+            .create_or_update_stream(stream::Config {
+                name: self.config.stream.clone(),
+                subjects: vec![format!("{}.>", subject::INGRESS_PREFIX)],
+                max_bytes: self.config.max_bytes,
+                max_age: self.config.max_age,
+                duplicate_window: self.config.duplicate_window,
+                storage: StorageType::File,
+                ..Default::default()
+            })
+            .await?;
+        let name = &stream.config.name;
+        let consumer = js
+            .create_consumer_on_stream(
+                pull::Config {
+                    durable_name: Some(self.config.consumer.clone()),
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy: DeliverPolicy::All,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: i64::try_from(self.config.batch * 4).unwrap_or(1024),
+                    ..Default::default()
+                },
+                name,
+            )
+            .await?;
+        info!(stream = %name, consumer = %self.config.consumer, "Ingress ready.");
+        Ok(consumer)
+    }
+
+    async fn pump(&self, consumer: PullConsumer, shutdown: &CancellationToken, log: &mut RateLimitedLog) {
+        let messages = match consumer.messages().await {
+            Ok(messages) => messages,
+            Err(error) => {
+                warn!(%error, "Cannot start consuming the ingress stream; retrying.");
+                return;
+            }
+        };
+        let mut chunks = messages.ready_chunks(self.config.batch.max(1));
+        loop {
+            // Cancel safety: a chunk not yet returned stays unacked in JetStream and is
+            // redelivered after ack_wait; nothing is lost by dropping this future.
+            let chunk = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else {
+                debug!("Ingress message stream ended; re-subscribing.");
+                return;
+            };
+            let mut batch = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                match item {
+                    Ok(message) => batch.push(message),
+                    Err(error) => {
+                        if log.check("consume", Instant::now()).is_some() {
+                            warn!(%error, "Ingress consumer error; continuing.");
+                        }
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.process(batch, shutdown, log).await;
+            }
+        }
+    }
+
+    /// Verifies, forwards and acks one batch. The batch is finished even during shutdown,
+    /// bounded by the destination's request timeout, so that in-flight work is not dropped.
+    async fn process(&self, batch: Vec<Message>, shutdown: &CancellationToken, log: &mut RateLimitedLog) {
+        self.counters.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut verified = Vec::with_capacity(batch.len());
+        for message in batch {
+            let opened = subject::strip_ingress(message.subject.as_str())
+                .ok_or(VerifyError::SubjectMismatch {
+                    expected: format!("{}.…", subject::INGRESS_PREFIX),
+                    got: message.subject.to_string(),
+                })
+                .and_then(|event_subject| {
+                    SignedEvent::open(event_subject, message.headers.as_ref(), message.payload.clone(), self.max_body)
+                });
+            match opened {
+                Ok((event, envelope)) => {
+                    if let Some(observer) = &self.observer {
+                        observer(&envelope);
+                    }
+                    verified.push((message, event));
+                }
+                Err(error) => self.reject(&message, &error, log).await,
+            }
+        }
+        if verified.is_empty() {
+            return;
+        }
+        let destination = self.destination.link();
+        if !destination.state().connected {
+            // Hand the batch back at once rather than waiting out ack_wait.
+            for (message, _) in &verified {
+                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+            destination.wait_connected(shutdown).await;
+            return;
+        }
+        let js = destination.jetstream();
+        let mut sends = Vec::with_capacity(verified.len());
+        for (message, event) in verified {
+            let publish = PublishMessage::build().payload(event.body.clone()).headers(event.headers());
+            let sent = js.send_publish(self.destination.subject_for(&event), publish).await;
+            sends.push((message, sent));
+        }
+        let (messages, sent): (Vec<_>, Vec<_>) = sends.into_iter().unzip();
+        let acks = join_all(sent.into_iter().map(|sent| async move {
+            match sent {
+                Ok(ack) => ack.await,
+                Err(error) => Err(error),
+            }
+        }))
+        .await;
+        for (message, ack) in messages.into_iter().zip(acks) {
+            match ack {
+                Ok(ack) => {
+                    self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                    self.counters.duplicates.fetch_add(u64::from(ack.duplicate), Ordering::Relaxed);
+                    if let Err(error) = message.ack().await {
+                        // The destination has it; a redelivery will be deduplicated there.
+                        debug!(%error, "Ack of a forwarded message failed; it may be redelivered.");
+                    }
+                }
+                Err(error) => {
+                    self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    if log.check(&format!("forward:{:?}", error.kind()), Instant::now()).is_some() {
+                        warn!(%error, link = destination.role(), "Forwarding failed; the message will be retried.");
+                    }
+                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+            }
+        }
+    }
+
+    async fn reject(&self, message: &Message, error: &VerifyError, log: &mut RateLimitedLog) {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        let reason = error.reason();
+        if let Some(suppressed) = log.check(reason, Instant::now()) {
+            warn!(reason, %error, subject = %message.subject, suppressed, "Envelope rejected; it is not forwarded.");
+        }
+        // Term: never redeliver what cannot be verified.
+        if let Err(error) = message.ack_with(AckKind::Term).await {
+            debug!(%error, "Term of a rejected message failed; it may be redelivered and rejected again.");
+        }
+    }
+}
+
+/// A JetStream stream the root lands events in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LandingStream {
+    /// Stream name.
+    pub name: String,
+    /// Subjects it captures.
+    pub subjects: Vec<String>,
+    /// How long events are kept.
+    pub max_age: Duration,
+    /// `Nats-Msg-Id` dedup window.
+    pub duplicate_window: Duration,
+}
+
+impl LandingStream {
+    /// The default landing of system events (`nexus._core.>`: heartbeats, audit).
+    pub fn core() -> Self {
+        Self {
+            name: "NEXUS_CORE".into(),
+            subjects: vec![format!("{}.{}.>", subject::EVENT_PREFIX, subject::CORE_TENANT)],
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+
+    /// Creates or updates the stream.
+    pub async fn ensure(&self, link: &Link) -> Result<(), async_nats::Error> {
+        link.jetstream()
+            .create_or_update_stream(stream::Config {
+                name: self.name.clone(),
+                subjects: self.subjects.clone(),
+                max_age: self.max_age,
+                duplicate_window: self.duplicate_window,
+                storage: StorageType::File,
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,214 @@
+//! A NATS connection that starts without its server, reconnects forever with backoff,
+//! notices a dead peer within a few ping intervals, and publishes its state on a `watch`.
+//!
+//! Pitfalls designed around (see PITFALLS.md): `retry_on_initial_connect` is on, so an edge
+//! agent starts while its uplink is down; the ping interval defaults to 5 s, not NATS' 60 s;
+//! state changes are logged once, and a failing reconnect is logged once per distinct
+//! error, not on every attempt.
+
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream;
+use nexus_config::LinkConfig;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+
+/// The observable state of a link.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkState {
+    /// Whether the client is connected now.
+    pub connected: bool,
+    /// Since when it has been in this state.
+    pub since: OffsetDateTime,
+    /// The last connection error, while disconnected.
+    pub last_error: Option<String>,
+}
+
+/// Why a link could not be set up at all (connection failures are retried, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The URL or options were refused by the client.
+    #[error("cannot set up the {role} link to {url}: {source}")]
+    Setup {
+        /// `uplink` or `local`.
+        role: &'static str,
+        /// The configured URL (credentials redacted).
+        url: String,
+        /// The client's error.
+        source: async_nats::ConnectError,
+    },
+}
+
+/// A NATS connection with its JetStream context and observable state.
+#[derive(Debug, Clone)]
+pub struct Link {
+    role: &'static str,
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    state: watch::Receiver<LinkState>,
+}
+
+impl Link {
+    /// Starts connecting to `config.url` in the background and returns at once.
+    pub async fn connect(
+        role: &'static str,
+        config: &LinkConfig,
+        client_name: &str,
+    ) -> Result<Self, LinkError> {
+        let (tx, rx) = watch::channel(LinkState {
+            connected: false,
+            since: OffsetDateTime::now_utc(),
+            last_error: None,
+        });
+        let tx = Arc::new(tx);
+        let last_logged_error = Arc::new(Mutex::new(None::<String>));
+        let url_for_log = redact_url(&config.url);
+        let backoff = Backoff::new(std::time::Duration::from_millis(100), config.reconnect_max_delay);
+
+        let events_tx = Arc::clone(&tx);
+        let events_url = url_for_log.clone();
+        let options = async_nats::ConnectOptions::new()
+            .name(client_name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .ping_interval(config.ping_interval)
+            .connection_timeout(config.connect_timeout)
+            .request_timeout(Some(config.request_timeout))
+            .reconnect_delay_callback(move |attempts| {
+                backoff.delay_now(u32::try_from(attempts).unwrap_or(u32::MAX))
+            })
+            .event_callback(move |event| {
+                let tx = Arc::clone(&events_tx);
+                let last_logged_error = Arc::clone(&last_logged_error);
+                let url = events_url.clone();
+                async move { on_event(role, &url, event, &tx, &last_logged_error) }
+            });
+        let client = options
+            .connect(config.url.as_str())
+            .await
+            .map_err(|source| LinkError::Setup { role, url: url_for_log, source })?;
+        let mut jetstream = jetstream::new(client.clone());
+        jetstream.set_timeout(config.request_timeout);
+        Ok(Self { role, client, jetstream, state: rx })
+    }
+
+    /// `uplink` or `local`.
+    pub fn role(&self) -> &'static str {
+        self.role
+    }
+
+    /// The core NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context (publish acks time out after the link's `request_timeout`).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    /// The current state.
+    pub fn state(&self) -> LinkState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver of state changes.
+    pub fn watch(&self) -> watch::Receiver<LinkState> {
+        self.state.clone()
+    }
+
+    /// Waits until connected; `false` if `shutdown` fired first.
+    pub async fn wait_connected(&self, shutdown: &CancellationToken) -> bool {
+        let mut state = self.state.clone();
+        // Cancel safety: `wait_for` only borrows the receiver; dropping it loses nothing.
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            result = state.wait_for(|s| s.connected) => result.is_ok(),
+        }
+    }
+}
+
+fn on_event(
+    role: &'static str,
+    url: &str,
+    event: async_nats::Event,
+    tx: &watch::Sender<LinkState>,
+    last_logged_error: &Mutex<Option<String>>,
+) {
+    use async_nats::Event;
+    let now = OffsetDateTime::now_utc();
+    match event {
+        Event::Connected => {
+            info!(link = role, %url, "Link connected.");
+            if let Ok(mut last) = last_logged_error.lock() {
+                *last = None;
+            }
+            tx.send_replace(LinkState { connected: true, since: now, last_error: None });
+        }
+        Event::Disconnected => {
+            warn!(link = role, %url, "Link disconnected; reconnecting with backoff.");
+            tx.send_replace(LinkState { connected: false, since: now, last_error: None });
+        }
+        Event::ClientError(error) => {
+            let error = error.to_string();
+            let first_of_its_kind = match last_logged_error.lock() {
+                Ok(mut last) if last.as_deref() != Some(error.as_str()) => {
+                    *last = Some(error.clone());
+                    true
+                }
+                _ => false,
+            };
+            if first_of_its_kind {
+                warn!(link = role, %url, %error, "Link cannot connect; retrying until it can.");
+            } else {
+                debug!(link = role, %url, %error, "Link connect attempt failed.");
+            }
+            tx.send_modify(|state| state.last_error = Some(error));
+        }
+        Event::ServerError(error) => warn!(link = role, %url, %error, "Server reported an error."),
+        Event::SlowConsumer(sid) => {
+            warn!(link = role, %url, sid, "Subscription fell behind; the client dropped messages.")
+        }
+        Event::LameDuckMode => info!(link = role, %url, "Server is entering lame duck mode."),
+        Event::Draining | Event::Closed => debug!(link = role, %url, %event, "Link event."),
+    }
+}
+
+/// `nats://user:secret@host` → `nats://user:***@host`; URLs without a password unchanged.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let Some((scheme, rest)) = one.split_once("://") else {
+                return one.to_owned();
+            };
+            match rest.split_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split(':').next().unwrap_or_default();
+                    if userinfo.contains(':') {
+                        format!("{scheme}://{user}:***@{host}")
+                    } else {
+                        format!("{scheme}://***@{host}")
+                    }
+                }
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_and_tokens_are_redacted_from_urls() {
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redact_url("nats://u:p@h:1"), "nats://u:***@h:1");
+        assert_eq!(redact_url("tls://tok@h:1,nats://h2:2"), "tls://***@h:1,nats://h2:2");
+    }
+}

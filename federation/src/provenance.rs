@@ -1,0 +1,276 @@
+//! Provenance: who signed an envelope's exact bytes, carried in NATS headers beside the body.
+//!
+//! Headers of every federated message:
+//! - `Nats-Msg-Id`: the envelope's `event_id` (JetStream dedup at every durable hop);
+//! - `Content-Type`: `application/json` or `application/cbor`;
+//! - `Nexus-Signer`: the origin node's public key (`ed25519:…`);
+//! - `Nexus-Sig`: Ed25519 signature over the exact body bytes (unpadded base64url).
+//!
+//! The body is forwarded unchanged by every tier, so the root, or any consumer, can check
+//! the origin's signature end to end. The subject is not signed; it is derived from the
+//! signed body and checked against it instead.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use nexus_policies::{PublicKey, SecretKey, Signature};
+
+use crate::envelope::{Encoding, Envelope, EnvelopeError};
+
+/// JetStream's dedup header.
+pub const HDR_MSG_ID: &str = "Nats-Msg-Id";
+/// The body's encoding.
+pub const HDR_CONTENT_TYPE: &str = "Content-Type";
+/// The origin node's public key.
+pub const HDR_SIGNER: &str = "Nexus-Signer";
+/// The origin's signature over the body.
+pub const HDR_SIGNATURE: &str = "Nexus-Sig";
+
+/// An encoded, signed envelope: what the outbox keeps and every tier forwards.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignedEvent {
+    /// The event subject at the root (`nexus.…`), derived from the body.
+    pub subject: String,
+    /// The envelope's `event_id`.
+    pub event_id: String,
+    /// How `body` is encoded.
+    pub encoding: Encoding,
+    /// The exact signed bytes.
+    pub body: Bytes,
+    /// The origin's key.
+    pub signer: PublicKey,
+    /// The origin's signature over `body`.
+    pub signature: Signature,
+}
+
+/// Why a message was not accepted as a signed event. Each variant maps to a stable reason
+/// code (`reason()`) used in counters, logs and the dead-letter store.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum VerifyError {
+    /// A required header is absent.
+    #[error("missing header `{0}`")]
+    MissingHeader(&'static str),
+    /// A header is present but unusable.
+    #[error("bad header `{header}`: {reason}")]
+    BadHeader {
+        /// The header's name.
+        header: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The signature does not verify over the body with the presented key.
+    #[error("signature does not verify over the body")]
+    BadSignature,
+    /// The body is not a valid envelope.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The subject it arrived on is not the one its body names.
+    #[error("arrived on `{got}` but the body belongs on `{expected}`")]
+    SubjectMismatch {
+        /// The subject derived from the body.
+        expected: String,
+        /// The subject it arrived on.
+        got: String,
+    },
+    /// `Nats-Msg-Id` is not the body's `event_id`.
+    #[error("Nats-Msg-Id does not match the body's event_id")]
+    MsgIdMismatch,
+}
+
+impl VerifyError {
+    /// A stable, short reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::MissingHeader(_) | VerifyError::BadHeader { .. } => "bad_headers",
+            VerifyError::BadSignature => "bad_signature",
+            VerifyError::Envelope(EnvelopeError::TooLarge { .. }) => "oversized",
+            VerifyError::Envelope(_) => "malformed",
+            VerifyError::SubjectMismatch { .. } => "subject_mismatch",
+            VerifyError::MsgIdMismatch => "msg_id_mismatch",
+        }
+    }
+}
+
+impl SignedEvent {
+    /// Encodes and signs an envelope with this node's key.
+    pub fn seal(
+        envelope: &Envelope,
+        encoding: Encoding,
+        key: &SecretKey,
+    ) -> Result<Self, EnvelopeError> {
+        envelope.validate()?;
+        let body = Bytes::from(envelope.encode(encoding)?);
+        let signature = key.sign(&body);
+        Ok(Self {
+            subject: envelope.subject(),
+            event_id: envelope.event_id.clone(),
+            encoding,
+            body,
+            signer: key.public(),
+            signature,
+        })
+    }
+
+    /// The NATS headers that carry this event's provenance.
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(HDR_MSG_ID, self.event_id.as_str());
+        headers.insert(HDR_CONTENT_TYPE, self.encoding.content_type());
+        headers.insert(HDR_SIGNER, self.signer.to_string().as_str());
+        headers.insert(HDR_SIGNATURE, self.signature.to_string().as_str());
+        headers
+    }
+
+    /// The bytes this event adds beside its body on the wire (header names and values).
+    pub fn overhead_bytes(&self) -> usize {
+        self.headers()
+            .iter()
+            .map(|(name, values)| {
+                values
+                    .iter()
+                    .map(|v| name.to_string().len() + 4 + v.as_str().len())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Verifies a received message: signature over the exact body first (no parsing of
+    /// unsigned bytes), then the envelope, then that `subject` is the one the body names.
+    /// Returns the event (to forward unchanged) and the decoded envelope.
+    pub fn open(
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        body: Bytes,
+        max_body: usize,
+    ) -> Result<(Self, Envelope), VerifyError> {
+        if body.len() > max_body {
+            return Err(EnvelopeError::TooLarge { size: body.len(), max: max_body }.into());
+        }
+        let header = |name: &'static str| -> Result<&str, VerifyError> {
+            headers
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str())
+                .ok_or(VerifyError::MissingHeader(name))
+        };
+        let bad = |header: &'static str, reason: String| VerifyError::BadHeader { header, reason };
+        let signer =
+            PublicKey::parse(header(HDR_SIGNER)?).map_err(|e| bad(HDR_SIGNER, e.to_string()))?;
+        let signature = Signature::parse(header(HDR_SIGNATURE)?)
+            .map_err(|e| bad(HDR_SIGNATURE, e.to_string()))?;
+        signer
+            .verify(&body, &signature)
+            .map_err(|_| VerifyError::BadSignature)?;
+        let encoding = Encoding::from_content_type(headers.and_then(|h| h.get(HDR_CONTENT_TYPE)).map(|v| v.as_str()))?;
+        let envelope = Envelope::decode(&body, encoding, max_body)?;
+        let expected = envelope.subject();
+        if expected != subject {
+            return Err(VerifyError::SubjectMismatch { expected, got: subject.to_owned() });
+        }
+        if header(HDR_MSG_ID)? != envelope.event_id {
+            return Err(VerifyError::MsgIdMismatch);
+        }
+        let event = Self {
+            subject: expected,
+            event_id: envelope.event_id.clone(),
+            encoding,
+            body,
+            signer,
+            signature,
+        };
+        Ok((event, envelope))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::MAX_ENVELOPE_BYTES;
+
+    fn key(n: u8) -> SecretKey {
+        SecretKey::from_seed(&[n; 32]).expect("strong key")
+    }
+
+    fn health(source: &str) -> Envelope {
+        Envelope::new("edge.health", source, None, serde_json::Map::new(), time::OffsetDateTime::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn a_sealed_event_opens_with_its_headers_in_both_encodings() {
+        for encoding in [Encoding::Json, Encoding::Cbor] {
+            let envelope = health("edge-01");
+            let event = SignedEvent::seal(&envelope, encoding, &key(1)).expect("seals");
+            let headers = event.headers();
+            let (opened, decoded) =
+                SignedEvent::open(&event.subject, Some(&headers), event.body.clone(), MAX_ENVELOPE_BYTES)
+                    .expect("opens");
+            assert_eq!(opened, event);
+            assert_eq!(decoded, envelope);
+        }
+    }
+
+    #[test]
+    fn a_changed_byte_breaks_the_signature() {
+        let event = SignedEvent::seal(&health("edge-01"), Encoding::Json, &key(1)).expect("seals");
+        let mut body = event.body.to_vec();
+        let at = body.len() / 2;
+        body[at] ^= 1;
+        let result = SignedEvent::open(&event.subject, Some(&event.headers()), body.into(), MAX_ENVELOPE_BYTES);
+        assert_eq!(result.map(|_| ()), Err(VerifyError::BadSignature));
+    }
+
+    #[test]
+    fn a_signature_by_another_key_is_refused() {
+        let event = SignedEvent::seal(&health("edge-01"), Encoding::Json, &key(1)).expect("seals");
+        let mut headers = event.headers();
+        headers.insert(HDR_SIGNER, key(2).public().to_string().as_str());
+        let result = SignedEvent::open(&event.subject, Some(&headers), event.body, MAX_ENVELOPE_BYTES);
+        assert_eq!(result.map(|_| ()), Err(VerifyError::BadSignature));
+    }
+
+    #[test]
+    fn a_body_moved_to_another_subject_is_refused() {
+        let event = SignedEvent::seal(&health("edge-01"), Encoding::Json, &key(1)).expect("seals");
+        let result = SignedEvent::open(
+            "nexus._core.edge.health.edge-02",
+            Some(&event.headers()),
+            event.body,
+            MAX_ENVELOPE_BYTES,
+        );
+        assert!(matches!(result, Err(VerifyError::SubjectMismatch { .. })));
+    }
+
+    #[test]
+    fn missing_or_garbled_headers_are_named() {
+        let event = SignedEvent::seal(&health("edge-01"), Encoding::Json, &key(1)).expect("seals");
+        let result = SignedEvent::open(&event.subject, None, event.body.clone(), MAX_ENVELOPE_BYTES);
+        assert_eq!(result.map(|_| ()), Err(VerifyError::MissingHeader(HDR_SIGNER)));
+        let mut headers = event.headers();
+        headers.insert(HDR_SIGNATURE, "garbage");
+        let result = SignedEvent::open(&event.subject, Some(&headers), event.body.clone(), MAX_ENVELOPE_BYTES);
+        assert!(matches!(result, Err(VerifyError::BadHeader { header: HDR_SIGNATURE, .. })));
+        let mut headers = event.headers();
+        headers.insert(HDR_MSG_ID, "other");
+        let result = SignedEvent::open(&event.subject, Some(&headers), event.body, MAX_ENVELOPE_BYTES);
+        assert_eq!(result.map(|_| ()), Err(VerifyError::MsgIdMismatch));
+    }
+
+    #[test]
+    fn signed_garbage_is_malformed_not_a_panic() {
+        let body = Bytes::from_static(b"\x00\x01garbage");
+        let signer = key(3);
+        let mut headers = HeaderMap::new();
+        headers.insert(HDR_MSG_ID, "x");
+        headers.insert(HDR_SIGNER, signer.public().to_string().as_str());
+        headers.insert(HDR_SIGNATURE, signer.sign(&body).to_string().as_str());
+        let result = SignedEvent::open("nexus._core.x", Some(&headers), body, MAX_ENVELOPE_BYTES);
+        assert_eq!(result.map(|_| ()).map_err(|e| e.reason()), Err("malformed"));
+    }
+
+    #[test]
+    fn the_per_message_overhead_is_small_and_known() {
+        let event = SignedEvent::seal(&health("edge-01"), Encoding::Json, &key(1)).expect("seals");
+        // Msg-Id (36) + content type (16) + signer key (51) + signature (86) + names.
+        let overhead = event.overhead_bytes();
+        assert!(overhead > 36 + 16 + 51 + 86, "{overhead}");
+        assert!(overhead < 300, "{overhead}");
+    }
+}

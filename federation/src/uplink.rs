@@ -1,0 +1,159 @@
+//! The uplink pump: outbox → JetStream publish on the next tier's ingress → PubAck → ack.
+//!
+//! Members and hubs point it at their parent's NATS; the root points it at its own, so that
+//! its own events are verified and landed by its ingress like everybody else's.
+//!
+//! An event leaves the outbox only after the next tier's JetStream acknowledged storing it.
+//! `publish()` returning or `flush()` resolving proves nothing (the client drops its write
+//! buffer on reconnect), so they are never taken as delivery.
+//!
+//! While the link is down the pump waits for it instead of queueing into the client (whose
+//! publish blocks once ~2048 commands are pending): the outbox is the only queue.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::link::Link;
+use crate::outbox::Outbox;
+use crate::provenance::SignedEvent;
+use crate::ratelog::RateLimitedLog;
+use crate::subject;
+
+/// The pump that drains an outbox into a link.
+#[derive(Debug)]
+pub struct Uplink {
+    link: Link,
+    outbox: Outbox,
+    batch: usize,
+    backoff: Backoff,
+}
+
+/// Counters of one uplink, for status and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UplinkCounters {
+    /// Events acknowledged by the next tier.
+    pub acked: u64,
+    /// Of those, how many the next tier reported as duplicates (already stored).
+    pub duplicates: u64,
+    /// Failed publish attempts (each will be retried).
+    pub failures: u64,
+}
+
+impl Uplink {
+    /// A pump sending at most `batch` events before awaiting their acks.
+    pub fn new(link: Link, outbox: Outbox, batch: usize, max_backoff: Duration) -> Self {
+        Self {
+            link,
+            outbox,
+            batch: batch.max(1),
+            backoff: Backoff::new(Duration::from_millis(100), max_backoff),
+        }
+    }
+
+    /// Runs until `shutdown`. On shutdown, what is already queued gets one last bounded try
+    /// while the link is up.
+    pub async fn run(self, shutdown: CancellationToken) -> UplinkCounters {
+        let mut counters = UplinkCounters::default();
+        let mut log = RateLimitedLog::new(Duration::from_secs(60));
+        let mut attempt = 0u32;
+        loop {
+            // Cancel safety: `next_batch` removes nothing; `wait_connected` only watches.
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                batch = self.outbox.next_batch(self.batch) => batch,
+            };
+            if !self.link.wait_connected(&shutdown).await {
+                break;
+            }
+            let failed = self.send(&batch, &mut counters, &mut log).await;
+            if failed == 0 {
+                attempt = 0;
+                continue;
+            }
+            let delay = self.backoff.delay_now(attempt);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.drain_on_shutdown(&mut counters, &mut log).await;
+        counters
+    }
+
+    async fn drain_on_shutdown(&self, counters: &mut UplinkCounters, log: &mut RateLimitedLog) {
+        let pending = self.outbox.stats().depth;
+        if pending == 0 || !self.link.state().connected {
+            if pending > 0 {
+                info!(pending, "Shutting down with events not yet acknowledged upstream.");
+            }
+            return;
+        }
+        let batch = self.outbox.next_batch(self.batch).await;
+        self.send(&batch, counters, log).await;
+        let left = self.outbox.stats().depth;
+        debug!(sent = batch.len(), left, "Flushed the outbox on shutdown.");
+    }
+
+    /// Publishes a batch and waits for every ack; returns how many failed.
+    async fn send(
+        &self,
+        batch: &[(u64, SignedEvent)],
+        counters: &mut UplinkCounters,
+        log: &mut RateLimitedLog,
+    ) -> usize {
+        let js = self.link.jetstream();
+        let mut pending = Vec::with_capacity(batch.len());
+        for (seq, event) in batch {
+            let message = PublishMessage::build()
+                .payload(event.body.clone())
+                .headers(event.headers());
+            match js.send_publish(subject::ingress_subject(&event.subject), message).await {
+                Ok(ack) => pending.push((*seq, ack)),
+                Err(error) => {
+                    note_failure(log, error.kind(), &error.to_string());
+                    counters.failures += 1;
+                }
+            }
+        }
+        let sent = pending.len();
+        let (seqs, acks): (Vec<u64>, Vec<_>) = pending.into_iter().unzip();
+        let results = join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
+        let mut acked = Vec::with_capacity(sent);
+        for (seq, result) in seqs.into_iter().zip(results) {
+            match result {
+                Ok(ack) => {
+                    counters.acked += 1;
+                    counters.duplicates += u64::from(ack.duplicate);
+                    acked.push(seq);
+                }
+                Err(error) => {
+                    note_failure(log, error.kind(), &error.to_string());
+                    counters.failures += 1;
+                }
+            }
+        }
+        self.outbox.ack(&acked);
+        batch.len() - acked.len()
+    }
+}
+
+fn note_failure(log: &mut RateLimitedLog, kind: PublishErrorKind, error: &str) {
+    let cause = format!("{kind:?}");
+    if let Some(suppressed) = log.check(&cause, Instant::now()) {
+        let hint = match kind {
+            PublishErrorKind::StreamNotFound => {
+                "no ingress stream answers yet (is the next tier's agent running?)"
+            }
+            PublishErrorKind::TimedOut => "the next tier did not acknowledge in time",
+            _ => "publish failed",
+        };
+        warn!(%error, suppressed, hint, "Uplink publish failed; events stay in the outbox and will be retried.");
+    }
+}

@@ -1,0 +1,239 @@
+//! Ed25519 node keys and their text forms.
+//!
+//! Text forms (what configs, key files and tokens carry):
+//! - public key: `ed25519:` followed by the 32 key bytes in unpadded base64url (43 chars);
+//! - secret key file: `ed25519-secret:` followed by the 32-byte seed in unpadded base64url,
+//!   one line.
+//!
+//! Weak (small-order) public keys are refused wherever a key is parsed, and signatures are
+//! checked with `verify_strict` only.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use zeroize::Zeroizing;
+
+use crate::error::KeyError;
+
+const PUBLIC_PREFIX: &str = "ed25519:";
+const SECRET_PREFIX: &str = "ed25519-secret:";
+
+/// A node's public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey(VerifyingKey);
+
+/// A node's secret key. Its bytes are zeroized on drop and never printed.
+#[derive(Clone)]
+pub struct SecretKey(SigningKey);
+
+/// An Ed25519 signature over exact bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature(ed25519_dalek::Signature);
+
+impl PublicKey {
+    /// Parses the `ed25519:…` text form, refusing weak keys.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let body = text
+            .trim()
+            .strip_prefix(PUBLIC_PREFIX)
+            .ok_or(KeyError::MissingPrefix { expected: PUBLIC_PREFIX })?;
+        let bytes = decode_32(body)?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Builds a key from its 32 raw bytes, refusing weak keys.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::InvalidPoint)?;
+        if key.is_weak() {
+            return Err(KeyError::Weak);
+        }
+        Ok(Self(key))
+    }
+
+    /// The 32 raw bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// Checks `signature` over exactly `message` (strict: no malleable or weak-key forms).
+    pub fn verify(&self, message: &[u8], signature: &Signature) -> Result<(), KeyError> {
+        self.0
+            .verify_strict(message, &signature.0)
+            .map_err(|_| KeyError::BadSignature)
+    }
+}
+
+impl std::fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{PUBLIC_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.0.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl std::str::FromStr for PublicKey {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl SecretKey {
+    /// Builds a key from a 32-byte seed (the caller supplies the randomness: this crate
+    /// does no I/O). Refuses a seed whose public key would be weak.
+    pub fn from_seed(seed: &[u8; 32]) -> Result<Self, KeyError> {
+        let key = SigningKey::from_bytes(seed);
+        if key.verifying_key().is_weak() {
+            return Err(KeyError::Weak);
+        }
+        Ok(Self(key))
+    }
+
+    /// Parses the contents of a secret key file.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let body = text
+            .trim()
+            .strip_prefix(SECRET_PREFIX)
+            .ok_or(KeyError::MissingPrefix { expected: SECRET_PREFIX })?;
+        let seed = Zeroizing::new(decode_32(body)?);
+        Self::from_seed(&seed)
+    }
+
+    /// The contents of a secret key file (one line, newline-terminated).
+    pub fn to_file_text(&self) -> Zeroizing<String> {
+        let seed = Zeroizing::new(self.0.to_bytes());
+        Zeroizing::new(format!("{SECRET_PREFIX}{}\n", URL_SAFE_NO_PAD.encode(&*seed)))
+    }
+
+    /// The matching public key.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key())
+    }
+
+    /// Signs exactly `message`.
+    pub fn sign(&self, message: &[u8]) -> Signature {
+        Signature(self.0.sign(message))
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey(public: {}, secret: <redacted>)", self.public())
+    }
+}
+
+impl Signature {
+    /// Parses the unpadded base64url text form (86 chars).
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let mut bytes = [0u8; 64];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(text.trim(), &mut bytes)
+            .map_err(|_| KeyError::BadEncoding)?;
+        if n != 64 {
+            return Err(KeyError::BadLength { expected: 64, got: n });
+        }
+        Ok(Self(ed25519_dalek::Signature::from_bytes(&bytes)))
+    }
+
+    /// The 64 raw bytes.
+    pub fn to_bytes(&self) -> [u8; 64] {
+        self.0.to_bytes()
+    }
+}
+
+impl std::fmt::Display for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&URL_SAFE_NO_PAD.encode(self.0.to_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signature({self})")
+    }
+}
+
+fn decode_32(text: &str) -> Result<[u8; 32], KeyError> {
+    // Decode into a larger buffer so that an over-long input is reported as a length error.
+    let mut buf = Zeroizing::new([0u8; 48]);
+    let n = URL_SAFE_NO_PAD
+        .decode_slice(text, &mut *buf)
+        .map_err(|_| KeyError::BadEncoding)?;
+    if n != 32 {
+        return Err(KeyError::BadLength { expected: 32, got: n });
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&buf[..32]);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> SecretKey {
+        SecretKey::from_seed(&[n; 32]).expect("seed gives a strong key")
+    }
+
+    #[test]
+    fn public_key_text_form_round_trips() {
+        let public = key(7).public();
+        let text = public.to_string();
+        assert!(text.starts_with("ed25519:"));
+        assert_eq!(text.len(), "ed25519:".len() + 43);
+        assert_eq!(PublicKey::parse(&text), Ok(public));
+    }
+
+    #[test]
+    fn secret_key_file_round_trips_and_debug_hides_the_secret() {
+        let secret = key(9);
+        let text = secret.to_file_text();
+        let parsed = SecretKey::parse(&text).expect("parses");
+        assert_eq!(parsed.public(), secret.public());
+        let seed_text = text.trim().trim_start_matches("ed25519-secret:").to_string();
+        assert!(!format!("{parsed:?}").contains(&seed_text));
+    }
+
+    #[test]
+    fn a_signature_verifies_only_over_the_exact_bytes_and_key() {
+        let secret = key(1);
+        let sig = secret.sign(b"body");
+        assert_eq!(secret.public().verify(b"body", &sig), Ok(()));
+        assert_eq!(secret.public().verify(b"body ", &sig), Err(KeyError::BadSignature));
+        assert_eq!(key(2).public().verify(b"body", &sig), Err(KeyError::BadSignature));
+        let reparsed = Signature::parse(&sig.to_string()).expect("parses");
+        assert_eq!(reparsed, sig);
+    }
+
+    #[test]
+    fn weak_public_keys_are_refused() {
+        // The identity point (a small-order point) encoded as 0x01 followed by zeros.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert_eq!(PublicKey::from_bytes(&identity), Err(KeyError::Weak));
+        let text = format!("ed25519:{}", URL_SAFE_NO_PAD.encode(identity));
+        assert_eq!(PublicKey::parse(&text), Err(KeyError::Weak));
+    }
+
+    #[test]
+    fn malformed_key_texts_get_precise_errors() {
+        assert_eq!(
+            PublicKey::parse("abc"),
+            Err(KeyError::MissingPrefix { expected: "ed25519:" })
+        );
+        assert_eq!(PublicKey::parse("ed25519:!!!"), Err(KeyError::BadEncoding));
+        assert_eq!(
+            PublicKey::parse("ed25519:AAAA"),
+            Err(KeyError::BadLength { expected: 32, got: 3 })
+        );
+        assert_eq!(
+            SecretKey::parse("ed25519:AAAA").map(|k| k.public()),
+            Err(KeyError::MissingPrefix { expected: "ed25519-secret:" })
+        );
+        assert_eq!(Signature::parse("AAAA"), Err(KeyError::BadLength { expected: 64, got: 3 }));
+    }
+}
