@@ -173,8 +173,9 @@ mod tests {
         let outbox = Outbox::in_memory(one * 2);
         outbox.push(event(0)).expect("room");
         outbox.push(event(1)).expect("room");
-        let full = outbox.push(event(2)).expect_err("full");
-        assert_eq!(full.event.body, event(2).body);
+        let third = event(2);
+        let full = outbox.push(third.clone()).expect_err("full");
+        assert_eq!(*full.event, third, "the refused event is given back whole");
         assert_eq!(outbox.stats(), OutboxStats { depth: 2, bytes: one * 2 });
         let seqs: Vec<u64> = outbox.next_batch(1).await.into_iter().map(|(s, _)| s).collect();
         outbox.ack(&seqs);

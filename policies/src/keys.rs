@@ -106,7 +106,7 @@ impl SecretKey {
     /// The contents of a secret key file (one line, newline-terminated).
     pub fn to_file_text(&self) -> Zeroizing<String> {
         let seed = Zeroizing::new(self.0.to_bytes());
-        Zeroizing::new(format!("{SECRET_PREFIX}{}\n", URL_SAFE_NO_PAD.encode(&*seed)))
+        Zeroizing::new(format!("{SECRET_PREFIX}{}\n", URL_SAFE_NO_PAD.encode(*seed)))
     }
 
     /// The matching public key.

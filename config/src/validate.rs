@@ -1,0 +1,947 @@
+//! The schema walk: the merged figment value → a validated [`Config`], with every problem.
+//!
+//! Why a walk and not `#[derive(Deserialize)]` + `deny_unknown_fields`: serde stops at
+//! the first error, and an operator fixing a config one line per restart is what linkerd
+//! and vector spare theirs. Walking the merged value against the schema below reports
+//! every unknown key, wrong type and bad value at once, each with the file or environment
+//! variable it came from. Unknown keys are refused at every level, exactly as
+//! `deny_unknown_fields` would.
+//!
+//! Defaults live here (not in a figment provider) because the presence of `[uplink]` and
+//! `[local]` means something: a defaults provider would make every config have both.
+
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::value::{Dict, Value};
+use figment::Figment;
+use nexus_policies::SecretKey;
+use zeroize::Zeroizing;
+
+use crate::error::{ConfigError, ConfigErrors, ErrorKind, Origin};
+use crate::model::{
+    Config, HeartbeatConfig, IngressConfig, LinkConfig, LogConfig, LogFormat, Mode, NodeConfig,
+    OutboxConfig,
+};
+use crate::redact::redact_url;
+use crate::source;
+
+const LINK_KEYS: &[&str] = &[
+    "url",
+    "ping_interval",
+    "connect_timeout",
+    "request_timeout",
+    "reconnect_max_delay",
+];
+
+/// Every section and its keys, in the order they are checked and printed.
+const SCHEMA: &[(&str, &[&str])] = &[
+    ("node", &["id", "mode", "tenant", "key", "data_dir"]),
+    ("uplink", LINK_KEYS),
+    ("local", LINK_KEYS),
+    ("heartbeat", &["interval", "offline_after"]),
+    ("log", &["level", "format"]),
+    ("outbox", &["max_bytes", "batch"]),
+    (
+        "ingress",
+        &[
+            "stream",
+            "consumer",
+            "max_bytes",
+            "max_age",
+            "duplicate_window",
+            "batch",
+        ],
+    ),
+];
+
+/// `ping_interval`, `connect_timeout`, `request_timeout` default.
+const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+/// `reconnect_max_delay` default.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(10);
+/// `heartbeat.interval` default; `offline_after` defaults to this many intervals.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+const OFFLINE_AFTER_INTERVALS: u32 = 3;
+const LOG_LEVEL: &str = "info";
+const OUTBOX_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// `outbox.batch` and `ingress.batch` default and bounds.
+const BATCH: usize = 256;
+const BATCH_RANGE: RangeInclusive<i128> = 1..=10_000;
+const INGRESS_STREAM: &str = "NEXUS_INGRESS";
+const INGRESS_CONSUMER: &str = "nexus-agent";
+const INGRESS_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+const INGRESS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+const INGRESS_DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60);
+/// The longest node id or tenant (a subject token).
+const ID_MAX_LEN: usize = 64;
+const URL_SCHEMES: &[&str] = &["nats", "tls", "ws", "wss"];
+const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// Validates the merged value of `figment` into a [`Config`].
+pub(crate) fn validate(figment: &Figment) -> Result<Config, ConfigErrors> {
+    let root = match figment.find_value("") {
+        Ok(Value::Dict(_, dict)) => dict,
+        Ok(_) => Dict::new(),
+        Err(error) => return Err(ConfigErrors::new(source::provider_errors(error))),
+    };
+    let file = source::config_file(figment);
+    let fallback = match &file {
+        Some(path) => Origin::File(path.clone()),
+        None => Origin::Other("configuration".to_owned()),
+    };
+    let mut reader = Reader {
+        figment,
+        fallback,
+        errors: Vec::new(),
+    };
+    let config = reader.config(&root, file);
+    match config {
+        Some(config) if reader.errors.is_empty() => Ok(config),
+        _ => Err(ConfigErrors::new(reader.errors)),
+    }
+}
+
+/// A problem was recorded; the caller carries on with the next key.
+struct Reported;
+
+/// A value read from the config, with where it came from.
+struct Got<T> {
+    /// The value, as read (and for paths, resolved).
+    value: T,
+    /// The file or environment variable that set it.
+    origin: Origin,
+    /// Its key path, e.g. `node.id`.
+    path: String,
+}
+
+/// A section of the config as found.
+struct Section<'d> {
+    /// The section's name, e.g. `uplink`.
+    name: &'static str,
+    /// Whether the key exists at all (even with the wrong type).
+    present: bool,
+    /// The table, when it exists and is one.
+    dict: Option<&'d Dict>,
+    /// Where the section came from (the config file when it is absent).
+    origin: Origin,
+}
+
+struct Reader<'f> {
+    /// Where the merged value came from: metadata of every provider.
+    figment: &'f Figment,
+    /// Where a missing key or section should be added: the config file, if there is one.
+    fallback: Origin,
+    /// Every problem found so far, in order.
+    errors: Vec<ConfigError>,
+}
+
+impl Reader<'_> {
+    fn push(&mut self, kind: ErrorKind, origin: Origin, key: &str, message: String) {
+        self.errors.push(ConfigError {
+            kind,
+            origin,
+            key: Some(key.to_owned()),
+            message,
+        });
+    }
+
+    fn config(&mut self, root: &Dict, file: Option<PathBuf>) -> Option<Config> {
+        self.unknown_sections(root);
+
+        let node_section = self.section(root, "node");
+        let node = self.node(&node_section);
+        let mode = node.as_ref().and_then(|n| n.mode);
+
+        let uplink_section = self.section(root, "uplink");
+        let uplink = match mode {
+            Some(Mode::Root) if uplink_section.present => {
+                self.push(
+                    ErrorKind::ForbiddenSection,
+                    uplink_section.origin.clone(),
+                    "uplink",
+                    "a root is the top tier and has no uplink: remove the [uplink] section \
+                     (its own NATS goes in [local])"
+                        .to_owned(),
+                );
+                None
+            }
+            Some(mode @ (Mode::Member | Mode::Hub)) if !uplink_section.present => {
+                let parent = if mode == Mode::Member {
+                    "its hub"
+                } else {
+                    "the root"
+                };
+                self.push(
+                    ErrorKind::MissingSection,
+                    self.fallback.clone(),
+                    "uplink",
+                    format!(
+                        "a {mode} needs an [uplink] section with the url of {parent}'s NATS \
+                         (e.g. url = \"nats://hub.example:4222\")"
+                    ),
+                );
+                None
+            }
+            _ => self.link(&uplink_section),
+        };
+
+        let local_section = self.section(root, "local");
+        if let Some(mode @ (Mode::Hub | Mode::Root)) = mode {
+            if !local_section.present {
+                self.push(
+                    ErrorKind::MissingSection,
+                    self.fallback.clone(),
+                    "local",
+                    format!(
+                        "a {mode} needs a [local] section with the url of its own NATS \
+                         (e.g. url = \"nats://127.0.0.1:4222\")"
+                    ),
+                );
+            }
+        }
+        let local = self.link(&local_section);
+
+        let section = self.section(root, "heartbeat");
+        let heartbeat = self.heartbeat(&section);
+        let section = self.section(root, "log");
+        let log = self.log(&section);
+        let section = self.section(root, "outbox");
+        let outbox = self.outbox(&section);
+        let section = self.section(root, "ingress");
+        let ingress = self.ingress(&section);
+
+        let node = node?;
+        Some(Config {
+            source: file.map(|f| std::path::absolute(&f).unwrap_or(f)),
+            node: NodeConfig {
+                id: node.id?,
+                mode: node.mode?,
+                tenant: node.tenant,
+                key: node.key?,
+                data_dir: node.data_dir?,
+            },
+            uplink,
+            local,
+            heartbeat,
+            log,
+            outbox,
+            ingress,
+        })
+    }
+
+    // ---- sections ------------------------------------------------------------------
+
+    /// Reports top-level keys that are not sections of the schema.
+    fn unknown_sections(&mut self, root: &Dict) {
+        for (name, value) in root {
+            if SCHEMA.iter().any(|(section, _)| section == name) {
+                continue;
+            }
+            let origin = source::origin_of(self.figment, value, &[name]);
+            let (suggestion, message) = if matches!(value, Value::Dict(..)) {
+                let suggestion = closest(name, SCHEMA.iter().map(|(s, _)| *s));
+                let message = match suggestion {
+                    Some(s) => format!("unknown section [{name}]; did you mean [{s}]?"),
+                    None => format!(
+                        "unknown section [{name}]; known sections: {}",
+                        section_list()
+                    ),
+                };
+                (suggestion.map(str::to_owned), message)
+            } else {
+                // A key above every section: most likely a `[section]` header was forgotten.
+                let home = SCHEMA
+                    .iter()
+                    .find(|(_, keys)| keys.contains(&name.as_str()))
+                    .map(|(section, _)| format!("{section}.{name}"));
+                let message = match &home {
+                    Some(path) => format!(
+                        "unknown top-level key `{name}`; did you mean `{path}` (under [{}])?",
+                        path.split('.').next().unwrap_or_default()
+                    ),
+                    None => format!(
+                        "unknown top-level key `{name}`; every key belongs in a section: {}",
+                        section_list()
+                    ),
+                };
+                (home, message)
+            };
+            self.push(ErrorKind::UnknownKey { suggestion }, origin, name, message);
+        }
+    }
+
+    /// Finds section `name`, checks that it is a table and reports its unknown keys.
+    fn section<'d>(&mut self, root: &'d Dict, name: &'static str) -> Section<'d> {
+        let known = SCHEMA
+            .iter()
+            .find(|(section, _)| *section == name)
+            .map(|(_, keys)| *keys)
+            .unwrap_or_default();
+        let mut section = Section {
+            name,
+            present: false,
+            dict: None,
+            origin: self.fallback.clone(),
+        };
+        let Some(value) = root.get(name).filter(|v| !matches!(v, Value::Empty(..))) else {
+            return section;
+        };
+        section.present = true;
+        section.origin = source::origin_of(self.figment, value, &[name]);
+        let Value::Dict(_, dict) = value else {
+            self.push(
+                ErrorKind::InvalidType,
+                section.origin.clone(),
+                name,
+                format!("expected a table [{name}], found {}", value.to_actual()),
+            );
+            return section;
+        };
+        for (key, value) in dict {
+            if known.contains(&key.as_str()) {
+                continue;
+            }
+            let path = format!("{name}.{key}");
+            let origin = source::origin_of(self.figment, value, &[name, key]);
+            let suggestion = closest(key, known.iter().copied())
+                .map(str::to_owned)
+                .or_else(|| {
+                    SCHEMA
+                        .iter()
+                        .find(|(_, keys)| keys.contains(&key.as_str()))
+                        .map(|(other, _)| format!("{other}.{key}"))
+                });
+            let message = match &suggestion {
+                Some(s) if s.contains('.') => {
+                    format!("unknown key `{key}` in [{name}]; did you mean `{s}`?")
+                }
+                Some(s) => format!("unknown key `{key}`; did you mean `{s}`?"),
+                None => format!("unknown key `{key}`; [{name}] knows: {}", known.join(", ")),
+            };
+            self.push(ErrorKind::UnknownKey { suggestion }, origin, &path, message);
+        }
+        section.dict = Some(dict);
+        section
+    }
+
+    fn node(&mut self, s: &Section<'_>) -> Option<PartialNode> {
+        if !s.present {
+            self.push(
+                ErrorKind::MissingSection,
+                self.fallback.clone(),
+                "node",
+                "every config needs a [node] section with id, mode, key and data_dir".to_owned(),
+            );
+            return None;
+        }
+        s.dict?;
+        let id = self
+            .required_text(s, "id", "id = \"edge-msk-01\"")
+            .and_then(|g| self.id(g));
+        let mode = self
+            .required_text(s, "mode", "mode = \"member\" (or hub, root)")
+            .and_then(|g| self.mode(g));
+        let tenant = self.optional_text(s, "tenant").and_then(|g| self.id(g));
+        let key = self
+            .required_text(s, "key", "key = \"/var/lib/nexus-agent/node.key\"")
+            .and_then(|g| self.path(g));
+        if let Some(key) = &key {
+            self.check_key_file(key);
+        }
+        let data_dir = self
+            .required_text(s, "data_dir", "data_dir = \"/var/lib/nexus-agent\"")
+            .and_then(|g| self.path(g));
+        if let Some(dir) = &data_dir {
+            if dir.value.exists() && !dir.value.is_dir() {
+                self.push(
+                    ErrorKind::InvalidValue,
+                    dir.origin.clone(),
+                    &dir.path,
+                    format!("{} exists and is not a directory", dir.value.display()),
+                );
+            }
+        }
+        Some(PartialNode {
+            id,
+            mode,
+            tenant,
+            key: key.map(|g| g.value),
+            data_dir: data_dir.map(|g| g.value),
+        })
+    }
+
+    fn link(&mut self, s: &Section<'_>) -> Option<LinkConfig> {
+        s.dict?;
+        let example = format!("url = \"nats://host:4222\" under [{}]", s.name);
+        let url = self
+            .required_text(s, "url", &example)
+            .and_then(|g| self.url(g));
+        let ping_interval = self.duration(s, "ping_interval", LINK_TIMEOUT);
+        let connect_timeout = self.duration(s, "connect_timeout", LINK_TIMEOUT);
+        let request_timeout = self.duration(s, "request_timeout", LINK_TIMEOUT);
+        let reconnect_max_delay = self.duration(s, "reconnect_max_delay", RECONNECT_MAX_DELAY);
+        Some(LinkConfig {
+            url: url?,
+            ping_interval,
+            connect_timeout,
+            request_timeout,
+            reconnect_max_delay,
+        })
+    }
+
+    fn heartbeat(&mut self, s: &Section<'_>) -> HeartbeatConfig {
+        let interval = self.duration(s, "interval", HEARTBEAT_INTERVAL);
+        let offline_after = self.duration(
+            s,
+            "offline_after",
+            interval.saturating_mul(OFFLINE_AFTER_INTERVALS),
+        );
+        HeartbeatConfig {
+            interval,
+            offline_after,
+        }
+    }
+
+    fn log(&mut self, s: &Section<'_>) -> LogConfig {
+        let level = match self.optional_text(s, "level") {
+            Some(g) if valid_filter(&g.value) => g.value,
+            Some(g) => {
+                self.push(
+                    ErrorKind::InvalidValue,
+                    g.origin,
+                    &g.path,
+                    format!(
+                        "{:?} is not a log filter: use one of {} or a comma list of \
+                         target=level (e.g. \"nexus_federation=debug,info\")",
+                        g.value,
+                        LEVELS.join(", ")
+                    ),
+                );
+                LOG_LEVEL.to_owned()
+            }
+            None => LOG_LEVEL.to_owned(),
+        };
+        let format = match self.optional_text(s, "format") {
+            None => LogFormat::Human,
+            Some(g) => match g.value.as_str() {
+                "human" => LogFormat::Human,
+                "json" => LogFormat::Json,
+                other => {
+                    let hint = did_you_mean(other, ["human", "json"]);
+                    self.push(
+                        ErrorKind::InvalidValue,
+                        g.origin,
+                        &g.path,
+                        format!("{other:?} is not a log format: use human or json{hint}"),
+                    );
+                    LogFormat::Human
+                }
+            },
+        };
+        LogConfig { level, format }
+    }
+
+    fn outbox(&mut self, s: &Section<'_>) -> OutboxConfig {
+        let max_bytes = self.integer(s, "max_bytes", 1..=i128::from(u64::MAX));
+        let batch = self.integer(s, "batch", BATCH_RANGE);
+        OutboxConfig {
+            max_bytes: max_bytes
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(OUTBOX_MAX_BYTES),
+            batch: batch.and_then(|v| usize::try_from(v).ok()).unwrap_or(BATCH),
+        }
+    }
+
+    fn ingress(&mut self, s: &Section<'_>) -> IngressConfig {
+        let stream = self.jetstream_name(s, "stream", INGRESS_STREAM);
+        let consumer = self.jetstream_name(s, "consumer", INGRESS_CONSUMER);
+        let max_bytes = self.integer(s, "max_bytes", 1..=i128::from(i64::MAX));
+        let max_age = self.duration(s, "max_age", INGRESS_MAX_AGE);
+        let duplicate_window = self.duration(s, "duplicate_window", INGRESS_DUPLICATE_WINDOW);
+        if duplicate_window > max_age {
+            // nats-server refuses such a stream; say so now rather than at startup, on the
+            // key the operator wrote.
+            let set = |key: &str| s.dict.and_then(|d| d.get(key)).is_some();
+            let (key, message) = if set("duplicate_window") || !set("max_age") {
+                (
+                    "duplicate_window",
+                    format!(
+                        "{} is longer than ingress.max_age ({}); JetStream requires \
+                         duplicate_window <= max_age",
+                        humantime::format_duration(duplicate_window),
+                        humantime::format_duration(max_age)
+                    ),
+                )
+            } else {
+                (
+                    "max_age",
+                    format!(
+                        "{} is shorter than ingress.duplicate_window ({}, the default); \
+                         JetStream requires duplicate_window <= max_age: raise max_age or \
+                         set duplicate_window",
+                        humantime::format_duration(max_age),
+                        humantime::format_duration(duplicate_window)
+                    ),
+                )
+            };
+            let origin = s
+                .dict
+                .and_then(|d| d.get(key))
+                .map(|v| source::origin_of(self.figment, v, &[s.name, key]))
+                .unwrap_or_else(|| self.fallback.clone());
+            self.push(
+                ErrorKind::InvalidValue,
+                origin,
+                &format!("{}.{key}", s.name),
+                message,
+            );
+        }
+        let batch = self.integer(s, "batch", BATCH_RANGE);
+        IngressConfig {
+            stream,
+            consumer,
+            max_bytes: max_bytes
+                .and_then(|v| i64::try_from(v).ok())
+                .unwrap_or(INGRESS_MAX_BYTES),
+            max_age,
+            duplicate_window,
+            batch: batch.and_then(|v| usize::try_from(v).ok()).unwrap_or(BATCH),
+        }
+    }
+
+    // ---- typed reads ---------------------------------------------------------------
+
+    /// The value at `s.key`, if present; `Empty` counts as absent.
+    fn raw<'d>(&self, s: &Section<'d>, key: &str) -> Option<(&'d Value, Origin, String)> {
+        let value = s.dict?.get(key)?;
+        if matches!(value, Value::Empty(..)) {
+            return None;
+        }
+        let origin = source::origin_of(self.figment, value, &[s.name, key]);
+        Some((value, origin, format!("{}.{key}", s.name)))
+    }
+
+    /// A string value; a value of another type is reported with what was `expected`.
+    fn text(
+        &mut self,
+        s: &Section<'_>,
+        key: &str,
+        expected: &str,
+    ) -> Result<Option<Got<String>>, Reported> {
+        let Some((value, origin, path)) = self.raw(s, key) else {
+            return Ok(None);
+        };
+        match value {
+            Value::String(_, text) => Ok(Some(Got {
+                value: text.clone(),
+                origin,
+                path,
+            })),
+            other => {
+                self.push(
+                    ErrorKind::InvalidType,
+                    origin,
+                    &path,
+                    format!("expected {expected}, found {}", other.to_actual()),
+                );
+                Err(Reported)
+            }
+        }
+    }
+
+    /// A required string; its absence is reported with an `example` of the line to add.
+    fn required_text(&mut self, s: &Section<'_>, key: &str, example: &str) -> Option<Got<String>> {
+        match self.text(s, key, "a string") {
+            Ok(Some(got)) => Some(got),
+            Ok(None) => {
+                self.push(
+                    ErrorKind::MissingKey,
+                    self.fallback.clone(),
+                    &format!("{}.{key}", s.name),
+                    format!("missing required key: add {example}"),
+                );
+                None
+            }
+            Err(Reported) => None,
+        }
+    }
+
+    fn optional_text(&mut self, s: &Section<'_>, key: &str) -> Option<Got<String>> {
+        self.text(s, key, "a string").ok().flatten()
+    }
+
+    /// A humantime duration string, positive; `default` when absent or bad (bad is reported).
+    fn duration(&mut self, s: &Section<'_>, key: &str, default: Duration) -> Duration {
+        let expected = "a duration string like \"10s\"";
+        let Ok(Some(got)) = self.text(s, key, expected) else {
+            return default;
+        };
+        match humantime::parse_duration(got.value.trim()) {
+            Ok(duration) if !duration.is_zero() => duration,
+            Ok(_) => {
+                self.push(
+                    ErrorKind::BadDuration,
+                    got.origin,
+                    &got.path,
+                    format!(
+                        "{:?} is zero: use a positive duration like \"10s\"",
+                        got.value
+                    ),
+                );
+                default
+            }
+            Err(error) => {
+                self.push(
+                    ErrorKind::BadDuration,
+                    got.origin,
+                    &got.path,
+                    format!(
+                        "{:?} is not a duration ({error}): use e.g. \"500ms\", \"10s\", \"2m\", \
+                         \"7d\"",
+                        got.value
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    /// An integer within `range`; `None` when absent or bad (bad is reported). A string is
+    /// accepted only from the environment, where every value is one.
+    fn integer(&mut self, s: &Section<'_>, key: &str, range: RangeInclusive<i128>) -> Option<i128> {
+        let (value, origin, path) = self.raw(s, key)?;
+        let number = match value {
+            Value::Num(_, n) => n
+                .to_i128()
+                .or_else(|| n.to_u128().and_then(|u| i128::try_from(u).ok())),
+            Value::String(_, text) if matches!(origin, Origin::Env(_)) => {
+                text.trim().replace('_', "").parse::<i128>().ok()
+            }
+            _ => None,
+        };
+        let Some(number) = number else {
+            self.push(
+                ErrorKind::InvalidType,
+                origin,
+                &path,
+                format!("expected an integer, found {}", value.to_actual()),
+            );
+            return None;
+        };
+        if !range.contains(&number) {
+            self.push(
+                ErrorKind::InvalidValue,
+                origin,
+                &path,
+                format!(
+                    "{number} is out of range: use {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            return None;
+        }
+        Some(number)
+    }
+
+    // ---- value checks --------------------------------------------------------------
+
+    /// A subject token: node id or tenant.
+    fn id(&mut self, got: Got<String>) -> Option<String> {
+        if valid_id(&got.value) {
+            return Some(got.value);
+        }
+        self.push(
+            ErrorKind::BadId,
+            got.origin,
+            &got.path,
+            format!(
+                "{:?} is not a valid id: use 1-{ID_MAX_LEN} chars of [a-z0-9_-]",
+                got.value
+            ),
+        );
+        None
+    }
+
+    fn mode(&mut self, got: Got<String>) -> Option<Mode> {
+        match got.value.as_str() {
+            "member" => Some(Mode::Member),
+            "hub" => Some(Mode::Hub),
+            "root" => Some(Mode::Root),
+            other => {
+                let hint = did_you_mean(other, ["member", "hub", "root"]);
+                self.push(
+                    ErrorKind::InvalidValue,
+                    got.origin,
+                    &got.path,
+                    format!("{other:?} is not a mode: use member, hub or root{hint}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A path, resolved against the directory of the file that set it; a path set by an
+    /// environment variable (or another provider) is resolved against the current
+    /// directory. The result is absolute, so a later `chdir` changes nothing.
+    fn path(&mut self, got: Got<String>) -> Option<Got<PathBuf>> {
+        if got.value.trim().is_empty() {
+            self.push(
+                ErrorKind::InvalidValue,
+                got.origin,
+                &got.path,
+                "must not be empty: give a path".to_owned(),
+            );
+            return None;
+        }
+        let raw = PathBuf::from(&got.value);
+        let joined = match &got.origin {
+            Origin::File(file) if raw.is_relative() => {
+                let file = std::path::absolute(file).unwrap_or_else(|_| file.clone());
+                match file.parent() {
+                    Some(dir) => dir.join(&raw),
+                    None => raw,
+                }
+            }
+            _ => raw,
+        };
+        let value = std::path::absolute(&joined).unwrap_or(joined);
+        Some(Got {
+            value,
+            origin: got.origin,
+            path: got.path,
+        })
+    }
+
+    /// `node.key` must be a readable secret key file. Its contents never leave here.
+    fn check_key_file(&mut self, key: &Got<PathBuf>) {
+        let path = key.value.display();
+        match std::fs::read_to_string(&key.value).map(Zeroizing::new) {
+            Err(error) => {
+                let fix = if error.kind() == std::io::ErrorKind::NotFound {
+                    format!("create it with `nexus-agent keygen --out {path}`")
+                } else {
+                    format!(
+                        "make it readable by the agent's user (and no one else), or create a \
+                         new one with `nexus-agent keygen --out {path}`"
+                    )
+                };
+                self.push(
+                    ErrorKind::UnreadableKeyFile,
+                    key.origin.clone(),
+                    &key.path,
+                    format!("cannot read the key file {path}: {error}; {fix}"),
+                );
+            }
+            Ok(text) => {
+                if let Err(error) = SecretKey::parse(&text) {
+                    self.push(
+                        ErrorKind::BadKeyFile,
+                        key.origin.clone(),
+                        &key.path,
+                        format!(
+                            "{path} is not a nexus-agent secret key file ({error}); create one \
+                             with `nexus-agent keygen --out {path}`"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn url(&mut self, got: Got<String>) -> Option<String> {
+        match url_problem(&got.value) {
+            None => Some(got.value.trim().to_owned()),
+            Some(problem) => {
+                self.push(
+                    ErrorKind::InvalidValue,
+                    got.origin,
+                    &got.path,
+                    format!(
+                        "{:?} is not a valid NATS URL: {problem}; use nats://, tls://, ws:// or \
+                         wss:// URLs, separated by commas",
+                        redact_url(&got.value)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A JetStream stream or consumer name, `default` when absent.
+    fn jetstream_name(&mut self, s: &Section<'_>, key: &str, default: &str) -> String {
+        match self.optional_text(s, key) {
+            None => default.to_owned(),
+            Some(g) if valid_jetstream_name(&g.value) => g.value,
+            Some(g) => {
+                self.push(
+                    ErrorKind::InvalidValue,
+                    g.origin,
+                    &g.path,
+                    format!(
+                        "{:?} is not a JetStream name: use a non-empty name without spaces, \
+                         `.`, `*`, `>`, `/` or `\\`",
+                        g.value
+                    ),
+                );
+                default.to_owned()
+            }
+        }
+    }
+}
+
+/// `[node]` as far as it could be read: `None` for what was reported.
+struct PartialNode {
+    /// `node.id`, valid.
+    id: Option<String>,
+    /// `node.mode`.
+    mode: Option<Mode>,
+    /// `node.tenant`, valid (also `None` when absent).
+    tenant: Option<String>,
+    /// `node.key`, resolved; the file was checked separately.
+    key: Option<PathBuf>,
+    /// `node.data_dir`, resolved.
+    data_dir: Option<PathBuf>,
+}
+
+fn section_list() -> String {
+    SCHEMA
+        .iter()
+        .map(|(s, _)| format!("[{s}]"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The candidate closest to `name`, if it is close enough to be a likely typo.
+fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(name, c), c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// `"; did you mean `x`?"` or nothing.
+fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    closest(name, candidates)
+        .map(|c| format!("; did you mean `{c}`?"))
+        .unwrap_or_default()
+}
+
+/// A subject token: 1..=64 of `[a-z0-9_-]`.
+pub(crate) fn valid_id(id: &str) -> bool {
+    (1..=ID_MAX_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// What is wrong with a comma-separated NATS URL list, if anything.
+fn url_problem(list: &str) -> Option<String> {
+    for entry in list.split(',').map(str::trim) {
+        if entry.is_empty() {
+            return Some("an entry is empty".to_owned());
+        }
+        if entry.chars().any(char::is_whitespace) {
+            return Some("an entry contains a space".to_owned());
+        }
+        let Some((scheme, rest)) = entry.split_once("://") else {
+            return Some("an entry has no scheme".to_owned());
+        };
+        if !URL_SCHEMES.contains(&scheme) {
+            return Some(format!("scheme `{scheme}://` is not supported"));
+        }
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = authority.rsplit('@').next().unwrap_or_default();
+        if host.is_empty() || host.starts_with(':') {
+            return Some("an entry has no host".to_owned());
+        }
+    }
+    None
+}
+
+/// A plausible tracing filter: levels and `target=level` directives, comma-separated.
+fn valid_filter(filter: &str) -> bool {
+    let is_level = |level: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level.trim()));
+    let is_target = |target: &str| {
+        let target = target.trim();
+        !target.is_empty()
+            && target
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'))
+    };
+    let directives: Vec<&str> = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    !directives.is_empty()
+        && directives.iter().all(|d| match d.split_once('=') {
+            None => is_level(d),
+            Some((target, level)) => is_target(target) && is_level(level),
+        })
+}
+
+/// JetStream stream and consumer names: no whitespace, `.`, `*`, `>` or path separators.
+fn valid_jetstream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_subject_tokens_of_at_most_64_chars() {
+        assert!(valid_id("edge-msk-01"));
+        assert!(valid_id("salon_001"));
+        assert!(valid_id(&"a".repeat(64)));
+        assert!(!valid_id(&"a".repeat(65)));
+        assert!(!valid_id(""));
+        assert!(!valid_id("Edge-01"));
+        assert!(!valid_id("edge.01"));
+        assert!(!valid_id("edge 01"));
+    }
+
+    #[test]
+    fn url_lists_accept_the_four_nats_schemes_only() {
+        assert_eq!(url_problem("nats://a:4222"), None);
+        assert_eq!(url_problem("tls://a:4222, wss://b/path,ws://c"), None);
+        assert_eq!(url_problem("nats://u:p@a:4222"), None);
+        assert!(url_problem("http://a:4222").is_some());
+        assert!(url_problem("a:4222").is_some());
+        assert!(url_problem("nats://a,").is_some());
+        assert!(url_problem("nats://").is_some());
+        assert!(url_problem("nats://u:p@").is_some());
+    }
+
+    #[test]
+    fn log_filters_are_levels_or_target_level_lists() {
+        assert!(valid_filter("info"));
+        assert!(valid_filter("WARN"));
+        assert!(valid_filter("nexus_federation=debug,info"));
+        assert!(valid_filter(
+            "nexus_federation::uplink=trace, async_nats=warn"
+        ));
+        assert!(!valid_filter(""));
+        assert!(!valid_filter("verbose"));
+        assert!(!valid_filter("nexus=loud"));
+        assert!(!valid_filter("=info"));
+    }
+
+    #[test]
+    fn typos_get_a_suggestion_and_unrelated_names_do_not() {
+        assert_eq!(closest("idd", ["id", "mode", "tenant"]), Some("id"));
+        assert_eq!(
+            closest("uplinks", SCHEMA.iter().map(|(s, _)| *s)),
+            Some("uplink")
+        );
+        assert_eq!(closest("colour", ["id", "mode", "tenant"]), None);
+    }
+}
