@@ -48,7 +48,8 @@ impl Heartbeat {
         // Give the links one interval to come up, so that the first heartbeat of a normal
         // start does not report a degraded node that is merely still connecting.
         let links: Vec<&Link> = self.uplink.iter().chain(self.local.iter()).collect();
-        let all_connected = futures::future::join_all(links.iter().map(|link| link.wait_connected(&shutdown)));
+        let all_connected =
+            futures::future::join_all(links.iter().map(|link| link.wait_connected(&shutdown)));
         let _ = tokio::time::timeout(self.interval, all_connected).await;
         loop {
             // Cancel safety: a tick is only a timer; nothing is lost by dropping it.
@@ -57,7 +58,13 @@ impl Heartbeat {
                 _ = ticker.tick() => {}
             }
             let payload = self.payload(started.elapsed(), &mut host);
-            let envelope = Envelope::new(EVENT_NAME, &self.node_id, None, payload, OffsetDateTime::now_utc());
+            let envelope = Envelope::new(
+                EVENT_NAME,
+                &self.node_id,
+                None,
+                payload,
+                OffsetDateTime::now_utc(),
+            );
             let event = match SignedEvent::seal(&envelope, Encoding::Json, &self.key) {
                 Ok(event) => event,
                 Err(error) => {
@@ -72,7 +79,11 @@ impl Heartbeat {
                 }
                 Err(full) if !full_warned => {
                     full_warned = true;
-                    warn!(bytes = full.bytes, max_bytes = full.max_bytes, "Outbox full; heartbeats are dropped until the uplink drains it.");
+                    warn!(
+                        bytes = full.bytes,
+                        max_bytes = full.max_bytes,
+                        "Outbox full; heartbeats are dropped until the uplink drains it."
+                    );
                 }
                 Err(_) => {}
             }
@@ -87,7 +98,10 @@ impl Heartbeat {
         let mut payload = Map::new();
         payload.insert("node_id".into(), json!(self.node_id));
         payload.insert("mode".into(), json!(self.mode.as_str()));
-        payload.insert("status".into(), json!(if degraded { "degraded" } else { "healthy" }));
+        payload.insert(
+            "status".into(),
+            json!(if degraded { "degraded" } else { "healthy" }),
+        );
         payload.insert("uptime_secs".into(), json!(uptime.as_secs()));
         payload.insert("cpu_pct".into(), json!(round1(cpu_pct)));
         payload.insert("mem_pct".into(), json!(round1(mem_pct)));
@@ -98,10 +112,16 @@ impl Heartbeat {
         if let Some(local) = &self.local {
             payload.insert("local".into(), link_json(&local.state()));
         }
-        payload.insert("outbox".into(), json!({"depth": outbox.depth, "bytes": outbox.bytes}));
+        payload.insert(
+            "outbox".into(),
+            json!({"depth": outbox.depth, "bytes": outbox.bytes}),
+        );
         if let Some(children) = &self.children {
             let (online, offline) = children.census();
-            payload.insert("children".into(), json!({"online": online, "offline": offline}));
+            payload.insert(
+                "children".into(),
+                json!({"online": online, "offline": offline}),
+            );
         }
         payload
     }
@@ -141,12 +161,18 @@ impl Host {
 
     /// CPU % since the previous sample, memory in use %.
     fn sample(&mut self) -> (f32, f32) {
-        let Some(system) = self.system.as_mut() else { return (0.0, 0.0) };
+        let Some(system) = self.system.as_mut() else {
+            return (0.0, 0.0);
+        };
         system.refresh_cpu_usage();
         system.refresh_memory();
         let total = system.total_memory();
         let used = total.saturating_sub(system.available_memory());
-        let mem = if total == 0 { 0.0 } else { (used as f64 / total as f64 * 100.0) as f32 };
+        let mem = if total == 0 {
+            0.0
+        } else {
+            (used as f64 / total as f64 * 100.0) as f32
+        };
         (system.global_cpu_usage(), mem)
     }
 }
@@ -167,12 +193,17 @@ struct ChildState {
 impl Children {
     /// A watch that calls a child offline after `offline_after` of silence.
     pub fn new(offline_after: Duration) -> Self {
-        Self { offline_after, seen: Arc::default() }
+        Self {
+            offline_after,
+            seen: Arc::default(),
+        }
     }
 
     /// Records a verified heartbeat of `node_id`.
     pub fn heard(&self, node_id: &str, now: Instant) {
-        let Ok(mut seen) = self.seen.lock() else { return };
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
         match seen.get_mut(node_id) {
             Some(state) => {
                 if state.reported_offline {
@@ -185,7 +216,13 @@ impl Children {
                 // Bound the table: a fleet far larger than this is served by more hubs.
                 if seen.len() < 100_000 {
                     info!(node_id, "Child seen for the first time.");
-                    seen.insert(node_id.to_owned(), ChildState { last: now, reported_offline: false });
+                    seen.insert(
+                        node_id.to_owned(),
+                        ChildState {
+                            last: now,
+                            reported_offline: false,
+                        },
+                    );
                 }
             }
         }
@@ -193,7 +230,9 @@ impl Children {
 
     /// Marks silent children offline (logging each once); returns (online, offline).
     pub fn census_at(&self, now: Instant) -> (usize, usize) {
-        let Ok(mut seen) = self.seen.lock() else { return (0, 0) };
+        let Ok(mut seen) = self.seen.lock() else {
+            return (0, 0);
+        };
         let mut online = 0;
         let mut offline = 0;
         for (node_id, state) in seen.iter_mut() {

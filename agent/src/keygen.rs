@@ -15,7 +15,10 @@ pub fn keygen(out: &Path, force: bool) -> anyhow::Result<String> {
     if !force {
         for path in [out, public_path.as_path()] {
             if path.exists() {
-                bail!("{} already exists; pass --force to replace it", path.display());
+                bail!(
+                    "{} already exists; pass --force to replace it",
+                    path.display()
+                );
             }
         }
     }
@@ -24,7 +27,8 @@ pub fn keygen(out: &Path, force: bool) -> anyhow::Result<String> {
     }
     let key = loop {
         let mut seed = Zeroizing::new([0u8; 32]);
-        getrandom::getrandom(&mut *seed).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
+        getrandom::getrandom(&mut *seed)
+            .map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
         // A weak key from 32 random bytes is practically impossible; draw again if so.
         if let Ok(key) = SecretKey::from_seed(&seed) {
             break key;
@@ -69,9 +73,14 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<(
 /// Reads a node's secret key file, saying which file and how to fix it on failure.
 pub fn load_secret(path: &Path) -> anyhow::Result<SecretKey> {
     let text = Zeroizing::new(fs::read_to_string(path).with_context(|| {
-        format!("cannot read the node key {} (create it with `nexus-agent keygen --out {}`)", path.display(), path.display())
+        format!(
+            "cannot read the node key {} (create it with `nexus-agent keygen --out {}`)",
+            path.display(),
+            path.display()
+        )
     })?);
-    SecretKey::parse(&text).with_context(|| format!("{} is not a nexus-agent secret key file", path.display()))
+    SecretKey::parse(&text)
+        .with_context(|| format!("{} is not a nexus-agent secret key file", path.display()))
 }
 
 #[cfg(test)]
@@ -83,10 +92,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("keys/node.key");
         let public = keygen(&out, false).expect("keygen");
-        let mode = fs::metadata(&out).expect("secret exists").permissions().mode() & 0o777;
+        let mode = fs::metadata(&out)
+            .expect("secret exists")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(load_secret(&out).expect("loads").public().to_string(), public);
-        assert_eq!(fs::read_to_string(public_path(&out)).expect("pub").trim(), public);
+        assert_eq!(
+            load_secret(&out).expect("loads").public().to_string(),
+            public
+        );
+        assert_eq!(
+            fs::read_to_string(public_path(&out)).expect("pub").trim(),
+            public
+        );
         let refused = keygen(&out, false).expect_err("must not overwrite");
         assert!(refused.to_string().contains("--force"), "{refused}");
         let replaced = keygen(&out, true).expect("force");

@@ -34,15 +34,22 @@ fn main() -> ExitCode {
         },
         Command::Keygen { out, force } => match keygen::keygen(&out, force) {
             Ok(public) => {
-                eprintln!("Wrote {} (secret, mode 0600) and {}.", out.display(), keygen::public_path(&out).display());
+                eprintln!(
+                    "Wrote {} (secret, mode 0600) and {}.",
+                    out.display(),
+                    keygen::public_path(&out).display()
+                );
                 println!("{public}");
                 ExitCode::SUCCESS
             }
             Err(error) => failed(&error),
         },
-        Command::Tail { pattern, server, json, count } => {
-            runtime(async move { tail::tail(&pattern, &server, json, count).await })
-        }
+        Command::Tail {
+            pattern,
+            server,
+            json,
+            count,
+        } => runtime(async move { tail::tail(&pattern, &server, json, count).await }),
         Command::Run { config } => {
             let config = match nexus_config::load(&config) {
                 Ok(config) => config,
@@ -67,9 +74,14 @@ fn runtime<F>(future: F) -> ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
-        Err(error) => return failed(&anyhow::Error::new(error).context("cannot start the async runtime")),
+        Err(error) => {
+            return failed(&anyhow::Error::new(error).context("cannot start the async runtime"))
+        }
     };
     match runtime.block_on(future) {
         Ok(()) => ExitCode::SUCCESS,
@@ -88,5 +100,8 @@ fn config_failed(errors: &nexus_config::ConfigErrors) -> ExitCode {
 }
 
 fn display_source(config: &nexus_config::Config) -> String {
-    config.source.as_ref().map_or_else(|| "config".to_owned(), |p| p.display().to_string())
+    config
+        .source
+        .as_ref()
+        .map_or_else(|| "config".to_owned(), |p| p.display().to_string())
 }

@@ -50,14 +50,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         (Mode::Member | Mode::Hub, Some(uplink), _) => uplink.clone(),
         (Mode::Root, _, Some(local)) => local.clone(),
         // Validation guarantees these sections; say so plainly if that ever breaks.
-        _ => anyhow::bail!("mode {} lacks the NATS link it needs (config validation should have caught this)", node.mode),
+        _ => anyhow::bail!(
+            "mode {} lacks the NATS link it needs (config validation should have caught this)",
+            node.mode
+        ),
     };
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let failed = Arc::new(AtomicBool::new(false));
     let outbox = Outbox::in_memory(config.outbox.max_bytes);
-    let max_backoff = config.uplink.as_ref().or(config.local.as_ref()).map_or(Duration::from_secs(10), |l| l.reconnect_max_delay);
+    let max_backoff = config
+        .uplink
+        .as_ref()
+        .or(config.local.as_ref())
+        .map_or(Duration::from_secs(10), |l| l.reconnect_max_delay);
 
     supervise(&tracker, &shutdown, &failed, "uplink", {
         let pump = Uplink::new(next_hop, outbox.clone(), config.outbox.batch, max_backoff);
@@ -76,12 +83,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             };
             let watch = children.clone();
             let own_id = node.id.clone();
-            let ingress = Ingress::new(local.clone(), config.ingress.clone(), destination, MAX_ENVELOPE_BYTES)
-                .with_observer(Arc::new(move |envelope| {
-                    if envelope.event_name == EVENT_NAME && envelope.source != own_id {
-                        watch.heard(&envelope.source, Instant::now());
-                    }
-                }));
+            let ingress = Ingress::new(
+                local.clone(),
+                config.ingress.clone(),
+                destination,
+                MAX_ENVELOPE_BYTES,
+            )
+            .with_observer(Arc::new(move |envelope| {
+                if envelope.event_name == EVENT_NAME && envelope.source != own_id {
+                    watch.heard(&envelope.source, Instant::now());
+                }
+            }));
             let token = shutdown.child_token();
             let landing_link = (node.mode == Mode::Root).then(|| local.clone());
             supervise(&tracker, &shutdown, &failed, "ingress", async move {
@@ -107,7 +119,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         outbox: outbox.clone(),
         children,
     };
-    supervise(&tracker, &shutdown, &failed, "heartbeat", heartbeat.run(shutdown.child_token()));
+    supervise(
+        &tracker,
+        &shutdown,
+        &failed,
+        "heartbeat",
+        heartbeat.run(shutdown.child_token()),
+    );
     tracker.close();
 
     // Cancel safety: both branches only wait; the subsystems run in their own tasks.
@@ -117,16 +135,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     let started = Instant::now();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-        warn!(grace_ms = SHUTDOWN_GRACE.as_millis() as u64, "Subsystems did not finish in time; exiting anyway.");
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            grace_ms = SHUTDOWN_GRACE.as_millis() as u64,
+            "Subsystems did not finish in time; exiting anyway."
+        );
     }
     // Whatever the client still buffers gets a last chance to reach the socket.
-    let rest = SHUTDOWN_GRACE.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+    let rest = SHUTDOWN_GRACE
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(100));
     for link in uplink.iter().chain(local.iter()) {
         let _ = tokio::time::timeout(rest, link.client().flush()).await;
     }
     let pending = outbox.stats();
-    info!(outbox_depth = pending.depth, elapsed_ms = started.elapsed().as_millis() as u64, "Stopped.");
+    info!(
+        outbox_depth = pending.depth,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Stopped."
+    );
     if failed.load(Ordering::SeqCst) {
         anyhow::bail!("a subsystem stopped unexpectedly (see the log above)");
     }
@@ -135,8 +165,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Spawns a subsystem; if it returns before shutdown was requested, that is a failure:
 /// it is reported and everything else is cancelled.
-fn supervise<F>(tracker: &TaskTracker, shutdown: &CancellationToken, failed: &Arc<AtomicBool>, name: &'static str, task: F)
-where
+fn supervise<F>(
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    failed: &Arc<AtomicBool>,
+    name: &'static str,
+    task: F,
+) where
     F: Future<Output = ()> + Send + 'static,
 {
     let shutdown = shutdown.clone();
@@ -144,7 +179,10 @@ where
     tracker.spawn(async move {
         task.await;
         if !shutdown.is_cancelled() {
-            error!(subsystem = name, "Subsystem stopped unexpectedly; shutting the agent down.");
+            error!(
+                subsystem = name,
+                "Subsystem stopped unexpectedly; shutting the agent down."
+            );
             failed.store(true, Ordering::SeqCst);
             shutdown.cancel();
         }
@@ -153,7 +191,10 @@ where
 
 /// Creates the root's landing streams, retrying while its NATS is unreachable.
 async fn ensure_landing(link: &Link, shutdown: &CancellationToken) -> bool {
-    let backoff = nexus_federation::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let backoff = nexus_federation::backoff::Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+    );
     let stream = LandingStream::core();
     let mut attempt = 0;
     loop {
@@ -165,7 +206,9 @@ async fn ensure_landing(link: &Link, shutdown: &CancellationToken) -> bool {
                 info!(stream = %stream.name, subjects = ?stream.subjects, "Landing stream ready.");
                 return true;
             }
-            Err(error) if attempt == 0 => warn!(stream = %stream.name, %error, "Cannot create the landing stream; retrying."),
+            Err(error) if attempt == 0 => {
+                warn!(stream = %stream.name, %error, "Cannot create the landing stream; retrying.")
+            }
             Err(_) => {}
         }
         let delay = backoff.delay_now(attempt);
@@ -195,8 +238,8 @@ async fn shutdown_signal() -> &'static str {
 
 /// Sets up tracing as the config says (`RUST_LOG`, when set, overrides `log.level`).
 pub fn init_logging(config: &nexus_config::LogConfig) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
     use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
     let (source, mut directives) = match std::env::var("RUST_LOG") {
         Ok(value) if !value.is_empty() => ("RUST_LOG", value),
         _ => ("log.level", config.level.clone()),

@@ -11,7 +11,12 @@ use nexus_federation::{Encoding, Envelope};
 use nexus_policies::{PublicKey, Signature};
 
 /// Subscribes to `pattern` on `server` and prints until Ctrl-C (or `count` envelopes).
-pub async fn tail(pattern: &str, server: &str, json: bool, count: Option<u64>) -> anyhow::Result<()> {
+pub async fn tail(
+    pattern: &str,
+    server: &str,
+    json: bool,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
     let client = async_nats::ConnectOptions::new()
         .name("nexus-agent tail")
         .connection_timeout(Duration::from_secs(5))
@@ -22,7 +27,10 @@ pub async fn tail(pattern: &str, server: &str, json: bool, count: Option<u64>) -
         .subscribe(pattern.to_owned())
         .await
         .with_context(|| format!("cannot subscribe to `{pattern}`"))?;
-    client.flush().await.with_context(|| format!("cannot subscribe to `{pattern}`"))?;
+    client
+        .flush()
+        .await
+        .with_context(|| format!("cannot subscribe to `{pattern}`"))?;
     eprintln!("Tailing `{pattern}` on {server} (Ctrl-C stops).");
     let mut seen = 0u64;
     let mut stdout = std::io::stdout().lock();
@@ -34,7 +42,10 @@ pub async fn tail(pattern: &str, server: &str, json: bool, count: Option<u64>) -
         };
         let Some(message) = message else { break };
         let line = render(&message, json);
-        if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
+        if writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
             break; // stdout closed (e.g. piped into `head`)
         }
         seen += 1;
@@ -46,17 +57,28 @@ pub async fn tail(pattern: &str, server: &str, json: bool, count: Option<u64>) -
 }
 
 fn render(message: &async_nats::Message, json: bool) -> String {
-    let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
     let decoded = Encoding::from_content_type(header(HDR_CONTENT_TYPE).as_deref())
         .and_then(|encoding| Envelope::decode(&message.payload, encoding, MAX_ENVELOPE_BYTES));
     let envelope = match decoded {
         Ok(envelope) => envelope,
         Err(error) => {
-            return format!("{}  <not an envelope: {error}; {} bytes>", message.subject, message.payload.len());
+            return format!(
+                "{}  <not an envelope: {error}; {} bytes>",
+                message.subject,
+                message.payload.len()
+            );
         }
     };
     if json {
-        return serde_json::to_string(&envelope).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        return serde_json::to_string(&envelope)
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     }
     let signature = match (header(HDR_SIGNER), header(HDR_SIGNATURE)) {
         (Some(signer), Some(sig)) => match (PublicKey::parse(&signer), Signature::parse(&sig)) {

@@ -32,29 +32,87 @@ fn main() {
         "sensor_id": "0x00158d0001a2b3c4", "metric": "temperature", "value": 21.5,
         "unit": "°C", "timestamp_unix": 1_795_000_000
     });
-    let serde_json::Value::Object(payload) = payload else { return };
-    let envelope = Envelope::new("iot.sensor_data", "edge-msk-01", Some("salon-001"), payload, time::OffsetDateTime::now_utc());
+    let serde_json::Value::Object(payload) = payload else {
+        return;
+    };
+    let envelope = Envelope::new(
+        "iot.sensor_data",
+        "edge-msk-01",
+        Some("salon-001"),
+        payload,
+        time::OffsetDateTime::now_utc(),
+    );
 
     println!("| operation | encoding | µs/op | ops/s | body bytes |");
     println!("|---|---|---:|---:|---:|");
     let row = |name: &str, enc: &str, d: Duration, bytes: usize| {
-        println!("| {name} | {enc} | {:.2} | {:.0} | {bytes} |", d.as_secs_f64() * 1e6, 1.0 / d.as_secs_f64());
+        println!(
+            "| {name} | {enc} | {:.2} | {:.0} | {bytes} |",
+            d.as_secs_f64() * 1e6,
+            1.0 / d.as_secs_f64()
+        );
     };
     let body = envelope.encode(Encoding::Json).expect("encodes");
-    row("ed25519 sign (peer)", "-", per_op(5, iters, || { black_box(key.sign(black_box(&body))); }), body.len());
+    row(
+        "ed25519 sign (peer)",
+        "-",
+        per_op(5, iters, || {
+            black_box(key.sign(black_box(&body)));
+        }),
+        body.len(),
+    );
     let sig = key.sign(&body);
     let public = key.public();
-    row("ed25519 verify_strict (peer)", "-", per_op(5, iters, || { black_box(public.verify(black_box(&body), &sig)).ok(); }), body.len());
+    row(
+        "ed25519 verify_strict (peer)",
+        "-",
+        per_op(5, iters, || {
+            black_box(public.verify(black_box(&body), &sig)).ok();
+        }),
+        body.len(),
+    );
     for encoding in [Encoding::Json, Encoding::Cbor] {
         let name = format!("{encoding:?}");
         let bytes = envelope.encode(encoding).expect("encodes");
-        row("encode only (peer)", &name, per_op(5, iters, || { black_box(envelope.encode(encoding)).ok(); }), bytes.len());
-        row("decode + validate only (peer)", &name, per_op(5, iters, || { black_box(Envelope::decode(&bytes, encoding, MAX_ENVELOPE_BYTES)).ok(); }), bytes.len());
-        row("seal (encode + sign)", &name, per_op(5, iters, || { black_box(SignedEvent::seal(&envelope, encoding, &key)).ok(); }), bytes.len());
+        row(
+            "encode only (peer)",
+            &name,
+            per_op(5, iters, || {
+                black_box(envelope.encode(encoding)).ok();
+            }),
+            bytes.len(),
+        );
+        row(
+            "decode + validate only (peer)",
+            &name,
+            per_op(5, iters, || {
+                black_box(Envelope::decode(&bytes, encoding, MAX_ENVELOPE_BYTES)).ok();
+            }),
+            bytes.len(),
+        );
+        row(
+            "seal (encode + sign)",
+            &name,
+            per_op(5, iters, || {
+                black_box(SignedEvent::seal(&envelope, encoding, &key)).ok();
+            }),
+            bytes.len(),
+        );
         let event = SignedEvent::seal(&envelope, encoding, &key).expect("seals");
         let headers = event.headers();
-        row("open (verify + decode + checks)", &name, per_op(5, iters, || {
-            black_box(SignedEvent::open(&event.subject, Some(&headers), event.body.clone(), MAX_ENVELOPE_BYTES)).ok();
-        }), bytes.len());
+        row(
+            "open (verify + decode + checks)",
+            &name,
+            per_op(5, iters, || {
+                black_box(SignedEvent::open(
+                    &event.subject,
+                    Some(&headers),
+                    event.body.clone(),
+                    MAX_ENVELOPE_BYTES,
+                ))
+                .ok();
+            }),
+            bytes.len(),
+        );
     }
 }

@@ -21,10 +21,17 @@ impl Backoff {
 
     /// The delay before retry number `attempt` (0-based), given a uniformly random `jitter`.
     pub fn delay(&self, attempt: u32, jitter: u64) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << attempt.min(20)).min(self.max);
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max);
         let half = exp / 2;
         let spread = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        let extra = if spread == 0 { 0 } else { jitter % (spread + 1) };
+        let extra = if spread == 0 {
+            0
+        } else {
+            jitter % (spread + 1)
+        };
         half + Duration::from_nanos(extra)
     }
 
@@ -68,7 +75,10 @@ mod tests {
     fn jitter_stays_in_the_upper_half() {
         for jitter in [0, 1, 12345, u64::MAX] {
             let d = B.delay(4, jitter);
-            assert!(d >= Duration::from_millis(800) && d <= Duration::from_millis(1600), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(800) && d <= Duration::from_millis(1600),
+                "{d:?}"
+            );
         }
     }
 

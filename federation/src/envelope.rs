@@ -156,13 +156,15 @@ impl Envelope {
     /// Decodes untrusted bytes (at most `max` of them) and validates every field.
     pub fn decode(bytes: &[u8], encoding: Encoding, max: usize) -> Result<Self, EnvelopeError> {
         if bytes.len() > max {
-            return Err(EnvelopeError::TooLarge { size: bytes.len(), max });
+            return Err(EnvelopeError::TooLarge {
+                size: bytes.len(),
+                max,
+            });
         }
         let envelope: Envelope = match encoding {
             // serde_json rejects trailing non-whitespace and caps nesting at 128.
-            Encoding::Json => serde_json::from_slice(bytes).map_err(|e| {
-                EnvelopeError::Malformed(truncate(&e.to_string(), 200))
-            })?,
+            Encoding::Json => serde_json::from_slice(bytes)
+                .map_err(|e| EnvelopeError::Malformed(truncate(&e.to_string(), 200)))?,
             Encoding::Cbor => {
                 let mut rest = bytes;
                 let envelope =
@@ -180,13 +182,17 @@ impl Envelope {
 
     /// Checks every field against its contract.
     pub fn validate(&self) -> Result<(), EnvelopeError> {
-        let invalid = |field: &'static str, reason: String| Err(EnvelopeError::Invalid { field, reason });
+        let invalid =
+            |field: &'static str, reason: String| Err(EnvelopeError::Invalid { field, reason });
         match uuid::Uuid::try_parse(&self.event_id) {
             Ok(id) if id.hyphenated().to_string() == self.event_id => {}
             _ => return invalid("event_id", "not a lower-case hyphenated UUID".into()),
         }
         if !subject::is_valid_event_name(&self.event_name) {
-            return invalid("event_name", "expected dot-separated tokens of [a-z0-9_-]".into());
+            return invalid(
+                "event_name",
+                "expected dot-separated tokens of [a-z0-9_-]".into(),
+            );
         }
         if self.version == 0 {
             return invalid("version", "must be at least 1".into());
@@ -195,15 +201,27 @@ impl Envelope {
             return invalid("ts", "not an RFC 3339 timestamp".into());
         }
         if !subject::is_valid_id(&self.source) {
-            return invalid("source", "not a valid node id ([a-z0-9_-], 1-64 chars)".into());
+            return invalid(
+                "source",
+                "not a valid node id ([a-z0-9_-], 1-64 chars)".into(),
+            );
         }
         if let Some(tenant) = &self.tenant {
             if !subject::is_valid_id(tenant) {
-                return invalid("tenant", "not a valid tenant id ([a-z0-9_-], 1-64 chars)".into());
+                return invalid(
+                    "tenant",
+                    "not a valid tenant id ([a-z0-9_-], 1-64 chars)".into(),
+                );
             }
         }
-        for (field, value) in [("correlation_id", &self.correlation_id), ("causation_id", &self.causation_id)] {
-            if value.as_ref().is_some_and(|v| v.is_empty() || v.len() > 128) {
+        for (field, value) in [
+            ("correlation_id", &self.correlation_id),
+            ("causation_id", &self.causation_id),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.is_empty() || v.len() > 128)
+            {
                 return invalid(field, "must be 1-128 chars".into());
             }
         }
@@ -245,7 +263,9 @@ mod tests {
 
     fn sample() -> Envelope {
         let payload = json!({"node_id": "edge-01", "cpu_pct": 12.5});
-        let serde_json::Value::Object(payload) = payload else { unreachable!() };
+        let serde_json::Value::Object(payload) = payload else {
+            unreachable!()
+        };
         Envelope::new(
             "edge.health",
             "edge-01",
@@ -282,7 +302,15 @@ mod tests {
         keys.sort();
         assert_eq!(
             keys,
-            ["event_id", "event_name", "headers", "payload", "source", "ts", "version"]
+            [
+                "event_id",
+                "event_name",
+                "headers",
+                "payload",
+                "source",
+                "ts",
+                "version"
+            ]
         );
     }
 
@@ -321,32 +349,64 @@ mod tests {
         let deep_cbor = vec![0x81u8; 10_000]; // arrays nested 10,000 deep
         assert!(Envelope::decode(&deep_cbor, Encoding::Cbor, MAX_ENVELOPE_BYTES).is_err());
         let deep_json = "[".repeat(10_000);
-        assert!(Envelope::decode(deep_json.as_bytes(), Encoding::Json, MAX_ENVELOPE_BYTES).is_err());
+        assert!(
+            Envelope::decode(deep_json.as_bytes(), Encoding::Json, MAX_ENVELOPE_BYTES).is_err()
+        );
     }
 
     #[test]
     fn invalid_fields_are_named() {
         let mut envelope = sample();
         envelope.source = "Edge 01".into();
-        assert!(matches!(envelope.validate(), Err(EnvelopeError::Invalid { field: "source", .. })));
+        assert!(matches!(
+            envelope.validate(),
+            Err(EnvelopeError::Invalid {
+                field: "source",
+                ..
+            })
+        ));
         let mut envelope = sample();
         envelope.event_id = "not-a-uuid".into();
-        assert!(matches!(envelope.validate(), Err(EnvelopeError::Invalid { field: "event_id", .. })));
+        assert!(matches!(
+            envelope.validate(),
+            Err(EnvelopeError::Invalid {
+                field: "event_id",
+                ..
+            })
+        ));
         let mut envelope = sample();
         envelope.ts = "yesterday".into();
-        assert!(matches!(envelope.validate(), Err(EnvelopeError::Invalid { field: "ts", .. })));
+        assert!(matches!(
+            envelope.validate(),
+            Err(EnvelopeError::Invalid { field: "ts", .. })
+        ));
         let mut envelope = sample();
         envelope.version = 0;
-        assert!(matches!(envelope.validate(), Err(EnvelopeError::Invalid { field: "version", .. })));
+        assert!(matches!(
+            envelope.validate(),
+            Err(EnvelopeError::Invalid {
+                field: "version",
+                ..
+            })
+        ));
         let mut envelope = sample();
         envelope.tenant = Some("A".into());
-        assert!(matches!(envelope.validate(), Err(EnvelopeError::Invalid { field: "tenant", .. })));
+        assert!(matches!(
+            envelope.validate(),
+            Err(EnvelopeError::Invalid {
+                field: "tenant",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn unknown_content_types_are_refused() {
         assert_eq!(Encoding::from_content_type(None), Ok(Encoding::Json));
-        assert_eq!(Encoding::from_content_type(Some("application/cbor")), Ok(Encoding::Cbor));
+        assert_eq!(
+            Encoding::from_content_type(Some("application/cbor")),
+            Ok(Encoding::Cbor)
+        );
         assert!(Encoding::from_content_type(Some("text/plain")).is_err());
     }
 }

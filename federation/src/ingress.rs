@@ -90,7 +90,12 @@ impl std::fmt::Debug for Ingress {
 
 impl Ingress {
     /// A pump reading `config.stream` on `local` and sending to `destination`.
-    pub fn new(local: Link, config: IngressConfig, destination: Destination, max_body: usize) -> Self {
+    pub fn new(
+        local: Link,
+        config: IngressConfig,
+        destination: Destination,
+        max_body: usize,
+    ) -> Self {
         Self {
             local,
             config,
@@ -173,7 +178,12 @@ impl Ingress {
         Ok(consumer)
     }
 
-    async fn pump(&self, consumer: PullConsumer, shutdown: &CancellationToken, log: &mut RateLimitedLog) {
+    async fn pump(
+        &self,
+        consumer: PullConsumer,
+        shutdown: &CancellationToken,
+        log: &mut RateLimitedLog,
+    ) {
         let messages = match consumer.messages().await {
             Ok(messages) => messages,
             Err(error) => {
@@ -212,8 +222,15 @@ impl Ingress {
 
     /// Verifies, forwards and acks one batch. The batch is finished even during shutdown,
     /// bounded by the destination's request timeout, so that in-flight work is not dropped.
-    async fn process(&self, batch: Vec<Message>, shutdown: &CancellationToken, log: &mut RateLimitedLog) {
-        self.counters.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    async fn process(
+        &self,
+        batch: Vec<Message>,
+        shutdown: &CancellationToken,
+        log: &mut RateLimitedLog,
+    ) {
+        self.counters
+            .received
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut verified = Vec::with_capacity(batch.len());
         for message in batch {
             let opened = subject::strip_ingress(message.subject.as_str())
@@ -222,7 +239,12 @@ impl Ingress {
                     got: message.subject.to_string(),
                 })
                 .and_then(|event_subject| {
-                    SignedEvent::open(event_subject, message.headers.as_ref(), message.payload.clone(), self.max_body)
+                    SignedEvent::open(
+                        event_subject,
+                        message.headers.as_ref(),
+                        message.payload.clone(),
+                        self.max_body,
+                    )
                 });
             match opened {
                 Ok((event, envelope)) => {
@@ -241,7 +263,9 @@ impl Ingress {
         if !destination.state().connected {
             // Hand the batch back at once rather than waiting out ack_wait.
             for (message, _) in &verified {
-                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
             }
             destination.wait_connected(shutdown).await;
             return;
@@ -249,8 +273,12 @@ impl Ingress {
         let js = destination.jetstream();
         let mut sends = Vec::with_capacity(verified.len());
         for (message, event) in verified {
-            let publish = PublishMessage::build().payload(event.body.clone()).headers(event.headers());
-            let sent = js.send_publish(self.destination.subject_for(&event), publish).await;
+            let publish = PublishMessage::build()
+                .payload(event.body.clone())
+                .headers(event.headers());
+            let sent = js
+                .send_publish(self.destination.subject_for(&event), publish)
+                .await;
             sends.push((message, sent));
         }
         let (messages, sent): (Vec<_>, Vec<_>) = sends.into_iter().unzip();
@@ -265,7 +293,9 @@ impl Ingress {
             match ack {
                 Ok(ack) => {
                     self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                    self.counters.duplicates.fetch_add(u64::from(ack.duplicate), Ordering::Relaxed);
+                    self.counters
+                        .duplicates
+                        .fetch_add(u64::from(ack.duplicate), Ordering::Relaxed);
                     if let Err(error) = message.ack().await {
                         // The destination has it; a redelivery will be deduplicated there.
                         debug!(%error, "Ack of a forwarded message failed; it may be redelivered.");
@@ -273,10 +303,15 @@ impl Ingress {
                 }
                 Err(error) => {
                     self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                    if log.check(&format!("forward:{:?}", error.kind()), Instant::now()).is_some() {
+                    if log
+                        .check(&format!("forward:{:?}", error.kind()), Instant::now())
+                        .is_some()
+                    {
                         warn!(%error, link = destination.role(), "Forwarding failed; the message will be retried.");
                     }
-                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
                 }
             }
         }
@@ -313,7 +348,11 @@ impl LandingStream {
     pub fn core() -> Self {
         Self {
             name: "NEXUS_CORE".into(),
-            subjects: vec![format!("{}.{}.>", subject::EVENT_PREFIX, subject::CORE_TENANT)],
+            subjects: vec![format!(
+                "{}.{}.>",
+                subject::EVENT_PREFIX,
+                subject::CORE_TENANT
+            )],
             max_age: Duration::from_secs(30 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
         }

@@ -67,7 +67,10 @@ impl Link {
         let tx = Arc::new(tx);
         let last_logged_error = Arc::new(Mutex::new(None::<String>));
         let url_for_log = redact_url(&config.url);
-        let backoff = Backoff::new(std::time::Duration::from_millis(100), config.reconnect_max_delay);
+        let backoff = Backoff::new(
+            std::time::Duration::from_millis(100),
+            config.reconnect_max_delay,
+        );
 
         let events_tx = Arc::clone(&tx);
         let events_url = url_for_log.clone();
@@ -90,10 +93,19 @@ impl Link {
         let client = options
             .connect(config.url.as_str())
             .await
-            .map_err(|source| LinkError::Setup { role, url: url_for_log, source })?;
+            .map_err(|source| LinkError::Setup {
+                role,
+                url: url_for_log,
+                source,
+            })?;
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(config.request_timeout);
-        Ok(Self { role, client, jetstream, state: rx })
+        Ok(Self {
+            role,
+            client,
+            jetstream,
+            state: rx,
+        })
     }
 
     /// `uplink` or `local`.
@@ -147,11 +159,19 @@ fn on_event(
             if let Ok(mut last) = last_logged_error.lock() {
                 *last = None;
             }
-            tx.send_replace(LinkState { connected: true, since: now, last_error: None });
+            tx.send_replace(LinkState {
+                connected: true,
+                since: now,
+                last_error: None,
+            });
         }
         Event::Disconnected => {
             warn!(link = role, %url, "Link disconnected; reconnecting with backoff.");
-            tx.send_replace(LinkState { connected: false, since: now, last_error: None });
+            tx.send_replace(LinkState {
+                connected: false,
+                since: now,
+                last_error: None,
+            });
         }
         Event::ClientError(error) => {
             let error = error.to_string();
@@ -209,6 +229,9 @@ mod tests {
     fn passwords_and_tokens_are_redacted_from_urls() {
         assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
         assert_eq!(redact_url("nats://u:p@h:1"), "nats://u:***@h:1");
-        assert_eq!(redact_url("tls://tok@h:1,nats://h2:2"), "tls://***@h:1,nats://h2:2");
+        assert_eq!(
+            redact_url("tls://tok@h:1,nats://h2:2"),
+            "tls://***@h:1,nats://h2:2"
+        );
     }
 }

@@ -76,7 +76,10 @@ impl Outbox {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue half-updated (every
         // mutation is a single push/retain), so a poisoned lock is still consistent.
-        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Appends an event; returns its sequence number, or gives it back when full.
@@ -134,7 +137,10 @@ impl Outbox {
     /// Depth and bytes now.
     pub fn stats(&self) -> OutboxStats {
         let state = self.state();
-        OutboxStats { depth: state.queue.len() as u64, bytes: state.bytes }
+        OutboxStats {
+            depth: state.queue.len() as u64,
+            bytes: state.bytes,
+        }
     }
 }
 
@@ -148,15 +154,22 @@ mod tests {
         let key = SecretKey::from_seed(&[1; 32]).expect("key");
         let mut payload = serde_json::Map::new();
         payload.insert("n".into(), n.into());
-        let envelope =
-            Envelope::new("edge.health", "edge-01", None, payload, time::OffsetDateTime::UNIX_EPOCH);
+        let envelope = Envelope::new(
+            "edge.health",
+            "edge-01",
+            None,
+            payload,
+            time::OffsetDateTime::UNIX_EPOCH,
+        );
         SignedEvent::seal(&envelope, Encoding::Json, &key).expect("seal")
     }
 
     #[tokio::test]
     async fn batches_come_oldest_first_and_stay_until_acked() {
         let outbox = Outbox::in_memory(1 << 20);
-        let seqs: Vec<u64> = (0..5).map(|n| outbox.push(event(n)).expect("room")).collect();
+        let seqs: Vec<u64> = (0..5)
+            .map(|n| outbox.push(event(n)).expect("room"))
+            .collect();
         let batch = outbox.next_batch(3).await;
         assert_eq!(batch.iter().map(|(s, _)| *s).collect::<Vec<_>>(), seqs[..3]);
         // Not acked: handed out again.
@@ -176,8 +189,19 @@ mod tests {
         let third = event(2);
         let full = outbox.push(third.clone()).expect_err("full");
         assert_eq!(*full.event, third, "the refused event is given back whole");
-        assert_eq!(outbox.stats(), OutboxStats { depth: 2, bytes: one * 2 });
-        let seqs: Vec<u64> = outbox.next_batch(1).await.into_iter().map(|(s, _)| s).collect();
+        assert_eq!(
+            outbox.stats(),
+            OutboxStats {
+                depth: 2,
+                bytes: one * 2
+            }
+        );
+        let seqs: Vec<u64> = outbox
+            .next_batch(1)
+            .await
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         outbox.ack(&seqs);
         assert!(outbox.push(event(2)).is_ok(), "acking frees room");
     }

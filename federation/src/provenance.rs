@@ -143,7 +143,11 @@ impl SignedEvent {
         max_body: usize,
     ) -> Result<(Self, Envelope), VerifyError> {
         if body.len() > max_body {
-            return Err(EnvelopeError::TooLarge { size: body.len(), max: max_body }.into());
+            return Err(EnvelopeError::TooLarge {
+                size: body.len(),
+                max: max_body,
+            }
+            .into());
         }
         let header = |name: &'static str| -> Result<&str, VerifyError> {
             headers
@@ -159,11 +163,18 @@ impl SignedEvent {
         signer
             .verify(&body, &signature)
             .map_err(|_| VerifyError::BadSignature)?;
-        let encoding = Encoding::from_content_type(headers.and_then(|h| h.get(HDR_CONTENT_TYPE)).map(|v| v.as_str()))?;
+        let encoding = Encoding::from_content_type(
+            headers
+                .and_then(|h| h.get(HDR_CONTENT_TYPE))
+                .map(|v| v.as_str()),
+        )?;
         let envelope = Envelope::decode(&body, encoding, max_body)?;
         let expected = envelope.subject();
         if expected != subject {
-            return Err(VerifyError::SubjectMismatch { expected, got: subject.to_owned() });
+            return Err(VerifyError::SubjectMismatch {
+                expected,
+                got: subject.to_owned(),
+            });
         }
         if header(HDR_MSG_ID)? != envelope.event_id {
             return Err(VerifyError::MsgIdMismatch);
@@ -190,7 +201,13 @@ mod tests {
     }
 
     fn health(source: &str) -> Envelope {
-        Envelope::new("edge.health", source, None, serde_json::Map::new(), time::OffsetDateTime::UNIX_EPOCH)
+        Envelope::new(
+            "edge.health",
+            source,
+            None,
+            serde_json::Map::new(),
+            time::OffsetDateTime::UNIX_EPOCH,
+        )
     }
 
     #[test]
@@ -199,9 +216,13 @@ mod tests {
             let envelope = health("edge-01");
             let event = SignedEvent::seal(&envelope, encoding, &key(1)).expect("seals");
             let headers = event.headers();
-            let (opened, decoded) =
-                SignedEvent::open(&event.subject, Some(&headers), event.body.clone(), MAX_ENVELOPE_BYTES)
-                    .expect("opens");
+            let (opened, decoded) = SignedEvent::open(
+                &event.subject,
+                Some(&headers),
+                event.body.clone(),
+                MAX_ENVELOPE_BYTES,
+            )
+            .expect("opens");
             assert_eq!(opened, event);
             assert_eq!(decoded, envelope);
         }
@@ -213,7 +234,12 @@ mod tests {
         let mut body = event.body.to_vec();
         let at = body.len() / 2;
         body[at] ^= 1;
-        let result = SignedEvent::open(&event.subject, Some(&event.headers()), body.into(), MAX_ENVELOPE_BYTES);
+        let result = SignedEvent::open(
+            &event.subject,
+            Some(&event.headers()),
+            body.into(),
+            MAX_ENVELOPE_BYTES,
+        );
         assert_eq!(result.map(|_| ()), Err(VerifyError::BadSignature));
     }
 
@@ -222,7 +248,12 @@ mod tests {
         let event = SignedEvent::seal(&health("edge-01"), Encoding::Json, &key(1)).expect("seals");
         let mut headers = event.headers();
         headers.insert(HDR_SIGNER, key(2).public().to_string().as_str());
-        let result = SignedEvent::open(&event.subject, Some(&headers), event.body, MAX_ENVELOPE_BYTES);
+        let result = SignedEvent::open(
+            &event.subject,
+            Some(&headers),
+            event.body,
+            MAX_ENVELOPE_BYTES,
+        );
         assert_eq!(result.map(|_| ()), Err(VerifyError::BadSignature));
     }
 
@@ -241,15 +272,35 @@ mod tests {
     #[test]
     fn missing_or_garbled_headers_are_named() {
         let event = SignedEvent::seal(&health("edge-01"), Encoding::Json, &key(1)).expect("seals");
-        let result = SignedEvent::open(&event.subject, None, event.body.clone(), MAX_ENVELOPE_BYTES);
-        assert_eq!(result.map(|_| ()), Err(VerifyError::MissingHeader(HDR_SIGNER)));
+        let result =
+            SignedEvent::open(&event.subject, None, event.body.clone(), MAX_ENVELOPE_BYTES);
+        assert_eq!(
+            result.map(|_| ()),
+            Err(VerifyError::MissingHeader(HDR_SIGNER))
+        );
         let mut headers = event.headers();
         headers.insert(HDR_SIGNATURE, "garbage");
-        let result = SignedEvent::open(&event.subject, Some(&headers), event.body.clone(), MAX_ENVELOPE_BYTES);
-        assert!(matches!(result, Err(VerifyError::BadHeader { header: HDR_SIGNATURE, .. })));
+        let result = SignedEvent::open(
+            &event.subject,
+            Some(&headers),
+            event.body.clone(),
+            MAX_ENVELOPE_BYTES,
+        );
+        assert!(matches!(
+            result,
+            Err(VerifyError::BadHeader {
+                header: HDR_SIGNATURE,
+                ..
+            })
+        ));
         let mut headers = event.headers();
         headers.insert(HDR_MSG_ID, "other");
-        let result = SignedEvent::open(&event.subject, Some(&headers), event.body, MAX_ENVELOPE_BYTES);
+        let result = SignedEvent::open(
+            &event.subject,
+            Some(&headers),
+            event.body,
+            MAX_ENVELOPE_BYTES,
+        );
         assert_eq!(result.map(|_| ()), Err(VerifyError::MsgIdMismatch));
     }
 

@@ -14,7 +14,10 @@ pub struct RateLimitedLog {
 impl RateLimitedLog {
     /// At most one line per cause per `period`.
     pub fn new(period: Duration) -> Self {
-        Self { period, causes: HashMap::new() }
+        Self {
+            period,
+            causes: HashMap::new(),
+        }
     }
 
     /// `Some(suppressed)` when a line for `cause` should be written now (`suppressed` is
@@ -53,10 +56,22 @@ mod tests {
         let mut log = RateLimitedLog::new(Duration::from_secs(60));
         let t0 = Instant::now();
         assert_eq!(log.check("bad_signature", t0), Some(0));
-        assert_eq!(log.check("bad_signature", t0 + Duration::from_secs(1)), None);
-        assert_eq!(log.check("bad_signature", t0 + Duration::from_secs(2)), None);
+        assert_eq!(
+            log.check("bad_signature", t0 + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(
+            log.check("bad_signature", t0 + Duration::from_secs(2)),
+            None
+        );
         assert_eq!(log.check("malformed", t0 + Duration::from_secs(2)), Some(0));
-        assert_eq!(log.check("bad_signature", t0 + Duration::from_secs(61)), Some(2));
-        assert_eq!(log.check("bad_signature", t0 + Duration::from_secs(62)), None);
+        assert_eq!(
+            log.check("bad_signature", t0 + Duration::from_secs(61)),
+            Some(2)
+        );
+        assert_eq!(
+            log.check("bad_signature", t0 + Duration::from_secs(62)),
+            None
+        );
     }
 }

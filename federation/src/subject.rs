@@ -76,7 +76,14 @@ mod tests {
     fn event_names_need_a_domain_and_a_name() {
         assert!(is_valid_event_name("edge.health"));
         assert!(is_valid_event_name("booking.created.v2"));
-        for bad in ["health", "edge.", ".health", "edge..health", "Edge.health", "edge.*"] {
+        for bad in [
+            "health",
+            "edge.",
+            ".health",
+            "edge..health",
+            "Edge.health",
+            "edge.*",
+        ] {
             assert!(!is_valid_event_name(bad), "{bad}");
         }
     }

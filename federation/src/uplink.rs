@@ -91,7 +91,10 @@ impl Uplink {
         let pending = self.outbox.stats().depth;
         if pending == 0 || !self.link.state().connected {
             if pending > 0 {
-                info!(pending, "Shutting down with events not yet acknowledged upstream.");
+                info!(
+                    pending,
+                    "Shutting down with events not yet acknowledged upstream."
+                );
             }
             return;
         }
@@ -114,7 +117,10 @@ impl Uplink {
             let message = PublishMessage::build()
                 .payload(event.body.clone())
                 .headers(event.headers());
-            match js.send_publish(subject::ingress_subject(&event.subject), message).await {
+            match js
+                .send_publish(subject::ingress_subject(&event.subject), message)
+                .await
+            {
                 Ok(ack) => pending.push((*seq, ack)),
                 Err(error) => {
                     note_failure(log, error.kind(), &error.to_string());

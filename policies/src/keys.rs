@@ -36,7 +36,9 @@ impl PublicKey {
         let body = text
             .trim()
             .strip_prefix(PUBLIC_PREFIX)
-            .ok_or(KeyError::MissingPrefix { expected: PUBLIC_PREFIX })?;
+            .ok_or(KeyError::MissingPrefix {
+                expected: PUBLIC_PREFIX,
+            })?;
         let bytes = decode_32(body)?;
         Self::from_bytes(&bytes)
     }
@@ -65,7 +67,11 @@ impl PublicKey {
 
 impl std::fmt::Display for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{PUBLIC_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.0.as_bytes()))
+        write!(
+            f,
+            "{PUBLIC_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(self.0.as_bytes())
+        )
     }
 }
 
@@ -98,7 +104,9 @@ impl SecretKey {
         let body = text
             .trim()
             .strip_prefix(SECRET_PREFIX)
-            .ok_or(KeyError::MissingPrefix { expected: SECRET_PREFIX })?;
+            .ok_or(KeyError::MissingPrefix {
+                expected: SECRET_PREFIX,
+            })?;
         let seed = Zeroizing::new(decode_32(body)?);
         Self::from_seed(&seed)
     }
@@ -106,7 +114,10 @@ impl SecretKey {
     /// The contents of a secret key file (one line, newline-terminated).
     pub fn to_file_text(&self) -> Zeroizing<String> {
         let seed = Zeroizing::new(self.0.to_bytes());
-        Zeroizing::new(format!("{SECRET_PREFIX}{}\n", URL_SAFE_NO_PAD.encode(*seed)))
+        Zeroizing::new(format!(
+            "{SECRET_PREFIX}{}\n",
+            URL_SAFE_NO_PAD.encode(*seed)
+        ))
     }
 
     /// The matching public key.
@@ -122,7 +133,11 @@ impl SecretKey {
 
 impl std::fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SecretKey(public: {}, secret: <redacted>)", self.public())
+        write!(
+            f,
+            "SecretKey(public: {}, secret: <redacted>)",
+            self.public()
+        )
     }
 }
 
@@ -134,9 +149,17 @@ impl Signature {
             .decode_slice(text.trim(), &mut bytes)
             .map_err(|_| KeyError::BadEncoding)?;
         if n != 64 {
-            return Err(KeyError::BadLength { expected: 64, got: n });
+            return Err(KeyError::BadLength {
+                expected: 64,
+                got: n,
+            });
         }
         Ok(Self(ed25519_dalek::Signature::from_bytes(&bytes)))
+    }
+
+    /// A signature from its 64 raw bytes (any value: validity is decided by `verify`).
+    pub fn from_bytes(bytes: &[u8; 64]) -> Self {
+        Self(ed25519_dalek::Signature::from_bytes(bytes))
     }
 
     /// The 64 raw bytes.
@@ -164,7 +187,10 @@ fn decode_32(text: &str) -> Result<[u8; 32], KeyError> {
         .decode_slice(text, &mut *buf)
         .map_err(|_| KeyError::BadEncoding)?;
     if n != 32 {
-        return Err(KeyError::BadLength { expected: 32, got: n });
+        return Err(KeyError::BadLength {
+            expected: 32,
+            got: n,
+        });
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(&buf[..32]);
@@ -194,7 +220,10 @@ mod tests {
         let text = secret.to_file_text();
         let parsed = SecretKey::parse(&text).expect("parses");
         assert_eq!(parsed.public(), secret.public());
-        let seed_text = text.trim().trim_start_matches("ed25519-secret:").to_string();
+        let seed_text = text
+            .trim()
+            .trim_start_matches("ed25519-secret:")
+            .to_string();
         assert!(!format!("{parsed:?}").contains(&seed_text));
     }
 
@@ -203,8 +232,14 @@ mod tests {
         let secret = key(1);
         let sig = secret.sign(b"body");
         assert_eq!(secret.public().verify(b"body", &sig), Ok(()));
-        assert_eq!(secret.public().verify(b"body ", &sig), Err(KeyError::BadSignature));
-        assert_eq!(key(2).public().verify(b"body", &sig), Err(KeyError::BadSignature));
+        assert_eq!(
+            secret.public().verify(b"body ", &sig),
+            Err(KeyError::BadSignature)
+        );
+        assert_eq!(
+            key(2).public().verify(b"body", &sig),
+            Err(KeyError::BadSignature)
+        );
         let reparsed = Signature::parse(&sig.to_string()).expect("parses");
         assert_eq!(reparsed, sig);
     }
@@ -223,17 +258,30 @@ mod tests {
     fn malformed_key_texts_get_precise_errors() {
         assert_eq!(
             PublicKey::parse("abc"),
-            Err(KeyError::MissingPrefix { expected: "ed25519:" })
+            Err(KeyError::MissingPrefix {
+                expected: "ed25519:"
+            })
         );
         assert_eq!(PublicKey::parse("ed25519:!!!"), Err(KeyError::BadEncoding));
         assert_eq!(
             PublicKey::parse("ed25519:AAAA"),
-            Err(KeyError::BadLength { expected: 32, got: 3 })
+            Err(KeyError::BadLength {
+                expected: 32,
+                got: 3
+            })
         );
         assert_eq!(
             SecretKey::parse("ed25519:AAAA").map(|k| k.public()),
-            Err(KeyError::MissingPrefix { expected: "ed25519-secret:" })
+            Err(KeyError::MissingPrefix {
+                expected: "ed25519-secret:"
+            })
         );
-        assert_eq!(Signature::parse("AAAA"), Err(KeyError::BadLength { expected: 64, got: 3 }));
+        assert_eq!(
+            Signature::parse("AAAA"),
+            Err(KeyError::BadLength {
+                expected: 64,
+                got: 3
+            })
+        );
     }
 }

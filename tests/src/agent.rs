@@ -1,0 +1,187 @@
+//! The `nexus-agent` binary as a child process: `run` with a config file, and `keygen`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::bins::agent_bin;
+use crate::process::{append_log, read_lossy, Proc};
+
+/// How long [`AgentProcess`]'s `Drop` waits after SIGTERM before it sends SIGKILL.
+const DROP_GRACE: Duration = Duration::from_secs(3);
+
+/// A `nexus-agent run -c DIR/NAME.toml` process; output appended to `DIR/NAME.log`.
+///
+/// The agent runs with `RUST_LOG` unset and with no inherited `NEXUS_*__*` variables (which
+/// the agent reads as config overrides), so only the test's config file counts. Dropping it
+/// sends SIGTERM, waits up to 3 s, then SIGKILLs: no process is left behind.
+#[derive(Debug)]
+pub struct AgentProcess {
+    name: String,
+    program: PathBuf,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    proc: Proc,
+}
+
+impl AgentProcess {
+    /// Writes `config_toml` to `dir/NAME.toml` and starts the agent on it (see [`agent_bin`]).
+    /// Returns as soon as the process is started: wait for what the test needs (a heartbeat,
+    /// a log line) with [`crate::wait_until`].
+    pub fn spawn(name: &str, config_toml: &str, dir: &Path) -> AgentProcess {
+        Self::spawn_program(&agent_bin(), name, config_toml, dir)
+    }
+
+    /// [`Self::spawn`] with another program in place of `nexus-agent` (it is run as
+    /// `PROGRAM run -c FILE`); used to test this helper with a stand-in.
+    pub fn spawn_program(
+        program: &Path,
+        name: &str,
+        config_toml: &str,
+        dir: &Path,
+    ) -> AgentProcess {
+        std::fs::create_dir_all(dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        let config_path = dir.join(format!("{name}.toml"));
+        std::fs::write(&config_path, config_toml)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_path.display()));
+        let agent = AgentProcess {
+            name: name.to_owned(),
+            program: program.to_path_buf(),
+            config_path,
+            log_path: dir.join(format!("{name}.log")),
+            proc: Proc::default(),
+        };
+        agent.start();
+        agent
+    }
+
+    fn start(&self) {
+        let log = append_log(&self.log_path);
+        let err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot clone log handle: {e}"));
+        let mut cmd = Command::new(&self.program);
+        cmd.arg("run").arg("-c").arg(&self.config_path);
+        scrub_env(&mut cmd);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.program.display()));
+        self.proc.set(child);
+    }
+
+    /// The agent's name (its config and log file stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The pid while the agent runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    /// Whether the process is alive.
+    pub fn is_running(&self) -> bool {
+        self.proc.is_running()
+    }
+
+    /// The exit status if the agent has exited on its own (or was stopped); `None` while it runs.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.proc.exit_status()
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit. `None` if the agent is still running
+    /// after `timeout` (it is left running: the test decides) or was not running.
+    pub fn terminate(&self, timeout: Duration) -> Option<ExitStatus> {
+        self.proc.terminate(timeout)
+    }
+
+    /// SIGKILL + wait, like a crash or power loss of the process.
+    pub fn kill(&self) -> Option<ExitStatus> {
+        self.proc.kill()
+    }
+
+    /// Starts the agent again with the same config, appending to the same log. A still
+    /// running agent is killed first (SIGKILL): call [`Self::terminate`] before for a
+    /// graceful restart.
+    pub fn restart(&self) {
+        self.proc.kill();
+        self.start();
+    }
+
+    /// Everything the agent wrote so far (stdout and stderr, all runs).
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path)
+    }
+
+    /// The log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The config file the agent runs with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // Graceful first, so a dropped agent flushes like a stopped one; `Proc`'s own Drop
+        // then kills whatever is left.
+        self.proc.terminate(DROP_GRACE);
+    }
+}
+
+/// Runs `nexus-agent keygen --out DIR/NAME.key`; returns the secret key's path and the public
+/// key text (`ed25519:…`) the command prints. Panics with its stderr if it fails.
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let key = dir.join(format!("{name}.key"));
+    let mut cmd = Command::new(agent_bin());
+    cmd.arg("keygen").arg("--out").arg(&key);
+    scrub_env(&mut cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", agent_bin().display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "nexus-agent keygen --out {} failed ({}):\n{}{}",
+        key.display(),
+        out.status,
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = stdout.trim().to_owned();
+    assert!(
+        public.starts_with("ed25519:"),
+        "keygen printed {public:?}, expected `ed25519:…`"
+    );
+    assert!(
+        key.is_file(),
+        "keygen succeeded but {} is missing",
+        key.display()
+    );
+    (key, public)
+}
+
+/// Removes what would change the agent's behaviour behind the test's back.
+fn scrub_env(cmd: &mut Command) {
+    cmd.env_remove("RUST_LOG");
+    let overrides: Vec<OsString> = std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            k.to_str()
+                .is_some_and(|k| k.starts_with("NEXUS_") && k.contains("__"))
+        })
+        .collect();
+    for key in overrides {
+        cmd.env_remove(key);
+    }
+}

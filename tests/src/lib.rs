@@ -1,0 +1,35 @@
+//! Test support for nexus-agent's end-to-end tests: real processes, no mocks.
+//!
+//! Starts real `nats-server` (with JetStream) and `mosquitto` on loopback ports of their own,
+//! each in a temp dir, waits until they serve clients (with a deadline), restarts them on the
+//! same port with the same data for outage tests, and kills them on `Drop` — modelled on the
+//! nats-server helper crate of nats.rs. Runs the `nexus-agent` binary as a child process, and
+//! offers deadline-bound waits so that tests never sleep to synchronise.
+//!
+//! A missing program panics with how to install it (`./dev setup`). Programs are found via
+//! `NATS_SERVER_BIN`, `MOSQUITTO_BIN` and `NEXUS_E2E_AGENT_BIN` first (see [`bins`]).
+//!
+//! Process handling is synchronous (std::process) so it works from sync and async tests
+//! alike; starting or stopping blocks the calling thread for at most a few seconds.
+//!
+//! # Layout
+//! - [`bins`]: finding nats-server, mosquitto and its clients, nexus-agent.
+//! - [`nats`]: [`NatsServer`], a JetStream-enabled nats-server on a port it chose.
+//! - [`mosquitto`]: [`Mosquitto`], a persistent mosquitto broker on a free port.
+//! - [`agent`]: [`AgentProcess`] (`nexus-agent run`) and [`keygen`].
+//! - [`wait`]: [`wait_until`], [`assert_eventually!`], [`collect_until`], [`payload_json`].
+//! - `process`: the owned-child plumbing all of them share (signals, bounded waits, logs).
+
+pub mod agent;
+pub mod bins;
+pub mod mosquitto;
+pub mod nats;
+mod process;
+pub mod wait;
+
+pub use agent::{keygen, AgentProcess};
+pub use bins::{agent_bin, mosquitto_bin, mosquitto_client_bin, nats_server_bin, INSTALL_HINT};
+pub use mosquitto::Mosquitto;
+pub use nats::{NatsServer, NatsServerBuilder};
+pub use process::pid_exists;
+pub use wait::{collect_until, payload_json, wait_until, Outcome, DEFAULT_DEADLINE};

@@ -1,0 +1,387 @@
+//! A real `nats-server` with JetStream, on a port of its own choosing, in a temp dir.
+//!
+//! The first start asks the server to pick a free client port (`listen: 127.0.0.1:-1`) and
+//! reads it back from the ports file the server writes (`ports_file_dir`), so there is no race
+//! between "find a free port" and "bind it". The config is then rewritten with that port, so
+//! [`NatsServer::restart`] comes back on the same address with the same JetStream store.
+//!
+//! Readiness is checked at the protocol level, not just TCP: the probe reads the server's
+//! `INFO`, sends `CONNECT` and, with JetStream on, asks `$JS.API.INFO` and waits for the answer.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::bins::nats_server_bin;
+use crate::process::{append_log, tail, Proc};
+
+/// How long a start or restart may take before it panics.
+pub const NATS_START_DEADLINE: Duration = Duration::from_secs(10);
+/// How long [`NatsServer::stop`] waits after SIGTERM before it sends SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What to put in a [`NatsServer`]'s config file; made by [`NatsServer::builder`].
+#[derive(Debug, Clone)]
+pub struct NatsServerBuilder {
+    jetstream: bool,
+    jetstream_options: Vec<String>,
+    extra: Vec<String>,
+    server_name: Option<String>,
+}
+
+impl Default for NatsServerBuilder {
+    fn default() -> Self {
+        Self {
+            jetstream: true,
+            jetstream_options: Vec::new(),
+            extra: Vec::new(),
+            server_name: None,
+        }
+    }
+}
+
+impl NatsServerBuilder {
+    /// Turns JetStream on (the default) or off.
+    pub fn jetstream(mut self, on: bool) -> Self {
+        self.jetstream = on;
+        self
+    }
+
+    /// Adds a line inside the `jetstream { … }` block, e.g. `"max_file_store: 1GB"`.
+    pub fn jetstream_option(mut self, line: &str) -> Self {
+        self.jetstream_options.push(line.to_owned());
+        self
+    }
+
+    /// `jetstream { sync_interval: always }`: fsync before every PubAck, as the configs we ship
+    /// for hub/root ingress do (see PITFALLS: a PubAck otherwise precedes the fsync).
+    pub fn sync_always(self) -> Self {
+        self.jetstream_option("sync_interval: always")
+    }
+
+    /// Sets `server_name` (needed once servers are linked: leaf nodes, clusters).
+    pub fn server_name(mut self, name: &str) -> Self {
+        self.server_name = Some(name.to_owned());
+        self
+    }
+
+    /// Appends top-level config text verbatim (after the generated lines).
+    ///
+    /// Do not add a second `jetstream { }` block here (it would replace the generated one and
+    /// lose `store_dir`): use [`Self::jetstream_option`]. Other listeners added here should
+    /// use fixed ports if the test restarts the server.
+    pub fn extra(mut self, text: &str) -> Self {
+        self.extra.push(text.to_owned());
+        self
+    }
+
+    /// Starts the server and waits until it serves clients (and JetStream, if on).
+    pub fn start(self) -> NatsServer {
+        NatsServer::launch(self)
+    }
+}
+
+/// A running (or stopped, restartable) `nats-server` process on 127.0.0.1.
+///
+/// Dropping it kills the process (SIGKILL + wait: no zombie) and deletes its temp dir.
+/// Methods block the calling thread for at most a few seconds (process start and stop).
+#[derive(Debug)]
+pub struct NatsServer {
+    proc: Proc,
+    port: AtomicU16,
+    options: NatsServerBuilder,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    store_dir: PathBuf,
+    // Last field: dropped after `proc` has killed the server that writes into it.
+    dir: TempDir,
+}
+
+impl NatsServer {
+    /// Starts a JetStream-enabled server on a free port; panics (with the log tail) if it is
+    /// not serving within [`NATS_START_DEADLINE`].
+    pub fn start() -> NatsServer {
+        Self::builder().start()
+    }
+
+    /// Like [`Self::start`], with `extra` appended to the config file at top level (see
+    /// [`NatsServerBuilder::extra`]).
+    pub fn start_with_config(extra: &str) -> NatsServer {
+        Self::builder().extra(extra).start()
+    }
+
+    /// A builder for a server with other config (JetStream options, a name, extra text).
+    pub fn builder() -> NatsServerBuilder {
+        NatsServerBuilder::default()
+    }
+
+    fn launch(options: NatsServerBuilder) -> NatsServer {
+        let dir = tempfile::Builder::new()
+            .prefix("nexus-e2e-nats-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temp dir for nats-server: {e}"));
+        let server = NatsServer {
+            proc: Proc::default(),
+            port: AtomicU16::new(0),
+            config_path: dir.path().join("nats-server.conf"),
+            log_path: dir.path().join("nats-server.log"),
+            store_dir: dir.path().join("jetstream"),
+            options,
+            dir,
+        };
+        server.spawn_and_wait();
+        server
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port())
+    }
+
+    /// The client port (the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.port.load(Ordering::SeqCst)
+    }
+
+    /// The server's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    /// Whether the process is alive.
+    pub fn is_running(&self) -> bool {
+        self.proc.is_running()
+    }
+
+    /// Stops the server gracefully (SIGTERM; SIGKILL after 5 s) and waits for it to exit.
+    /// The port and the JetStream store are kept for [`Self::restart`]. No-op if stopped.
+    pub fn stop(&self) {
+        self.proc.stop(STOP_GRACE);
+    }
+
+    /// Kills the server at once (SIGKILL + wait), like a crash. Data JetStream already wrote
+    /// survives in the OS page cache; [`Self::restart`] brings it back.
+    pub fn kill(&self) {
+        self.proc.kill();
+    }
+
+    /// Stops the server if it runs, then starts it again on the same port with the same config
+    /// and JetStream store; returns once it serves clients again.
+    pub fn restart(&self) {
+        self.stop();
+        self.spawn_and_wait();
+    }
+
+    /// Connects a client (with a deadline of [`NATS_START_DEADLINE`]).
+    pub async fn client(&self) -> async_nats::Client {
+        let url = self.url();
+        match tokio::time::timeout(NATS_START_DEADLINE, async_nats::connect(&url)).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => panic!("cannot connect to {url}: {e}\n{}", self.log_tail(20)),
+            Err(_) => panic!("connecting to {url} timed out\n{}", self.log_tail(20)),
+        }
+    }
+
+    /// The last `n` lines of the server's log (which is kept across restarts).
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log_path, n)
+    }
+
+    /// The log file (stdout and stderr of every run, appended).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The config file the server runs with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The JetStream `store_dir`.
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// The server's own temp dir (config, log, store, ports file).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write_config(&self, listen_port: Option<u16>) {
+        // JSON strings are valid quoted strings in nats-server's config syntax.
+        let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let listen = match listen_port {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => "127.0.0.1:-1".to_owned(),
+        };
+        let mut text = String::from("# Written by nexus-e2e for one test.\n");
+        text.push_str(&format!("listen: \"{listen}\"\n"));
+        text.push_str(&format!(
+            "ports_file_dir: {}\n",
+            q(&self.dir.path().to_string_lossy())
+        ));
+        if let Some(name) = &self.options.server_name {
+            text.push_str(&format!("server_name: {}\n", q(name)));
+        }
+        if self.options.jetstream {
+            text.push_str(&format!(
+                "jetstream {{\n  store_dir: {}\n",
+                q(&self.store_dir.to_string_lossy())
+            ));
+            for line in &self.options.jetstream_options {
+                text.push_str(&format!("  {line}\n"));
+            }
+            text.push_str("}\n");
+        }
+        for extra in &self.options.extra {
+            text.push_str(extra);
+            text.push('\n');
+        }
+        std::fs::write(&self.config_path, text)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.config_path.display()));
+    }
+
+    fn spawn_and_wait(&self) {
+        let known_port = match self.port() {
+            0 => None,
+            port => Some(port),
+        };
+        self.write_config(known_port);
+        let log = append_log(&self.log_path);
+        let err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot clone log handle: {e}"));
+        let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", nats_server_bin().display()));
+        let pid = child.id();
+        self.proc.set(child);
+
+        let deadline = Instant::now() + NATS_START_DEADLINE;
+        let ports_file = self.dir.path().join(format!("nats-server_{pid}.ports"));
+        let mut last = String::from("no ports file yet");
+        loop {
+            if let Some(status) = self.proc.exit_status() {
+                self.proc.kill();
+                panic!(
+                    "nats-server exited during startup ({status}){}; log tail:\n{}",
+                    known_port
+                        .map(|p| format!(" — is port {p} taken by another process?"))
+                        .unwrap_or_default(),
+                    self.log_tail(30)
+                );
+            }
+            let port = known_port.or_else(|| read_ports_file(&ports_file));
+            if let Some(port) = port {
+                match probe(port, self.options.jetstream) {
+                    Ok(()) => {
+                        self.port.store(port, Ordering::SeqCst);
+                        if known_port.is_none() {
+                            // Pin the chosen port for restarts.
+                            self.write_config(Some(port));
+                        }
+                        return;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            if Instant::now() >= deadline {
+                self.proc.kill();
+                panic!(
+                    "nats-server not ready within {NATS_START_DEADLINE:?} (last probe: {last}); log tail:\n{}",
+                    self.log_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The client port from `{"nats":["nats://127.0.0.1:PORT"], ...}`; `None` until the file is
+/// there and complete.
+fn read_ports_file(path: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = json.get("nats")?.as_array()?.first()?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
+/// One NATS protocol exchange with the server: INFO, CONNECT, PING/PONG and, with JetStream,
+/// a `$JS.API.INFO` request that must be answered.
+fn probe(port: u16, jetstream: bool) -> Result<(), String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let timeout = Duration::from_secs(1);
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut line = String::new();
+    let read_line = |reader: &mut BufReader<TcpStream>, line: &mut String| -> Result<(), String> {
+        line.clear();
+        match reader.read_line(line) {
+            Ok(0) => Err("connection closed".to_owned()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("read: {e}")),
+        }
+    };
+    read_line(&mut reader, &mut line)?;
+    if !line.starts_with("INFO ") {
+        return Err(format!("expected INFO, got {line:?}"));
+    }
+    let mut hello = String::from(
+        "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,\"protocol\":1,\"name\":\"nexus-e2e-probe\"}\r\n",
+    );
+    if jetstream {
+        hello.push_str(
+            "SUB _INBOX.nexus_e2e_probe 1\r\nPUB $JS.API.INFO _INBOX.nexus_e2e_probe 0\r\n\r\n",
+        );
+    }
+    hello.push_str("PING\r\n");
+    stream
+        .write_all(hello.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    loop {
+        read_line(&mut reader, &mut line)?;
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("PONG") if !jetstream => return Ok(()),
+            Some("PING") => stream
+                .write_all(b"PONG\r\n")
+                .map_err(|e| format!("write: {e}"))?,
+            Some("MSG") => {
+                let len: usize = words
+                    .nth(2)
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("bad MSG line")?;
+                let mut body = vec![0; len + 2];
+                reader
+                    .read_exact(&mut body)
+                    .map_err(|e| format!("read: {e}"))?;
+                let body = String::from_utf8_lossy(&body[..len]);
+                if body.contains("\"error\"") {
+                    return Err(format!("JetStream not ready: {body}"));
+                }
+                return Ok(());
+            }
+            // A status message: 503 no responders while JetStream is not up yet.
+            Some("HMSG") => return Err(format!("JetStream not ready: {}", line.trim())),
+            Some("-ERR") => return Err(line.trim().to_owned()),
+            _ => {}
+        }
+    }
+}
