@@ -87,7 +87,10 @@ fn render(message: &async_nats::Message, json: bool) -> String {
         },
         _ => "sig:none",
     };
-    let payload = serde_json::to_string(&envelope.payload).unwrap_or_default();
+    let summary = match envelope.event_name.as_str() {
+        "edge.health" => health_summary(&envelope.payload),
+        _ => serde_json::to_string(&envelope.payload).unwrap_or_default(),
+    };
     format!(
         "{}  {}  {}  {}  {}  {}",
         envelope.ts,
@@ -95,8 +98,49 @@ fn render(message: &async_nats::Message, json: bool) -> String {
         envelope.source,
         envelope.event_name,
         signature,
-        shorten(&payload, 120)
+        shorten(&summary, 160)
     )
+}
+
+/// `member healthy up=12s cpu=5.0% mem=41.2% uplink=up outbox=0 children=3/0`.
+fn health_summary(payload: &serde_json::Map<String, serde_json::Value>) -> String {
+    let text = |key: &str| {
+        payload
+            .get(key)
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+    };
+    let mut parts = Vec::new();
+    parts.extend(text("mode"));
+    parts.extend(text("status"));
+    if let Some(up) = text("uptime_secs") {
+        parts.push(format!("up={up}s"));
+    }
+    for (key, label) in [("cpu_pct", "cpu"), ("mem_pct", "mem")] {
+        if let Some(value) = payload.get(key).and_then(serde_json::Value::as_f64) {
+            parts.push(format!("{label}={value:.1}%"));
+        }
+    }
+    for link in ["uplink", "local"] {
+        if let Some(connected) = payload
+            .get(link)
+            .and_then(|l| l.get("connected"))
+            .and_then(serde_json::Value::as_bool)
+        {
+            parts.push(format!("{link}={}", if connected { "up" } else { "DOWN" }));
+        }
+    }
+    if let Some(depth) = payload.get("outbox").and_then(|o| o.get("depth")) {
+        parts.push(format!("outbox={depth}"));
+    }
+    if let Some(children) = payload.get("children") {
+        let count = |k: &str| children.get(k).map(ToString::to_string).unwrap_or_default();
+        parts.push(format!(
+            "children={} online/{} offline",
+            count("online"),
+            count("offline")
+        ));
+    }
+    parts.join(" ")
 }
 
 fn shorten(text: &str, max: usize) -> String {
