@@ -14,6 +14,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once at start: the size of the largest variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent in the mode its config names.
@@ -52,5 +54,100 @@ pub enum Command {
         /// Stop after this many envelopes.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
+    },
+    /// Issue, inspect and verify capability token chains.
+    Token {
+        /// What to do with tokens.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// `nexus-agent token …`.
+#[allow(clippy::large_enum_variant)] // parsed once, like `Command`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token for a node and write its chain (the new token first, then the parent
+    /// chain). Prints the token id on stdout and a summary on stderr.
+    Issue {
+        /// The issuer's secret key: a trust anchor (root key) without --parent, else the key
+        /// the parent token was issued to.
+        #[arg(long, value_name = "ISSUER.key")]
+        key: PathBuf,
+        /// The issuer's own token chain: the new token hangs from it and can grant only
+        /// what it grants. Without it, the new token is a top token signed by a root key.
+        #[arg(long, value_name = "ISSUER.token")]
+        parent: Option<PathBuf>,
+        /// The node the token is for (1-64 chars of [a-z0-9_-]).
+        #[arg(long, value_name = "ID")]
+        node: String,
+        /// The node's public key: the `ed25519:…` text or the path of its .pub file.
+        #[arg(long, value_name = "PUBKEY")]
+        node_key: String,
+        /// The tenant the node is bound to; omit for a node serving every tenant (required
+        /// under a parent bound to a tenant).
+        #[arg(long, value_name = "T")]
+        tenant: Option<String>,
+        /// The node's tier.
+        #[arg(long, value_parser = ["member", "hub", "root"])]
+        role: String,
+        /// Subject patterns the node may publish (`*` one token, `>` the rest); repeatable.
+        #[arg(long, value_name = "PATTERN", num_args = 1..)]
+        publish: Vec<String>,
+        /// Subject patterns the node may receive; repeatable.
+        #[arg(long, value_name = "PATTERN", num_args = 1..)]
+        receive: Vec<String>,
+        /// How long the token is valid, from --not-before (e.g. 30d, 12h, 90m).
+        #[arg(long, value_name = "DURATION", default_value = "30d")]
+        ttl: String,
+        /// When the token becomes valid (RFC 3339); default now.
+        #[arg(long, value_name = "RFC3339")]
+        not_before: Option<String>,
+        /// Where to write the chain.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+        /// After writing, record a `nexus._core.audit.cap_token_issued` event on this NATS
+        /// server's ingress stream (a hub's or the root's) and wait for its ack.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// The node id the audit event comes from (its `source`).
+        #[arg(long, value_name = "ID", default_value = "root")]
+        issuer_id: String,
+    },
+    /// Print every token of a chain, leaf first, in words (never key material).
+    Inspect {
+        /// The token chain file.
+        file: PathBuf,
+    },
+    /// Verify a chain up to trust anchors, now or at a given time: exit 0 if valid,
+    /// 1 with the reason if not.
+    Verify {
+        /// The token chain file.
+        file: PathBuf,
+        /// A trusted root public key (`ed25519:…` or a .pub file); repeatable.
+        #[arg(long, value_name = "ROOT_PUBKEY", required = true)]
+        trust: Vec<String>,
+        /// Verify at this time (RFC 3339) instead of now.
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<String>,
+    },
+    /// Revoke tokens fleet-wide: add their ids to the signed revocation list in the root's
+    /// NATS (`NEXUS_TRUST` bucket), which every hub and member watches and persists.
+    Revoke {
+        /// A trust anchor's secret key (the root key); it signs the list.
+        #[arg(long, value_name = "ROOT.key")]
+        key: PathBuf,
+        /// A token id to revoke (as printed by `token issue` / `token inspect`); repeatable.
+        #[arg(long = "id", value_name = "TOKEN_ID", required = true)]
+        ids: Vec<String>,
+        /// The root's NATS server, where the list is published.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Also write the signed list to this file.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }

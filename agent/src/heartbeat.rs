@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nexus_config::Mode;
+use nexus_federation::outbox::Priority;
 use nexus_federation::{Encoding, Envelope, Link, LinkState, Outbox, SignedEvent};
 use nexus_policies::SecretKey;
 use serde_json::{json, Map, Value};
@@ -72,18 +73,14 @@ impl Heartbeat {
                     continue;
                 }
             };
-            match self.outbox.push(event) {
+            match self.outbox.push(event, Priority::Control).await {
                 Ok(_) => {
                     full_warned = false;
                     debug!("Heartbeat queued.");
                 }
-                Err(full) if !full_warned => {
+                Err(error) if !full_warned => {
                     full_warned = true;
-                    warn!(
-                        bytes = full.bytes,
-                        max_bytes = full.max_bytes,
-                        "Outbox full; heartbeats are dropped until the uplink drains it."
-                    );
+                    warn!(%error, "Cannot queue heartbeats; they are dropped until the outbox takes them again.");
                 }
                 Err(_) => {}
             }

@@ -8,12 +8,20 @@
 //! - `heartbeat`: `edge.health` emission and the watch over children.
 //! - `keygen`: key pair creation and loading.
 //! - `tail`: printing envelopes from a subject.
+//! - `token_cmd`: `token issue | inspect | verify`.
+//! - `trust_setup`: own token chain, trust clock and known revocations at start.
+//! - `revoke`: `token revoke`, the fleet's signed revocation list.
+//! - `rejections`: refused messages → dead letters and audit events.
 
 mod cli;
 mod heartbeat;
 mod keygen;
+mod rejections;
+mod revoke;
 mod run;
 mod tail;
+mod token_cmd;
+mod trust_setup;
 
 use std::process::ExitCode;
 
@@ -22,6 +30,7 @@ use clap::Parser as _;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    nexus_federation::tls::install_crypto_provider(); // ring, before any TLS: see PITFALLS.
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match nexus_config::load(&config) {
@@ -42,6 +51,10 @@ fn main() -> ExitCode {
                 println!("{public}");
                 ExitCode::SUCCESS
             }
+            Err(error) => failed(&error),
+        },
+        Command::Token { command } => match token_cmd::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(error) => failed(&error),
         },
         Command::Tail {

@@ -13,14 +13,18 @@ use anyhow::Context as _;
 use nexus_config::{Config, Mode};
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
 use nexus_federation::ingress::{Destination, Ingress, LandingStream};
+use nexus_federation::revocation;
 use nexus_federation::uplink::Uplink;
 use nexus_federation::{Link, Outbox};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::heartbeat::{Children, Heartbeat, EVENT_NAME};
 use crate::keygen::load_secret;
+use crate::rejections::RejectionHandler;
+use crate::trust_setup::TrustSetup;
 
 /// How long subsystems get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1800);
@@ -36,6 +40,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "Starting nexus-agent."
     );
+    std::fs::create_dir_all(&node.data_dir)
+        .with_context(|| format!("cannot create node.data_dir {}", node.data_dir.display()))?;
+    let trust = TrustSetup::load(&config, &key)?;
     let client_name = format!("nexus-agent {} {}", node.mode, node.id);
     let uplink = match &config.uplink {
         Some(link) => Some(Link::connect("uplink", link, &client_name).await?),
@@ -67,15 +74,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_or(Duration::from_secs(10), |l| l.reconnect_max_delay);
 
     supervise(&tracker, &shutdown, &failed, "uplink", {
-        let pump = Uplink::new(next_hop, outbox.clone(), config.outbox.batch, max_backoff);
+        let pump = Uplink::new(next_hop, outbox.clone(), config.outbox.batch, max_backoff)
+            .with_presentation(trust.presentation.clone());
         let token = shutdown.child_token();
         async move {
             pump.run(token).await;
         }
     });
 
-    let children = match (node.mode, &local) {
-        (Mode::Hub | Mode::Root, Some(local)) => {
+    let gatekeeper = matches!(node.mode, Mode::Hub | Mode::Root).then(|| trust.gatekeeper(&config));
+    let revocation_source = match node.mode {
+        Mode::Root => local.clone(),
+        _ => uplink.clone(),
+    };
+    if let Some(source) = revocation_source {
+        let sync = revocation::Sync {
+            source,
+            republish: local.clone().filter(|_| node.mode != Mode::Member),
+            anchors: config.trust.root_keys.clone(),
+            path: config.trust.revocations_file.clone(),
+            owns_source: node.mode == Mode::Root,
+            gatekeeper: gatekeeper.clone(),
+            own_token_ids: trust.own_token_ids.clone(),
+        };
+        let initial = trust.revocations.clone();
+        supervise(
+            &tracker,
+            &shutdown,
+            &failed,
+            "revocations",
+            sync.run(initial, shutdown.child_token()),
+        );
+    }
+
+    let children = match (node.mode, &local, &gatekeeper) {
+        (Mode::Hub | Mode::Root, Some(local), Some(gatekeeper)) => {
             let children = Children::new(config.heartbeat.offline_after);
             let destination = match (node.mode, &uplink) {
                 (Mode::Hub, Some(uplink)) => Destination::Parent(uplink.clone()),
@@ -88,12 +121,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.ingress.clone(),
                 destination,
                 MAX_ENVELOPE_BYTES,
+                Arc::clone(gatekeeper),
             )
             .with_observer(Arc::new(move |envelope| {
                 if envelope.event_name == EVENT_NAME && envelope.source != own_id {
                     watch.heard(&envelope.source, Instant::now());
                 }
             }));
+            let (refusals_tx, refusals_rx) = mpsc::channel(1024);
+            let ingress = ingress.with_rejections(refusals_tx);
+            let handler = RejectionHandler {
+                node_id: node.id.clone(),
+                key: key.clone(),
+                outbox: outbox.clone(),
+            };
+            supervise(
+                &tracker,
+                &shutdown,
+                &failed,
+                "rejections",
+                handler.run(refusals_rx, shutdown.child_token()),
+            );
             let token = shutdown.child_token();
             let landing_link = (node.mode == Mode::Root).then(|| local.clone());
             supervise(&tracker, &shutdown, &failed, "ingress", async move {
@@ -195,7 +243,7 @@ async fn ensure_landing(link: &Link, shutdown: &CancellationToken) -> bool {
         Duration::from_millis(200),
         Duration::from_secs(10),
     );
-    let stream = LandingStream::core();
+    let stream = LandingStream::all_events();
     let mut attempt = 0;
     loop {
         if !link.wait_connected(shutdown).await {

@@ -44,6 +44,25 @@ pub enum ErrorKind {
     UnreadableKeyFile,
     /// `node.key` names a file that is not a nexus-agent secret key.
     BadKeyFile,
+    /// A public key (`trust.root_keys[i]`) that does not parse, or is weak.
+    BadPublicKey,
+    /// `node.token` names a file that cannot be read.
+    UnreadableTokenFile,
+    /// `node.token` names a file that is not a token chain (or is a secret key file).
+    BadTokenFile,
+    /// The token chain is not this node's: its leaf is for another node id, another key,
+    /// or another role than `node.mode`.
+    TokenMismatch,
+    /// The token chain does not verify up to a key of `trust.root_keys` (time aside).
+    UntrustedToken,
+    /// An `[[acl]]` subject pattern that is not a valid NATS pattern.
+    BadPattern,
+    /// An `[[acl]]` principal that is not `local`, a node id or a node-id glob.
+    BadPrincipal,
+    /// A TLS file (`ca_file`, `cert_file`, `key_file`) that cannot be read.
+    UnreadableTlsFile,
+    /// A TLS file that is not PEM.
+    BadTlsFile,
 }
 
 /// Where a value (or the lack of one) came from.

@@ -4,8 +4,10 @@
 //! This crate owns parsing, defaults and validation, and the error messages an operator
 //! reads when a config is wrong. It knows nothing of NATS, tokio or what the agent does
 //! with the values: it checks that a URL looks like a NATS URL, never connects to it. The
-//! one file it opens besides the config is `node.key`, to refuse an agent that could not
-//! sign (only the path is ever kept or printed).
+//! files it opens besides the config are `node.key`, to refuse an agent that could not
+//! sign, `node.token`, to refuse a token that is not this node's or does not lead to a
+//! trusted root (expiry aside: that needs a clock the agent can trust), and the TLS
+//! files, to refuse unreadable ones. Only their paths are ever kept or printed.
 //!
 //! # Sources, lowest priority first
 //!
@@ -22,8 +24,9 @@
 //!
 //! # Paths
 //!
-//! A relative `node.key` or `node.data_dir` written in the file is resolved against the
-//! directory of that file (so `/etc/nexus-agent/agent.toml` with `key = "node.key"` means
+//! A relative path (`node.key`, `node.token`, `node.data_dir`, `trust.revocations_file`,
+//! TLS files) written in the file is resolved against the directory of that file (so
+//! `/etc/nexus-agent/agent.toml` with `key = "node.key"` means
 //! `/etc/nexus-agent/node.key`); one set by an environment variable is resolved against
 //! the current directory. [`Config`] holds them absolute.
 //!
@@ -31,7 +34,9 @@
 //!
 //! Every problem is reported at once, never only the first: unknown keys at any level
 //! (with a "did you mean" when a known key is close), wrong types, bad ids, durations and
-//! URLs, sections a mode requires or forbids, and an unreadable or invalid key file. Each
+//! URLs, sections a mode requires or forbids, an unreadable or invalid key or token
+//! file, bad trust anchors, `[[acl]]` entries (by index: `acl[2].allow_publish[0]`) and
+//! TLS files. Each
 //! [`ConfigError`] names where the value came from (file or environment variable), its key
 //! path, and what was expected; tests compare its [`ErrorKind`].
 //!

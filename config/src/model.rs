@@ -1,10 +1,14 @@
 //! The validated configuration: what the rest of the agent consumes.
 //!
 //! Every value here has passed validation; durations are parsed, ids are valid subject
-//! tokens, modes and their required sections are consistent.
+//! tokens, modes and their required sections are consistent, keys are parsed, the token
+//! file decodes and belongs to this node, ACL patterns are valid.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use nexus_policies::{Acl, Action, PublicKey};
 
 /// A validated nexus-agent configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +17,10 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// `[node]`: who this agent is.
     pub node: NodeConfig,
+    /// `[trust]`: the trust anchors and how tokens are checked. Required in every mode.
+    pub trust: TrustConfig,
+    /// `[[acl]]`: the operator's local policy, intersected with the token's grants.
+    pub acl: AclPolicy,
     /// `[uplink]`: the parent's NATS. Required for member and hub, forbidden for root.
     pub uplink: Option<LinkConfig>,
     /// `[local]`: this node's own NATS. Required for hub and root, optional for member.
@@ -25,6 +33,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// `[ingress]`: the JetStream stream a hub or root takes its children's traffic from.
     pub ingress: IngressConfig,
+    /// `[dead_letter]`: the bounded store of rejected and poison events.
+    pub dead_letter: DeadLetterConfig,
 }
 
 /// Which tier this agent serves.
@@ -66,6 +76,14 @@ pub struct NodeConfig {
     pub tenant: Option<String>,
     /// `node.key`: path of this node's Ed25519 secret key file (from `nexus-agent keygen`).
     pub key: PathBuf,
+    /// `node.token`: path of this node's capability token chain (CBOR, leaf first, as
+    /// written by `nexus-agent token issue`). Required for member and hub; optional for a
+    /// root, which is the anchor: without a token its own events are accepted when signed
+    /// by a key in `trust.root_keys`. Validation checked that it decodes, that its leaf
+    /// is for `node.id`, for the public key of `node.key`, for the role of `node.mode` and
+    /// (when both name one) for `node.tenant`, and that it is signed up to a key of
+    /// `trust.root_keys`; expiry and revocation are the agent's business at run time.
+    pub token: Option<PathBuf>,
     /// `node.data_dir`: where the agent keeps its state (outbox, dead letters, caches).
     pub data_dir: PathBuf,
 }
@@ -88,6 +106,33 @@ pub struct LinkConfig {
     pub request_timeout: Duration,
     /// `reconnect_max_delay`: the cap of the reconnect backoff. Default 10 s.
     pub reconnect_max_delay: Duration,
+    /// `[uplink.tls]` / `[local.tls]`: `Some` exactly when TLS is required on this link:
+    /// the section is present, or a URL of the list is `tls://` (then with the defaults:
+    /// system roots, no client certificate). `None`: plain TCP unless the server demands
+    /// TLS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[uplink.tls]` / `[local.tls]`: TLS settings of one link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// `ca_file`: a PEM bundle of the CAs that may sign the server's certificate, instead of
+    /// the system roots. Readable, PEM.
+    pub ca_file: Option<PathBuf>,
+    /// `cert_file` + `key_file`: the client certificate for mutual TLS (both or neither).
+    pub client_cert: Option<ClientCert>,
+    /// `server_name`: the name checked in the server's certificate, when it is not the
+    /// URL's host (e.g. connecting by IP address).
+    pub server_name: Option<String>,
+}
+
+/// A client certificate and its key, for mutual TLS. Only the paths are kept or printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// `cert_file`: the PEM certificate (chain) presented to the server.
+    pub cert_file: PathBuf,
+    /// `key_file`: its PEM private key. A secret: readable by the agent's user only.
+    pub key_file: PathBuf,
 }
 
 impl std::fmt::Debug for LinkConfig {
@@ -98,6 +143,7 @@ impl std::fmt::Debug for LinkConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -155,6 +201,100 @@ pub struct OutboxConfig {
     /// `outbox.batch`: how many events are sent before their acks are awaited,
     /// 1..=10000. Default 256.
     pub batch: usize,
+    /// `outbox.when_full`: what a full outbox does with a new event. Default `reject`.
+    pub when_full: WhenFull,
+    /// `outbox.max_age`: events older than this are expired from the outbox (and counted).
+    /// Default: none, events wait as long as it takes.
+    pub max_age: Option<Duration>,
+    /// `outbox.drain_rate`: the most events per second sent while draining a backlog (for
+    /// metered links). Default: no limit.
+    pub drain_rate: Option<NonZeroU32>,
+}
+
+/// `outbox.when_full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// `reject`: the new event is refused (its producer is not acknowledged, so it keeps
+    /// it or retries), and counted. Nothing accepted is ever lost.
+    #[default]
+    Reject,
+    /// `drop_oldest`: the oldest waiting events are dropped (and counted) to make room:
+    /// fresh data over old, for telemetry that is worthless late.
+    DropOldest,
+}
+
+impl WhenFull {
+    /// The name used in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhenFull::Reject => "reject",
+            WhenFull::DropOldest => "drop_oldest",
+        }
+    }
+}
+
+impl std::fmt::Display for WhenFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[dead_letter]`: the store of rejected and poison events (list / replay / purge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterConfig {
+    /// `dead_letter.max_bytes`: the bound on the bytes kept, at least 1; the oldest
+    /// entries go first. Default 64 MiB.
+    pub max_bytes: u64,
+    /// `dead_letter.max_entries`: the bound on the number of entries, at least 1; the
+    /// oldest go first. Default 100000.
+    pub max_entries: u64,
+}
+
+/// `[trust]`: what capability tokens are checked against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrustConfig {
+    /// `trust.root_keys`: the trust anchors, `ed25519:…` public keys of the root (more than
+    /// one during a rotation). At least one; weak keys are refused. From the environment,
+    /// `NEXUS_TRUST__ROOT_KEYS` is a comma-separated list.
+    pub root_keys: Vec<PublicKey>,
+    /// `trust.clock_skew`: the allowed clock difference on both ends of a token's
+    /// validity window. Default 60 s.
+    pub clock_skew: Duration,
+    /// `trust.revocations_file`: where the signed revocation list is kept. Default
+    /// `{node.data_dir}/revocations.cbor`; it need not exist (nothing is revoked then).
+    pub revocations_file: PathBuf,
+}
+
+/// `[[acl]]`: the operator's local policy. What is forwarded is this policy ∩ the token's
+/// grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AclPolicy {
+    /// No `[[acl]]` configured: everything the token grants is allowed (the token's grants
+    /// still apply). A default-deny empty ACL would forward nothing, which is never what
+    /// an operator who wrote no rules means.
+    TokenGrants,
+    /// `[[acl]]` rules (or an explicit `acl = []`, which denies everything): deny wins,
+    /// default deny, then the token's grants apply as well.
+    Rules(Acl),
+}
+
+impl AclPolicy {
+    /// The configured rules, if any.
+    pub fn rules(&self) -> Option<&Acl> {
+        match self {
+            AclPolicy::TokenGrants => None,
+            AclPolicy::Rules(acl) => Some(acl),
+        }
+    }
+
+    /// Whether the operator's policy lets `principal` (a node id, or `local`) do
+    /// `action` on `subject`; the token's grants must be checked as well.
+    pub fn allows(&self, principal: &str, action: Action, subject: &str) -> bool {
+        match self {
+            AclPolicy::TokenGrants => true,
+            AclPolicy::Rules(acl) => acl.check(principal, action, subject).is_allowed(),
+        }
+    }
 }
 
 /// `[ingress]` (hub and root).

@@ -1,13 +1,14 @@
 //! Printing a configuration without its secrets: `nexus-agent check` and logs.
 //!
 //! The only secrets a config holds are credentials inside NATS URLs
-//! (`nats://user:password@host`, `nats://token@host`); the node's key is a path and only
-//! the path is ever printed.
+//! (`nats://user:password@host`, `nats://token@host`); the node's key, its token and TLS
+//! key files are paths and only the paths are ever printed.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::model::{Config, LinkConfig};
+use crate::model::{AclPolicy, Config, LinkConfig};
+use nexus_policies::SubjectPattern;
 
 /// What replaces a password or token.
 const MASK: &str = "***";
@@ -60,6 +61,10 @@ impl Config {
             out,
             "# Defaults are filled in; passwords and tokens in URLs are shown as {MASK}."
         )?;
+        if matches!(&self.acl, AclPolicy::Rules(acl) if acl.rules().is_empty()) {
+            // A top-level key must come before the first table.
+            writeln!(out, "\n# An empty ACL: nothing is allowed.\nacl = []")?;
+        }
 
         let node = &self.node;
         writeln!(out, "\n[node]")?;
@@ -70,10 +75,29 @@ impl Config {
             None => writeln!(out, "# tenant is not set")?,
         }
         writeln!(out, "key = {}", quote(&node.key.to_string_lossy()))?;
+        match &node.token {
+            Some(token) => writeln!(out, "token = {}", quote(&token.to_string_lossy()))?,
+            None => writeln!(out, "# token is not set")?,
+        }
         writeln!(
             out,
             "data_dir = {}",
             quote(&node.data_dir.to_string_lossy())
+        )?;
+
+        let trust = &self.trust;
+        writeln!(out, "\n[trust]")?;
+        let keys: Vec<String> = trust
+            .root_keys
+            .iter()
+            .map(|k| quote(&k.to_string()))
+            .collect();
+        writeln!(out, "root_keys = [{}]", keys.join(", "))?;
+        writeln!(out, "clock_skew = {}", duration(trust.clock_skew))?;
+        writeln!(
+            out,
+            "revocations_file = {}",
+            quote(&trust.revocations_file.to_string_lossy())
         )?;
 
         write_link(out, "uplink", self.uplink.as_ref())?;
@@ -94,6 +118,15 @@ impl Config {
         writeln!(out, "\n[outbox]")?;
         writeln!(out, "max_bytes = {}", self.outbox.max_bytes)?;
         writeln!(out, "batch = {}", self.outbox.batch)?;
+        writeln!(out, "when_full = {}", quote(self.outbox.when_full.as_str()))?;
+        match self.outbox.max_age {
+            Some(max_age) => writeln!(out, "max_age = {}", duration(max_age))?,
+            None => writeln!(out, "# max_age is not set: events wait as long as it takes")?,
+        }
+        match self.outbox.drain_rate {
+            Some(rate) => writeln!(out, "drain_rate = {rate}")?,
+            None => writeln!(out, "# drain_rate is not set: backlogs drain at full speed")?,
+        }
 
         let ingress = &self.ingress;
         writeln!(out, "\n[ingress]")?;
@@ -107,8 +140,41 @@ impl Config {
             duration(ingress.duplicate_window)
         )?;
         writeln!(out, "batch = {}", ingress.batch)?;
+
+        writeln!(out, "\n[dead_letter]")?;
+        writeln!(out, "max_bytes = {}", self.dead_letter.max_bytes)?;
+        writeln!(out, "max_entries = {}", self.dead_letter.max_entries)?;
+
+        match &self.acl {
+            AclPolicy::TokenGrants => writeln!(
+                out,
+                "\n# No [[acl]]: everything the token grants is allowed."
+            )?,
+            AclPolicy::Rules(acl) => {
+                for rule in acl.rules() {
+                    writeln!(out, "\n[[acl]]")?;
+                    writeln!(out, "principal = {}", quote(&rule.principal.to_string()))?;
+                    for (key, list) in [
+                        ("allow_publish", &rule.allow_publish),
+                        ("deny_publish", &rule.deny_publish),
+                        ("allow_receive", &rule.allow_receive),
+                        ("deny_receive", &rule.deny_receive),
+                    ] {
+                        if !list.is_empty() {
+                            writeln!(out, "{key} = {}", patterns(list))?;
+                        }
+                    }
+                }
+            }
+        }
         Ok(())
     }
+}
+
+/// A TOML array of quoted patterns.
+fn patterns(list: &[SubjectPattern]) -> String {
+    let quoted: Vec<String> = list.iter().map(|p| quote(p.as_str())).collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 fn write_link(out: &mut String, name: &str, link: Option<&LinkConfig>) -> std::fmt::Result {
@@ -124,7 +190,34 @@ fn write_link(out: &mut String, name: &str, link: Option<&LinkConfig>) -> std::f
         out,
         "reconnect_max_delay = {}",
         duration(link.reconnect_max_delay)
-    )
+    )?;
+    let Some(tls) = &link.tls else {
+        return writeln!(out, "# no TLS required on this link");
+    };
+    writeln!(out, "\n[{name}.tls]")?;
+    match &tls.ca_file {
+        Some(path) => writeln!(out, "ca_file = {}", quote(&path.to_string_lossy()))?,
+        None => writeln!(out, "# ca_file is not set: the system's root CAs are used")?,
+    }
+    match &tls.client_cert {
+        Some(cert) => {
+            writeln!(
+                out,
+                "cert_file = {}",
+                quote(&cert.cert_file.to_string_lossy())
+            )?;
+            writeln!(
+                out,
+                "key_file = {}",
+                quote(&cert.key_file.to_string_lossy())
+            )?;
+        }
+        None => writeln!(out, "# no client certificate")?,
+    }
+    match &tls.server_name {
+        Some(name) => writeln!(out, "server_name = {}", quote(name)),
+        None => writeln!(out, "# server_name is not set: the URL's host is checked"),
+    }
 }
 
 /// A duration as a quoted humantime string (`"10s"`, `"7days"`) that parses back.

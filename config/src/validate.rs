@@ -10,19 +10,25 @@
 //! Defaults live here (not in a figment provider) because the presence of `[uplink]` and
 //! `[local]` means something: a defaults provider would make every config have both.
 
+use std::io::Read as _;
+use std::num::NonZeroU32;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::value::{Dict, Value};
 use figment::Figment;
-use nexus_policies::SecretKey;
+use nexus_policies::token::MAX_CHAIN_BYTES;
+use nexus_policies::{
+    Acl, AclRule, Chain, Principal, PublicKey, Role, SecretKey, SubjectPattern, TokenError,
+    Verifier,
+};
 use zeroize::Zeroizing;
 
 use crate::error::{ConfigError, ConfigErrors, ErrorKind, Origin};
 use crate::model::{
-    Config, HeartbeatConfig, IngressConfig, LinkConfig, LogConfig, LogFormat, Mode, NodeConfig,
-    OutboxConfig,
+    AclPolicy, ClientCert, Config, DeadLetterConfig, HeartbeatConfig, IngressConfig, LinkConfig,
+    LogConfig, LogFormat, Mode, NodeConfig, OutboxConfig, TlsConfig, TrustConfig, WhenFull,
 };
 use crate::redact::redact_url;
 use crate::source;
@@ -33,16 +39,38 @@ const LINK_KEYS: &[&str] = &[
     "connect_timeout",
     "request_timeout",
     "reconnect_max_delay",
+    "tls",
+];
+
+/// The keys of `[uplink.tls]` and `[local.tls]`.
+const TLS_KEYS: &[&str] = &["ca_file", "cert_file", "key_file", "server_name"];
+
+/// The top-level array of tables `[[acl]]`: not a section, so not in [`SCHEMA`].
+const ACL: &str = "acl";
+/// The keys of one `[[acl]]` entry.
+const ACL_KEYS: &[&str] = &[
+    "principal",
+    "allow_publish",
+    "deny_publish",
+    "allow_receive",
+    "deny_receive",
 ];
 
 /// Every section and its keys, in the order they are checked and printed.
 const SCHEMA: &[(&str, &[&str])] = &[
-    ("node", &["id", "mode", "tenant", "key", "data_dir"]),
+    (
+        "node",
+        &["id", "mode", "tenant", "key", "token", "data_dir"],
+    ),
+    ("trust", &["root_keys", "clock_skew", "revocations_file"]),
     ("uplink", LINK_KEYS),
     ("local", LINK_KEYS),
     ("heartbeat", &["interval", "offline_after"]),
     ("log", &["level", "format"]),
-    ("outbox", &["max_bytes", "batch"]),
+    (
+        "outbox",
+        &["max_bytes", "batch", "when_full", "max_age", "drain_rate"],
+    ),
     (
         "ingress",
         &[
@@ -54,6 +82,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "batch",
         ],
     ),
+    ("dead_letter", &["max_bytes", "max_entries"]),
 ];
 
 /// `ping_interval`, `connect_timeout`, `request_timeout` default.
@@ -73,6 +102,18 @@ const INGRESS_CONSUMER: &str = "nexus-agent";
 const INGRESS_MAX_BYTES: i64 = 1024 * 1024 * 1024;
 const INGRESS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 const INGRESS_DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60);
+/// `trust.clock_skew` default (the token verifier's default).
+const CLOCK_SKEW: Duration = nexus_policies::token::DEFAULT_SKEW;
+/// `trust.revocations_file` default, inside `node.data_dir`.
+const REVOCATIONS_FILE: &str = "revocations.cbor";
+const DEAD_LETTER_MAX_BYTES: u64 = 64 * 1024 * 1024;
+const DEAD_LETTER_MAX_ENTRIES: u64 = 100_000;
+/// The largest TLS file (CA bundle, certificate, key) read; system bundles are ~250 KiB.
+const TLS_FILE_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// The first line of a PEM block.
+const PEM_BEGIN: &str = "-----BEGIN ";
+/// How a secret key file starts (see `nexus_policies::keys`): never a token or a PEM file.
+const SECRET_KEY_PREFIX: &str = "ed25519-secret:";
 /// The longest node id or tenant (a subject token).
 const ID_MAX_LEN: usize = 64;
 const URL_SCHEMES: &[&str] = &["nats", "tls", "ws", "wss"];
@@ -115,10 +156,10 @@ struct Got<T> {
     path: String,
 }
 
-/// A section of the config as found.
+/// A section (or nested table) of the config as found.
 struct Section<'d> {
-    /// The section's name, e.g. `uplink`.
-    name: &'static str,
+    /// The section's key path, e.g. `uplink`, `uplink.tls`, `acl[2]`.
+    name: String,
     /// Whether the key exists at all (even with the wrong type).
     present: bool,
     /// The table, when it exists and is one.
@@ -152,6 +193,13 @@ impl Reader<'_> {
         let node_section = self.section(root, "node");
         let node = self.node(&node_section);
         let mode = node.as_ref().and_then(|n| n.mode);
+
+        let trust_section = self.section(root, "trust");
+        let data_dir = node.as_ref().and_then(|n| n.data_dir.as_deref());
+        let trust = self.trust(&trust_section, mode, data_dir);
+        if let Some(node) = &node {
+            self.check_token(node, trust.as_ref());
+        }
 
         let uplink_section = self.section(root, "uplink");
         let uplink = match mode {
@@ -210,6 +258,9 @@ impl Reader<'_> {
         let outbox = self.outbox(&section);
         let section = self.section(root, "ingress");
         let ingress = self.ingress(&section);
+        let section = self.section(root, "dead_letter");
+        let dead_letter = self.dead_letter(&section);
+        let acl = self.acl(root);
 
         let node = node?;
         Some(Config {
@@ -219,14 +270,18 @@ impl Reader<'_> {
                 mode: node.mode?,
                 tenant: node.tenant,
                 key: node.key?,
+                token: node.token.map(|g| g.value),
                 data_dir: node.data_dir?,
             },
+            trust: trust?,
+            acl,
             uplink,
             local,
             heartbeat,
             log,
             outbox,
             ingress,
+            dead_letter,
         })
     }
 
@@ -235,13 +290,15 @@ impl Reader<'_> {
     /// Reports top-level keys that are not sections of the schema.
     fn unknown_sections(&mut self, root: &Dict) {
         for (name, value) in root {
-            if SCHEMA.iter().any(|(section, _)| section == name) {
+            if name == ACL || SCHEMA.iter().any(|(section, _)| section == name) {
                 continue;
             }
             let origin = source::origin_of(self.figment, value, &[name]);
-            let (suggestion, message) = if matches!(value, Value::Dict(..)) {
-                let suggestion = closest(name, SCHEMA.iter().map(|(s, _)| *s));
+            let (suggestion, message) = if matches!(value, Value::Dict(..) | Value::Array(..)) {
+                let names = SCHEMA.iter().map(|(s, _)| *s).chain([ACL]);
+                let suggestion = closest(name, names);
                 let message = match suggestion {
+                    Some(ACL) => format!("unknown section [{name}]; did you mean [[acl]]?"),
                     Some(s) => format!("unknown section [{name}]; did you mean [{s}]?"),
                     None => format!(
                         "unknown section [{name}]; known sections: {}",
@@ -278,23 +335,41 @@ impl Reader<'_> {
             .find(|(section, _)| *section == name)
             .map(|(_, keys)| *keys)
             .unwrap_or_default();
+        self.table(root.get(name), name.to_owned(), known)
+    }
+
+    /// The table at `parent.key` (`[uplink.tls]`), checked like a section.
+    fn subtable<'d>(&mut self, parent: &Section<'d>, key: &str, known: &[&str]) -> Section<'d> {
+        let value = parent.dict.and_then(|d| d.get(key));
+        self.table(value, format!("{}.{key}", parent.name), known)
+    }
+
+    /// Checks that `value`, found at key path `name`, is a table and reports its unknown
+    /// keys (with a suggestion when one is close, or belongs elsewhere).
+    fn table<'d>(&mut self, value: Option<&'d Value>, name: String, known: &[&str]) -> Section<'d> {
+        let header = if name.starts_with(ACL) {
+            format!("the [[acl]] entry {name}")
+        } else {
+            format!("[{name}]")
+        };
+        let segments: Vec<&str> = name.split('.').collect();
         let mut section = Section {
-            name,
+            name: name.clone(),
             present: false,
             dict: None,
             origin: self.fallback.clone(),
         };
-        let Some(value) = root.get(name).filter(|v| !matches!(v, Value::Empty(..))) else {
+        let Some(value) = value.filter(|v| !matches!(v, Value::Empty(..))) else {
             return section;
         };
         section.present = true;
-        section.origin = source::origin_of(self.figment, value, &[name]);
+        section.origin = source::origin_of(self.figment, value, &segments);
         let Value::Dict(_, dict) = value else {
             self.push(
                 ErrorKind::InvalidType,
                 section.origin.clone(),
-                name,
-                format!("expected a table [{name}], found {}", value.to_actual()),
+                &name,
+                format!("expected a table {header}, found {}", value.to_actual()),
             );
             return section;
         };
@@ -303,9 +378,16 @@ impl Reader<'_> {
                 continue;
             }
             let path = format!("{name}.{key}");
-            let origin = source::origin_of(self.figment, value, &[name, key]);
+            let mut key_path = segments.clone();
+            key_path.push(key);
+            let origin = source::origin_of(self.figment, value, &key_path);
             let suggestion = closest(key, known.iter().copied())
                 .map(str::to_owned)
+                .or_else(|| {
+                    // `ca_file` written straight under [uplink] belongs in [uplink.tls].
+                    (known == LINK_KEYS && TLS_KEYS.contains(&key.as_str()))
+                        .then(|| format!("{name}.tls.{key}"))
+                })
                 .or_else(|| {
                     SCHEMA
                         .iter()
@@ -314,10 +396,10 @@ impl Reader<'_> {
                 });
             let message = match &suggestion {
                 Some(s) if s.contains('.') => {
-                    format!("unknown key `{key}` in [{name}]; did you mean `{s}`?")
+                    format!("unknown key `{key}` in {header}; did you mean `{s}`?")
                 }
                 Some(s) => format!("unknown key `{key}`; did you mean `{s}`?"),
-                None => format!("unknown key `{key}`; [{name}] knows: {}", known.join(", ")),
+                None => format!("unknown key `{key}`; {header} knows: {}", known.join(", ")),
             };
             self.push(ErrorKind::UnknownKey { suggestion }, origin, &path, message);
         }
@@ -346,9 +428,8 @@ impl Reader<'_> {
         let key = self
             .required_text(s, "key", "key = \"/var/lib/nexus-agent/node.key\"")
             .and_then(|g| self.path(g));
-        if let Some(key) = &key {
-            self.check_key_file(key);
-        }
+        let key_public = key.as_ref().and_then(|key| self.check_key_file(key));
+        let token = self.optional_text(s, "token").and_then(|g| self.path(g));
         let data_dir = self
             .required_text(s, "data_dir", "data_dir = \"/var/lib/nexus-agent\"")
             .and_then(|g| self.path(g));
@@ -367,8 +448,286 @@ impl Reader<'_> {
             mode,
             tenant,
             key: key.map(|g| g.value),
+            key_public,
+            token,
             data_dir: data_dir.map(|g| g.value),
         })
+    }
+
+    fn trust(
+        &mut self,
+        s: &Section<'_>,
+        mode: Option<Mode>,
+        data_dir: Option<&Path>,
+    ) -> Option<TrustConfig> {
+        if !s.present {
+            // Every mode needs one; with the mode unknown, that error says enough.
+            if let Some(mode) = mode {
+                self.push(
+                    ErrorKind::MissingSection,
+                    self.fallback.clone(),
+                    "trust",
+                    format!(
+                        "a {mode} needs a [trust] section with the root's public key(s): \
+                         root_keys = [\"ed25519:…\"] (the .pub file `nexus-agent keygen` wrote \
+                         for the root)"
+                    ),
+                );
+            }
+            return None;
+        }
+        s.dict?;
+        let root_keys = self.root_keys(s);
+        let clock_skew = self.duration(s, "clock_skew", CLOCK_SKEW);
+        let revocations_file = match self.optional_text(s, "revocations_file") {
+            Some(got) => self.path(got).and_then(|got| {
+                if got.value.is_dir() {
+                    self.push(
+                        ErrorKind::InvalidValue,
+                        got.origin,
+                        &got.path,
+                        format!(
+                            "{} is a directory: give the path of the revocation list file",
+                            got.value.display()
+                        ),
+                    );
+                    return None;
+                }
+                Some(got.value)
+            }),
+            None => data_dir.map(|dir| dir.join(REVOCATIONS_FILE)),
+        };
+        Some(TrustConfig {
+            root_keys: root_keys?,
+            clock_skew,
+            revocations_file: revocations_file?,
+        })
+    }
+
+    /// `trust.root_keys`: a non-empty list of public keys. From the environment, where
+    /// every value is a string, a comma-separated list.
+    fn root_keys(&mut self, s: &Section<'_>) -> Option<Vec<PublicKey>> {
+        let Some((value, origin, path)) = self.raw(s, "root_keys") else {
+            self.push(
+                ErrorKind::MissingKey,
+                self.fallback.clone(),
+                "trust.root_keys",
+                "missing required key: add root_keys = [\"ed25519:…\"] with the root's public \
+                 key(s)"
+                    .to_owned(),
+            );
+            return None;
+        };
+        let texts: Vec<Option<&str>> = match value {
+            Value::Array(_, items) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(_, text) => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect(),
+            Value::String(_, text) if matches!(origin, Origin::Env(_)) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(Some)
+                .collect(),
+            other => {
+                self.push(
+                    ErrorKind::InvalidType,
+                    origin,
+                    &path,
+                    format!(
+                        "expected a list of public keys like [\"ed25519:…\"], found {}",
+                        other.to_actual()
+                    ),
+                );
+                return None;
+            }
+        };
+        if texts.is_empty() {
+            self.push(
+                ErrorKind::InvalidValue,
+                origin,
+                &path,
+                "no trust anchor: list at least one root public key (\"ed25519:…\")".to_owned(),
+            );
+            return None;
+        }
+        let mut keys = Vec::with_capacity(texts.len());
+        let mut bad = false;
+        for (i, text) in texts.into_iter().enumerate() {
+            let item_path = format!("{path}[{i}]");
+            let Some(text) = text else {
+                self.push(
+                    ErrorKind::InvalidType,
+                    origin.clone(),
+                    &item_path,
+                    "expected a string \"ed25519:…\"".to_owned(),
+                );
+                bad = true;
+                continue;
+            };
+            match PublicKey::parse(text) {
+                Ok(key) => keys.push(key),
+                Err(error) => {
+                    // A secret key pasted here must not be echoed into logs.
+                    let shown = if text.trim_start().starts_with(SECRET_KEY_PREFIX) {
+                        "this is a SECRET key (keep it off configs): use the root's .pub file"
+                            .to_owned()
+                    } else {
+                        format!(
+                            "{:?} is not an Ed25519 public key ({error})",
+                            truncate(text)
+                        )
+                    };
+                    self.push(
+                        ErrorKind::BadPublicKey,
+                        origin.clone(),
+                        &item_path,
+                        format!("{shown}; use the \"ed25519:…\" line of the root's key .pub file"),
+                    );
+                    bad = true;
+                }
+            }
+        }
+        (!bad).then_some(keys)
+    }
+
+    /// `node.token`: required for member and hub; when given, it must be this node's chain,
+    /// for this node's role, signed up to a trust anchor. Expiry is not checked: the agent
+    /// checks it at run time, against a clock it can trust.
+    fn check_token(&mut self, node: &PartialNode, trust: Option<&TrustConfig>) {
+        let Some(token) = &node.token else {
+            if let Some(mode @ (Mode::Member | Mode::Hub)) = node.mode {
+                self.push(
+                    ErrorKind::MissingKey,
+                    self.fallback.clone(),
+                    "node.token",
+                    format!(
+                        "a {mode} needs its capability token: add token = \
+                         \"/var/lib/nexus-agent/node.token\" (issued by its parent with \
+                         `nexus-agent token issue`)"
+                    ),
+                );
+            }
+            return;
+        };
+        let path = token.value.display();
+        let bytes = match read_capped(&token.value, MAX_CHAIN_BYTES as u64) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                self.push(
+                    ErrorKind::UnreadableTokenFile,
+                    token.origin.clone(),
+                    &token.path,
+                    format!(
+                        "cannot read the token file {path}: {error}; the node's parent issues \
+                         it with `nexus-agent token issue … --out {path}`"
+                    ),
+                );
+                return;
+            }
+        };
+        let mismatch = |reader: &mut Self, kind: ErrorKind, message: String| {
+            reader.push(kind, token.origin.clone(), &token.path, message);
+        };
+        if bytes.starts_with(SECRET_KEY_PREFIX.as_bytes()) {
+            mismatch(
+                self,
+                ErrorKind::BadTokenFile,
+                format!(
+                    "{path} is a secret key file, not a token: node.token names the token \
+                     chain written by `nexus-agent token issue`"
+                ),
+            );
+            return;
+        }
+        let chain = match Chain::decode(&bytes) {
+            Ok(chain) => chain,
+            Err(error) => {
+                mismatch(
+                    self,
+                    ErrorKind::BadTokenFile,
+                    format!(
+                        "{path} is not a capability token chain ({error}); issue one with \
+                         `nexus-agent token issue`"
+                    ),
+                );
+                return;
+            }
+        };
+        let leaf = chain.leaf().claims();
+        if let Some(id) = node.id.as_deref().filter(|id| *id != leaf.node_id) {
+            mismatch(
+                self,
+                ErrorKind::TokenMismatch,
+                format!(
+                    "{path} is the token of node `{}`, but node.id is `{id}`",
+                    leaf.node_id
+                ),
+            );
+        }
+        if let (Some(public), Some(key)) = (node.key_public, &node.key) {
+            if public != leaf.node_key {
+                mismatch(
+                    self,
+                    ErrorKind::TokenMismatch,
+                    format!(
+                        "{path} is for the key {}, but node.key ({}) is the key {public}: \
+                         issue a token for this node's key",
+                        leaf.node_key,
+                        key.display()
+                    ),
+                );
+            }
+        }
+        if let (Some(bound), Some(tenant)) = (&leaf.tenant, &node.tenant) {
+            if bound != tenant {
+                mismatch(
+                    self,
+                    ErrorKind::TokenMismatch,
+                    format!(
+                        "{path} binds the node to tenant `{bound}`, but node.tenant is \
+                         `{tenant}`"
+                    ),
+                );
+            }
+        }
+        if let Some(mode) = node.mode.filter(|mode| role_of(*mode) != leaf.role) {
+            mismatch(
+                self,
+                ErrorKind::TokenMismatch,
+                format!("{path} is a {} token, but node.mode is {mode}", leaf.role),
+            );
+        }
+        let Some(trust) = trust else { return };
+        // Everything but time: at the latest not_before of the chain, every window of a
+        // well-formed (attenuated) chain is open, so only signatures, links, attenuation
+        // and the anchor are judged.
+        let probe = chain
+            .tokens()
+            .iter()
+            .map(|t| t.claims().not_before)
+            .max()
+            .unwrap_or(leaf.not_before);
+        let verifier = Verifier {
+            skew: Duration::ZERO,
+            ..Verifier::new(trust.root_keys.clone())
+        };
+        if let Err(error) = verifier.verify_chain(chain.tokens(), probe) {
+            let message = match error {
+                TokenError::UntrustedRoot { issuer, .. } => format!(
+                    "{path} is signed by {issuer}, which is not in trust.root_keys: add the \
+                     root key that issued it, or issue a token under a trusted root"
+                ),
+                TokenError::Expired { .. } | TokenError::NotYetValid { .. } => format!(
+                    "{path} does not verify: the validity windows of its tokens do not overlap"
+                ),
+                other => format!("{path} does not verify up to trust.root_keys: {other}"),
+            };
+            mismatch(self, ErrorKind::UntrustedToken, message);
+        }
     }
 
     fn link(&mut self, s: &Section<'_>) -> Option<LinkConfig> {
@@ -381,13 +740,111 @@ impl Reader<'_> {
         let connect_timeout = self.duration(s, "connect_timeout", LINK_TIMEOUT);
         let request_timeout = self.duration(s, "request_timeout", LINK_TIMEOUT);
         let reconnect_max_delay = self.duration(s, "reconnect_max_delay", RECONNECT_MAX_DELAY);
+        let tls_section = self.subtable(s, "tls", TLS_KEYS);
+        let tls = self.tls(&tls_section);
+        let url = url?;
+        // A `tls://` URL requires TLS as surely as a [tls] section does.
+        let tls = match tls {
+            None if url.split(',').any(|u| u.trim().starts_with("tls://")) => {
+                Some(TlsConfig::default())
+            }
+            tls => tls,
+        };
         Some(LinkConfig {
-            url: url?,
+            url,
             ping_interval,
             connect_timeout,
             request_timeout,
             reconnect_max_delay,
+            tls,
         })
+    }
+
+    /// `[uplink.tls]` / `[local.tls]`, when present: every file readable PEM, the client
+    /// certificate and its key together.
+    fn tls(&mut self, s: &Section<'_>) -> Option<TlsConfig> {
+        s.dict?;
+        let ca_file = self.pem_file(s, "ca_file", "CA bundle").ok().flatten();
+        let cert_file = self.pem_file(s, "cert_file", "certificate");
+        let key_file = self.pem_file(s, "key_file", "private key");
+        let client_cert = match (cert_file, key_file) {
+            (Ok(Some(cert_file)), Ok(Some(key_file))) => Some(ClientCert {
+                cert_file,
+                key_file,
+            }),
+            (Ok(Some(_)), Ok(None)) | (Ok(None), Ok(Some(_))) => {
+                let (given, missing) = if self.raw(s, "cert_file").is_some() {
+                    ("cert_file", "key_file")
+                } else {
+                    ("key_file", "cert_file")
+                };
+                self.push(
+                    ErrorKind::MissingKey,
+                    self.fallback.clone(),
+                    &format!("{}.{missing}", s.name),
+                    format!(
+                        "{given} is set without {missing}: a client certificate needs both \
+                         (or neither, for TLS without a client certificate)"
+                    ),
+                );
+                None
+            }
+            _ => None,
+        };
+        let server_name = self.optional_text(s, "server_name").and_then(|got| {
+            if valid_server_name(&got.value) {
+                return Some(got.value);
+            }
+            self.push(
+                ErrorKind::InvalidValue,
+                got.origin,
+                &got.path,
+                format!(
+                    "{:?} is not a server name: give the DNS name (or IP address) the server's \
+                     certificate is issued for, without scheme or port",
+                    truncate(&got.value)
+                ),
+            );
+            None
+        });
+        Some(TlsConfig {
+            ca_file,
+            client_cert,
+            server_name,
+        })
+    }
+
+    /// An optional PEM file: `Ok(None)` when absent, `Err` when reported. Only the path is
+    /// printed, never the contents (a key file is a secret).
+    fn pem_file(
+        &mut self,
+        s: &Section<'_>,
+        key: &str,
+        what: &str,
+    ) -> Result<Option<PathBuf>, Reported> {
+        let Some(got) = self.text(s, key, "a path")? else {
+            return Ok(None);
+        };
+        let got = self.path(got).ok_or(Reported)?;
+        let path = got.value.display();
+        let problem = match read_capped(&got.value, TLS_FILE_MAX_BYTES).map(Zeroizing::new) {
+            Err(error) => Some((
+                ErrorKind::UnreadableTlsFile,
+                format!("cannot read the {what} {path}: {error}"),
+            )),
+            Ok(bytes) if !contains(&bytes, PEM_BEGIN.as_bytes()) => Some((
+                ErrorKind::BadTlsFile,
+                format!("{path} is not a PEM {what} (no `{PEM_BEGIN}…` line)"),
+            )),
+            Ok(_) => None,
+        };
+        match problem {
+            Some((kind, message)) => {
+                self.push(kind, got.origin, &got.path, message);
+                Err(Reported)
+            }
+            None => Ok(Some(got.value)),
+        }
     }
 
     fn heartbeat(&mut self, s: &Section<'_>) -> HeartbeatConfig {
@@ -445,12 +902,177 @@ impl Reader<'_> {
     fn outbox(&mut self, s: &Section<'_>) -> OutboxConfig {
         let max_bytes = self.integer(s, "max_bytes", 1..=i128::from(u64::MAX));
         let batch = self.integer(s, "batch", BATCH_RANGE);
+        let when_full = match self.optional_text(s, "when_full") {
+            None => WhenFull::default(),
+            Some(g) => match g.value.as_str() {
+                "reject" => WhenFull::Reject,
+                "drop_oldest" => WhenFull::DropOldest,
+                other => {
+                    let hint = did_you_mean(other, ["reject", "drop_oldest"]);
+                    self.push(
+                        ErrorKind::InvalidValue,
+                        g.origin,
+                        &g.path,
+                        format!("{other:?} is not a policy: use reject or drop_oldest{hint}"),
+                    );
+                    WhenFull::default()
+                }
+            },
+        };
+        let max_age = self.optional_duration(s, "max_age");
+        let drain_rate = self
+            .integer(s, "drain_rate", 1..=i128::from(u32::MAX))
+            .and_then(|v| u32::try_from(v).ok())
+            .and_then(NonZeroU32::new);
         OutboxConfig {
             max_bytes: max_bytes
                 .and_then(|v| u64::try_from(v).ok())
                 .unwrap_or(OUTBOX_MAX_BYTES),
             batch: batch.and_then(|v| usize::try_from(v).ok()).unwrap_or(BATCH),
+            when_full,
+            max_age,
+            drain_rate,
         }
+    }
+
+    fn dead_letter(&mut self, s: &Section<'_>) -> DeadLetterConfig {
+        let max_bytes = self.integer(s, "max_bytes", 1..=i128::from(u64::MAX));
+        let max_entries = self.integer(s, "max_entries", 1..=i128::from(u64::MAX));
+        DeadLetterConfig {
+            max_bytes: max_bytes
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(DEAD_LETTER_MAX_BYTES),
+            max_entries: max_entries
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(DEAD_LETTER_MAX_ENTRIES),
+        }
+    }
+
+    /// `[[acl]]`: absent means "whatever the token grants"; present, every entry is checked
+    /// and every problem reported with its index (`acl[2].allow_publish[0]`).
+    fn acl(&mut self, root: &Dict) -> AclPolicy {
+        let Some(value) = root.get(ACL).filter(|v| !matches!(v, Value::Empty(..))) else {
+            return AclPolicy::TokenGrants;
+        };
+        let Value::Array(_, entries) = value else {
+            let origin = source::origin_of(self.figment, value, &[ACL]);
+            self.push(
+                ErrorKind::InvalidType,
+                origin,
+                ACL,
+                format!(
+                    "expected an array of tables, found {}: write each rule as an [[acl]] \
+                     entry (two brackets)",
+                    value.to_actual()
+                ),
+            );
+            return AclPolicy::Rules(Acl::default());
+        };
+        let mut rules = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.iter().enumerate() {
+            let s = self.table(Some(entry), format!("{ACL}[{index}]"), ACL_KEYS);
+            if let Some(rule) = self.acl_rule(&s) {
+                rules.push(rule);
+            }
+        }
+        AclPolicy::Rules(Acl::new(rules))
+    }
+
+    fn acl_rule(&mut self, s: &Section<'_>) -> Option<AclRule> {
+        s.dict?;
+        let principal = match self.text(s, "principal", "a string") {
+            Ok(Some(got)) => match Principal::parse(&got.value) {
+                Ok(principal) => Some(principal),
+                Err(error) => {
+                    self.push(
+                        ErrorKind::BadPrincipal,
+                        got.origin,
+                        &got.path,
+                        format!(
+                            "{error}: use `local` (apps on this node), a node id, or a glob of \
+                             node ids such as `edge-*`"
+                        ),
+                    );
+                    None
+                }
+            },
+            Ok(None) => {
+                self.push(
+                    ErrorKind::MissingKey,
+                    s.origin.clone(),
+                    &format!("{}.principal", s.name),
+                    "missing required key: add principal = \"edge-*\" (or `local`, a node id)"
+                        .to_owned(),
+                );
+                None
+            }
+            Err(Reported) => None,
+        };
+        let allow_publish = self.patterns(s, "allow_publish");
+        let deny_publish = self.patterns(s, "deny_publish");
+        let allow_receive = self.patterns(s, "allow_receive");
+        let deny_receive = self.patterns(s, "deny_receive");
+        Some(AclRule {
+            principal: principal?,
+            allow_publish: allow_publish?,
+            deny_publish: deny_publish?,
+            allow_receive: allow_receive?,
+            deny_receive: deny_receive?,
+        })
+    }
+
+    /// A list of subject patterns (empty when absent); `None` when anything was reported.
+    fn patterns(&mut self, s: &Section<'_>, key: &str) -> Option<Vec<SubjectPattern>> {
+        let Some((value, origin, path)) = self.raw(s, key) else {
+            return Some(Vec::new());
+        };
+        let Value::Array(_, items) = value else {
+            self.push(
+                ErrorKind::InvalidType,
+                origin,
+                &path,
+                format!(
+                    "expected a list of subject patterns like [\"nexus.salon-001.>\"], found {}",
+                    value.to_actual()
+                ),
+            );
+            return None;
+        };
+        let mut patterns = Vec::with_capacity(items.len());
+        let mut bad = false;
+        for (index, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{index}]");
+            let Value::String(_, text) = item else {
+                self.push(
+                    ErrorKind::InvalidType,
+                    origin.clone(),
+                    &item_path,
+                    format!(
+                        "expected a subject pattern string, found {}",
+                        item.to_actual()
+                    ),
+                );
+                bad = true;
+                continue;
+            };
+            match SubjectPattern::parse(text) {
+                Ok(pattern) => patterns.push(pattern),
+                Err(error) => {
+                    self.push(
+                        ErrorKind::BadPattern,
+                        origin.clone(),
+                        &item_path,
+                        format!(
+                            "{:?} is not a subject pattern: {error} (tokens are separated by \
+                             `.`; `*` stands for one token, `>` for the rest)",
+                            truncate(text)
+                        ),
+                    );
+                    bad = true;
+                }
+            }
+        }
+        (!bad).then_some(patterns)
     }
 
     fn ingress(&mut self, s: &Section<'_>) -> IngressConfig {
@@ -488,7 +1110,7 @@ impl Reader<'_> {
             let origin = s
                 .dict
                 .and_then(|d| d.get(key))
-                .map(|v| source::origin_of(self.figment, v, &[s.name, key]))
+                .map(|v| source::origin_of(self.figment, v, &[s.name.as_str(), key]))
                 .unwrap_or_else(|| self.fallback.clone());
             self.push(
                 ErrorKind::InvalidValue,
@@ -518,7 +1140,9 @@ impl Reader<'_> {
         if matches!(value, Value::Empty(..)) {
             return None;
         }
-        let origin = source::origin_of(self.figment, value, &[s.name, key]);
+        let mut segments: Vec<&str> = s.name.split('.').collect();
+        segments.push(key);
+        let origin = source::origin_of(self.figment, value, &segments);
         Some((value, origin, format!("{}.{key}", s.name)))
     }
 
@@ -573,12 +1197,17 @@ impl Reader<'_> {
 
     /// A humantime duration string, positive; `default` when absent or bad (bad is reported).
     fn duration(&mut self, s: &Section<'_>, key: &str, default: Duration) -> Duration {
+        self.optional_duration(s, key).unwrap_or(default)
+    }
+
+    /// A humantime duration string, positive; `None` when absent or bad (bad is reported).
+    fn optional_duration(&mut self, s: &Section<'_>, key: &str) -> Option<Duration> {
         let expected = "a duration string like \"10s\"";
         let Ok(Some(got)) = self.text(s, key, expected) else {
-            return default;
+            return None;
         };
         match humantime::parse_duration(got.value.trim()) {
-            Ok(duration) if !duration.is_zero() => duration,
+            Ok(duration) if !duration.is_zero() => Some(duration),
             Ok(_) => {
                 self.push(
                     ErrorKind::BadDuration,
@@ -589,7 +1218,7 @@ impl Reader<'_> {
                         got.value
                     ),
                 );
-                default
+                None
             }
             Err(error) => {
                 self.push(
@@ -602,7 +1231,7 @@ impl Reader<'_> {
                         got.value
                     ),
                 );
-                default
+                None
             }
         }
     }
@@ -714,8 +1343,9 @@ impl Reader<'_> {
         })
     }
 
-    /// `node.key` must be a readable secret key file. Its contents never leave here.
-    fn check_key_file(&mut self, key: &Got<PathBuf>) {
+    /// `node.key` must be a readable secret key file; its public key, when it is one. Its
+    /// contents never leave here.
+    fn check_key_file(&mut self, key: &Got<PathBuf>) -> Option<PublicKey> {
         let path = key.value.display();
         match std::fs::read_to_string(&key.value).map(Zeroizing::new) {
             Err(error) => {
@@ -733,9 +1363,11 @@ impl Reader<'_> {
                     &key.path,
                     format!("cannot read the key file {path}: {error}; {fix}"),
                 );
+                None
             }
-            Ok(text) => {
-                if let Err(error) = SecretKey::parse(&text) {
+            Ok(text) => match SecretKey::parse(&text) {
+                Ok(secret) => Some(secret.public()),
+                Err(error) => {
                     self.push(
                         ErrorKind::BadKeyFile,
                         key.origin.clone(),
@@ -745,8 +1377,9 @@ impl Reader<'_> {
                              with `nexus-agent keygen --out {path}`"
                         ),
                     );
+                    None
                 }
-            }
+            },
         }
     }
 
@@ -801,6 +1434,10 @@ struct PartialNode {
     tenant: Option<String>,
     /// `node.key`, resolved; the file was checked separately.
     key: Option<PathBuf>,
+    /// The public key of `node.key`, when the file is a valid secret key.
+    key_public: Option<PublicKey>,
+    /// `node.token`, resolved; checked once `[trust]` is read.
+    token: Option<Got<PathBuf>>,
     /// `node.data_dir`, resolved.
     data_dir: Option<PathBuf>,
 }
@@ -809,6 +1446,7 @@ fn section_list() -> String {
     SCHEMA
         .iter()
         .map(|(s, _)| format!("[{s}]"))
+        .chain([format!("[[{ACL}]]")])
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -828,6 +1466,56 @@ fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -
     closest(name, candidates)
         .map(|c| format!("; did you mean `{c}`?"))
         .unwrap_or_default()
+}
+
+/// The token role a node of `mode` holds.
+fn role_of(mode: Mode) -> Role {
+    match mode {
+        Mode::Member => Role::Member,
+        Mode::Hub => Role::Hub,
+        Mode::Root => Role::Root,
+    }
+}
+
+/// Reads at most `max` bytes of `path`; a larger file is an error (`InvalidData`), so a
+/// mistaken path to a huge file costs nothing.
+fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.is_dir() {
+        return Err(std::io::Error::other("it is a directory"));
+    }
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `text` cut to 80 chars for an error message.
+fn truncate(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// A DNS name or an IP address: what a server certificate is checked against.
+fn valid_server_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+        && !name.starts_with(['.', '-'])
 }
 
 /// A subject token: 1..=64 of `[a-z0-9_-]`.

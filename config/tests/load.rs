@@ -1,5 +1,6 @@
 //! Loading and validating configs end to end: TOML file + `NEXUS_` environment, inside a
-//! `figment::Jail` (a temp directory as cwd and a scoped environment), with real key files.
+//! `figment::Jail` (a temp directory as cwd and a scoped environment), with real key and
+//! token files.
 
 // `Jail::expect_with` closures must return `figment::Error`, which is large: its API.
 #![allow(clippy::result_large_err)]
@@ -7,9 +8,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use figment::providers::{Format, Toml};
 use figment::Jail;
-use nexus_config::{load, Config, ConfigErrors, ErrorKind, LogFormat, Mode, Origin};
-use nexus_policies::SecretKey;
+use nexus_config::{
+    load, AclPolicy, Config, ConfigErrors, DeadLetterConfig, ErrorKind, LogFormat, Mode, Origin,
+    TlsConfig, WhenFull,
+};
+use nexus_policies::{
+    Acl, Action, Chain, Claims, Role, SecretKey, SubjectPattern, Token, TokenId, UnixTime,
+    BUILD_FLOOR,
+};
 
 /// A minimal valid member: everything else comes from defaults.
 const MEMBER: &str = r#"
@@ -18,7 +26,11 @@ id = "edge-01"
 mode = "member"
 tenant = "salon-001"
 key = "node.key"
+token = "member.token"
 data_dir = "data"
+
+[trust]
+root_keys = ["ed25519:iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w"]
 
 [uplink]
 url = "nats://hub.example:4222"
@@ -30,7 +42,11 @@ const HUB: &str = r#"
 id = "hub-msk"
 mode = "hub"
 key = "node.key"
+token = "hub.token"
 data_dir = "data"
+
+[trust]
+root_keys = ["ed25519:iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w"]
 
 [uplink]
 url = "tls://root.example:4222"
@@ -39,7 +55,7 @@ url = "tls://root.example:4222"
 url = "nats://127.0.0.1:4222"
 "#;
 
-/// A minimal valid root.
+/// A minimal valid root: without a token, it is the anchor.
 const ROOT: &str = r#"
 [node]
 id = "root"
@@ -47,22 +63,65 @@ mode = "root"
 key = "node.key"
 data_dir = "data"
 
+[trust]
+root_keys = ["ed25519:iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w"]
+
 [local]
 url = "nats://127.0.0.1:4222"
 "#;
 
-/// The text of a valid secret key file.
-fn key_text() -> String {
-    SecretKey::from_seed(&[7; 32])
-        .expect("a fixed seed makes a key")
-        .to_file_text()
-        .to_string()
+/// The public key of [`root_key`], as written in the configs above.
+const ROOT_PUBLIC: &str = "ed25519:iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w";
+
+/// The node's key (`node.key` in every test).
+fn node_key() -> SecretKey {
+    SecretKey::from_seed(&[7; 32]).expect("a fixed seed makes a key")
 }
 
-/// Empties the environment, writes a valid `node.key` and `config` as `member.toml`.
+/// The trust anchor of the configs above.
+fn root_key() -> SecretKey {
+    SecretKey::from_seed(&[1; 32]).expect("a fixed seed makes a key")
+}
+
+/// The text of a valid secret key file.
+fn key_text() -> String {
+    node_key().to_file_text().to_string()
+}
+
+/// A one-token chain for `node_id` with `role`, for `node`'s key, signed by `issuer`. Its
+/// window is one hour in early 2026: long expired, which config validation must not mind.
+fn chain(node_id: &str, role: Role, node: &SecretKey, issuer: &SecretKey) -> Vec<u8> {
+    let claims = Claims {
+        id: TokenId([role as u8 + 1; 16]),
+        parent: None,
+        issuer_key: issuer.public(),
+        node_id: node_id.to_owned(),
+        node_key: node.public(),
+        tenant: Some("salon-001".to_owned()),
+        role,
+        publish: vec![SubjectPattern::parse("nexus.salon-001.>").expect("pattern")],
+        receive: vec![],
+        not_before: BUILD_FLOOR,
+        expires: UnixTime(BUILD_FLOOR.0 + 3600),
+    };
+    let token = Token::issue(claims, issuer, None).expect("a valid top token");
+    Chain::new(vec![token]).expect("one token").encode()
+}
+
+/// Writes the token of `node_id` (role `role`, this node's key, signed by the root) to
+/// `path` in the jail.
+fn write_token(path: &str, node_id: &str, role: Role) {
+    std::fs::write(path, chain(node_id, role, &node_key(), &root_key())).expect("write token");
+}
+
+/// Empties the environment, writes a valid `node.key`, the tokens the configs above name,
+/// and `config` as `member.toml`.
 fn setup(jail: &mut Jail, config: &str) -> figment::error::Result<()> {
     jail.clear_env();
     jail.create_file("node.key", &key_text())?;
+    write_token("member.token", "edge-01", Role::Member);
+    write_token("hub.token", "hub-msk", Role::Hub);
+    write_token("root.token", "root", Role::Root);
     jail.create_file("member.toml", config)?;
     Ok(())
 }
@@ -113,6 +172,29 @@ fn a_minimal_member_config_loads_with_defaults() {
         assert_eq!(config.ingress.duplicate_window, Duration::from_secs(120));
         assert_eq!(config.ingress.batch, 256);
         assert_eq!(config.source, Some(jail.directory().join("member.toml")));
+        assert_eq!(
+            config.node.token,
+            Some(jail.directory().join("member.token"))
+        );
+        assert_eq!(config.trust.root_keys.len(), 1);
+        assert_eq!(config.trust.root_keys[0].to_string(), ROOT_PUBLIC);
+        assert_eq!(config.trust.clock_skew, Duration::from_secs(60));
+        assert_eq!(
+            config.trust.revocations_file,
+            jail.directory().join("data/revocations.cbor")
+        );
+        assert_eq!(config.acl, AclPolicy::TokenGrants);
+        assert_eq!(uplink.tls, None, "nats:// without [uplink.tls] is plain");
+        assert_eq!(config.outbox.when_full, WhenFull::Reject);
+        assert_eq!(config.outbox.max_age, None);
+        assert_eq!(config.outbox.drain_rate, None);
+        assert_eq!(
+            config.dead_letter,
+            DeadLetterConfig {
+                max_bytes: 64 * 1024 * 1024,
+                max_entries: 100_000
+            }
+        );
         Ok(())
     });
 }
@@ -408,7 +490,9 @@ fn a_bad_key_file_is_refused() {
 fn an_environment_override_wins_over_the_file() {
     Jail::expect_with(|jail| {
         setup(jail, MEMBER)?;
+        write_token("edge-02.token", "edge-02", Role::Member);
         jail.set_env("NEXUS_NODE__ID", "edge-02");
+        jail.set_env("NEXUS_NODE__TOKEN", "edge-02.token");
         jail.set_env("NEXUS_UPLINK__PING_INTERVAL", "2s");
         jail.set_env("NEXUS_OUTBOX__BATCH", "512");
         let config = load_ok();
@@ -418,6 +502,10 @@ fn an_environment_override_wins_over_the_file() {
             Duration::from_secs(2)
         );
         assert_eq!(config.outbox.batch, 512);
+        assert_eq!(
+            config.node.token,
+            Some(jail.directory().join("edge-02.token"))
+        );
         Ok(())
     });
 }
@@ -427,7 +515,9 @@ fn an_environment_override_wins_over_the_file() {
 fn an_all_digit_id_from_the_environment_stays_a_string() {
     Jail::expect_with(|jail| {
         setup(jail, MEMBER)?;
+        write_token("007.token", "007", Role::Member);
         jail.set_env("NEXUS_NODE__ID", "007");
+        jail.set_env("NEXUS_NODE__TOKEN", "007.token");
         assert_eq!(load_ok().node.id, "007");
         Ok(())
     });
@@ -555,14 +645,18 @@ red = 1
             ErrorKind::MissingSection,
             ErrorKind::BadDuration,
             ErrorKind::InvalidType,
+            ErrorKind::MissingKey,
         ] {
             assert!(
                 kinds.contains(&expected),
                 "{expected:?} missing from:\n{errors}"
             );
         }
-        assert_eq!(errors.len(), 7, "{errors}");
-        assert_eq!(errors.to_string().lines().count(), 7, "{errors}");
+        // [uplink] and [trust] are missing, and so is node.token.
+        assert!(errors.find("trust").is_some(), "{errors}");
+        assert!(errors.find("node.token").is_some(), "{errors}");
+        assert_eq!(errors.len(), 9, "{errors}");
+        assert_eq!(errors.to_string().lines().count(), 9, "{errors}");
         for line in errors.to_string().lines() {
             assert!(line.starts_with("member.toml: "), "{line}");
         }
@@ -623,6 +717,7 @@ fn relative_paths_resolve_against_the_config_directory() {
         jail.clear_env();
         jail.create_dir("etc/keys")?;
         jail.create_file("etc/keys/node.key", &key_text())?;
+        write_token("etc/member.token", "edge-01", Role::Member);
         jail.create_file(
             "etc/agent.toml",
             &MEMBER
@@ -637,6 +732,11 @@ fn relative_paths_resolve_against_the_config_directory() {
         assert_eq!(config.node.key, etc.join("keys/node.key"));
         assert_eq!(config.node.data_dir, etc.join("../var/nexus"));
         assert!(config.node.key.is_absolute());
+        assert_eq!(config.node.token, Some(etc.join("member.token")));
+        assert_eq!(
+            config.trust.revocations_file,
+            etc.join("../var/nexus/revocations.cbor")
+        );
         Ok(())
     });
 }
@@ -645,18 +745,24 @@ fn relative_paths_resolve_against_the_config_directory() {
 #[test]
 fn every_example_config_passes_validation() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    for (file, mode) in [
-        ("member.toml", Mode::Member),
-        ("hub.toml", Mode::Hub),
-        ("root.toml", Mode::Root),
+    for (file, mode, node_id, role) in [
+        ("member.toml", Mode::Member, "edge-msk-01", Role::Member),
+        ("hub.toml", Mode::Hub, "hub-msk", Role::Hub),
+        ("root.toml", Mode::Root, "root", Role::Root),
     ] {
         Jail::expect_with(|jail| {
             jail.clear_env();
             jail.create_file("node.key", &key_text())?;
+            write_token("node.token", node_id, role);
             jail.set_env(
                 "NEXUS_NODE__KEY",
                 jail.directory().join("node.key").display(),
             );
+            jail.set_env(
+                "NEXUS_NODE__TOKEN",
+                jail.directory().join("node.token").display(),
+            );
+            jail.set_env("NEXUS_TRUST__ROOT_KEYS", ROOT_PUBLIC);
             let config = match load(&examples.join(file)) {
                 Ok(config) => config,
                 Err(errors) => panic!("{file}:\n{errors}"),
@@ -664,6 +770,10 @@ fn every_example_config_passes_validation() {
             assert_eq!(config.node.mode, mode, "{file}");
             assert_eq!(config.uplink.is_some(), mode != Mode::Root, "{file}");
             assert!(config.local.is_some(), "{file}");
+            assert!(
+                matches!(&config.acl, AclPolicy::Rules(acl) if !acl.rules().is_empty()),
+                "{file}: the examples show [[acl]] rules"
+            );
             Ok(())
         });
     }
@@ -708,11 +818,39 @@ fn redaction_hides_url_passwords() {
 #[test]
 fn the_redacted_config_loads_back_to_the_same_config() {
     Jail::expect_with(|jail| {
-        setup(
-            jail,
-            &format!("{HUB}\n[log]\nlevel = \"nexus_federation=debug,info\"\nformat = \"json\"\n"),
-        )?;
+        let extra = r#"
+[log]
+level = "nexus_federation=debug,info"
+format = "json"
+
+[local.tls]
+ca_file = "ca.pem"
+cert_file = "client.pem"
+key_file = "client.key"
+server_name = "nats.internal"
+
+[outbox]
+when_full = "drop_oldest"
+max_age = "2h"
+drain_rate = 50
+
+[dead_letter]
+max_entries = 10
+
+[[acl]]
+principal = "edge-*"
+allow_publish = ["nexus.salon-001.>"]
+deny_publish = ["nexus.salon-001.wallet.>"]
+
+[[acl]]
+principal = "local"
+allow_receive = ["_nexus.cmd.hub-msk.>"]
+"#;
+        setup(jail, &format!("{HUB}{extra}"))?;
+        write_pem_files(jail)?;
         let config = load_ok();
+        assert!(config.uplink.as_ref().expect("uplink").tls.is_some());
+        assert!(config.local.as_ref().expect("local").tls.is_some());
         jail.create_file("printed.toml", &config.redacted())?;
         let again = match load(Path::new("printed.toml")) {
             Ok(config) => config,
@@ -725,6 +863,588 @@ fn the_redacted_config_loads_back_to_the_same_config() {
             },
             config
         );
+        Ok(())
+    });
+}
+
+// ---- [trust] and node.token -------------------------------------------------------------
+
+/// Every mode needs `[trust]`: a node that cannot check tokens cannot take part.
+#[test]
+fn a_config_without_trust_is_refused_in_every_mode() {
+    Jail::expect_with(|jail| {
+        for config in [MEMBER, HUB, ROOT] {
+            let without =
+                config.replace(&format!("[trust]\nroot_keys = [\"{ROOT_PUBLIC}\"]\n"), "");
+            assert_ne!(without, config);
+            setup(jail, &without)?;
+            let errors = load_err();
+            // Without anchors, the token is not checked against them: one error.
+            assert_eq!(errors.kinds(), vec![ErrorKind::MissingSection], "{errors}");
+            let error = errors.find("trust").expect("an error about trust");
+            assert!(error.message.contains("root_keys"), "{error}");
+        }
+        Ok(())
+    });
+}
+
+/// A root key that does not parse is named by its index; a weak key is refused; a secret
+/// key pasted by mistake is not echoed.
+#[test]
+fn a_bad_root_key_is_named_by_its_index() {
+    Jail::expect_with(|jail| {
+        let secret = SecretKey::from_seed(&[9; 32]).expect("key").to_file_text();
+        let secret = secret.trim();
+        let weak = "ed25519:AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        setup(
+            jail,
+            &MEMBER.replace(
+                &format!("root_keys = [\"{ROOT_PUBLIC}\"]"),
+                &format!(
+                    "root_keys = [\"{ROOT_PUBLIC}\", \"ed25519:nope\", \"{weak}\", \"{secret}\"]"
+                ),
+            ),
+        )?;
+        let errors = load_err();
+        assert_eq!(errors.kinds(), vec![ErrorKind::BadPublicKey; 3], "{errors}");
+        for index in 1..=3 {
+            let key = format!("trust.root_keys[{index}]");
+            assert!(errors.find(&key).is_some(), "no {key}: {errors}");
+        }
+        assert!(
+            errors
+                .find("trust.root_keys[2]")
+                .is_some_and(|e| e.message.contains("weak")),
+            "{errors}"
+        );
+        let body = secret.rsplit(':').next().expect("secret body");
+        assert!(!errors.to_string().contains(body), "{errors}");
+        Ok(())
+    });
+}
+
+/// `root_keys` must hold at least one key; its absence is a missing key.
+#[test]
+fn an_empty_or_missing_root_key_list_is_refused() {
+    Jail::expect_with(|jail| {
+        let list = format!("root_keys = [\"{ROOT_PUBLIC}\"]");
+        setup(jail, &MEMBER.replace(&list, "root_keys = []"))?;
+        let errors = load_err();
+        assert_eq!(errors.kinds(), vec![ErrorKind::InvalidValue], "{errors}");
+        assert!(errors.find("trust.root_keys").is_some(), "{errors}");
+
+        jail.create_file(
+            "member.toml",
+            &MEMBER.replace(&list, "clock_skew = \"30s\""),
+        )?;
+        let errors = load_err();
+        assert_eq!(errors.kinds(), vec![ErrorKind::MissingKey], "{errors}");
+        assert!(errors.find("trust.root_keys").is_some(), "{errors}");
+        Ok(())
+    });
+}
+
+/// From the environment, `root_keys` is a comma-separated list (a rotation: old and new
+/// root key); `clock_skew` and `revocations_file` are read too.
+#[test]
+fn root_keys_from_the_environment_are_a_comma_list() {
+    Jail::expect_with(|jail| {
+        setup(jail, MEMBER)?;
+        let other = SecretKey::from_seed(&[2; 32]).expect("key").public();
+        jail.set_env("NEXUS_TRUST__ROOT_KEYS", format!("{other}, {ROOT_PUBLIC}"));
+        jail.set_env("NEXUS_TRUST__CLOCK_SKEW", "5m");
+        jail.set_env(
+            "NEXUS_TRUST__REVOCATIONS_FILE",
+            "/var/lib/nexus/revoked.cbor",
+        );
+        let config = load_ok();
+        assert_eq!(config.trust.root_keys, vec![other, root_key().public()]);
+        assert_eq!(config.trust.clock_skew, Duration::from_secs(300));
+        assert_eq!(
+            config.trust.revocations_file,
+            PathBuf::from("/var/lib/nexus/revoked.cbor")
+        );
+        Ok(())
+    });
+}
+
+/// Members and hubs need a token; a root may run without one (it is the anchor), or with
+/// one of role root.
+#[test]
+fn members_and_hubs_need_a_token_and_a_root_may_go_without() {
+    Jail::expect_with(|jail| {
+        setup(jail, &member_with("token = \"member.token\"\n", ""))?;
+        let errors = load_err();
+        assert_eq!(errors.kinds(), vec![ErrorKind::MissingKey], "{errors}");
+        let error = errors
+            .find("node.token")
+            .expect("an error about node.token");
+        assert!(error.message.contains("token issue"), "{error}");
+
+        jail.create_file("member.toml", &HUB.replace("token = \"hub.token\"\n", ""))?;
+        assert_eq!(load_err().kinds(), vec![ErrorKind::MissingKey]);
+
+        jail.create_file("member.toml", ROOT)?;
+        assert_eq!(load_ok().node.token, None);
+
+        jail.create_file(
+            "member.toml",
+            &ROOT.replace(
+                "key = \"node.key\"\n",
+                "key = \"node.key\"\ntoken = \"root.token\"\n",
+            ),
+        )?;
+        assert_eq!(
+            load_ok().node.token,
+            Some(jail.directory().join("root.token"))
+        );
+        Ok(())
+    });
+}
+
+/// A token file that cannot be read is reported with the path and how to get one.
+#[test]
+fn an_unreadable_token_file_is_reported() {
+    Jail::expect_with(|jail| {
+        setup(jail, &member_with("\"member.token\"", "\"missing.token\""))?;
+        let errors = load_err();
+        assert_eq!(errors.kinds(), vec![ErrorKind::UnreadableTokenFile]);
+        let error = errors
+            .find("node.token")
+            .expect("an error about node.token");
+        assert!(error.message.contains("missing.token"), "{error}");
+        assert!(error.message.contains("os error"), "{error}");
+        Ok(())
+    });
+}
+
+/// Garbage is not a token, and a secret key file given as the token is recognised without
+/// printing it.
+#[test]
+fn a_bad_token_file_is_refused_without_printing_secrets() {
+    Jail::expect_with(|jail| {
+        setup(jail, MEMBER)?;
+        jail.create_file("member.token", "not a token at all")?;
+        let errors = load_err();
+        assert_eq!(errors.kinds(), vec![ErrorKind::BadTokenFile]);
+        assert!(
+            errors.to_string().contains("not a capability token chain"),
+            "{errors}"
+        );
+
+        jail.create_file("member.token", &key_text())?;
+        let errors = load_err();
+        assert_eq!(errors.kinds(), vec![ErrorKind::BadTokenFile]);
+        assert!(errors.to_string().contains("secret key file"), "{errors}");
+        let key = key_text();
+        let body = key.trim().rsplit(':').next().expect("key body");
+        assert!(!errors.to_string().contains(body), "{errors}");
+        Ok(())
+    });
+}
+
+/// The token must be this node's: its id, its key, its role and its tenant, and the errors
+/// name both sides.
+#[test]
+fn a_token_of_another_node_key_or_role_is_refused_naming_both() {
+    Jail::expect_with(|jail| {
+        setup(jail, MEMBER)?;
+        let other = SecretKey::from_seed(&[9; 32]).expect("key");
+        std::fs::write(
+            "member.token",
+            chain("edge-99", Role::Hub, &other, &root_key()),
+        )
+        .expect("write");
+        let errors = load_err();
+        assert_eq!(
+            errors.kinds(),
+            vec![ErrorKind::TokenMismatch; 3],
+            "{errors}"
+        );
+        let text = errors.to_string();
+        assert!(
+            text.contains("`edge-99`") && text.contains("`edge-01`"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&other.public().to_string())
+                && text.contains(&node_key().public().to_string()),
+            "{text}"
+        );
+        assert!(
+            text.contains("hub token") && text.contains("mode is member"),
+            "{text}"
+        );
+
+        // The right token, but node.tenant names another tenant than the token binds.
+        write_token("member.token", "edge-01", Role::Member);
+        jail.create_file(
+            "member.toml",
+            &member_with("\"salon-001\"", "\"salon-002\""),
+        )?;
+        let errors = load_err();
+        assert_eq!(errors.kinds(), vec![ErrorKind::TokenMismatch], "{errors}");
+        assert!(errors.to_string().contains("`salon-002`"), "{errors}");
+        Ok(())
+    });
+}
+
+/// A token that does not lead to a trusted root is refused, naming the key that signed it.
+#[test]
+fn a_token_under_an_untrusted_root_is_refused() {
+    Jail::expect_with(|jail| {
+        setup(jail, MEMBER)?;
+        let stranger = SecretKey::from_seed(&[2; 32]).expect("key");
+        std::fs::write(
+            "member.token",
+            chain("edge-01", Role::Member, &node_key(), &stranger),
+        )
+        .expect("write");
+        let errors = load_err();
+        assert_eq!(errors.kinds(), vec![ErrorKind::UntrustedToken]);
+        let error = errors
+            .find("node.token")
+            .expect("an error about node.token");
+        assert!(
+            error.message.contains(&stranger.public().to_string()),
+            "{error}"
+        );
+        Ok(())
+    });
+}
+
+/// Expiry is the agent's business at run time: config accepts an expired token (the test
+/// tokens expired in early 2026).
+#[test]
+fn an_expired_token_is_not_refused_by_config() {
+    Jail::expect_with(|jail| {
+        setup(jail, MEMBER)?;
+        let config = load_ok();
+        assert!(config.node.token.is_some());
+        Ok(())
+    });
+}
+
+// ---- [[acl]] ----------------------------------------------------------------------------
+
+/// `[[acl]]` entries become the same `Acl` serde would make of them, and decide as such.
+#[test]
+fn acl_entries_load_as_the_policies_acl() {
+    Jail::expect_with(|jail| {
+        let rules = r#"
+[[acl]]
+principal = "edge-*"
+allow_publish = ["nexus.salon-001.>"]
+deny_publish = ["nexus.salon-001.wallet.>"]
+
+[[acl]]
+principal = "local"
+allow_publish = ["embassy.*"]
+allow_receive = ["_nexus.cmd.edge-01.>"]
+deny_receive = ["_nexus.cmd.edge-01.reboot"]
+"#;
+        setup(jail, &format!("{MEMBER}{rules}"))?;
+        let config = load_ok();
+        let serde: Acl = figment::Figment::from(<Toml as Format>::string(rules))
+            .extract_inner("acl")
+            .expect("serde reads the same rules");
+        assert_eq!(config.acl, AclPolicy::Rules(serde));
+        assert!(config
+            .acl
+            .allows("edge-07", Action::Publish, "nexus.salon-001.iot.x"));
+        assert!(!config
+            .acl
+            .allows("edge-07", Action::Publish, "nexus.salon-001.wallet.x"));
+        assert!(!config
+            .acl
+            .allows("hub-1", Action::Publish, "nexus.salon-001.iot.x"));
+        assert!(AclPolicy::TokenGrants.allows("anyone", Action::Receive, "a.b"));
+        Ok(())
+    });
+}
+
+/// `acl = []` is an explicit empty ACL: default deny, nothing allowed.
+#[test]
+fn an_explicitly_empty_acl_denies_everything() {
+    Jail::expect_with(|jail| {
+        setup(jail, &format!("acl = []\n{MEMBER}"))?;
+        let config = load_ok();
+        assert_eq!(config.acl, AclPolicy::Rules(Acl::default()));
+        assert!(!config.acl.allows("local", Action::Publish, "a.b"));
+        Ok(())
+    });
+}
+
+/// A bad pattern is named by its entry and position.
+#[test]
+fn a_bad_acl_pattern_is_named_by_its_index() {
+    Jail::expect_with(|jail| {
+        let rules = "\n[[acl]]\nprincipal = \"local\"\nallow_publish = [\"a.>\"]\n\
+                     \n[[acl]]\nprincipal = \"edge-*\"\nallow_publish = [\"a.b\"]\n\
+                     \n[[acl]]\nprincipal = \"edge-*\"\nallow_publish = [\"nexus..x\", \"ok.*\", \"a.>.b\"]\n";
+        setup(jail, &format!("{MEMBER}{rules}"))?;
+        let errors = load_err();
+        assert_eq!(errors.kinds(), vec![ErrorKind::BadPattern; 2], "{errors}");
+        let error = errors
+            .find("acl[2].allow_publish[0]")
+            .expect("an error about acl[2].allow_publish[0]");
+        assert!(error.message.contains("nexus..x"), "{error}");
+        assert!(errors.find("acl[2].allow_publish[2]").is_some(), "{errors}");
+        Ok(())
+    });
+}
+
+/// A principal that is not `local`, a node id or a glob is refused.
+#[test]
+fn a_bad_acl_principal_is_refused() {
+    Jail::expect_with(|jail| {
+        setup(
+            jail,
+            &format!("{MEMBER}\n[[acl]]\nprincipal = \"Edge.*\"\nallow_publish = [\"a\"]\n"),
+        )?;
+        let errors = load_err();
+        assert_eq!(errors.kinds(), vec![ErrorKind::BadPrincipal], "{errors}");
+        assert!(errors.find("acl[0].principal").is_some(), "{errors}");
+        Ok(())
+    });
+}
+
+/// Unknown keys in an entry, a missing principal, a table instead of an array of tables:
+/// all reported at once.
+#[test]
+fn malformed_acl_entries_are_reported() {
+    Jail::expect_with(|jail| {
+        setup(
+            jail,
+            &format!(
+                "{MEMBER}\n[[acl]]\nprincipal = \"local\"\nallow_pub = [\"a\"]\n\
+                 \n[[acl]]\nallow_publish = [\"a\"]\n\
+                 \n[[acl]]\nprincipal = \"local\"\ndeny_receive = \"a.b\"\n"
+            ),
+        )?;
+        let errors = load_err();
+        assert_eq!(
+            errors.find("acl[0].allow_pub").map(|e| e.kind.clone()),
+            Some(ErrorKind::UnknownKey {
+                suggestion: Some("allow_publish".to_owned())
+            }),
+            "{errors}"
+        );
+        assert_eq!(
+            errors.find("acl[1].principal").map(|e| e.kind.clone()),
+            Some(ErrorKind::MissingKey),
+            "{errors}"
+        );
+        assert_eq!(
+            errors.find("acl[2].deny_receive").map(|e| e.kind.clone()),
+            Some(ErrorKind::InvalidType),
+            "{errors}"
+        );
+        assert_eq!(errors.len(), 3, "{errors}");
+
+        jail.create_file(
+            "member.toml",
+            &format!("{MEMBER}\n[acl]\nprincipal = \"local\"\n"),
+        )?;
+        let errors = load_err();
+        assert_eq!(errors.kinds(), vec![ErrorKind::InvalidType], "{errors}");
+        assert!(errors.to_string().contains("[[acl]]"), "{errors}");
+        Ok(())
+    });
+}
+
+// ---- TLS --------------------------------------------------------------------------------
+
+/// Writes PEM-looking `ca.pem`, `client.pem` and `client.key` into the jail.
+fn write_pem_files(jail: &mut Jail) -> figment::error::Result<()> {
+    for (name, label) in [
+        ("ca.pem", "CERTIFICATE"),
+        ("client.pem", "CERTIFICATE"),
+        ("client.key", "PRIVATE KEY"),
+    ] {
+        jail.create_file(
+            name,
+            &format!("-----BEGIN {label}-----\nMIIB\n-----END {label}-----\n"),
+        )?;
+    }
+    Ok(())
+}
+
+/// `[uplink.tls]` with every key loads, paths resolved; `tls://` alone means TLS with the
+/// defaults; plain `nats://` means none.
+#[test]
+fn tls_sections_load_and_tls_urls_imply_tls() {
+    Jail::expect_with(|jail| {
+        let tls = "\n[uplink.tls]\nca_file = \"ca.pem\"\ncert_file = \"client.pem\"\n\
+                   key_file = \"client.key\"\nserver_name = \"hub.internal\"\n";
+        setup(jail, &format!("{MEMBER}{tls}"))?;
+        write_pem_files(jail)?;
+        let config = load_ok();
+        let tls = config.uplink.expect("uplink").tls.expect("tls");
+        let dir = jail.directory();
+        assert_eq!(tls.ca_file, Some(dir.join("ca.pem")));
+        let client = tls.client_cert.expect("client cert");
+        assert_eq!(client.cert_file, dir.join("client.pem"));
+        assert_eq!(client.key_file, dir.join("client.key"));
+        assert_eq!(tls.server_name.as_deref(), Some("hub.internal"));
+
+        jail.create_file(
+            "member.toml",
+            &MEMBER.replace("nats://hub.example", "tls://hub.example"),
+        )?;
+        let uplink = load_ok().uplink.expect("uplink");
+        assert_eq!(uplink.tls, Some(TlsConfig::default()));
+
+        // An empty [uplink.tls] requires TLS on a nats:// URL too.
+        jail.create_file("member.toml", &format!("{MEMBER}\n[uplink.tls]\n"))?;
+        assert_eq!(
+            load_ok().uplink.expect("uplink").tls,
+            Some(TlsConfig::default())
+        );
+        Ok(())
+    });
+}
+
+/// TLS files that cannot be read are reported, each with its key path.
+#[test]
+fn unreadable_tls_files_are_reported() {
+    Jail::expect_with(|jail| {
+        let tls = "\n[local]\nurl = \"nats://127.0.0.1:4222\"\n\n[local.tls]\n\
+                   ca_file = \"nowhere/ca.pem\"\ncert_file = \"nowhere/c.pem\"\n\
+                   key_file = \"nowhere/c.key\"\n";
+        setup(jail, &format!("{MEMBER}{tls}"))?;
+        let errors = load_err();
+        assert_eq!(
+            errors.kinds(),
+            vec![ErrorKind::UnreadableTlsFile; 3],
+            "{errors}"
+        );
+        for key in [
+            "local.tls.ca_file",
+            "local.tls.cert_file",
+            "local.tls.key_file",
+        ] {
+            assert!(errors.find(key).is_some(), "no {key}: {errors}");
+        }
+        Ok(())
+    });
+}
+
+/// A TLS file that is not PEM is refused without printing its contents.
+#[test]
+fn a_tls_file_that_is_not_pem_is_refused() {
+    Jail::expect_with(|jail| {
+        setup(
+            jail,
+            &format!(
+                "{MEMBER}\n[uplink.tls]\ncert_file = \"client.pem\"\nkey_file = \"client.key\"\n"
+            ),
+        )?;
+        write_pem_files(jail)?;
+        jail.create_file("client.key", "s3cr3t-der-bytes")?;
+        let errors = load_err();
+        assert_eq!(errors.kinds(), vec![ErrorKind::BadTlsFile], "{errors}");
+        assert!(errors.find("uplink.tls.key_file").is_some(), "{errors}");
+        assert!(!errors.to_string().contains("s3cr3t"), "{errors}");
+        Ok(())
+    });
+}
+
+/// A client certificate needs its key and the reverse; a bad server name and a TLS key
+/// written straight under [uplink] are caught.
+#[test]
+fn tls_keys_are_checked_together() {
+    Jail::expect_with(|jail| {
+        setup(
+            jail,
+            &format!(
+                "{MEMBER}ca_file = \"ca.pem\"\n\n[uplink.tls]\ncert_file = \"client.pem\"\n\
+                 server_name = \"tls://hub\"\n"
+            ),
+        )?;
+        write_pem_files(jail)?;
+        let errors = load_err();
+        assert_eq!(
+            errors.find("uplink.ca_file").map(|e| e.kind.clone()),
+            Some(ErrorKind::UnknownKey {
+                suggestion: Some("uplink.tls.ca_file".to_owned())
+            }),
+            "{errors}"
+        );
+        assert_eq!(
+            errors.find("uplink.tls.key_file").map(|e| e.kind.clone()),
+            Some(ErrorKind::MissingKey),
+            "{errors}"
+        );
+        assert_eq!(
+            errors
+                .find("uplink.tls.server_name")
+                .map(|e| e.kind.clone()),
+            Some(ErrorKind::InvalidValue),
+            "{errors}"
+        );
+        assert_eq!(errors.len(), 3, "{errors}");
+        Ok(())
+    });
+}
+
+// ---- [outbox] and [dead_letter] ---------------------------------------------------------
+
+/// The outbox policy keys and the dead-letter bounds load.
+#[test]
+fn outbox_policy_and_dead_letter_bounds_load() {
+    Jail::expect_with(|jail| {
+        setup(
+            jail,
+            &format!(
+                "{MEMBER}\n[outbox]\nwhen_full = \"drop_oldest\"\nmax_age = \"1d\"\n\
+                 drain_rate = 20\n\n[dead_letter]\nmax_bytes = 1048576\nmax_entries = 500\n"
+            ),
+        )?;
+        let config = load_ok();
+        assert_eq!(config.outbox.when_full, WhenFull::DropOldest);
+        assert_eq!(config.outbox.max_age, Some(Duration::from_secs(86_400)));
+        assert_eq!(config.outbox.drain_rate.map(|r| r.get()), Some(20));
+        assert_eq!(
+            config.dead_letter,
+            DeadLetterConfig {
+                max_bytes: 1_048_576,
+                max_entries: 500
+            }
+        );
+        Ok(())
+    });
+}
+
+/// Bad outbox policies and bounds are refused, all at once.
+#[test]
+fn bad_outbox_policies_and_bounds_are_refused() {
+    Jail::expect_with(|jail| {
+        setup(
+            jail,
+            &format!(
+                "{MEMBER}\n[outbox]\nwhen_full = \"drop_oldset\"\nmax_age = \"0s\"\n\
+                 drain_rate = 0\n\n[dead_letter]\nmax_entries = 0\nmax_bytes = \"big\"\n"
+            ),
+        )?;
+        let errors = load_err();
+        for (key, kind) in [
+            ("outbox.when_full", ErrorKind::InvalidValue),
+            ("outbox.max_age", ErrorKind::BadDuration),
+            ("outbox.drain_rate", ErrorKind::InvalidValue),
+            ("dead_letter.max_entries", ErrorKind::InvalidValue),
+            ("dead_letter.max_bytes", ErrorKind::InvalidType),
+        ] {
+            let error = errors
+                .find(key)
+                .unwrap_or_else(|| panic!("no {key}: {errors}"));
+            assert_eq!(error.kind, kind, "{error}");
+        }
+        assert!(
+            errors.to_string().contains("did you mean `drop_oldest`?"),
+            "{errors}"
+        );
+        assert_eq!(errors.len(), 5, "{errors}");
         Ok(())
     });
 }

@@ -11,21 +11,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{AckKind, Message};
 use futures::future::join_all;
 use futures::StreamExt as _;
 use nexus_config::IngressConfig;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::envelope::Envelope;
 use crate::link::Link;
-use crate::provenance::{SignedEvent, VerifyError};
+use crate::provenance::{self, SignedEvent, VerifyError};
 use crate::ratelog::RateLimitedLog;
 use crate::subject;
+use crate::trust::{self, Admitted, Gatekeeper, Rejection};
 
 /// Where verified traffic goes next.
 #[derive(Debug, Clone)]
@@ -69,6 +72,21 @@ pub struct IngressCounters {
 /// Called with every verified envelope (e.g. to watch children's heartbeats).
 pub type Observer = Arc<dyn Fn(&Envelope) + Send + Sync>;
 
+/// A refused message, handed to whoever dead-letters, audits and counts refusals.
+#[derive(Debug, Clone)]
+pub struct RejectedMessage {
+    /// Why.
+    pub rejection: Rejection,
+    /// The subject it arrived on.
+    pub subject: String,
+    /// Its headers, as received.
+    pub headers: Vec<(String, String)>,
+    /// Its body, as received.
+    pub body: bytes::Bytes,
+    /// The `Nexus-Signer` header, if any (unverified unless the reason says otherwise).
+    pub signer: Option<String>,
+}
+
 /// The ingress pump.
 pub struct Ingress {
     local: Link,
@@ -77,6 +95,8 @@ pub struct Ingress {
     max_body: usize,
     observer: Option<Observer>,
     counters: Arc<IngressCounters>,
+    gatekeeper: Arc<Gatekeeper>,
+    rejections: Option<mpsc::Sender<RejectedMessage>>,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -95,6 +115,7 @@ impl Ingress {
         config: IngressConfig,
         destination: Destination,
         max_body: usize,
+        gatekeeper: Arc<Gatekeeper>,
     ) -> Self {
         Self {
             local,
@@ -103,7 +124,16 @@ impl Ingress {
             max_body,
             observer: None,
             counters: Arc::default(),
+            gatekeeper,
+            rejections: None,
         }
+    }
+
+    /// Sends every refused message to `sink` (bounded; when it is full the refusal is
+    /// still counted and logged, but not stored).
+    pub fn with_rejections(mut self, sink: mpsc::Sender<RejectedMessage>) -> Self {
+        self.rejections = Some(sink);
+        self
     }
 
     /// Calls `observer` with every verified envelope.
@@ -128,9 +158,9 @@ impl Ingress {
                 break;
             }
             match self.consumer().await {
-                Ok(consumer) => {
+                Ok((consumer, registry)) => {
                     attempt = 0;
-                    self.pump(consumer, &shutdown, &mut log).await;
+                    self.pump(consumer, &registry, &shutdown, &mut log).await;
                 }
                 Err(error) => {
                     if log.check("setup", Instant::now()).is_some() {
@@ -147,7 +177,7 @@ impl Ingress {
         }
     }
 
-    async fn consumer(&self) -> Result<PullConsumer, async_nats::Error> {
+    async fn consumer(&self) -> Result<(PullConsumer, kv::Store), async_nats::Error> {
         let js = self.local.jetstream();
         let stream = js
             .create_or_update_stream(stream::Config {
@@ -174,16 +204,21 @@ impl Ingress {
                 name,
             )
             .await?;
+        // The registry last: its existence tells the tier below that this ingress is ready.
+        trust::bucket(&self.local, trust::TRUST_BUCKET, true).await?;
+        let registry = trust::bucket(&self.local, trust::CHAINS_BUCKET, true).await?;
         info!(stream = %name, consumer = %self.config.consumer, "Ingress ready.");
-        Ok(consumer)
+        Ok((consumer, registry))
     }
 
     async fn pump(
         &self,
         consumer: PullConsumer,
+        registry: &kv::Store,
         shutdown: &CancellationToken,
         log: &mut RateLimitedLog,
     ) {
+        let mut presented_up = PresentedUp::default();
         let messages = match consumer.messages().await {
             Ok(messages) => messages,
             Err(error) => {
@@ -215,7 +250,8 @@ impl Ingress {
                 }
             }
             if !batch.is_empty() {
-                self.process(batch, shutdown, log).await;
+                self.process(batch, registry, &mut presented_up, shutdown, log)
+                    .await;
             }
         }
     }
@@ -225,6 +261,8 @@ impl Ingress {
     async fn process(
         &self,
         batch: Vec<Message>,
+        registry: &kv::Store,
+        presented_up: &mut PresentedUp,
         shutdown: &CancellationToken,
         log: &mut RateLimitedLog,
     ) {
@@ -246,14 +284,33 @@ impl Ingress {
                         self.max_body,
                     )
                 });
-            match opened {
-                Ok((event, envelope)) => {
+            let (event, envelope) = match opened {
+                Ok(opened) => opened,
+                Err(error) => {
+                    self.reject(&message, Rejection::from(&error), log).await;
+                    continue;
+                }
+            };
+            match self
+                .gatekeeper
+                .admit(&event, &envelope, Some(registry))
+                .await
+            {
+                Ok(admitted) => {
                     if let Some(observer) = &self.observer {
                         observer(&envelope);
                     }
-                    verified.push((message, event));
+                    verified.push((message, event, matches!(admitted, Admitted::Anchor)));
                 }
-                Err(error) => self.reject(&message, &error, log).await,
+                Err(rejection) if TRANSIENT.contains(&rejection.reason) => {
+                    if log.check(rejection.reason, Instant::now()).is_some() {
+                        warn!(reason = rejection.reason, detail = %rejection.detail, "Cannot decide on a message yet; it will be retried.");
+                    }
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                        .await;
+                }
+                Err(rejection) => self.reject(&message, rejection, log).await,
             }
         }
         if verified.is_empty() {
@@ -262,7 +319,7 @@ impl Ingress {
         let destination = self.destination.link();
         if !destination.state().connected {
             // Hand the batch back at once rather than waiting out ack_wait.
-            for (message, _) in &verified {
+            for (message, _, _) in &verified {
                 let _ = message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                     .await;
@@ -272,7 +329,16 @@ impl Ingress {
         }
         let js = destination.jetstream();
         let mut sends = Vec::with_capacity(verified.len());
-        for (message, event) in verified {
+        for (message, event, anchor) in verified {
+            // The next tier verifies the origin too: it needs the origin's chain first.
+            if let Destination::Parent(uplink) = &self.destination {
+                if !anchor && !self.present_up(uplink, &event, presented_up, log).await {
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                    continue;
+                }
+            }
             let publish = PublishMessage::build()
                 .payload(event.body.clone())
                 .headers(event.headers());
@@ -317,17 +383,100 @@ impl Ingress {
         }
     }
 
-    async fn reject(&self, message: &Message, error: &VerifyError, log: &mut RateLimitedLog) {
+    /// Puts the signer's chain into the parent's registry once per uplink connection.
+    async fn present_up(
+        &self,
+        uplink: &Link,
+        event: &SignedEvent,
+        presented: &mut PresentedUp,
+        log: &mut RateLimitedLog,
+    ) -> bool {
+        let since = uplink.state().since;
+        if presented.since != Some(since) {
+            presented.since = Some(since);
+            presented.keys.clear();
+        }
+        let signer = event.signer.to_bytes();
+        if presented.keys.contains(&signer) {
+            return true;
+        }
+        let Some(chain) = self.gatekeeper.chain_bytes(&event.signer) else {
+            return true; // admitted without a chain (cannot happen for non-anchors)
+        };
+        let result = match trust::bucket(uplink, trust::CHAINS_BUCKET, false).await {
+            Ok(store) => store
+                .put(trust::key_id(&event.signer), chain)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match result {
+            Ok(()) => {
+                if presented.keys.len() >= 65_536 {
+                    presented.keys.clear();
+                }
+                presented.keys.insert(signer);
+                true
+            }
+            Err(error) => {
+                if log.check("present_up", Instant::now()).is_some() {
+                    warn!(%error, "Cannot present a child's token chain to the parent yet; retrying.");
+                }
+                false
+            }
+        }
+    }
+
+    async fn reject(&self, message: &Message, rejection: Rejection, log: &mut RateLimitedLog) {
         self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-        let reason = error.reason();
-        if let Some(suppressed) = log.check(reason, Instant::now()) {
-            warn!(reason, %error, subject = %message.subject, suppressed, "Envelope rejected; it is not forwarded.");
+        let signer = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(provenance::HDR_SIGNER))
+            .map(|v| v.as_str().to_owned());
+        if let Some(suppressed) = log.check(rejection.reason, Instant::now()) {
+            warn!(reason = rejection.reason, detail = %rejection.detail, subject = %message.subject, signer = signer.as_deref().unwrap_or("-"), suppressed, "Envelope rejected; it is not forwarded.");
+        }
+        if let Some(sink) = &self.rejections {
+            let headers = message
+                .headers
+                .iter()
+                .flat_map(|h| h.iter())
+                .flat_map(|(name, values)| {
+                    values
+                        .iter()
+                        .map(move |v| (name.to_string(), v.as_str().to_owned()))
+                })
+                .collect();
+            let rejected = RejectedMessage {
+                rejection,
+                subject: message.subject.to_string(),
+                headers,
+                body: message.payload.clone(),
+                signer,
+            };
+            if sink.try_send(rejected).is_err()
+                && log.check("rejections_full", Instant::now()).is_some()
+            {
+                warn!("The dead-letter writer is behind; a refusal was counted but not stored.");
+            }
         }
         // Term: never redeliver what cannot be verified.
         if let Err(error) = message.ack_with(AckKind::Term).await {
             debug!(%error, "Term of a rejected message failed; it may be redelivered and rejected again.");
         }
     }
+}
+
+/// Refusals that may resolve by themselves: the message is retried, not dead-lettered.
+const TRANSIENT: &[&str] = &["registry_unavailable", "clock_unsynced"];
+
+/// Which children's chains the parent has, on the current uplink connection.
+#[derive(Debug, Default)]
+struct PresentedUp {
+    since: Option<time::OffsetDateTime>,
+    keys: std::collections::HashSet<[u8; 32]>,
 }
 
 /// A JetStream stream the root lands events in.
@@ -344,15 +493,12 @@ pub struct LandingStream {
 }
 
 impl LandingStream {
-    /// The default landing of system events (`nexus._core.>`: heartbeats, audit).
-    pub fn core() -> Self {
+    /// The default landing: every event (`nexus.>`: tenant events, heartbeats, audit) in
+    /// one stream, kept 30 days, deduplicated by event_id for 2 minutes.
+    pub fn all_events() -> Self {
         Self {
-            name: "NEXUS_CORE".into(),
-            subjects: vec![format!(
-                "{}.{}.>",
-                subject::EVENT_PREFIX,
-                subject::CORE_TENANT
-            )],
+            name: "NEXUS_EVENTS".into(),
+            subjects: vec![format!("{}.>", subject::EVENT_PREFIX)],
             max_age: Duration::from_secs(30 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
         }

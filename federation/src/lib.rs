@@ -13,23 +13,35 @@
 //! - `envelope`: the DESIGN §3 envelope, JSON/CBOR encoding, untrusted decoding.
 //! - `provenance`: signing and verifying exact body bytes; the NATS headers.
 //! - `subject`: ids, event names and the subject scheme.
-//! - `outbox`: the bounded queue of events awaiting the next tier's ack.
+//! - `outbox`: the crash-safe (SQLite) bounded queue of events awaiting the next tier's ack.
+//! - `deadletter`: the store of rejected and undeliverable messages (`dlq` list/replay/purge).
+//! - `sqlite`: what the on-disk stores share (durable open, damaged files moved aside).
 //! - `link`: a resilient NATS connection with observable state.
+//! - `tls`: the rustls crypto provider, a link's TLS client config, the clear-text warning.
 //! - `uplink`: the pump from the outbox to the next tier.
 //! - `ingress`: the hub/root pump from the ingress stream onward, and landing streams.
+//! - `trust`: admission at verifying tiers (token chains, grants, ACL), chain registry.
+//! - `revocation`: signed revocation lists, watched from above, persisted, passed down.
+//! - `clock`: the trust clock of boxes without an RTC (last known good time).
 //! - `backoff`, `ratelog`: small value types for retries and quiet logs.
 
 pub mod backoff;
+pub mod clock;
+pub mod deadletter;
 pub mod envelope;
 pub mod ingress;
 pub mod link;
 pub mod outbox;
 pub mod provenance;
 pub mod ratelog;
+pub mod revocation;
+pub mod sqlite;
 pub mod subject;
+pub mod tls;
+pub mod trust;
 pub mod uplink;
 
 pub use envelope::{Encoding, Envelope, EnvelopeError};
 pub use link::{Link, LinkState};
-pub use outbox::{Outbox, OutboxFull, OutboxStats};
+pub use outbox::{Outbox, OutboxError, OutboxOptions, OutboxStats, Priority, WhenFull};
 pub use provenance::{SignedEvent, VerifyError};

@@ -5,6 +5,9 @@
 //! agent starts while its uplink is down; the ping interval defaults to 5 s, not NATS' 60 s;
 //! state changes are logged once, and a failing reconnect is logged once per distinct
 //! error, not on every attempt.
+//!
+//! TLS (`[uplink.tls]`, `tls://`) is required when configured, with a `rustls::ClientConfig`
+//! built by [`crate::tls`]; a link in clear to another machine is warned about once, at start.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::tls::{self, TlsError};
 
 /// The observable state of a link.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +44,16 @@ pub enum LinkError {
         url: String,
         /// The client's error.
         source: async_nats::ConnectError,
+    },
+    /// The link's TLS settings cannot be used (a file missing, not PEM, a key that does not
+    /// fit its certificate, …); the error names the config key and the file.
+    #[error("cannot set up TLS for the {role} link: {source}")]
+    Tls {
+        /// `uplink` or `local`.
+        role: &'static str,
+        /// What is wrong (boxed: it names keys and files, and `LinkError` travels in
+        /// every `Result` of set-up).
+        source: Box<TlsError>,
     },
 }
 
@@ -72,6 +86,7 @@ impl Link {
             config.reconnect_max_delay,
         );
 
+        let (tls, cert_failures) = tls_settings(role, config, &url_for_log)?;
         let events_tx = Arc::clone(&tx);
         let events_url = url_for_log.clone();
         let options = async_nats::ConnectOptions::new()
@@ -88,8 +103,13 @@ impl Link {
                 let tx = Arc::clone(&events_tx);
                 let last_logged_error = Arc::clone(&last_logged_error);
                 let url = events_url.clone();
-                async move { on_event(role, &url, event, &tx, &last_logged_error) }
+                let cert_failures = cert_failures.clone();
+                async move { on_event(role, &url, event, &tx, &last_logged_error, &cert_failures) }
             });
+        let options = match tls {
+            Some(tls) => options.require_tls(true).tls_client_config(tls),
+            None => options,
+        };
         let client = options
             .connect(config.url.as_str())
             .await
@@ -144,18 +164,64 @@ impl Link {
     }
 }
 
+/// TLS as configured: the agent's own `rustls::ClientConfig` (see [`crate::tls`]), to be
+/// required, when `[role.tls]` is set or a URL is `tls://`; otherwise `None`, after one
+/// warning if the link reaches a host other than this machine in clear.
+fn tls_settings(
+    role: &'static str,
+    config: &LinkConfig,
+    url_for_log: &str,
+) -> Result<(Option<async_nats::rustls::ClientConfig>, tls::CertFailures), LinkError> {
+    let settings = match &config.tls {
+        Some(settings) => settings.clone(),
+        // The config crate turns a `tls://` URL into `Some(default)`; a LinkConfig built by
+        // hand may not have.
+        None if tls::url_requires_tls(&config.url) => nexus_config::TlsConfig::default(),
+        None => {
+            let hosts = tls::plaintext_remote_hosts(&config.url, false);
+            if !hosts.is_empty() {
+                warn!(
+                    link = role,
+                    url = %url_for_log,
+                    host = %hosts.join(","),
+                    "Link is not configured for TLS: credentials and events travel unencrypted \
+                     (unless the server demands TLS). Use a tls:// URL or the link's [tls] section.",
+                );
+            }
+            return Ok((None, tls::CertFailures::default()));
+        }
+    };
+    let ws_hosts = tls::plaintext_remote_hosts(&config.url, true);
+    if !ws_hosts.is_empty() {
+        warn!(
+            link = role,
+            url = %url_for_log,
+            host = %ws_hosts.join(","),
+            "Link has TLS settings, but ws:// is never upgraded to TLS: credentials and events \
+             travel unencrypted to these hosts. Use wss://.",
+        );
+    }
+    let tls = tls::client_config(role, &settings).map_err(|source| LinkError::Tls {
+        role,
+        source: Box::new(source),
+    })?;
+    Ok((Some(tls.config), tls.failures))
+}
+
 fn on_event(
     role: &'static str,
     url: &str,
     event: async_nats::Event,
     tx: &watch::Sender<LinkState>,
     last_logged_error: &Mutex<Option<String>>,
+    cert_failures: &tls::CertFailures,
 ) {
     use async_nats::Event;
     let now = OffsetDateTime::now_utc();
     match event {
         Event::Connected => {
             info!(link = role, %url, "Link connected.");
+            cert_failures.take();
             if let Ok(mut last) = last_logged_error.lock() {
                 *last = None;
             }
@@ -174,7 +240,12 @@ fn on_event(
             });
         }
         Event::ClientError(error) => {
-            let error = error.to_string();
+            // async-nats reports only the kind ("IO error"); add why the server's
+            // certificate was refused, when that is what happened.
+            let error = match cert_failures.take() {
+                Some(why) => format!("{error}: {why}"),
+                None => error.to_string(),
+            };
             let first_of_its_kind = match last_logged_error.lock() {
                 Ok(mut last) if last.as_deref() != Some(error.as_str()) => {
                     *last = Some(error.clone());

@@ -10,7 +10,7 @@
 //! the origin's signature end to end. The subject is not signed; it is derived from the
 //! signed body and checked against it instead.
 
-use async_nats::HeaderMap;
+pub use async_nats::HeaderMap;
 use bytes::Bytes;
 use nexus_policies::{PublicKey, SecretKey, Signature};
 

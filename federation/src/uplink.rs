@@ -24,6 +24,7 @@ use crate::outbox::Outbox;
 use crate::provenance::SignedEvent;
 use crate::ratelog::RateLimitedLog;
 use crate::subject;
+use crate::trust;
 
 /// The pump that drains an outbox into a link.
 #[derive(Debug)]
@@ -32,6 +33,16 @@ pub struct Uplink {
     outbox: Outbox,
     batch: usize,
     backoff: Backoff,
+    presentation: Option<Presentation>,
+}
+
+/// This node's token chain, presented to the next tier once per connection.
+#[derive(Debug, Clone)]
+pub struct Presentation {
+    /// The key it is presented under ([`trust::key_id`] of this node's key).
+    pub key_id: String,
+    /// The encoded chain.
+    pub chain: bytes::Bytes,
 }
 
 /// Counters of one uplink, for status and tests.
@@ -53,6 +64,54 @@ impl Uplink {
             outbox,
             batch: batch.max(1),
             backoff: Backoff::new(Duration::from_millis(100), max_backoff),
+            presentation: None,
+        }
+    }
+
+    /// Presents `presentation` in the next tier's `NEXUS_CHAINS` bucket on every
+    /// connection, before any event is sent on it.
+    pub fn with_presentation(mut self, presentation: Option<Presentation>) -> Self {
+        self.presentation = presentation;
+        self
+    }
+
+    /// Puts this node's chain into the next tier's registry if this connection has not
+    /// seen it yet. `presented` remembers the connection (by its `since`) it was put on.
+    async fn present(
+        &self,
+        presented: &mut Option<time::OffsetDateTime>,
+        log: &mut RateLimitedLog,
+    ) -> bool {
+        let Some(presentation) = &self.presentation else {
+            return true;
+        };
+        let since = self.link.state().since;
+        if *presented == Some(since) {
+            return true;
+        }
+        let result = match trust::bucket(&self.link, trust::CHAINS_BUCKET, false).await {
+            Ok(store) => store
+                .put(&presentation.key_id, presentation.chain.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(format!(
+                "bucket {} not available yet: {error}",
+                trust::CHAINS_BUCKET
+            )),
+        };
+        match result {
+            Ok(()) => {
+                debug!(key_id = %presentation.key_id, "Token chain presented to the next tier.");
+                *presented = Some(since);
+                true
+            }
+            Err(error) => {
+                if let Some(suppressed) = log.check("present", Instant::now()) {
+                    warn!(%error, suppressed, "Cannot present the token chain to the next tier yet; events wait in the outbox.");
+                }
+                false
+            }
         }
     }
 
@@ -62,6 +121,7 @@ impl Uplink {
         let mut counters = UplinkCounters::default();
         let mut log = RateLimitedLog::new(Duration::from_secs(60));
         let mut attempt = 0u32;
+        let mut presented = None;
         loop {
             // Cancel safety: `next_batch` removes nothing; `wait_connected` only watches.
             let batch = tokio::select! {
@@ -71,7 +131,11 @@ impl Uplink {
             if !self.link.wait_connected(&shutdown).await {
                 break;
             }
-            let failed = self.send(&batch, &mut counters, &mut log).await;
+            let failed = if self.present(&mut presented, &mut log).await {
+                self.send(&batch, &mut counters, &mut log).await
+            } else {
+                batch.len()
+            };
             if failed == 0 {
                 attempt = 0;
                 continue;
@@ -145,7 +209,7 @@ impl Uplink {
                 }
             }
         }
-        self.outbox.ack(&acked);
+        self.outbox.ack(&acked).await;
         batch.len() - acked.len()
     }
 }

@@ -17,11 +17,13 @@
 //! - [`nats`]: [`NatsServer`], a JetStream-enabled nats-server on a port it chose.
 //! - [`mosquitto`]: [`Mosquitto`], a persistent mosquitto broker on a free port.
 //! - [`agent`]: [`AgentProcess`] (`nexus-agent run`) and [`keygen`].
+//! - [`fleet`]: [`Fleet`], root + hub + member with keys and CLI-issued tokens.
 //! - [`wait`]: [`wait_until`], [`assert_eventually!`], [`collect_until`], [`payload_json`].
 //! - `process`: the owned-child plumbing all of them share (signals, bounded waits, logs).
 
 pub mod agent;
 pub mod bins;
+pub mod fleet;
 pub mod mosquitto;
 pub mod nats;
 mod process;
@@ -29,6 +31,7 @@ pub mod wait;
 
 pub use agent::{keygen, AgentProcess};
 pub use bins::{agent_bin, mosquitto_bin, mosquitto_client_bin, nats_server_bin, INSTALL_HINT};
+pub use fleet::{Fleet, NodeKey};
 pub use mosquitto::Mosquitto;
 pub use nats::{NatsServer, NatsServerBuilder};
 pub use process::pid_exists;

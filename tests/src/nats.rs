@@ -7,6 +7,10 @@
 //!
 //! Readiness is checked at the protocol level, not just TCP: the probe reads the server's
 //! `INFO`, sends `CONNECT` and, with JetStream on, asks `$JS.API.INFO` and waits for the answer.
+//! A server configured with a `tls { }` block (through [`NatsServerBuilder::extra`]) says
+//! `"tls_required":true` in its `INFO` and expects a TLS handshake next, which the probe does
+//! not speak: for such a server, ready means "listening and sending INFO" (JetStream is not
+//! probed; connect with TLS to `tls://127.0.0.1:PORT`, see [`NatsServer::tls_url`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -141,6 +145,11 @@ impl NatsServer {
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port())
+    }
+
+    /// `tls://127.0.0.1:PORT`: the same port, for a server configured with a `tls { }` block.
+    pub fn tls_url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.port())
     }
 
     /// The client port (the same across restarts).
@@ -317,7 +326,8 @@ fn read_ports_file(path: &Path) -> Option<u16> {
 }
 
 /// One NATS protocol exchange with the server: INFO, CONNECT, PING/PONG and, with JetStream,
-/// a `$JS.API.INFO` request that must be answered.
+/// a `$JS.API.INFO` request that must be answered. A server that requires TLS is ready once it
+/// sends its INFO (the rest would need a TLS handshake).
 fn probe(port: u16, jetstream: bool) -> Result<(), String> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let timeout = Duration::from_secs(1);
@@ -342,6 +352,9 @@ fn probe(port: u16, jetstream: bool) -> Result<(), String> {
     read_line(&mut reader, &mut line)?;
     if !line.starts_with("INFO ") {
         return Err(format!("expected INFO, got {line:?}"));
+    }
+    if line.contains("\"tls_required\":true") {
+        return Ok(());
     }
     let mut hello = String::from(
         "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,\"protocol\":1,\"name\":\"nexus-e2e-probe\"}\r\n",

@@ -154,7 +154,7 @@ pub fn payload_json(msg: &async_nats::Message) -> serde_json::Value {
 /// `N messages:` then one line per message (subject and the start of the payload).
 fn summarize(msgs: &[async_nats::Message]) -> String {
     const SHOW: usize = 20;
-    const PAYLOAD: usize = 160;
+    const PAYLOAD: usize = 700;
     let mut out = format!("{} message(s)", msgs.len());
     for msg in msgs.iter().take(SHOW) {
         let text = String::from_utf8_lossy(&msg.payload);

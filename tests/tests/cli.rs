@@ -19,17 +19,53 @@ fn examples() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples")
 }
 
-/// Every shipped example passes `check` (with the node key pointed at a real key file),
-/// printing the effective config.
+/// Every shipped example passes `check` (with the node key pointed at a real key file, and
+/// a token for it issued by a root key the config trusts), printing the effective config.
 #[test]
 fn check_accepts_every_example() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (key, _) = keygen(dir.path(), "node");
-    for mode in ["member", "hub", "root"] {
+    let (key, public) = keygen(dir.path(), "node");
+    let (root_key, root_public) = keygen(dir.path(), "root");
+    let root_public = Path::new(&root_public);
+    for (mode, node_id) in [
+        ("member", "edge-msk-01"),
+        ("hub", "hub-msk"),
+        ("root", "root"),
+    ] {
+        let token = dir.path().join(format!("{mode}.token"));
+        let issued = agent(
+            &[
+                "token",
+                "issue",
+                "--key",
+                root_key.to_str().expect("utf-8 path"),
+                "--node",
+                node_id,
+                "--node-key",
+                &public,
+                "--role",
+                mode,
+                "--publish",
+                "nexus.>",
+                "--out",
+                token.to_str().expect("utf-8 path"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            issued.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&issued.stderr)
+        );
         let file = examples().join(format!("{mode}.toml"));
         let out = agent(
             &["check", "-c", file.to_str().expect("utf-8 path")],
-            &[("NEXUS_NODE__KEY", &key)],
+            &[
+                ("NEXUS_NODE__KEY", &key),
+                ("NEXUS_NODE__TOKEN", &token),
+                ("NEXUS_TRUST__ROOT_KEYS", root_public),
+            ],
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{mode}.toml: {stderr}");

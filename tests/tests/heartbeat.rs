@@ -2,11 +2,10 @@
 //! processes; heartbeats travel member → hub → root and land on the root's NATS.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use nexus_e2e::{collect_until, keygen, wait_until, AgentProcess, NatsServer};
+use nexus_e2e::{collect_until, fleet, wait_until, AgentProcess, Fleet};
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
 use nexus_federation::SignedEvent;
 
@@ -14,94 +13,21 @@ const INTERVAL: Duration = Duration::from_secs(1);
 /// Process start-up, connects and stream creation on a loaded 2-core CI box.
 const STARTUP: Duration = Duration::from_secs(30);
 
-struct Fleet {
-    root_nats: NatsServer,
-    hub_nats: NatsServer,
-    member_nats: NatsServer,
-    dir: tempfile::TempDir,
-    member_key: String,
-    hub_key: String,
-    root_key: String,
+trait Spawn {
+    fn spawn_root(&self) -> AgentProcess;
+    fn spawn_hub(&self) -> AgentProcess;
+    fn spawn_member(&self) -> AgentProcess;
 }
 
-impl Fleet {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (_, root_key) = keygen(&dir.path().join("keys"), "root");
-        let (_, hub_key) = keygen(&dir.path().join("keys"), "hub");
-        let (_, member_key) = keygen(&dir.path().join("keys"), "member");
-        Self {
-            root_nats: NatsServer::start(),
-            hub_nats: NatsServer::start(),
-            member_nats: NatsServer::start(),
-            dir,
-            member_key,
-            hub_key,
-            root_key,
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn config(
-        &self,
-        id: &str,
-        mode: &str,
-        key: &str,
-        uplink: Option<&NatsServer>,
-        local: Option<&NatsServer>,
-    ) -> String {
-        let dir = self.path().display();
-        let mut toml = format!(
-            "[node]\nid = \"{id}\"\nmode = \"{mode}\"\ntenant = \"salon-001\"\nkey = \"{dir}/keys/{key}.key\"\n\
-             data_dir = \"{dir}/{id}-data\"\n\n[heartbeat]\ninterval = \"{}ms\"\n\n[log]\nlevel = \"debug\"\n",
-            INTERVAL.as_millis()
-        );
-        if let Some(uplink) = uplink {
-            toml.push_str(&format!(
-                "\n[uplink]\nurl = \"{}\"\nping_interval = \"1s\"\nreconnect_max_delay = \"1s\"\n",
-                uplink.url()
-            ));
-        }
-        if let Some(local) = local {
-            toml.push_str(&format!(
-                "\n[local]\nurl = \"{}\"\nping_interval = \"1s\"\nreconnect_max_delay = \"1s\"\n",
-                local.url()
-            ));
-        }
-        toml
-    }
-
+impl Spawn for Fleet {
     fn spawn_root(&self) -> AgentProcess {
-        AgentProcess::spawn(
-            "root",
-            &self.config("root", "root", "root", None, Some(&self.root_nats)),
-            self.path(),
-        )
+        self.spawn(fleet::ROOT, "")
     }
-
     fn spawn_hub(&self) -> AgentProcess {
-        let config = self.config(
-            "hub-msk",
-            "hub",
-            "hub",
-            Some(&self.root_nats),
-            Some(&self.hub_nats),
-        );
-        AgentProcess::spawn("hub", &config, self.path())
+        self.spawn(fleet::HUB, "")
     }
-
     fn spawn_member(&self) -> AgentProcess {
-        let config = self.config(
-            "edge-msk-01",
-            "member",
-            "member",
-            Some(&self.hub_nats),
-            Some(&self.member_nats),
-        );
-        AgentProcess::spawn("member", &config, self.path())
+        self.spawn(fleet::MEMBER, "")
     }
 }
 
@@ -147,9 +73,9 @@ async fn heartbeats_of_every_tier_reach_the_root_signed_and_complete() {
     .await;
 
     for (node, key) in [
-        ("edge-msk-01", &fleet.member_key),
-        ("hub-msk", &fleet.hub_key),
-        ("root", &fleet.root_key),
+        ("edge-msk-01", &fleet.member_key.public),
+        ("hub-msk", &fleet.hub_key.public),
+        ("root", &fleet.root_key.public),
     ] {
         let message = seen
             .iter()

@@ -1,0 +1,81 @@
+//! What happens to a refused message: it is kept in the dead-letter store with its reason,
+//! and announced as a `nexus._core.audit.rejected` event — at most one per reason per
+//! minute, carrying how many refusals it stands for.
+
+use std::time::{Duration, Instant};
+
+use nexus_federation::ingress::RejectedMessage;
+use nexus_federation::outbox::Priority;
+use nexus_federation::ratelog::RateLimitedLog;
+use nexus_federation::{Encoding, Envelope, Outbox, SignedEvent};
+use nexus_policies::SecretKey;
+use serde_json::{json, Map, Value};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// The event name of refusal audits.
+pub const AUDIT_REJECTED: &str = "audit.rejected";
+
+/// Consumes refusals from the ingress.
+#[derive(Debug)]
+pub struct RejectionHandler {
+    /// This node's id (the audit event's source).
+    pub node_id: String,
+    /// The key that signs audit events.
+    pub key: SecretKey,
+    /// Where audit events are queued.
+    pub outbox: Outbox,
+}
+
+impl RejectionHandler {
+    /// Handles refusals until `shutdown` (then drains what is already queued).
+    pub async fn run(
+        self,
+        mut refusals: mpsc::Receiver<RejectedMessage>,
+        shutdown: CancellationToken,
+    ) {
+        let mut audits = RateLimitedLog::new(Duration::from_secs(60));
+        loop {
+            // Cancel safety: a refusal not yet received stays in the channel.
+            let refused = tokio::select! {
+                refused = refusals.recv() => refused,
+                _ = shutdown.cancelled() => refusals.try_recv().ok(),
+            };
+            let Some(refused) = refused else { return };
+            if let Some(suppressed) = audits.check(refused.rejection.reason, Instant::now()) {
+                self.audit(&refused, suppressed).await;
+            }
+        }
+    }
+
+    async fn audit(&self, refused: &RejectedMessage, suppressed: u64) {
+        let mut payload = Map::new();
+        payload.insert("node_id".into(), json!(self.node_id));
+        payload.insert("stage".into(), json!("ingress"));
+        payload.insert("reason".into(), json!(refused.rejection.reason));
+        payload.insert("detail".into(), json!(refused.rejection.detail));
+        payload.insert("subject".into(), json!(refused.subject));
+        payload.insert(
+            "signer".into(),
+            refused.signer.as_ref().map_or(Value::Null, |s| json!(s)),
+        );
+        payload.insert("also_rejected_since_last_audit".into(), json!(suppressed));
+        let envelope = Envelope::new(
+            AUDIT_REJECTED,
+            &self.node_id,
+            None,
+            payload,
+            OffsetDateTime::now_utc(),
+        );
+        match SignedEvent::seal(&envelope, Encoding::Json, &self.key) {
+            Ok(event) => {
+                if let Err(error) = self.outbox.push(event, Priority::Control).await {
+                    warn!(%error, "Cannot queue an audit event.");
+                }
+            }
+            Err(error) => warn!(%error, "Cannot build an audit event."),
+        }
+    }
+}

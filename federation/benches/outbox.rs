@@ -1,0 +1,2 @@
+//! Outbox bench (being written).
+fn main() {}

@@ -1,0 +1,197 @@
+//! The writer thread: the only owner of the outbox's connection, doing group commit.
+//!
+//! Requests arrive on an unbounded std channel (each caller awaits its own reply, so a
+//! caller has at most one request queued; the channel cannot grow beyond the number of
+//! waiting callers). The thread takes every request that is waiting — up to
+//! [`MAX_GROUP`] — applies the writes (pushes and acks, in arrival order) in ONE transaction
+//! with one fsync, and only then answers them. While it fsyncs, new requests queue up and
+//! form the next group: concurrency turns into larger groups, not more fsyncs. Reads are
+//! answered after the group's commit, so they see it.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tracing::warn;
+
+use super::store::{Batch, PushOutcome, Snapshot, Store, Write};
+use super::OutboxError;
+use crate::provenance::SignedEvent;
+use crate::sqlite::StoreError;
+
+/// The most requests one group commit takes.
+pub(crate) const MAX_GROUP: usize = 1024;
+
+/// A request to the writer thread.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Push {
+        event: SignedEvent,
+        priority: super::Priority,
+        reply: oneshot::Sender<Result<u64, OutboxError>>,
+    },
+    Ack {
+        seqs: Vec<u64>,
+        reply: oneshot::Sender<()>,
+    },
+    Read {
+        max: usize,
+        bulk_max: usize,
+        reply: oneshot::Sender<Result<Batch, StoreError>>,
+    },
+}
+
+impl Command {
+    /// The event of a push that could not be handed over.
+    pub(crate) fn into_event(self) -> Option<SignedEvent> {
+        match self {
+            Command::Push { event, .. } => Some(event),
+            _ => None,
+        }
+    }
+}
+
+enum Reply {
+    Push(oneshot::Sender<Result<u64, OutboxError>>),
+    Ack(oneshot::Sender<()>),
+}
+
+/// Runs until every handle is gone (the channel disconnects); what is queued by then is
+/// still committed and answered.
+pub(crate) fn run(
+    mut store: Store,
+    commands: Receiver<Command>,
+    snapshot: watch::Sender<Snapshot>,
+    expiry_tick: Option<Duration>,
+) {
+    let publish = |store: &Store| {
+        let now = store.snapshot();
+        snapshot.send_if_modified(|current| {
+            let changed = *current != now;
+            *current = now;
+            changed
+        });
+    };
+    loop {
+        let first = match expiry_tick {
+            Some(tick) => match commands.recv_timeout(tick) {
+                Ok(command) => command,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(error) = store.expire() {
+                        warn!(%error, "Cannot expire old outbox entries; will retry.");
+                    }
+                    publish(&store);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+            None => match commands.recv() {
+                Ok(command) => command,
+                Err(_) => break,
+            },
+        };
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match commands.try_recv() {
+                Ok(command) => group.push(command),
+                Err(_) => break,
+            }
+        }
+        let mut writes = Vec::new();
+        let mut replies = Vec::new();
+        let mut reads = Vec::new();
+        for command in group {
+            match command {
+                Command::Push {
+                    event,
+                    priority,
+                    reply,
+                } => {
+                    writes.push(Write::Push { event, priority });
+                    replies.push(Reply::Push(reply));
+                }
+                Command::Ack { seqs, reply } => {
+                    writes.push(Write::Ack(seqs));
+                    replies.push(Reply::Ack(reply));
+                }
+                Command::Read {
+                    max,
+                    bulk_max,
+                    reply,
+                } => reads.push((max, bulk_max, reply)),
+            }
+        }
+        if !writes.is_empty() {
+            let result = store.commit(&writes);
+            publish(&store);
+            answer(writes, replies, result);
+        }
+        for (max, bulk_max, reply) in reads {
+            if let Err(error) = store.expire() {
+                warn!(%error, "Cannot expire old outbox entries; will retry.");
+            }
+            let result = store.read(max, bulk_max);
+            publish(&store);
+            // A dropped receiver means the caller stopped waiting: nothing was removed.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn answer(
+    writes: Vec<Write>,
+    replies: Vec<Reply>,
+    result: Result<Vec<Option<PushOutcome>>, StoreError>,
+) {
+    match result {
+        Ok(outcomes) => {
+            for ((write, reply), outcome) in writes.into_iter().zip(replies).zip(outcomes) {
+                match (write, reply, outcome) {
+                    (Write::Push { .. }, Reply::Push(reply), Some(PushOutcome::Stored(seq))) => {
+                        let _ = reply.send(Ok(seq));
+                    }
+                    (
+                        Write::Push { event, .. },
+                        Reply::Push(reply),
+                        Some(PushOutcome::Full { bytes, max_bytes }),
+                    ) => {
+                        let _ = reply.send(Err(OutboxError::Full {
+                            event: Box::new(event),
+                            bytes,
+                            max_bytes,
+                        }));
+                    }
+                    (_, Reply::Ack(reply), _) => {
+                        let _ = reply.send(());
+                    }
+                    (_, Reply::Push(reply), _) => {
+                        // Unreachable by construction (one outcome per push); never lose
+                        // the caller's wait.
+                        let _ = reply.send(Err(OutboxError::Closed { event: None }));
+                    }
+                }
+            }
+        }
+        Err(error) => {
+            warn!(%error, writes = writes.len(), "Outbox commit failed; nothing of this group was stored.");
+            for (write, reply) in writes.into_iter().zip(replies) {
+                match (write, reply) {
+                    (Write::Push { event, .. }, Reply::Push(reply)) => {
+                        let _ = reply.send(Err(OutboxError::Storage {
+                            event: Box::new(event),
+                            source: error.clone(),
+                        }));
+                    }
+                    (_, Reply::Ack(reply)) => {
+                        // The events stay and will be sent again: a duplicate, deduplicated
+                        // upstream by event_id, never a loss.
+                        let _ = reply.send(());
+                    }
+                    (_, Reply::Push(reply)) => {
+                        let _ = reply.send(Err(OutboxError::Closed { event: None }));
+                    }
+                }
+            }
+        }
+    }
+}

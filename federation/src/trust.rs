@@ -1,0 +1,342 @@
+//! Admission at a verifying tier: who may say what.
+//!
+//! Every message a hub or root takes from its ingress passes [`Gatekeeper::admit`] after
+//! its signature and envelope were checked ([`SignedEvent::open`]):
+//! 1. the signer's token chain is found (presented once per connection into the
+//!    `NEXUS_CHAINS` key-value bucket of the tier it talks to, keyed by the signer's key,
+//!    and cached here) and verified up to a trust anchor (cached until it expires or a
+//!    revocation names it);
+//! 2. the chain's leaf must be the signer's key (another node's token cannot be replayed);
+//! 3. `source` must be the token's node (no spoofing), a tenant event's tenant the token's
+//!    tenant (no crossover);
+//! 4. the subject must be granted by the token AND allowed by the local ACL, if any.
+//!
+//! A key in `trust.root_keys` is the authority itself: its events are admitted without a
+//! token (a root that runs without one).
+//!
+//! Nothing here decides what to do with a refusal; the caller dead-letters, counts, logs
+//! and audits it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bytes::Bytes;
+use nexus_policies::token::{Chain, ChainCache, RevocationSet, VerifiedGrant, Verifier};
+use nexus_policies::{Acl, Action, PublicKey, TokenError, UnixTime};
+
+use crate::clock::TrustClock;
+use crate::envelope::Envelope;
+use crate::link::Link;
+use crate::provenance::{SignedEvent, VerifyError};
+
+/// The key-value bucket where nodes present their token chains to the tier above.
+pub const CHAINS_BUCKET: &str = "NEXUS_CHAINS";
+/// The key-value bucket that carries the signed revocation list down the tree.
+pub const TRUST_BUCKET: &str = "NEXUS_TRUST";
+/// The key of the revocation list in [`TRUST_BUCKET`].
+pub const REVOCATIONS_KEY: &str = "revocations";
+/// Most chains remembered by signer key (a fleet larger than this is served by more hubs).
+const MAX_KNOWN_CHAINS: usize = 65_536;
+
+/// The key under which a node's chain is presented: its public key, base64url.
+pub fn key_id(key: &PublicKey) -> String {
+    URL_SAFE_NO_PAD.encode(key.to_bytes())
+}
+
+/// Why a message was refused: a stable reason code and a human detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Stable code: counters, logs, dead letters and audit events use it.
+    pub reason: &'static str,
+    /// What exactly was wrong.
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+impl From<&VerifyError> for Rejection {
+    fn from(error: &VerifyError) -> Self {
+        Rejection::new(error.reason(), error.to_string())
+    }
+}
+
+impl From<&TokenError> for Rejection {
+    fn from(error: &TokenError) -> Self {
+        let reason = match error {
+            TokenError::Expired { .. } => "token_expired",
+            TokenError::NotYetValid { .. } => "token_not_yet_valid",
+            TokenError::Revoked { .. } => "token_revoked",
+            TokenError::OverReaching { .. }
+            | TokenError::TenantMismatch { .. }
+            | TokenError::RoleEscalation { .. }
+            | TokenError::WiderWindow { .. } => "token_over_reaching",
+            TokenError::UntrustedRoot { .. } => "token_untrusted_root",
+            TokenError::BadSignature { .. } => "token_bad_signature",
+            _ => "token_malformed",
+        };
+        Rejection::new(reason, error.to_string())
+    }
+}
+
+/// What admission grants.
+#[derive(Debug, Clone)]
+pub enum Admitted {
+    /// A node with a verified token chain.
+    Node(Arc<VerifiedGrant>),
+    /// A trust anchor itself.
+    Anchor,
+}
+
+/// The admission checks of one verifying tier.
+#[derive(Debug)]
+pub struct Gatekeeper {
+    verifier: RwLock<Verifier>,
+    cache: Mutex<ChainCache>,
+    /// Chains by signer key, as fetched from the registry (raw bytes kept for forwarding).
+    chains: Mutex<HashMap<[u8; 32], (Arc<Chain>, Bytes)>>,
+    acl: Option<Acl>,
+    clock: Arc<TrustClock>,
+}
+
+impl Gatekeeper {
+    /// A gatekeeper trusting `anchors`, with `skew` tolerance, an optional local ACL
+    /// (`None`: the token's grants alone decide) and the revocations known at start.
+    pub fn new(
+        anchors: Vec<PublicKey>,
+        skew: Duration,
+        acl: Option<Acl>,
+        revoked: RevocationSet,
+        clock: Arc<TrustClock>,
+    ) -> Self {
+        let mut verifier = Verifier::new(anchors);
+        verifier.skew = skew;
+        verifier.revoked = revoked;
+        Self {
+            verifier: RwLock::new(verifier),
+            cache: Mutex::new(ChainCache::default()),
+            chains: Mutex::new(HashMap::new()),
+            acl,
+            clock,
+        }
+    }
+
+    /// Admits a verified event, fetching the signer's chain from `registry` (this tier's
+    /// `NEXUS_CHAINS` bucket) when it is not known yet.
+    pub async fn admit(
+        &self,
+        event: &SignedEvent,
+        envelope: &Envelope,
+        registry: Option<&kv::Store>,
+    ) -> Result<Admitted, Rejection> {
+        let signer = event.signer.to_bytes();
+        if self.is_anchor(&event.signer) {
+            return self.check(event, envelope, None);
+        }
+        let known = self.known_chain(&signer);
+        let chain = match known {
+            Some(chain) => chain,
+            None => {
+                let Some(registry) = registry else {
+                    return Err(Rejection::new(
+                        "token_unknown",
+                        format!("no token chain presented for signer {}", event.signer),
+                    ));
+                };
+                let bytes = match registry.get(key_id(&event.signer)).await {
+                    Ok(Some(bytes)) => bytes,
+                    Ok(None) => {
+                        return Err(Rejection::new(
+                            "token_unknown",
+                            format!("no token chain presented for signer {}", event.signer),
+                        ))
+                    }
+                    Err(error) => {
+                        return Err(Rejection::new("registry_unavailable", error.to_string()))
+                    }
+                };
+                let chain = Chain::decode(&bytes).map_err(|e| Rejection::from(&e))?;
+                let chain = Arc::new(chain);
+                self.remember(signer, Arc::clone(&chain), bytes);
+                chain
+            }
+        };
+        self.check(event, envelope, Some(&chain))
+    }
+
+    /// The pure part of admission (no lookups).
+    pub fn check(
+        &self,
+        event: &SignedEvent,
+        envelope: &Envelope,
+        chain: Option<&Chain>,
+    ) -> Result<Admitted, Rejection> {
+        if self.is_anchor(&event.signer) {
+            return Ok(Admitted::Anchor);
+        }
+        let chain = chain.ok_or_else(|| {
+            Rejection::new(
+                "token_unknown",
+                format!("no token chain for signer {}", event.signer),
+            )
+        })?;
+        let now = self
+            .clock
+            .now()
+            .map_err(|e| Rejection::new("clock_unsynced", e.to_string()))?;
+        let grant = self.verify_chain(chain, now)?;
+        if grant.node_key() != &event.signer {
+            return Err(Rejection::new(
+                "token_key_mismatch",
+                format!(
+                    "the token presented is node {}'s, for another key than the signer's",
+                    grant.node_id()
+                ),
+            ));
+        }
+        if envelope.source != grant.node_id() {
+            return Err(Rejection::new(
+                "source_spoofing",
+                format!(
+                    "source `{}` but the signer's token is for node `{}`",
+                    envelope.source,
+                    grant.node_id()
+                ),
+            ));
+        }
+        if let (Some(tenant), Some(granted)) = (envelope.tenant.as_deref(), grant.tenant()) {
+            if tenant != granted {
+                return Err(Rejection::new(
+                    "tenant_crossover",
+                    format!(
+                        "tenant `{tenant}` but node `{}` belongs to tenant `{granted}`",
+                        grant.node_id()
+                    ),
+                ));
+            }
+        }
+        if !grant.allows_publish(&event.subject) {
+            return Err(Rejection::new(
+                "subject_not_granted",
+                format!(
+                    "node `{}`'s token does not grant publishing on `{}`",
+                    grant.node_id(),
+                    event.subject
+                ),
+            ));
+        }
+        if let Some(acl) = &self.acl {
+            let decision = acl.check(grant.node_id(), Action::Publish, &event.subject);
+            if !decision.is_allowed() {
+                return Err(Rejection::new(
+                    "acl_denied",
+                    format!("`{}` on `{}`: {decision}", grant.node_id(), event.subject),
+                ));
+            }
+        }
+        Ok(Admitted::Node(grant))
+    }
+
+    fn verify_chain(&self, chain: &Chain, now: UnixTime) -> Result<Arc<VerifiedGrant>, Rejection> {
+        let verifier = self.verifier.read().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .verify(&verifier, chain, now)
+            .map_err(|e| Rejection::from(&e))
+    }
+
+    fn is_anchor(&self, key: &PublicKey) -> bool {
+        self.verifier
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .trust_anchors
+            .contains(key)
+    }
+
+    fn known_chain(&self, signer: &[u8; 32]) -> Option<Arc<Chain>> {
+        self.chains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(signer)
+            .map(|(c, _)| Arc::clone(c))
+    }
+
+    fn remember(&self, signer: [u8; 32], chain: Arc<Chain>, bytes: Bytes) {
+        let mut chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
+        if chains.len() >= MAX_KNOWN_CHAINS {
+            chains.clear();
+        }
+        chains.insert(signer, (chain, bytes));
+    }
+
+    /// Forgets the chain of a signer, so the next message fetches it again (rotation).
+    pub fn forget(&self, signer: &PublicKey) {
+        self.chains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&signer.to_bytes());
+    }
+
+    /// The raw chain bytes of a signer, to present them to the next tier.
+    pub fn chain_bytes(&self, signer: &PublicKey) -> Option<Bytes> {
+        self.chains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&signer.to_bytes())
+            .map(|(_, b)| b.clone())
+    }
+
+    /// Applies a (verified) revocation set: every chain naming one of its ids is refused
+    /// from now on.
+    pub fn set_revoked(&self, revoked: RevocationSet) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.invalidate_revoked(&revoked);
+        self.verifier
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .revoked = revoked;
+    }
+
+    /// The trust anchors.
+    pub fn anchors(&self) -> Vec<PublicKey> {
+        self.verifier
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .trust_anchors
+            .clone()
+    }
+}
+
+/// Opens a key-value bucket of the federation on `link`; with `create`, creates it when it
+/// does not exist (only the tier that owns the server does that; the tier below waits).
+pub async fn bucket(link: &Link, name: &str, create: bool) -> Result<kv::Store, async_nats::Error> {
+    let js = link.jetstream();
+    match js.get_key_value(name).await {
+        Ok(store) => Ok(store),
+        Err(error) if !create => Err(error.into()),
+        Err(_) => Ok(js
+            .create_key_value(kv::Config {
+                bucket: name.to_owned(),
+                history: 1,
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?),
+    }
+}
