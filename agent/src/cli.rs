@@ -55,6 +55,13 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// List, show, replay and purge this node's dead letters (rejected or undeliverable
+    /// messages kept in `{data_dir}/deadletter.db`).
+    Dlq {
+        /// What to do with them.
+        #[command(subcommand)]
+        command: crate::dlq::DlqCommand,
+    },
     /// Issue, inspect and verify capability token chains.
     Token {
         /// What to do with tokens.

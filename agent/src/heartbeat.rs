@@ -111,7 +111,13 @@ impl Heartbeat {
         }
         payload.insert(
             "outbox".into(),
-            json!({"depth": outbox.depth, "bytes": outbox.bytes}),
+            json!({
+                "depth": outbox.depth,
+                "bytes": outbox.bytes,
+                "oldest_age_secs": outbox.oldest_age_secs,
+                "dropped": outbox.dropped,
+                "expired": outbox.expired,
+            }),
         );
         if let Some(children) = &self.children {
             let (online, offline) = children.census();

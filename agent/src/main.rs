@@ -12,8 +12,10 @@
 //! - `trust_setup`: own token chain, trust clock and known revocations at start.
 //! - `revoke`: `token revoke`, the fleet's signed revocation list.
 //! - `rejections`: refused messages → dead letters and audit events.
+//! - `dlq`: `dlq list | show | replay | purge`, the dead-letter store for operators.
 
 mod cli;
+mod dlq;
 mod heartbeat;
 mod keygen;
 mod rejections;
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
             }
             Err(error) => failed(&error),
         },
+        Command::Dlq { command } => dlq::main(command),
         Command::Token { command } => match token_cmd::run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => failed(&error),

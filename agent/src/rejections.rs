@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use nexus_federation::deadletter::{DeadLetter, DeadLetters, STAGE_INGRESS};
 use nexus_federation::ingress::RejectedMessage;
 use nexus_federation::outbox::Priority;
 use nexus_federation::ratelog::RateLimitedLog;
@@ -13,7 +14,7 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{error, warn};
 
 /// The event name of refusal audits.
 pub const AUDIT_REJECTED: &str = "audit.rejected";
@@ -27,6 +28,8 @@ pub struct RejectionHandler {
     pub key: SecretKey,
     /// Where audit events are queued.
     pub outbox: Outbox,
+    /// Where refused messages are kept (`None` if the store could not be opened).
+    pub dead_letters: Option<DeadLetters>,
 }
 
 impl RejectionHandler {
@@ -44,6 +47,22 @@ impl RejectionHandler {
                 _ = shutdown.cancelled() => refusals.try_recv().ok(),
             };
             let Some(refused) = refused else { return };
+            if let Some(store) = &self.dead_letters {
+                let letter = DeadLetter::new(
+                    STAGE_INGRESS,
+                    refused.rejection.reason,
+                    refused.rejection.detail.clone(),
+                    &refused.subject,
+                    refused.headers.clone(),
+                    refused.body.to_vec(),
+                    OffsetDateTime::now_utc(),
+                );
+                if let Err(error) = store.record(letter).await {
+                    if audits.check("dead_letter_store", Instant::now()).is_some() {
+                        error!(%error, reason = refused.rejection.reason, "Cannot store a refused message in the dead-letter store; it is lost.");
+                    }
+                }
+            }
             if let Some(suppressed) = audits.check(refused.rejection.reason, Instant::now()) {
                 self.audit(&refused, suppressed).await;
             }

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use nexus_config::{Config, Mode};
+use nexus_federation::deadletter::DeadLetters;
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
 use nexus_federation::ingress::{Destination, Ingress, LandingStream};
 use nexus_federation::revocation;
 use nexus_federation::uplink::Uplink;
-use nexus_federation::{Link, Outbox};
+use nexus_federation::{Link, Outbox, OutboxOptions, WhenFull};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -66,7 +67,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let failed = Arc::new(AtomicBool::new(false));
-    let outbox = Outbox::in_memory(config.outbox.max_bytes);
+    let outbox = open_outbox(&config)?;
     let max_backoff = config
         .uplink
         .as_ref()
@@ -134,6 +135,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 node_id: node.id.clone(),
                 key: key.clone(),
                 outbox: outbox.clone(),
+                dead_letters: open_dead_letters(&config),
             };
             supervise(
                 &tracker,
@@ -211,6 +213,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens `{data_dir}/outbox.db` with the `[outbox]` policy (a damaged file is moved aside
+/// and logged by the outbox itself).
+fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
+    let path = config.node.data_dir.join("outbox.db");
+    let options = OutboxOptions {
+        max_bytes: config.outbox.max_bytes,
+        when_full: match config.outbox.when_full {
+            nexus_config::WhenFull::Reject => WhenFull::Reject,
+            nexus_config::WhenFull::DropOldest => WhenFull::DropOldest,
+        },
+        max_age: config.outbox.max_age,
+        drain_rate: config.outbox.drain_rate,
+    };
+    let outbox = Outbox::open(&path, options)
+        .with_context(|| format!("cannot open the outbox at {}", path.display()))?;
+    let stats = outbox.stats();
+    info!(path = %path.display(), depth = stats.depth, bytes = stats.bytes, "Outbox open.");
+    Ok(outbox)
+}
+
 /// Spawns a subsystem; if it returns before shutdown was requested, that is a failure:
 /// it is reported and everything else is cancelled.
 fn supervise<F>(
@@ -235,6 +257,23 @@ fn supervise<F>(
             shutdown.cancel();
         }
     });
+}
+
+/// Opens this node's dead-letter store; a store that cannot be opened is an ERROR (refused
+/// messages would be lost) but does not stop the agent from verifying and forwarding.
+fn open_dead_letters(config: &Config) -> Option<DeadLetters> {
+    let path = config.node.data_dir.join("deadletter.db");
+    match DeadLetters::open(
+        &path,
+        config.dead_letter.max_bytes,
+        config.dead_letter.max_entries,
+    ) {
+        Ok(store) => Some(store),
+        Err(error) => {
+            error!(path = %path.display(), %error, "Cannot open the dead-letter store: refused messages will only be counted and logged.");
+            None
+        }
+    }
 }
 
 /// Creates the root's landing streams, retrying while its NATS is unreachable.

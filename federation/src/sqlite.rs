@@ -350,12 +350,9 @@ pub(crate) fn salvage_rows<T>(
 ) -> (Vec<(i64, T)>, u64) {
     let mut kept = Vec::new();
     let mut refused = 0u64;
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let Ok(conn) = Connection::open_with_flags(damaged, flags) else {
+    let Some(conn) = open_read_only(damaged) else {
         return (kept, refused);
     };
-    // Without this a read-only connection to a WAL file needs a `-shm` it may not create.
-    let _ = conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE;");
     let mut scan = |sql: &str, stop_at: Option<i64>, out: &mut Vec<(i64, T)>| {
         let Ok(mut stmt) = conn.prepare(sql) else {
             return;
@@ -385,4 +382,41 @@ pub(crate) fn salvage_rows<T>(
     tail.reverse();
     kept.extend(tail);
     (kept, refused)
+}
+
+/// A read-only connection that can read `path`: normally (with its WAL, if any), or else
+/// as an immutable file (no locks, WAL ignored).
+fn open_read_only(path: &Path) -> Option<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let readable = |conn: &Connection| {
+        // With a file shorter than its header says, SQLite refuses to read anything unless
+        // the schema is "writable": then it reads the pages that are there. Nothing is
+        // written through this read-only connection.
+        let _ = conn.execute_batch("PRAGMA writable_schema = ON;");
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .is_ok()
+    };
+    if let Ok(conn) = Connection::open_with_flags(path, flags) {
+        if readable(&conn) {
+            return Some(conn);
+        }
+    }
+    let uri = format!("file:{}?immutable=1", uri_path(path));
+    Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
+        .ok()
+        .filter(|conn| readable(conn))
+}
+
+/// `path` escaped for a `file:` URI.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for byte in path.as_os_str().as_encoded_bytes() {
+        match byte {
+            b'%' | b'?' | b'#' | 0x80.. | ..0x21 => out.push_str(&format!("%{byte:02X}")),
+            _ => out.push(char::from(*byte)),
+        }
+    }
+    out
 }

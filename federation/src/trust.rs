@@ -95,6 +95,9 @@ impl From<&TokenError> for Rejection {
     }
 }
 
+/// A presented chain: decoded, and its raw bytes (to present it upward unchanged).
+type KnownChain = (Arc<Chain>, Bytes);
+
 /// What admission grants.
 #[derive(Debug, Clone)]
 pub enum Admitted {
@@ -110,7 +113,7 @@ pub struct Gatekeeper {
     verifier: RwLock<Verifier>,
     cache: Mutex<ChainCache>,
     /// Chains by signer key, as fetched from the registry (raw bytes kept for forwarding).
-    chains: Mutex<HashMap<[u8; 32], (Arc<Chain>, Bytes)>>,
+    chains: Mutex<HashMap<[u8; 32], KnownChain>>,
     acl: Option<Acl>,
     clock: Arc<TrustClock>,
 }

@@ -65,6 +65,17 @@ impl PublicKey {
     }
 }
 
+/// Verifies many signatures at once (roughly twice as fast per signature as one by one).
+/// `Ok` only if every signature verifies over its message with its key; on `Err`, verify
+/// individually to find the culprits. Keys reaching here were parsed by [`PublicKey`], so
+/// weak keys (which batch verification does not check) are already refused.
+pub fn verify_batch(items: &[(&[u8], &Signature, &PublicKey)]) -> Result<(), KeyError> {
+    let messages: Vec<&[u8]> = items.iter().map(|(m, _, _)| *m).collect();
+    let signatures: Vec<ed25519_dalek::Signature> = items.iter().map(|(_, s, _)| s.0).collect();
+    let keys: Vec<VerifyingKey> = items.iter().map(|(_, _, k)| k.0).collect();
+    ed25519_dalek::verify_batch(&messages, &signatures, &keys).map_err(|_| KeyError::BadSignature)
+}
+
 impl std::fmt::Display for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -242,6 +253,24 @@ mod tests {
         );
         let reparsed = Signature::parse(&sig.to_string()).expect("parses");
         assert_eq!(reparsed, sig);
+    }
+
+    #[test]
+    fn a_batch_verifies_only_if_every_signature_does() {
+        let keys: Vec<SecretKey> = (1..=8).map(key).collect();
+        let messages: Vec<Vec<u8>> = (0..8u8).map(|n| vec![n; 40]).collect();
+        let sigs: Vec<Signature> = keys.iter().zip(&messages).map(|(k, m)| k.sign(m)).collect();
+        let publics: Vec<PublicKey> = keys.iter().map(SecretKey::public).collect();
+        let items: Vec<(&[u8], &Signature, &PublicKey)> = messages
+            .iter()
+            .zip(&sigs)
+            .zip(&publics)
+            .map(|((m, s), k)| (m.as_slice(), s, k))
+            .collect();
+        assert_eq!(verify_batch(&items), Ok(()));
+        let mut bad = items.clone();
+        bad[3].0 = b"tampered";
+        assert_eq!(verify_batch(&bad), Err(KeyError::BadSignature));
     }
 
     #[test]

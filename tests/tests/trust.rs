@@ -168,7 +168,7 @@ impl Hub {
             fleet::HUB,
             "the hub reports its refusal"
         );
-        let letters = dead_letters(&self.fleet, &self.hub).await;
+        let letters = dead_letters(&self.hub).await;
         assert!(
             letters.iter().any(|l| l["reason"] == reason),
             "the hub's dead-letter store holds a `{reason}` entry: {letters:?}"
@@ -178,7 +178,7 @@ impl Hub {
 }
 
 /// The hub's dead letters, read with the CLI as an operator would.
-async fn dead_letters(fleet: &Fleet, hub: &AgentProcess) -> Vec<serde_json::Value> {
+async fn dead_letters(hub: &AgentProcess) -> Vec<serde_json::Value> {
     wait_until(
         "the hub's dead-letter store answers",
         DEADLINE,
@@ -201,11 +201,6 @@ async fn dead_letters(fleet: &Fleet, hub: &AgentProcess) -> Vec<serde_json::Valu
         },
     )
     .await
-    .into_iter()
-    .chain(std::iter::once(
-        serde_json::json!({"fleet": fleet.path().display().to_string()}),
-    ))
-    .collect()
 }
 
 fn headers_with(event: &SignedEvent, name: &str, value: &str) -> HeaderMap {
@@ -573,5 +568,99 @@ async fn a_revoked_token_stops_working_at_the_hub_within_seconds() {
                 |m| payload_json(&m)["event_id"] != revoked.event_id.as_str()
             )),
         "a revoked member's event reached the root"
+    );
+}
+
+/// A compromised hub cannot forge a member's event: the root verifies the origin itself.
+/// The hub's key signs an event claiming the member as its source and sends it straight
+/// into the root's ingress (as a hub would); the root refuses it, while the hub's own
+/// traffic (its heartbeats) keeps landing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_root_refuses_a_members_event_forged_by_its_hub() {
+    let fleet = Fleet::new();
+    let root_client = async_nats::connect(fleet.root_nats.url())
+        .await
+        .expect("root nats");
+    let mut audits = root_client
+        .subscribe("nexus._core.audit.rejected")
+        .await
+        .expect("subscribe");
+    let mut landed = root_client.subscribe("nexus.>").await.expect("subscribe");
+    root_client.flush().await.expect("flush");
+    let root = fleet.spawn(fleet::ROOT, "");
+    let _hub = fleet.spawn(fleet::HUB, "");
+    // The hub's heartbeats landing means its chain is presented at the root.
+    collect_until(
+        "the hub's heartbeat at the root",
+        &mut landed,
+        DEADLINE,
+        |seen| {
+            seen.iter()
+                .any(|m| m.subject.as_str() == "nexus._core.edge.health.hub-msk")
+        },
+    )
+    .await;
+
+    let hub_key = secret(&fleet.hub_key.secret);
+    let mut payload = serde_json::Map::new();
+    payload.insert("value".into(), 42.into());
+    let forged = Envelope::new(
+        "iot.sensor_data",
+        fleet::MEMBER,
+        Some(fleet::TENANT),
+        payload,
+        time::OffsetDateTime::now_utc(),
+    );
+    let forged = SignedEvent::seal(&forged, Encoding::Json, &hub_key).expect("seal");
+    let js = jetstream::new(root_client.clone());
+    js.publish_with_headers(
+        subject::ingress_subject(&forged.subject),
+        forged.headers(),
+        forged.body.clone(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("the root's ingress stores it");
+
+    let audit = collect_until(
+        "the root's audit of the forgery",
+        &mut audits,
+        DEADLINE,
+        |seen| {
+            seen.iter()
+                .any(|m| payload_json(m)["payload"]["reason"] == "source_spoofing")
+        },
+    )
+    .await;
+    let audit = audit
+        .iter()
+        .find(|m| payload_json(m)["payload"]["reason"] == "source_spoofing")
+        .expect("found");
+    assert_eq!(
+        payload_json(audit)["source"],
+        fleet::ROOT,
+        "the root itself refused it"
+    );
+    let after = collect_until(
+        "the hub's next heartbeat at the root",
+        &mut landed,
+        DEADLINE,
+        |seen| {
+            seen.iter()
+                .any(|m| m.subject.as_str() == "nexus._core.edge.health.hub-msk")
+        },
+    )
+    .await;
+    assert!(
+        !after
+            .iter()
+            .any(|m| payload_json(m)["event_id"] == forged.event_id.as_str()),
+        "the forged event landed"
+    );
+    let letters = dead_letters(&root).await;
+    assert!(
+        letters.iter().any(|l| l["reason"] == "source_spoofing"),
+        "{letters:?}"
     );
 }

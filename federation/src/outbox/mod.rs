@@ -351,12 +351,12 @@ impl Outbox {
     pub async fn push(&self, event: SignedEvent, priority: Priority) -> Result<u64, OutboxError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Push {
-            event,
+            event: Box::new(event),
             priority,
             reply,
         })
         .map_err(|command| OutboxError::Closed {
-            event: command.into_event().map(Box::new),
+            event: command.into_event(),
         })?;
         answer
             .await

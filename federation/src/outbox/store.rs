@@ -96,7 +96,7 @@ pub(crate) struct Batch {
 #[derive(Debug)]
 pub(crate) enum Write {
     Push {
-        event: SignedEvent,
+        event: Box<SignedEvent>,
         priority: Priority,
     },
     Ack(Vec<u64>),

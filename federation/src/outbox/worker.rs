@@ -26,7 +26,7 @@ pub(crate) const MAX_GROUP: usize = 1024;
 #[derive(Debug)]
 pub(crate) enum Command {
     Push {
-        event: SignedEvent,
+        event: Box<SignedEvent>,
         priority: super::Priority,
         reply: oneshot::Sender<Result<u64, OutboxError>>,
     },
@@ -43,7 +43,7 @@ pub(crate) enum Command {
 
 impl Command {
     /// The event of a push that could not be handed over.
-    pub(crate) fn into_event(self) -> Option<SignedEvent> {
+    pub(crate) fn into_event(self) -> Option<Box<SignedEvent>> {
         match self {
             Command::Push { event, .. } => Some(event),
             _ => None,
@@ -156,7 +156,7 @@ fn answer(
                         Some(PushOutcome::Full { bytes, max_bytes }),
                     ) => {
                         let _ = reply.send(Err(OutboxError::Full {
-                            event: Box::new(event),
+                            event,
                             bytes,
                             max_bytes,
                         }));
@@ -178,7 +178,7 @@ fn answer(
                 match (write, reply) {
                     (Write::Push { event, .. }, Reply::Push(reply)) => {
                         let _ = reply.send(Err(OutboxError::Storage {
-                            event: Box::new(event),
+                            event,
                             source: error.clone(),
                         }));
                     }
