@@ -1,8 +1,6 @@
 //! `nexus-agent keygen`: a new Ed25519 key pair on disk.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -47,27 +45,10 @@ pub fn public_path(out: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes a temp file with `mode` beside `path`, fsyncs it, and renames it into place, so a
-/// crash never leaves a half-written key.
-fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    // The umask may have narrowed the mode; the secret must be exactly 0600.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))?;
-    Ok(())
+/// [`nexus_federation::fsutil::write_atomically`], with the path in the error.
+pub(crate) fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    nexus_federation::fsutil::write_atomically(path, contents, mode)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Reads a node's secret key file, saying which file and how to fix it on failure.
@@ -86,6 +67,7 @@ pub fn load_secret(path: &Path) -> anyhow::Result<SecretKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn keygen_writes_a_0600_secret_and_refuses_to_overwrite() {

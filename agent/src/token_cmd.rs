@@ -9,7 +9,6 @@
 
 use std::fs;
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -180,7 +179,7 @@ fn issue(args: &Issue) -> anyhow::Result<()> {
     );
     let depth = tokens.len();
     let chain = Chain::new(tokens).map_err(|e| anyhow!("cannot build the chain: {e}"))?;
-    write_atomically(&args.out, &chain.encode(), 0o644)?;
+    crate::keygen::write_atomically(&args.out, &chain.encode(), 0o644)?;
 
     eprintln!("{}", summary(&token, depth, &args.out, &args.ttl));
     if let Some(requested) = capped {
@@ -623,31 +622,6 @@ fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         ));
     }
     Ok(bytes)
-}
-
-/// Writes a temp file beside `path`, fsyncs it and renames it into place (like keygen), so
-/// a crash never leaves half a chain where a node reads its token.
-fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))?;
-    Ok(())
 }
 
 // ---- formatting -----------------------------------------------------------------------

@@ -105,9 +105,8 @@ impl TrustClock {
 
     fn persist(&self, now: UnixTime) {
         let Some(path) = &self.path else { return };
-        let tmp = path.with_extension("tmp");
         let result =
-            std::fs::write(&tmp, format!("{}\n", now.0)).and_then(|()| std::fs::rename(&tmp, path));
+            crate::fsutil::write_atomically(path, format!("{}\n", now.0).as_bytes(), 0o644);
         if let Err(error) = result {
             warn!(path = %path.display(), %error, "Cannot persist the last known good time.");
         }

@@ -23,12 +23,14 @@
 //! - `trust`: admission at verifying tiers (token chains, grants, ACL), chain registry.
 //! - `revocation`: signed revocation lists, watched from above, persisted, passed down.
 //! - `clock`: the trust clock of boxes without an RTC (last known good time).
+//! - `fsutil`: atomic, durable file writes.
 //! - `backoff`, `ratelog`: small value types for retries and quiet logs.
 
 pub mod backoff;
 pub mod clock;
 pub mod deadletter;
 pub mod envelope;
+pub mod fsutil;
 pub mod ingress;
 pub mod link;
 pub mod outbox;

@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
-use nexus_config::LinkConfig;
+use nexus_config::{redact_url, LinkConfig};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -266,43 +266,5 @@ fn on_event(
         }
         Event::LameDuckMode => info!(link = role, %url, "Server is entering lame duck mode."),
         Event::Draining | Event::Closed => debug!(link = role, %url, %event, "Link event."),
-    }
-}
-
-/// `nats://user:secret@host` → `nats://user:***@host`; URLs without a password unchanged.
-pub fn redact_url(url: &str) -> String {
-    url.split(',')
-        .map(|one| {
-            let Some((scheme, rest)) = one.split_once("://") else {
-                return one.to_owned();
-            };
-            match rest.split_once('@') {
-                Some((userinfo, host)) => {
-                    let user = userinfo.split(':').next().unwrap_or_default();
-                    if userinfo.contains(':') {
-                        format!("{scheme}://{user}:***@{host}")
-                    } else {
-                        format!("{scheme}://***@{host}")
-                    }
-                }
-                None => one.to_owned(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_and_tokens_are_redacted_from_urls() {
-        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
-        assert_eq!(redact_url("nats://u:p@h:1"), "nats://u:***@h:1");
-        assert_eq!(
-            redact_url("tls://tok@h:1,nats://h2:2"),
-            "tls://***@h:1,nats://h2:2"
-        );
     }
 }

@@ -144,7 +144,7 @@ impl Sync {
             .as_ref()
             .is_none_or(|held| held.encode() != list.encode());
         if changed {
-            if let Err(error) = write_atomically(&self.path, &list.encode()) {
+            if let Err(error) = crate::fsutil::write_atomically(&self.path, &list.encode(), 0o644) {
                 error!(path = %self.path.display(), %error, "Cannot persist the revocation list; it applies until restart only.");
             }
             info!(
@@ -181,16 +181,4 @@ async fn republish(link: &Link, list: &RevocationList) -> Result<(), async_nats:
         store.put(trust::REVOCATIONS_KEY, encoded).await?;
     }
     Ok(())
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }

@@ -95,8 +95,18 @@ impl From<&TokenError> for Rejection {
     }
 }
 
-/// A presented chain: decoded, and its raw bytes (to present it upward unchanged).
-type KnownChain = (Arc<Chain>, Bytes);
+/// A presented chain: decoded, its raw bytes (to present it upward unchanged), and when
+/// it was fetched (a refused chain is looked up again at most this often).
+#[derive(Debug)]
+struct KnownChain {
+    chain: Arc<Chain>,
+    bytes: Bytes,
+    fetched: std::time::Instant,
+}
+
+/// How long a refused chain is trusted to still be the current one before the registry is
+/// asked again (so a rotated token is picked up, without a lookup per refused message).
+const REFETCH_AFTER: Duration = Duration::from_secs(5);
 
 /// What admission grants.
 #[derive(Debug, Clone)]
@@ -148,39 +158,46 @@ impl Gatekeeper {
         envelope: &Envelope,
         registry: Option<&kv::Store>,
     ) -> Result<Admitted, Rejection> {
-        let signer = event.signer.to_bytes();
         if self.is_anchor(&event.signer) {
             return self.check(event, envelope, None);
         }
-        let known = self.known_chain(&signer);
-        let chain = match known {
-            Some(chain) => chain,
-            None => {
-                let Some(registry) = registry else {
-                    return Err(Rejection::new(
-                        "token_unknown",
-                        format!("no token chain presented for signer {}", event.signer),
-                    ));
-                };
-                let bytes = match registry.get(key_id(&event.signer)).await {
-                    Ok(Some(bytes)) => bytes,
-                    Ok(None) => {
-                        return Err(Rejection::new(
-                            "token_unknown",
-                            format!("no token chain presented for signer {}", event.signer),
-                        ))
-                    }
-                    Err(error) => {
-                        return Err(Rejection::new("registry_unavailable", error.to_string()))
-                    }
-                };
-                let chain = Chain::decode(&bytes).map_err(|e| Rejection::from(&e))?;
-                let chain = Arc::new(chain);
-                self.remember(signer, Arc::clone(&chain), bytes);
-                chain
+        let signer = event.signer.to_bytes();
+        if let Some((known, fetched)) = self.known_chain(&signer) {
+            match self.check(event, envelope, Some(&known)) {
+                // A chain refused for its own sake (expired, revoked, …) may have been
+                // replaced since it was fetched (rotation): look again before refusing.
+                Err(rejection)
+                    if rejection.reason.starts_with("token_")
+                        && registry.is_some()
+                        && fetched.elapsed() >= REFETCH_AFTER => {}
+                decided => return decided,
             }
-        };
+        }
+        let chain = self.fetch(event, registry).await?;
         self.check(event, envelope, Some(&chain))
+    }
+
+    /// The signer's chain from the registry (remembered for the next messages).
+    async fn fetch(
+        &self,
+        event: &SignedEvent,
+        registry: Option<&kv::Store>,
+    ) -> Result<Arc<Chain>, Rejection> {
+        let unknown = || {
+            Rejection::new(
+                "token_unknown",
+                format!("no token chain presented for signer {}", event.signer),
+            )
+        };
+        let registry = registry.ok_or_else(unknown)?;
+        let bytes = match registry.get(key_id(&event.signer)).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Err(unknown()),
+            Err(error) => return Err(Rejection::new("registry_unavailable", error.to_string())),
+        };
+        let chain = Arc::new(Chain::decode(&bytes).map_err(|e| Rejection::from(&e))?);
+        self.remember(event.signer.to_bytes(), Arc::clone(&chain), bytes);
+        Ok(chain)
     }
 
     /// The pure part of admission (no lookups).
@@ -272,12 +289,12 @@ impl Gatekeeper {
             .contains(key)
     }
 
-    fn known_chain(&self, signer: &[u8; 32]) -> Option<Arc<Chain>> {
+    fn known_chain(&self, signer: &[u8; 32]) -> Option<(Arc<Chain>, std::time::Instant)> {
         self.chains
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(signer)
-            .map(|(c, _)| Arc::clone(c))
+            .map(|known| (Arc::clone(&known.chain), known.fetched))
     }
 
     fn remember(&self, signer: [u8; 32], chain: Arc<Chain>, bytes: Bytes) {
@@ -285,7 +302,15 @@ impl Gatekeeper {
         if chains.len() >= MAX_KNOWN_CHAINS {
             chains.clear();
         }
-        chains.insert(signer, (chain, bytes));
+        let fetched = std::time::Instant::now();
+        chains.insert(
+            signer,
+            KnownChain {
+                chain,
+                bytes,
+                fetched,
+            },
+        );
     }
 
     /// Forgets the chain of a signer, so the next message fetches it again (rotation).
@@ -302,7 +327,7 @@ impl Gatekeeper {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&signer.to_bytes())
-            .map(|(_, b)| b.clone())
+            .map(|known| known.bytes.clone())
     }
 
     /// Applies a (verified) revocation set: every chain naming one of its ids is refused
