@@ -48,7 +48,7 @@ impl RejectionHandler {
             };
             let Some(refused) = refused else { return };
             if let Some(store) = &self.dead_letters {
-                let letter = DeadLetter::new(
+                let mut letter = DeadLetter::new(
                     STAGE_INGRESS,
                     refused.rejection.reason,
                     refused.rejection.detail.clone(),
@@ -57,6 +57,11 @@ impl RejectionHandler {
                     refused.body.to_vec(),
                     OffsetDateTime::now_utc(),
                 );
+                // JetStream's delivery count and the time it entered the ingress.
+                letter.attempts = refused.attempts.max(1);
+                if let Some(first_at) = refused.first_at {
+                    letter.first_at = first_at.min(letter.last_at);
+                }
                 if let Err(error) = store.record(letter).await {
                     if audits.check("dead_letter_store", Instant::now()).is_some() {
                         error!(%error, reason = refused.rejection.reason, "Cannot store a refused message in the dead-letter store; it is lost.");

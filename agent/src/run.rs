@@ -17,6 +17,7 @@ use nexus_federation::ingress::{Destination, Ingress, LandingStream};
 use nexus_federation::revocation;
 use nexus_federation::uplink::Uplink;
 use nexus_federation::{Link, Outbox, OutboxOptions, WhenFull};
+use nexus_iot_bridge::Bridge;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -146,9 +147,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             );
             let token = shutdown.child_token();
             let landing_link = (node.mode == Mode::Root).then(|| local.clone());
+            let duplicate_window = config.ingress.duplicate_window;
             supervise(&tracker, &shutdown, &failed, "ingress", async move {
                 if let Some(link) = landing_link {
-                    if !ensure_landing(&link, &token).await {
+                    if !ensure_landing(&link, duplicate_window, &token).await {
                         return;
                     }
                 }
@@ -158,6 +160,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         _ => None,
     };
+
+    // The IoT bridge (member): MQTT sensor messages → signed iot.sensor_data events in the
+    // outbox; refused messages in the dead-letter store.
+    if let (Mode::Member, Some(iot)) = (node.mode, &config.iot) {
+        // Validation requires node.tenant with [iot].
+        let tenant = node
+            .tenant
+            .as_deref()
+            .context("[iot] needs node.tenant (config validation should have caught this)")?;
+        let bridge = Bridge::new(
+            iot.clone(),
+            &node.id,
+            tenant,
+            key.clone(),
+            outbox.clone(),
+            open_dead_letters(&config),
+        )
+        .context("cannot set up the IoT bridge")?;
+        supervise(
+            &tracker,
+            &shutdown,
+            &failed,
+            "iot",
+            bridge.run(shutdown.child_token()),
+        );
+    }
 
     let heartbeat = Heartbeat {
         node_id: node.id.clone(),
@@ -277,12 +305,20 @@ fn open_dead_letters(config: &Config) -> Option<DeadLetters> {
 }
 
 /// Creates the root's landing streams, retrying while its NATS is unreachable.
-async fn ensure_landing(link: &Link, shutdown: &CancellationToken) -> bool {
+async fn ensure_landing(
+    link: &Link,
+    duplicate_window: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
     let backoff = nexus_federation::backoff::Backoff::new(
         Duration::from_millis(200),
         Duration::from_secs(10),
     );
-    let stream = LandingStream::all_events();
+    // The landing dedups with the ingress' window; beyond it, NEXUS_LANDED (ingress.rs).
+    let stream = LandingStream {
+        duplicate_window,
+        ..LandingStream::all_events()
+    };
     let mut attempt = 0;
     loop {
         if !link.wait_connected(shutdown).await {

@@ -35,6 +35,9 @@ pub struct Config {
     pub ingress: IngressConfig,
     /// `[dead_letter]`: the bounded store of rejected and poison events.
     pub dead_letter: DeadLetterConfig,
+    /// `[iot]` with its `[[iot.sensors]]`: the MQTT bridge. Member only; requires
+    /// `node.tenant` (sensor data are tenant events).
+    pub iot: Option<IotConfig>,
 }
 
 /// Which tier this agent serves.
@@ -313,4 +316,123 @@ pub struct IngressConfig {
     pub duplicate_window: Duration,
     /// `ingress.batch`: messages fetched and forwarded per round, 1..=10000. Default 256.
     pub batch: usize,
+    /// `ingress.max_deliver`: deliveries of one message (JetStream's delivery count) after
+    /// which a message that still cannot be forwarded goes to the dead-letter store,
+    /// 2..=1000000. Default 20.
+    pub max_deliver: u32,
+    /// `ingress.landed_ttl` (root): how long the root remembers the event_ids it landed
+    /// (KV bucket `NEXUS_LANDED`), so that a copy arriving after JetStream's
+    /// `duplicate_window` is still dropped. Default 7 days (as `max_age`).
+    pub landed_ttl: Duration,
+}
+
+/// `[iot]`: the MQTT broker the member reads sensors from, and how their messages map to
+/// `iot.sensor_data` events.
+///
+/// `Debug` masks the password.
+#[derive(Clone, PartialEq)]
+pub struct IotConfig {
+    /// `url`: `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (8883, TLS).
+    pub url: String,
+    /// The broker's host, from `url`.
+    pub host: String,
+    /// The broker's port, from `url` or the scheme's default.
+    pub port: u16,
+    /// `[iot.tls]`: `Some` for `mqtts://` (system roots unless `ca_file` is given).
+    pub tls: Option<TlsConfig>,
+    /// `client_id`: the MQTT client id, which names the broker's persistent session. Must be
+    /// unique on the broker. Default `nexus-{node.id}`.
+    pub client_id: String,
+    /// `username`: for brokers that require a login.
+    pub username: Option<String>,
+    /// `password`: with `username`. A secret: masked whenever the config is printed.
+    pub password: Option<String>,
+    /// `qos`: the QoS the bridge subscribes with, 0 or 1. Default 1 (a persistent session;
+    /// acknowledged only once stored in the outbox).
+    pub qos: u8,
+    /// `keep_alive`: the MQTT keep-alive interval. Default 30 s.
+    pub keep_alive: Duration,
+    /// `reconnect_max_delay`: the cap of the reconnect backoff. Default 10 s.
+    pub reconnect_max_delay: Duration,
+    /// `max_payload`: the largest payload mapped, in bytes (larger ones are dead-lettered).
+    /// 1..=16 MiB; default 65536.
+    pub max_payload: usize,
+    /// `queue`: messages buffered between the MQTT connection and the outbox, 1..=65536.
+    /// Default 1024.
+    pub queue: usize,
+    /// `[[iot.sensors]]`: the mapping rules, tried in order; the first whose topic matches
+    /// wins. At least one.
+    pub sensors: Vec<SensorRule>,
+}
+
+impl std::fmt::Debug for IotConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IotConfig")
+            .field("url", &crate::redact_url(&self.url))
+            .field("tls", &self.tls)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("qos", &self.qos)
+            .field("keep_alive", &self.keep_alive)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("max_payload", &self.max_payload)
+            .field("queue", &self.queue)
+            .field("sensors", &self.sensors)
+            .finish()
+    }
+}
+
+/// The most metrics one `[[iot.sensors]]` rule may name (a fixed capacity on the
+/// per-message path).
+pub const MAX_METRICS_PER_RULE: usize = 16;
+
+/// One `[[iot.sensors]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SensorRule {
+    /// `topic`: an MQTT topic template, `/`-separated; a segment is a literal, `+` (any),
+    /// `{sensor_id}` (required, once) or `{metric}` (at most once), and the last may be `#`.
+    /// E.g. `zigbee2mqtt/{sensor_id}`, `sensors/{sensor_id}/{metric}`.
+    pub topic: String,
+    /// `payload`: `number` (the payload is one number, e.g. `23.5`) or `json`. Default
+    /// `number` when the topic names `{metric}`, else `json`.
+    pub payload: PayloadFormat,
+    /// `metrics`: the metrics read, in order. A `json` rule reads each one at its pointer;
+    /// a `number` rule with `{metric}` accepts only the metrics listed (any, if none are);
+    /// a `number` rule without `{metric}` names exactly one.
+    pub metrics: Vec<MetricRule>,
+    /// `time`: a JSON pointer to the reading's time in the payload (unix seconds, unix
+    /// milliseconds, or an RFC 3339 string). Absent (or a `number` payload): receive time.
+    pub time: Option<String>,
+}
+
+/// `payload` of a sensor rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadFormat {
+    /// A plain number, as text: `23.5`.
+    Number,
+    /// A JSON object; metrics are read at JSON pointers.
+    Json,
+}
+
+impl PayloadFormat {
+    /// The name used in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadFormat::Number => "number",
+            PayloadFormat::Json => "json",
+        }
+    }
+}
+
+/// One metric of a sensor rule: `metrics.temperature = "°C"` or
+/// `metrics.power = { pointer = "/ENERGY/Power", unit = "W" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricRule {
+    /// The metric's name in the event (`temperature`): 1-64 chars of `[A-Za-z0-9_.-]`.
+    pub name: String,
+    /// `pointer`: where a `json` payload holds it (RFC 6901). Default `/{name}`.
+    pub pointer: String,
+    /// `unit`: the unit reported with it (`°C`, `%`, `W`), at most 32 chars; may be empty.
+    pub unit: String,
 }

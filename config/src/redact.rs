@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::model::{AclPolicy, Config, LinkConfig};
+use crate::model::{AclPolicy, Config, IotConfig, LinkConfig};
 use nexus_policies::SubjectPattern;
 
 /// What replaces a password or token.
@@ -140,6 +140,8 @@ impl Config {
             duration(ingress.duplicate_window)
         )?;
         writeln!(out, "batch = {}", ingress.batch)?;
+        writeln!(out, "max_deliver = {}", ingress.max_deliver)?;
+        writeln!(out, "landed_ttl = {}", duration(ingress.landed_ttl))?;
 
         writeln!(out, "\n[dead_letter]")?;
         writeln!(out, "max_bytes = {}", self.dead_letter.max_bytes)?;
@@ -167,8 +169,77 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        write_iot(out, self.iot.as_ref())
     }
+}
+
+/// `[iot]` and its rules, the password masked. Written last: `[[iot.sensors]]` are arrays
+/// of tables under `[iot]`.
+fn write_iot(out: &mut String, iot: Option<&IotConfig>) -> std::fmt::Result {
+    let Some(iot) = iot else {
+        return writeln!(out, "\n# [iot] is not set: no MQTT bridge");
+    };
+    writeln!(out, "\n[iot]")?;
+    writeln!(out, "url = {}", quote(&redact_url(&iot.url)))?;
+    writeln!(out, "client_id = {}", quote(&iot.client_id))?;
+    if let Some(username) = &iot.username {
+        writeln!(out, "username = {}", quote(username))?;
+    }
+    if iot.password.is_some() {
+        writeln!(out, "password = {}", quote(MASK))?;
+    }
+    writeln!(out, "qos = {}", iot.qos)?;
+    writeln!(out, "keep_alive = {}", duration(iot.keep_alive))?;
+    writeln!(
+        out,
+        "reconnect_max_delay = {}",
+        duration(iot.reconnect_max_delay)
+    )?;
+    writeln!(out, "max_payload = {}", iot.max_payload)?;
+    writeln!(out, "queue = {}", iot.queue)?;
+    if let Some(tls) = &iot.tls {
+        writeln!(out, "\n[iot.tls]")?;
+        if let Some(path) = &tls.ca_file {
+            writeln!(out, "ca_file = {}", quote(&path.to_string_lossy()))?;
+        }
+        if let Some(cert) = &tls.client_cert {
+            writeln!(
+                out,
+                "cert_file = {}",
+                quote(&cert.cert_file.to_string_lossy())
+            )?;
+            writeln!(
+                out,
+                "key_file = {}",
+                quote(&cert.key_file.to_string_lossy())
+            )?;
+        }
+        if let Some(name) = &tls.server_name {
+            writeln!(out, "server_name = {}", quote(name))?;
+        }
+    }
+    for rule in &iot.sensors {
+        writeln!(out, "\n[[iot.sensors]]")?;
+        writeln!(out, "topic = {}", quote(&rule.topic))?;
+        writeln!(out, "payload = {}", quote(rule.payload.as_str()))?;
+        if let Some(time) = &rule.time {
+            writeln!(out, "time = {}", quote(time))?;
+        }
+        let metrics: Vec<String> = rule
+            .metrics
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} = {{ pointer = {}, unit = {} }}",
+                    quote(&m.name),
+                    quote(&m.pointer),
+                    quote(&m.unit)
+                )
+            })
+            .collect();
+        writeln!(out, "metrics = {{ {} }}", metrics.join(", "))?;
+    }
+    Ok(())
 }
 
 /// A TOML array of quoted patterns.

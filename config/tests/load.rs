@@ -171,6 +171,11 @@ fn a_minimal_member_config_loads_with_defaults() {
         assert_eq!(config.ingress.max_age, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(config.ingress.duplicate_window, Duration::from_secs(120));
         assert_eq!(config.ingress.batch, 256);
+        assert_eq!(config.ingress.max_deliver, 20);
+        assert_eq!(
+            config.ingress.landed_ttl,
+            Duration::from_secs(7 * 24 * 3600)
+        );
         assert_eq!(config.source, Some(jail.directory().join("member.toml")));
         assert_eq!(
             config.node.token,
@@ -582,7 +587,7 @@ fn invalid_values_are_refused() {
             .replace("nats://hub.example:4222", "http://hub.example:4222")
             + "\n[log]\nlevel = \"loud\"\nformat = \"xml\"\n\
                [outbox]\nbatch = 0\n\
-               [ingress]\nstream = \"a.b\"\nmax_age = \"1m\"\n";
+               [ingress]\nstream = \"a.b\"\nmax_age = \"1m\"\nmax_deliver = 1\n";
         setup(jail, &config)?;
         let errors = load_err();
         for key in [
@@ -592,6 +597,7 @@ fn invalid_values_are_refused() {
             "outbox.batch",
             "ingress.stream",
             "ingress.max_age",
+            "ingress.max_deliver",
         ] {
             let error = errors
                 .find(key)

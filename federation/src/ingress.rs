@@ -5,15 +5,24 @@
 //!
 //! Onward is the parent's ingress for a hub, and the landing subject (captured by the
 //! landing streams) for the root. Bodies are forwarded byte for byte.
+//!
+//! Failures: a failed onward publish is nak'ed with a backoff by JetStream's delivery count;
+//! on delivery `ingress.max_deliver` (while the destination is up), or at once when it can
+//! never succeed (over the destination's `max_payload`), the message is dead-lettered as
+//! [`UNDELIVERABLE`]. The ingress stream refuses new messages when full (`discard: new`):
+//! what it holds was acknowledged to the tier below. The root drops copies of events it
+//! landed before, by event_id, for `ingress.landed_ttl` ([`LANDED_BUCKET`]), beyond
+//! JetStream's `duplicate_window`. docs/delivery.md states the guarantees.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::{self, StorageType};
+use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use async_nats::jetstream::{AckKind, Message};
 use futures::future::join_all;
 use futures::StreamExt as _;
@@ -65,8 +74,13 @@ pub struct IngressCounters {
     pub duplicates: AtomicU64,
     /// Messages refused (never forwarded).
     pub rejected: AtomicU64,
-    /// Onward publish failures (retried).
+    /// Onward publish failures (retried, or dead-lettered once exhausted).
     pub failures: AtomicU64,
+    /// Messages dead-lettered as [`UNDELIVERABLE`] (also counted in `rejected`).
+    pub undeliverable: AtomicU64,
+    /// Root: copies dropped because their event_id had landed before (also counted in
+    /// `forwarded` and `duplicates`).
+    pub landed_before: AtomicU64,
 }
 
 /// Called with every verified envelope (e.g. to watch children's heartbeats).
@@ -85,7 +99,17 @@ pub struct RejectedMessage {
     pub body: bytes::Bytes,
     /// The `Nexus-Signer` header, if any (unverified unless the reason says otherwise).
     pub signer: Option<String>,
+    /// How many times JetStream delivered it to this ingress (1 for a refusal at first
+    /// sight; up to `ingress.max_deliver` for an undeliverable one).
+    pub attempts: u32,
+    /// When it entered this node's ingress stream (the first attempt follows at once), if
+    /// JetStream said.
+    pub first_at: Option<time::OffsetDateTime>,
 }
+
+/// The reason code of a message that could not be forwarded `ingress.max_deliver` times,
+/// or that the destination refused for good (e.g. over its `max_payload`).
+pub const UNDELIVERABLE: &str = "undeliverable";
 
 /// The ingress pump.
 pub struct Ingress {
@@ -158,9 +182,10 @@ impl Ingress {
                 break;
             }
             match self.consumer().await {
-                Ok((consumer, registry)) => {
+                Ok((consumer, registry, landed)) => {
                     attempt = 0;
-                    self.pump(consumer, &registry, &shutdown, &mut log).await;
+                    self.pump(consumer, &registry, landed.as_ref(), &shutdown, &mut log)
+                        .await;
                 }
                 Err(error) => {
                     if log.check("setup", Instant::now()).is_some() {
@@ -177,7 +202,9 @@ impl Ingress {
         }
     }
 
-    async fn consumer(&self) -> Result<(PullConsumer, kv::Store), async_nats::Error> {
+    async fn consumer(
+        &self,
+    ) -> Result<(PullConsumer, kv::Store, Option<kv::Store>), async_nats::Error> {
         let js = self.local.jetstream();
         let stream = js
             .create_or_update_stream(stream::Config {
@@ -187,6 +214,10 @@ impl Ingress {
                 max_age: self.config.max_age,
                 duplicate_window: self.config.duplicate_window,
                 storage: StorageType::File,
+                // Full means "refuse new", never "drop the oldest": everything in here was
+                // acknowledged to the tier below, which has deleted it from its outbox. A
+                // refused publish leaves the event in the child's outbox (back-pressure).
+                discard: DiscardPolicy::New,
                 ..Default::default()
             })
             .await?;
@@ -204,17 +235,24 @@ impl Ingress {
                 name,
             )
             .await?;
+        let landed = match self.destination {
+            Destination::Landing(_) => {
+                Some(landed_bucket(&self.local, self.config.landed_ttl).await?)
+            }
+            Destination::Parent(_) => None,
+        };
         // The registry last: its existence tells the tier below that this ingress is ready.
         trust::bucket(&self.local, trust::TRUST_BUCKET, true).await?;
         let registry = trust::bucket(&self.local, trust::CHAINS_BUCKET, true).await?;
         info!(stream = %name, consumer = %self.config.consumer, "Ingress ready.");
-        Ok((consumer, registry))
+        Ok((consumer, registry, landed))
     }
 
     async fn pump(
         &self,
         consumer: PullConsumer,
         registry: &kv::Store,
+        landed: Option<&kv::Store>,
         shutdown: &CancellationToken,
         log: &mut RateLimitedLog,
     ) {
@@ -250,7 +288,7 @@ impl Ingress {
                 }
             }
             if !batch.is_empty() {
-                self.process(batch, registry, &mut presented_up, shutdown, log)
+                self.process(batch, registry, landed, &mut presented_up, shutdown, log)
                     .await;
             }
         }
@@ -262,6 +300,7 @@ impl Ingress {
         &self,
         batch: Vec<Message>,
         registry: &kv::Store,
+        landed: Option<&kv::Store>,
         presented_up: &mut PresentedUp,
         shutdown: &CancellationToken,
         log: &mut RateLimitedLog,
@@ -327,6 +366,10 @@ impl Ingress {
             destination.wait_connected(shutdown).await;
             return;
         }
+        let verified = match landed {
+            Some(landed) => self.drop_landed(verified, landed).await,
+            None => verified,
+        };
         let js = destination.jetstream();
         let mut sends = Vec::with_capacity(verified.len());
         for (message, event, anchor) in verified {
@@ -345,7 +388,7 @@ impl Ingress {
             let sent = js
                 .send_publish(self.destination.subject_for(&event), publish)
                 .await;
-            sends.push((message, sent));
+            sends.push(((message, event.event_id.clone()), sent));
         }
         let (messages, sent): (Vec<_>, Vec<_>) = sends.into_iter().unzip();
         let acks = join_all(sent.into_iter().map(|sent| async move {
@@ -355,32 +398,102 @@ impl Ingress {
             }
         }))
         .await;
-        for (message, ack) in messages.into_iter().zip(acks) {
+        let mut forwarded = Vec::with_capacity(messages.len());
+        for ((message, event_id), ack) in messages.into_iter().zip(acks) {
             match ack {
                 Ok(ack) => {
                     self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                     self.counters
                         .duplicates
                         .fetch_add(u64::from(ack.duplicate), Ordering::Relaxed);
-                    if let Err(error) = message.ack().await {
-                        // The destination has it; a redelivery will be deduplicated there.
-                        debug!(%error, "Ack of a forwarded message failed; it may be redelivered.");
-                    }
+                    forwarded.push((message, event_id));
                 }
                 Err(error) => {
                     self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    let delivered = message
+                        .info()
+                        .map_or(1, |info| u32::try_from(info.delivered).unwrap_or(u32::MAX));
+                    // A message that cannot ever fit is refused for good. Otherwise only a
+                    // failure while the destination is up counts towards dead-lettering:
+                    // the delivery count also grows with outages, and an outage must never
+                    // dead-letter traffic.
+                    let permanent = error.kind() == PublishErrorKind::MaxPayloadExceeded;
+                    let exhausted =
+                        delivered >= self.config.max_deliver && destination.state().connected;
+                    if permanent || exhausted {
+                        self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+                        let rejection = Rejection {
+                            reason: UNDELIVERABLE,
+                            detail: format!(
+                                "{} failed after {delivered} deliveries: {error}",
+                                destination.role()
+                            ),
+                        };
+                        self.reject(&message, rejection, log).await;
+                        continue;
+                    }
                     if log
                         .check(&format!("forward:{:?}", error.kind()), Instant::now())
                         .is_some()
                     {
-                        warn!(%error, link = destination.role(), "Forwarding failed; the message will be retried.");
+                        warn!(%error, delivered, max_deliver = self.config.max_deliver, link = destination.role(), "Forwarding failed; the message will be retried.");
                     }
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
+                    let delay = RETRY.delay_now(delivered.saturating_sub(1));
+                    let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                 }
             }
         }
+        if let Some(landed) = landed {
+            // Remembered only after the landing's PubAck (all of the batch at once): a crash
+            // before the put leaves a redelivery to JetStream's own window (seconds later,
+            // well inside it).
+            let puts = join_all(
+                forwarded
+                    .iter()
+                    .map(|(_, id)| landed.put(id, bytes::Bytes::from_static(b"1"))),
+            )
+            .await;
+            if let Some(Err(error)) = puts.into_iter().find(Result::is_err) {
+                if log.check("landed_put", Instant::now()).is_some() {
+                    warn!(%error, "Cannot record a landed event_id; a copy arriving after duplicate_window could land twice.");
+                }
+            }
+        }
+        for (message, _) in forwarded {
+            if let Err(error) = message.ack().await {
+                // The destination has it; a redelivery will be deduplicated there.
+                debug!(%error, "Ack of a forwarded message failed; it may be redelivered.");
+            }
+        }
+    }
+
+    /// Acks and drops the events whose event_id the root already landed (a copy resent
+    /// after an outage longer than `duplicate_window`); returns the others. A lookup that
+    /// fails lets the event through: JetStream's window still catches near copies.
+    async fn drop_landed(
+        &self,
+        verified: Vec<(Message, SignedEvent, bool)>,
+        landed: &kv::Store,
+    ) -> Vec<(Message, SignedEvent, bool)> {
+        let seen = join_all(
+            verified
+                .iter()
+                .map(|(_, event, _)| landed.get(event.event_id.as_str())),
+        )
+        .await;
+        let mut fresh = Vec::with_capacity(verified.len());
+        for (item, seen) in verified.into_iter().zip(seen) {
+            if matches!(seen, Ok(Some(_))) {
+                self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                self.counters.landed_before.fetch_add(1, Ordering::Relaxed);
+                debug!(event_id = %item.1.event_id, "Event landed before; dropped.");
+                let _ = item.0.ack().await;
+            } else {
+                fresh.push(item);
+            }
+        }
+        fresh
     }
 
     /// Puts the signer's chain into the parent's registry once per uplink connection.
@@ -449,12 +562,17 @@ impl Ingress {
                         .map(move |v| (name.to_string(), v.as_str().to_owned()))
                 })
                 .collect();
+            let info = message.info().ok();
             let rejected = RejectedMessage {
                 rejection,
                 subject: message.subject.to_string(),
                 headers,
                 body: message.payload.clone(),
                 signer,
+                attempts: info
+                    .as_ref()
+                    .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1)),
+                first_at: info.map(|i| i.published),
             };
             if sink.try_send(rejected).is_err()
                 && log.check("rejections_full", Instant::now()).is_some()
@@ -469,6 +587,9 @@ impl Ingress {
     }
 }
 
+/// The nak delay of a failed onward publish, by delivery count: capped and jittered.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+
 /// Refusals that may resolve by themselves: the message is retried, not dead-lettered.
 const TRANSIENT: &[&str] = &["registry_unavailable", "clock_unsynced"];
 
@@ -477,6 +598,26 @@ const TRANSIENT: &[&str] = &["registry_unavailable", "clock_unsynced"];
 struct PresentedUp {
     since: Option<time::OffsetDateTime>,
     keys: std::collections::HashSet<[u8; 32]>,
+}
+
+/// The root's KV bucket of landed event_ids (key = event_id, value `1`).
+pub const LANDED_BUCKET: &str = "NEXUS_LANDED";
+
+/// Opens (or creates) [`LANDED_BUCKET`], its entries kept `ttl`.
+async fn landed_bucket(link: &Link, ttl: Duration) -> Result<kv::Store, async_nats::Error> {
+    let js = link.jetstream();
+    if let Ok(store) = js.get_key_value(LANDED_BUCKET).await {
+        return Ok(store);
+    }
+    Ok(js
+        .create_key_value(kv::Config {
+            bucket: LANDED_BUCKET.to_owned(),
+            history: 1,
+            max_age: ttl,
+            storage: StorageType::File,
+            ..Default::default()
+        })
+        .await?)
 }
 
 /// A JetStream stream the root lands events in.

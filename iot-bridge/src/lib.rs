@@ -1,8 +1,23 @@
 //! MQTT sensor data → `iot.sensor_data@1` envelopes.
 //!
-//! This crate will own the MQTT client (rumqttc), the topic/payload mapping rules and the
-//! acknowledgement of QoS 1 messages after their envelopes are durable. It must not know
-//! about NATS, tiers or tokens: it hands envelopes to the federation's outbox.
+//! This crate owns the MQTT client (rumqttc), the topic/payload mapping rules and the
+//! acknowledgement of QoS 1 messages after their envelopes are durable in the outbox. It
+//! must not know about NATS, tiers or tokens: it hands signed envelopes to the federation's
+//! outbox and refused messages to the dead-letter store.
 //!
-//! Nothing is implemented here yet (the IoT bridge is its own work item); the crate exists
-//! so that the workspace layout is final.
+//! # Layout
+//! - `template`: topic templates (`zigbee2mqtt/{sensor_id}`), compiled once, matched
+//!   without allocation.
+//! - `mapping`: the `[[iot.sensors]]` rules: topic + payload → readings, or a [`Reason`]
+//!   to refuse. Pure (no I/O, no clock).
+//! - `sensor_data`: the `iot.sensor_data@1` payload, its schema check, the envelope.
+//! - `bridge`: the rumqttc connection (persistent session, manual acks, reconnect backoff,
+//!   resubscribe on ConnAck), the bounded queue and the worker that stores, then acks.
+
+pub mod bridge;
+pub mod mapping;
+pub mod sensor_data;
+pub mod template;
+
+pub use bridge::{Bridge, BridgeError, Stats};
+pub use mapping::{Reading, Reason, Reject, Rules};

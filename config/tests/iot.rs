@@ -1,0 +1,151 @@
+//! `[iot]` and `[[iot.sensors]]`: defaults, the operator's shorthand, and every problem at
+//! once.
+
+// `Jail::expect_with` closures must return `figment::Error`, which is large: its API.
+#![allow(clippy::result_large_err)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Jail;
+use nexus_config::{load, ErrorKind, MetricRule, PayloadFormat};
+use nexus_policies::{Chain, Claims, Role, SecretKey, Token, TokenId, UnixTime, BUILD_FLOOR};
+
+const MEMBER: &str = r#"
+[node]
+id = "edge-01"
+mode = "member"
+tenant = "salon-001"
+key = "node.key"
+token = "member.token"
+data_dir = "data"
+
+[trust]
+root_keys = ["ed25519:iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w"]
+
+[uplink]
+url = "nats://hub.example:4222"
+"#;
+
+fn setup(jail: &mut Jail, config: &str) -> figment::error::Result<()> {
+    jail.clear_env();
+    let node = SecretKey::from_seed(&[7; 32]).expect("key");
+    let root = SecretKey::from_seed(&[1; 32]).expect("key");
+    jail.create_file("node.key", &node.to_file_text())?;
+    let claims = Claims {
+        id: TokenId([9; 16]),
+        parent: None,
+        issuer_key: root.public(),
+        node_id: "edge-01".to_owned(),
+        node_key: node.public(),
+        tenant: None,
+        role: Role::Member,
+        publish: Vec::new(),
+        receive: Vec::new(),
+        not_before: BUILD_FLOOR,
+        expires: UnixTime(BUILD_FLOOR.0 + 3600),
+    };
+    let token = Token::issue(claims, &root, None).expect("token");
+    std::fs::write(
+        "member.token",
+        Chain::new(vec![token]).expect("chain").encode(),
+    )
+    .expect("write");
+    jail.create_file("member.toml", config)?;
+    Ok(())
+}
+
+/// A few lines of TOML give a working bridge: defaults, the `name = "unit"` shorthand, and
+/// the payload format inferred from the topic.
+#[test]
+fn a_few_lines_of_iot_toml_give_rules_with_defaults() {
+    Jail::expect_with(|jail| {
+        let config = format!(
+            "{MEMBER}\n[iot]\nurl = \"mqtt://127.0.0.1\"\n\n[[iot.sensors]]\ntopic = \"zigbee2mqtt/{{sensor_id}}\"\nmetrics = {{ temperature = \"°C\" }}\n\n[[iot.sensors]]\ntopic = \"tele/{{sensor_id}}/SENSOR\"\ntime = \"/Time\"\nmetrics.power = {{ pointer = \"/ENERGY/Power\", unit = \"W\" }}\n\n[[iot.sensors]]\ntopic = \"sensors/{{sensor_id}}/{{metric}}\"\n"
+        );
+        setup(jail, &config)?;
+        let config = load(Path::new("member.toml")).unwrap_or_else(|e| panic!("{e}"));
+        // What `check` prints loads back to the same [iot].
+        jail.create_file("printed.toml", &config.redacted())?;
+        let again = load(Path::new("printed.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.iot, config.iot);
+        let iot = config.iot.expect("iot");
+        assert_eq!(
+            (iot.host.as_str(), iot.port, iot.tls.is_none()),
+            ("127.0.0.1", 1883, true)
+        );
+        assert_eq!(iot.client_id, "nexus-edge-01");
+        assert_eq!(iot.qos, 1);
+        assert_eq!(iot.max_payload, 65536);
+        assert_eq!(iot.queue, 1024);
+        assert_eq!(iot.keep_alive, Duration::from_secs(30));
+        assert_eq!(iot.sensors.len(), 3);
+        assert_eq!(iot.sensors[0].payload, PayloadFormat::Json);
+        assert_eq!(
+            iot.sensors[0].metrics,
+            vec![MetricRule {
+                name: "temperature".into(),
+                pointer: "/temperature".into(),
+                unit: "°C".into()
+            }]
+        );
+        assert_eq!(iot.sensors[1].metrics[0].pointer, "/ENERGY/Power");
+        assert_eq!(iot.sensors[1].time.as_deref(), Some("/Time"));
+        assert_eq!(iot.sensors[2].payload, PayloadFormat::Number);
+        assert!(iot.sensors[2].metrics.is_empty());
+        Ok(())
+    });
+}
+
+/// Every problem in `[iot]` and its rules is reported at once, each on its key.
+#[test]
+fn every_iot_problem_is_reported_at_once() {
+    Jail::expect_with(|jail| {
+        let config = format!(
+            "{}\n[iot]\nurl = \"http://broker\"\nqos = 2\npassword = \"x\"\nmax_payload = 0\nqeue = 5\n\n[[iot.sensors]]\ntopic = \"zigbee2mqtt/+x\"\n\n[[iot.sensors]]\ntopic = \"a/{{metric}}\"\n\n[[iot.sensors]]\ntopic = \"z/{{sensor_id}}\"\npayload = \"xml\"\ntime = \"Time\"\nmetrics = {{ \"bad name\" = \"x\", t = {{ pointer = \"ENERGY\" }} }}\n\n[[iot.sensors]]\ntopic = \"z/{{sensor_id}}\"\n",
+            MEMBER.replace("tenant = \"salon-001\"\n", "")
+        );
+        setup(jail, &config)?;
+        let errors = load(Path::new("member.toml")).expect_err("refused");
+        let keys: Vec<(String, ErrorKind)> = errors
+            .iter()
+            .map(|e| (e.key.clone().unwrap_or_default(), e.kind.clone()))
+            .collect();
+        let has = |key: &str| keys.iter().any(|(k, _)| k == key);
+        for key in [
+            "node.tenant",
+            "iot.url",
+            "iot.qos",
+            "iot.username",
+            "iot.max_payload",
+            "iot.qeue",
+            "iot.sensors[0].topic",
+            "iot.sensors[1].topic",
+            "iot.sensors[2].payload",
+            "iot.sensors[2].time",
+            "iot.sensors[2].metrics.bad name",
+            "iot.sensors[2].metrics.t.pointer",
+            "iot.sensors[3].metrics",
+        ] {
+            assert!(has(key), "no error on {key}: {errors}");
+        }
+        Ok(())
+    });
+}
+
+/// `[iot]` belongs to members: a hub or root with one is refused.
+#[test]
+fn iot_is_refused_outside_a_member() {
+    Jail::expect_with(|jail| {
+        let config = format!(
+            "{}\n[local]\nurl = \"nats://127.0.0.1:4222\"\n\n[iot]\nurl = \"mqtt://127.0.0.1\"\n[[iot.sensors]]\ntopic = \"s/{{sensor_id}}/{{metric}}\"\n",
+            MEMBER.replace("mode = \"member\"", "mode = \"hub\"")
+        );
+        setup(jail, &config)?;
+        let errors = load(Path::new("member.toml")).expect_err("refused");
+        assert!(errors
+            .iter()
+            .any(|e| e.kind == ErrorKind::ForbiddenSection && e.key.as_deref() == Some("iot")));
+        Ok(())
+    });
+}

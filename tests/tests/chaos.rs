@@ -1,0 +1,584 @@
+//! Chaos at every tier, with real processes and real servers: nothing acknowledged is lost,
+//! and a consumer deduplicating by `event_id` sees every event exactly once.
+//!
+//! The root and the hub are real agents on nats-servers with `sync_interval: always` (as the
+//! configs we ship). For volume the test plays the member's uplink: it holds the member's key
+//! and token chain, signs N events and JetStream-publishes them into the hub's ingress exactly
+//! as the member's uplink does — a batch, then every PubAck, resending what was not acked, and
+//! waiting while the link is down instead of queueing into the client. The member-crash test
+//! runs the real member agent and follows the heartbeats in its outbox.
+//!
+//! Every test reports `sent`, `landed` (distinct event ids in the root's `NEXUS_EVENTS`),
+//! `lost` and the copies the stream holds beyond one per event (JetStream dedup inside
+//! `duplicate_window` should make those 0 too; a consumer deduplicating by event_id is
+//! correct either way), and asserts `lost = 0` and `duplicates after dedup = 0`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use nexus_e2e::{fleet, wait_until, AgentProcess, Fleet, NatsServer};
+use nexus_federation::trust::{key_id, CHAINS_BUCKET};
+use nexus_federation::{subject, Encoding, Envelope, Outbox, OutboxOptions, SignedEvent};
+use nexus_policies::SecretKey;
+
+/// The root's landing stream (every `nexus.>` event).
+const LANDING: &str = "NEXUS_EVENTS";
+/// The subject of the test's events.
+const CHAOS_SUBJECT: &str = "nexus.salon-001.iot.chaos";
+/// Setup steps (agents up, streams ready).
+const SETUP: Duration = Duration::from_secs(30);
+/// How long everything may take to land once the fault is over.
+const SETTLE: Duration = Duration::from_secs(60);
+/// Events sent by the volume tests.
+const EVENTS: usize = 5_000;
+/// Events per batch of the test's uplink (as `outbox.batch`).
+const BATCH: usize = 256;
+
+/// Root and hub agents on durable servers, a connection to each server, the member's key.
+struct Chaos {
+    fleet: Fleet,
+    root: AgentProcess,
+    hub: AgentProcess,
+    /// JetStream on the hub's NATS (the member's uplink).
+    hub_js: jetstream::Context,
+    hub_client: async_nats::Client,
+    /// JetStream on the root's NATS (where events land).
+    root_js: jetstream::Context,
+    member: SecretKey,
+}
+
+fn durable_server() -> NatsServer {
+    NatsServer::builder().sync_always().start()
+}
+
+fn durable_fleet() -> Fleet {
+    Fleet::with_servers(durable_server(), durable_server(), NatsServer::start())
+}
+
+impl Chaos {
+    async fn start(fleet: Fleet) -> Self {
+        Self::start_with(fleet, "", "").await
+    }
+
+    /// [`Self::start`] with `root_extra` and `hub_extra` appended to their configs.
+    async fn start_with(fleet: Fleet, root_extra: &str, hub_extra: &str) -> Self {
+        let root = fleet.spawn(fleet::ROOT, root_extra);
+        let hub = fleet.spawn(fleet::HUB, hub_extra);
+        let hub_client = fleet.hub_nats.client().await;
+        let hub_js = jetstream::new(hub_client.clone());
+        let root_js = jetstream::new(fleet.root_nats.client().await);
+        let registry = wait_until("the hub's chain registry exists", SETUP, async || {
+            hub_js.get_key_value(CHAINS_BUCKET).await
+        })
+        .await;
+        let member = SecretKey::parse(
+            &std::fs::read_to_string(&fleet.member_key.secret).expect("member key file"),
+        )
+        .expect("member key");
+        let chain = Bytes::from(std::fs::read(fleet.token_path(fleet::MEMBER)).expect("token"));
+        registry
+            .put(key_id(&member.public()), chain)
+            .await
+            .expect("present the member's chain to the hub");
+        wait_until("the root's landing stream exists", SETUP, async || {
+            root_js.get_stream(LANDING).await
+        })
+        .await;
+        Self {
+            fleet,
+            root,
+            hub,
+            hub_js,
+            hub_client,
+            root_js,
+            member,
+        }
+    }
+
+    /// `n` sensor events signed by the member, numbered in their payload.
+    fn events(&self, n: usize) -> Vec<SignedEvent> {
+        (0..n)
+            .map(|i| {
+                let mut payload = serde_json::Map::new();
+                payload.insert("n".into(), i.into());
+                let envelope = Envelope::new(
+                    "iot.chaos",
+                    fleet::MEMBER,
+                    Some(fleet::TENANT),
+                    payload,
+                    time::OffsetDateTime::now_utc(),
+                );
+                SignedEvent::seal(&envelope, Encoding::Json, &self.member).expect("seal")
+            })
+            .collect()
+    }
+
+    /// Starts the test's uplink: sends `events` into the hub's ingress in batches, each
+    /// event until its PubAck. `acked` counts the events acknowledged so far.
+    fn send(&self, events: Vec<SignedEvent>, acked: Arc<AtomicUsize>) -> Sender {
+        tokio::spawn(uplink(
+            self.hub_client.clone(),
+            self.hub_js.clone(),
+            events,
+            acked,
+        ))
+    }
+
+    /// How many messages the landing stream holds on `filter` (cheap: stream info).
+    async fn landed_count(&self, filter: &str) -> usize {
+        let Ok(stream) = self.root_js.get_stream(LANDING).await else {
+            return 0;
+        };
+        let Ok(subjects) = stream.info_with_subjects(filter).await else {
+            return 0;
+        };
+        subjects
+            .filter_map(|s| async move { s.ok() })
+            .fold(0, |sum, (_, n)| async move { sum + n })
+            .await
+    }
+
+    /// Waits (bounded) until the landing stream holds at least `n` messages on `filter`;
+    /// returns the last count seen, reached or not (the caller asserts with every count).
+    async fn wait_landed(&self, filter: &str, n: usize, deadline: Duration) -> usize {
+        let end = Instant::now() + deadline;
+        loop {
+            let count = self.landed_count(filter).await;
+            if count >= n || Instant::now() >= end {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Reads every message on `filter` in the landing stream, as a consumer would, and
+    /// counts the copies of each event_id.
+    async fn read_landed(&self, filter: &str) -> HashMap<String, u32> {
+        let mut copies = HashMap::new();
+        if self.landed_count(filter).await == 0 {
+            return copies;
+        }
+        let stream = self.root_js.get_stream(LANDING).await.expect("landing");
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: filter.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect("ordered consumer");
+        let mut messages = consumer.messages().await.expect("messages");
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
+                .await
+                .expect("the landing stream answers within 10 s")
+                .expect("the consumer does not end")
+                .expect("a message");
+            let body: serde_json::Value =
+                serde_json::from_slice(&next.payload).expect("a JSON envelope");
+            let id = body["event_id"].as_str().expect("event_id").to_owned();
+            *copies.entry(id).or_insert(0) += 1;
+            if next.info().expect("JetStream info").pending == 0 {
+                return copies;
+            }
+        }
+    }
+
+    /// Compares what landed with `sent`; panics with every count unless nothing was lost
+    /// and a consumer deduplicating by event_id sees each event exactly once.
+    async fn assert_all_landed(&self, what: &str, sent: &[String], filter: &str) -> Report {
+        let copies = self.read_landed(filter).await;
+        let wanted: BTreeSet<&str> = sent.iter().map(String::as_str).collect();
+        let lost: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|id| !copies.contains_key(*id))
+            .collect();
+        // What a consumer deduplicating by event_id delivers: each id once.
+        let delivered = copies
+            .keys()
+            .filter(|id| wanted.contains(id.as_str()))
+            .count();
+        let stream_copies: u32 = copies
+            .iter()
+            .filter(|(id, _)| wanted.contains(id.as_str()))
+            .map(|(_, n)| *n)
+            .sum();
+        let report = Report {
+            sent: wanted.len(),
+            landed: delivered,
+            lost: lost.len(),
+            duplicates_in_stream: stream_copies as usize - delivered,
+            duplicates_after_dedup: 0,
+        };
+        eprintln!("{what}: {report:?}");
+        assert!(
+            report.lost == 0 && report.duplicates_after_dedup == 0 && report.landed == report.sent,
+            "{what}: {report:?}; first lost: {:?}\nhub log tail:\n{}\nroot log tail:\n{}",
+            &lost[..lost.len().min(5)],
+            tail(&self.hub.log(), 30),
+            tail(&self.root.log(), 30),
+        );
+        report
+    }
+}
+
+/// The counts every chaos test reports.
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug in the failure message and the test output
+struct Report {
+    sent: usize,
+    landed: usize,
+    lost: usize,
+    duplicates_in_stream: usize,
+    duplicates_after_dedup: usize,
+}
+
+type Sender = tokio::task::JoinHandle<usize>;
+
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The member's uplink, in the test: a batch of JetStream publishes, then every PubAck;
+/// what was not acked is sent again after a short backoff. While the client is
+/// disconnected it waits for the link instead of queueing into the client. Returns the
+/// number of publish attempts beyond one per event.
+async fn uplink(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    events: Vec<SignedEvent>,
+    acked: Arc<AtomicUsize>,
+) -> usize {
+    let mut resent = 0;
+    for chunk in events.chunks(BATCH) {
+        let mut pending: Vec<&SignedEvent> = chunk.iter().collect();
+        let mut first = true;
+        while !pending.is_empty() {
+            if !first {
+                resent += pending.len();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            first = false;
+            while client.connection_state() != async_nats::connection::State::Connected {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let mut acks = Vec::with_capacity(pending.len());
+            for event in &pending {
+                let message = PublishMessage::build()
+                    .payload(event.body.clone())
+                    .headers(event.headers());
+                acks.push(
+                    js.send_publish(subject::ingress_subject(&event.subject), message)
+                        .await,
+                );
+            }
+            let results = futures::future::join_all(acks.into_iter().map(|sent| async move {
+                match sent {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                }
+            }))
+            .await;
+            let before = pending.len();
+            pending = pending
+                .into_iter()
+                .zip(results)
+                .filter_map(|(event, ok)| (!ok).then_some(event))
+                .collect();
+            acked.fetch_add(before - pending.len(), Ordering::SeqCst);
+        }
+    }
+    resent
+}
+
+fn ids(events: &[SignedEvent]) -> Vec<String> {
+    events.iter().map(|e| e.event_id.to_string()).collect()
+}
+
+/// The hub's nats-server is stopped for 20 s while 5,000 events flow from the member: all
+/// 5,000 reach the root's stream, and a consumer deduplicating by event_id sees each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_server_outage_of_20_s_mid_stream_loses_nothing() {
+    let chaos = Chaos::start(durable_fleet()).await;
+    let events = chaos.events(EVENTS);
+    let sent = ids(&events);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let sender = chaos.send(events, Arc::clone(&acked));
+    wait_until(
+        "a fifth of the events is acknowledged by the hub",
+        SETUP,
+        async || acked.load(Ordering::SeqCst) >= EVENTS / 5,
+    )
+    .await;
+    let started = Instant::now();
+    chaos.fleet.hub_nats.stop();
+    let at_stop = acked.load(Ordering::SeqCst);
+    // The outage itself is the scenario (not a synchronisation): the member keeps trying.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    chaos.fleet.hub_nats.restart();
+    let resent = tokio::time::timeout(SETTLE, sender)
+        .await
+        .expect("every event is acknowledged by the hub after the outage")
+        .expect("the sender does not panic");
+    let landed = chaos.wait_landed(CHAOS_SUBJECT, EVENTS, SETTLE).await;
+    eprintln!(
+        "acked before the stop: {at_stop}; resent by the member: {resent}; landed {landed} \
+         within {:?} of the stop",
+        started.elapsed()
+    );
+    chaos
+        .assert_all_landed("hub server outage", &sent, CHAOS_SUBJECT)
+        .await;
+    assert!(chaos.hub.is_running() && chaos.root.is_running());
+}
+
+/// The hub agent is SIGKILLed mid-stream and restarted: nothing is lost (its consumer
+/// redelivers what it had not acked; the root dedups what it had already forwarded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_agent_killed_mid_stream_and_restarted_loses_nothing() {
+    let chaos = Chaos::start(durable_fleet()).await;
+    let events = chaos.events(EVENTS);
+    let sent = ids(&events);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let sender = chaos.send(events, Arc::clone(&acked));
+    let before = chaos.wait_landed(CHAOS_SUBJECT, EVENTS / 5, SETTLE).await;
+    assert!(before >= EVENTS / 5, "only {before} landed before the kill");
+    chaos.hub.kill();
+    let at_kill = chaos.landed_count(CHAOS_SUBJECT).await;
+    chaos.hub.restart();
+    tokio::time::timeout(SETTLE, sender)
+        .await
+        .expect("every event is acknowledged by the hub's server")
+        .expect("the sender does not panic");
+    let landed = chaos.wait_landed(CHAOS_SUBJECT, EVENTS, SETTLE).await;
+    eprintln!("landed at the kill: {at_kill}; landed in the end: {landed}");
+    chaos
+        .assert_all_landed("hub agent SIGKILL", &sent, CHAOS_SUBJECT)
+        .await;
+}
+
+/// The root's nats-server is restarted mid-stream: nothing is lost (the hub naks and
+/// resends what the root did not acknowledge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_server_restart_mid_stream_loses_nothing() {
+    let chaos = Chaos::start(durable_fleet()).await;
+    let events = chaos.events(EVENTS);
+    let sent = ids(&events);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let sender = chaos.send(events, Arc::clone(&acked));
+    let before = chaos.wait_landed(CHAOS_SUBJECT, EVENTS / 5, SETTLE).await;
+    assert!(
+        before >= EVENTS / 5,
+        "only {before} landed before the restart"
+    );
+    chaos.fleet.root_nats.restart();
+    tokio::time::timeout(SETTLE, sender)
+        .await
+        .expect("every event is acknowledged by the hub's server")
+        .expect("the sender does not panic");
+    let landed = chaos.wait_landed(CHAOS_SUBJECT, EVENTS, SETTLE).await;
+    eprintln!("landed before the restart: {before}; in the end: {landed}");
+    chaos
+        .assert_all_landed("root server restart", &sent, CHAOS_SUBJECT)
+        .await;
+    assert!(chaos.hub.is_running() && chaos.root.is_running());
+}
+
+/// The member agent is SIGKILLed while its uplink is down and restarted: every heartbeat it
+/// had acknowledged into its outbox (fsynced) reaches the root once the uplink is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_agent_killed_with_a_backlog_delivers_its_acknowledged_events() {
+    let mut fleet = durable_fleet();
+    fleet.interval = Duration::from_millis(200);
+    let chaos = Chaos::start(fleet).await;
+    let member = chaos.fleet.spawn(fleet::MEMBER, "");
+    let health = format!("nexus._core.edge.health.{}", fleet::MEMBER);
+    chaos.wait_landed(&health, 1, SETUP).await;
+    // Cut the member's uplink; its heartbeats queue in its outbox.
+    chaos.fleet.hub_nats.stop();
+    wait_until("the member notices its uplink is down", SETUP, async || {
+        member.log().contains("Link disconnected")
+    })
+    .await;
+    let queued_at_stop = member.log().matches("Heartbeat queued.").count();
+    wait_until("the member queues 10 more heartbeats", SETUP, async || {
+        member.log().matches("Heartbeat queued.").count() >= queued_at_stop + 10
+    })
+    .await;
+    member.kill();
+    // What the member had acknowledged and not yet delivered: its outbox, read after the
+    // crash (the agent holds an exclusive lock while it runs).
+    let backlog: Vec<String> = {
+        let outbox = Outbox::open(
+            &chaos.fleet.data_dir(fleet::MEMBER).join("outbox.db"),
+            OutboxOptions::new(u64::MAX),
+        )
+        .expect("the member's outbox opens after SIGKILL");
+        let batch = outbox.next_batch(100_000).await;
+        batch.iter().map(|(_, e)| e.event_id.to_string()).collect()
+    };
+    assert!(
+        backlog.len() >= 10,
+        "the outbox held only {} events at the kill",
+        backlog.len()
+    );
+    chaos.fleet.hub_nats.restart();
+    member.restart();
+    // Heartbeats are Control events: the backlog is sent oldest first; wait for the newest.
+    let newest = backlog.last().cloned().expect("non-empty");
+    wait_until(
+        "the member's newest queued heartbeat lands",
+        SETTLE,
+        async || chaos.read_landed(&health).await.contains_key(&newest),
+    )
+    .await;
+    eprintln!("heartbeats in the outbox at the kill: {}", backlog.len());
+    chaos
+        .assert_all_landed("member agent SIGKILL", &backlog, &health)
+        .await;
+}
+
+/// An event the root cannot land (its landing stream was deleted under it) is retried with
+/// backoff until JetStream has delivered it `ingress.max_deliver` times, then goes to the
+/// root's dead-letter store as `undeliverable`, with the attempts and first/last times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_failing_onward_max_deliver_times_is_dead_lettered() {
+    let chaos = Chaos::start_with(durable_fleet(), "[ingress]\nmax_deliver = 3\n", "").await;
+    chaos
+        .root_js
+        .delete_stream(LANDING)
+        .await
+        .expect("delete the landing stream");
+    let event = chaos.events(1).remove(0);
+    let id = event.event_id.to_string();
+    let acked = Arc::new(AtomicUsize::new(0));
+    tokio::time::timeout(SETUP, chaos.send(vec![event], acked))
+        .await
+        .expect("the hub acknowledges the event")
+        .expect("the sender does not panic");
+    let letter = wait_until("the root dead-letters the event", SETUP, async || {
+        let out = std::process::Command::new(nexus_e2e::agent_bin())
+            .args(["dlq", "list", "--json", "--reason", "undeliverable", "-c"])
+            .arg(chaos.root.config_path())
+            .output()
+            .expect("nexus-agent dlq runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| {
+                l["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.ends_with("salon-001.iot.chaos"))
+            })
+            .ok_or(text)
+    })
+    .await;
+    eprintln!("dead letter: {letter}");
+    assert_eq!(letter["reason"], "undeliverable", "{letter}");
+    assert_eq!(letter["attempts"], 3, "{letter}");
+    assert!(
+        letter["first_at"].as_str() <= letter["last_at"].as_str(),
+        "{letter}"
+    );
+    let show = std::process::Command::new(nexus_e2e::agent_bin())
+        .args(["dlq", "show", "-c"])
+        .arg(chaos.root.config_path())
+        .arg(letter["id"].to_string())
+        .output()
+        .expect("nexus-agent dlq show runs");
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        shown.contains(&id),
+        "the dead letter keeps the event: {shown}"
+    );
+    assert!(chaos.root.is_running(), "the root survives");
+}
+
+/// An event resent after an outage longer than every JetStream `duplicate_window` on its way
+/// (1 s here, at the hub's ingress, the root's ingress and the landing) passes every stream's
+/// dedup, and is still dropped at the root by the `NEXUS_LANDED` bucket of landed event_ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_resent_after_the_duplicate_window_lands_once() {
+    let short = "[ingress]\nduplicate_window = \"1s\"\n";
+    let chaos = Chaos::start_with(durable_fleet(), short, short).await;
+    let mut events = chaos.events(2);
+    let later = events.pop().expect("two");
+    let first = events.pop().expect("two");
+    let acked = Arc::new(AtomicUsize::new(0));
+    let send = async |events: Vec<SignedEvent>| {
+        tokio::time::timeout(SETUP, chaos.send(events, Arc::clone(&acked)))
+            .await
+            .expect("the hub acknowledges")
+            .expect("the sender does not panic");
+    };
+    send(vec![first.clone()]).await;
+    assert_eq!(chaos.wait_landed(CHAOS_SUBJECT, 1, SETUP).await, 1);
+    // The outage (scenario, not synchronisation): longer than every duplicate_window.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = chaos
+        .hub_js
+        .publish_with_headers(
+            subject::ingress_subject(&first.subject),
+            first.headers(),
+            first.body.clone(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck");
+    assert!(
+        !again.duplicate,
+        "the hub's ingress window is over: it stores the copy"
+    );
+    // One stream in order: once `later` has landed, the copy before it was processed.
+    send(vec![later.clone()]).await;
+    chaos.wait_landed(CHAOS_SUBJECT, 2, SETUP).await;
+    let copies = chaos.read_landed(CHAOS_SUBJECT).await;
+    let report = Report {
+        sent: 2,
+        landed: copies.len(),
+        lost: [&first, &later]
+            .iter()
+            .filter(|e| !copies.contains_key(&e.event_id))
+            .count(),
+        duplicates_in_stream: copies.values().map(|n| *n as usize).sum::<usize>() - copies.len(),
+        duplicates_after_dedup: 0,
+    };
+    eprintln!("resent after the window: {report:?}");
+    assert!(
+        report.lost == 0 && report.duplicates_in_stream == 0,
+        "the landing holds each event once: {report:?} {copies:?}"
+    );
+}
+
+/// The nats-server configs we ship for hub and root fsync before every PubAck
+/// (`sync_interval: always`) and are accepted by `nats-server -t`.
+#[test]
+fn the_shipped_nats_server_configs_fsync_before_acking() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/nats");
+    for name in ["hub.conf", "root.conf"] {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path).expect("shipped config");
+        assert!(
+            text.lines().any(|l| l.trim() == "sync_interval: always"),
+            "{name} must set `jetstream {{ sync_interval: always }}`"
+        );
+        let out = std::process::Command::new(nexus_e2e::nats_server_bin())
+            .arg("-c")
+            .arg(&path)
+            .arg("-t")
+            .output()
+            .expect("nats-server runs");
+        assert!(
+            out.status.success(),
+            "nats-server -t {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
