@@ -76,54 +76,7 @@ pub enum Command {
 pub enum TokenCommand {
     /// Issue a token for a node and write its chain (the new token first, then the parent
     /// chain). Prints the token id on stdout and a summary on stderr.
-    Issue {
-        /// The issuer's secret key: a trust anchor (root key) without --parent, else the key
-        /// the parent token was issued to.
-        #[arg(long, value_name = "ISSUER.key")]
-        key: PathBuf,
-        /// The issuer's own token chain: the new token hangs from it and can grant only
-        /// what it grants. Without it, the new token is a top token signed by a root key.
-        #[arg(long, value_name = "ISSUER.token")]
-        parent: Option<PathBuf>,
-        /// The node the token is for (1-64 chars of [a-z0-9_-]).
-        #[arg(long, value_name = "ID")]
-        node: String,
-        /// The node's public key: the `ed25519:…` text or the path of its .pub file.
-        #[arg(long, value_name = "PUBKEY")]
-        node_key: String,
-        /// The tenant the node is bound to; omit for a node serving every tenant (required
-        /// under a parent bound to a tenant).
-        #[arg(long, value_name = "T")]
-        tenant: Option<String>,
-        /// The node's tier.
-        #[arg(long, value_parser = ["member", "hub", "root"])]
-        role: String,
-        /// Subject patterns the node may publish (`*` one token, `>` the rest); repeatable.
-        #[arg(long, value_name = "PATTERN", num_args = 1..)]
-        publish: Vec<String>,
-        /// Subject patterns the node may receive; repeatable.
-        #[arg(long, value_name = "PATTERN", num_args = 1..)]
-        receive: Vec<String>,
-        /// How long the token is valid, from --not-before (e.g. 30d, 12h, 90m).
-        #[arg(long, value_name = "DURATION", default_value = "30d")]
-        ttl: String,
-        /// When the token becomes valid (RFC 3339); default now.
-        #[arg(long, value_name = "RFC3339")]
-        not_before: Option<String>,
-        /// Where to write the chain.
-        #[arg(long, value_name = "FILE")]
-        out: PathBuf,
-        /// Replace an existing file.
-        #[arg(long)]
-        force: bool,
-        /// After writing, record a `nexus._core.audit.cap_token_issued` event on this NATS
-        /// server's ingress stream (a hub's or the root's) and wait for its ack.
-        #[arg(long, value_name = "URL")]
-        server: Option<String>,
-        /// The node id the audit event comes from (its `source`).
-        #[arg(long, value_name = "ID", default_value = "root")]
-        issuer_id: String,
-    },
+    Issue(IssueArgs),
     /// Print every token of a chain, leaf first, in words (never key material).
     Inspect {
         /// The token chain file.
@@ -157,4 +110,55 @@ pub enum TokenCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+}
+
+/// The arguments of `token issue`.
+#[derive(Debug, clap::Args)]
+pub struct IssueArgs {
+    /// The issuer's secret key: a trust anchor (root key) without --parent, else the key
+    /// the parent token was issued to.
+    #[arg(long, value_name = "ISSUER.key")]
+    pub key: PathBuf,
+    /// The issuer's own token chain: the new token hangs from it and can grant only
+    /// what it grants. Without it, the new token is a top token signed by a root key.
+    #[arg(long, value_name = "ISSUER.token")]
+    pub parent: Option<PathBuf>,
+    /// The node the token is for (1-64 chars of [a-z0-9_-]).
+    #[arg(long, value_name = "ID")]
+    pub node: String,
+    /// The node's public key: the `ed25519:…` text or the path of its .pub file.
+    #[arg(long, value_name = "PUBKEY")]
+    pub node_key: String,
+    /// The tenant the node is bound to; omit for a node serving every tenant (required
+    /// under a parent bound to a tenant).
+    #[arg(long, value_name = "T")]
+    pub tenant: Option<String>,
+    /// The node's tier.
+    #[arg(long, value_parser = ["member", "hub", "root"])]
+    pub role: String,
+    /// Subject patterns the node may publish (`*` one token, `>` the rest); repeatable.
+    #[arg(long, value_name = "PATTERN", num_args = 1..)]
+    pub publish: Vec<String>,
+    /// Subject patterns the node may receive; repeatable.
+    #[arg(long, value_name = "PATTERN", num_args = 1..)]
+    pub receive: Vec<String>,
+    /// How long the token is valid, from --not-before (e.g. 30d, 12h, 90m).
+    #[arg(long, value_name = "DURATION", default_value = "30d")]
+    pub ttl: String,
+    /// When the token becomes valid (RFC 3339); default now.
+    #[arg(long, value_name = "RFC3339")]
+    pub not_before: Option<String>,
+    /// Where to write the chain.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Replace an existing file.
+    #[arg(long)]
+    pub force: bool,
+    /// After writing, record a `nexus._core.audit.cap_token_issued` event on this NATS
+    /// server's ingress stream (a hub's or the root's) and wait for its ack.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// The node id the audit event comes from (its `source`).
+    #[arg(long, value_name = "ID", default_value = "root")]
+    pub issuer_id: String,
 }

@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context as _};
 use async_nats::jetstream::message::PublishMessage;
 use clap::{Args, Subcommand};
 use nexus_config::{Config, Mode};
-use nexus_federation::deadletter::{DeadLetter, DeadLetterSummary, DeadLetters, Filter};
+use nexus_federation::deadletter::{DeadLetter, DeadLetterSummary, DeadLetters, Filter, STAGE_IOT};
 use nexus_federation::envelope::format_ts;
 use nexus_federation::Link;
 use serde_json::json;
@@ -376,6 +376,14 @@ async fn replay_one(store: &DeadLetters, link: &Link, id: u64) -> anyhow::Result
         .get(id)
         .map_err(|e| anyhow!("{e}"))?
         .ok_or_else(|| anyhow!("no such entry"))?;
+    if entry.stage == STAGE_IOT {
+        bail!(
+            "it is a raw MQTT message from topic `{}` that no rule could map; fix the [[iot.sensors]] \
+             rule and publish it to the broker again (`nexus-agent dlq show {id}` prints it), then \
+             purge it",
+            entry.subject
+        );
+    }
     if entry.is_truncated() {
         bail!(
             "its body was cut at {} of {} bytes when it was recorded; it cannot be replayed",

@@ -7,9 +7,8 @@
 //! Tokens carry no secrets, but the files next to them do: whatever reads a file here
 //! refuses a secret key file by its prefix and never prints its contents.
 
-use std::fs;
-use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::io::Write as _;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -23,7 +22,7 @@ use nexus_policies::{
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::cli::TokenCommand;
+use crate::cli::{IssueArgs, TokenCommand};
 use crate::keygen::load_secret;
 
 /// The audit event recorded by `issue --server`.
@@ -40,37 +39,7 @@ const PUBLIC_FILE_MAX_BYTES: u64 = 4096;
 /// Runs one `token` subcommand.
 pub fn run(command: TokenCommand) -> anyhow::Result<()> {
     match command {
-        TokenCommand::Issue {
-            key,
-            parent,
-            node,
-            node_key,
-            tenant,
-            role,
-            publish,
-            receive,
-            ttl,
-            not_before,
-            out,
-            force,
-            server,
-            issuer_id,
-        } => issue(&Issue {
-            key,
-            parent,
-            node,
-            node_key,
-            tenant,
-            role,
-            publish,
-            receive,
-            ttl,
-            not_before,
-            out,
-            force,
-            server,
-            issuer_id,
-        }),
+        TokenCommand::Issue(args) => issue(&args),
         TokenCommand::Inspect { file } => inspect(&file),
         TokenCommand::Verify { file, trust, at } => verify(&file, &trust, at.as_deref()),
         TokenCommand::Revoke {
@@ -91,28 +60,9 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The arguments of `token issue`, as given.
-#[derive(Debug)]
-struct Issue {
-    key: PathBuf,
-    parent: Option<PathBuf>,
-    node: String,
-    node_key: String,
-    tenant: Option<String>,
-    role: String,
-    publish: Vec<String>,
-    receive: Vec<String>,
-    ttl: String,
-    not_before: Option<String>,
-    out: PathBuf,
-    force: bool,
-    server: Option<String>,
-    issuer_id: String,
-}
-
 // ---- issue ----------------------------------------------------------------------------
 
-fn issue(args: &Issue) -> anyhow::Result<()> {
+fn issue(args: &IssueArgs) -> anyhow::Result<()> {
     // Everything that can be refused is checked before anything is written.
     if !args.force && args.out.exists() {
         bail!(
@@ -520,7 +470,7 @@ fn verify(file: &Path, trust: &[String], at: Option<&str>) -> anyhow::Result<()>
 
 /// Reads a chain file, refusing key files by their prefix without showing them.
 fn read_chain(path: &Path) -> anyhow::Result<Chain> {
-    let bytes = read_capped(path, MAX_CHAIN_BYTES as u64)
+    let bytes = nexus_config::read_capped(path, MAX_CHAIN_BYTES as u64)
         .with_context(|| format!("cannot read the token file {}", path.display()))?;
     if bytes.starts_with(SECRET_PREFIX.as_bytes()) {
         bail!(
@@ -545,7 +495,7 @@ fn parse_public_arg(flag: &str, arg: &str) -> anyhow::Result<PublicKey> {
         bail!("{flag} was given a SECRET key: give the public key (the .pub file) instead");
     }
     let path = Path::new(arg);
-    let bytes = read_capped(path, PUBLIC_FILE_MAX_BYTES).with_context(|| {
+    let bytes = nexus_config::read_capped(path, PUBLIC_FILE_MAX_BYTES).with_context(|| {
         format!("{flag} {arg:?} is neither an `ed25519:…` public key nor a readable .pub file")
     })?;
     if bytes.starts_with(SECRET_PREFIX.as_bytes()) {
@@ -605,23 +555,6 @@ fn new_token_id() -> anyhow::Result<TokenId> {
     let mut id = [0u8; 16];
     getrandom::getrandom(&mut id).map_err(|e| anyhow!("the OS random source failed: {e}"))?;
     Ok(TokenId(id))
-}
-
-/// Reads at most `max` bytes of `path`; a larger file is an error.
-fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    let file = fs::File::open(path)?;
-    if file.metadata()?.is_dir() {
-        return Err(std::io::Error::other("it is a directory"));
-    }
-    let mut bytes = Vec::new();
-    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {max} bytes"),
-        ));
-    }
-    Ok(bytes)
 }
 
 // ---- formatting -----------------------------------------------------------------------
@@ -705,9 +638,9 @@ mod tests {
         let secret = SecretKey::from_seed(&[3; 32]).expect("key");
         let public = secret.public();
         let pub_file = dir.path().join("n.key.pub");
-        fs::write(&pub_file, format!("{public}\n")).expect("write");
+        std::fs::write(&pub_file, format!("{public}\n")).expect("write");
         let secret_file = dir.path().join("n.key");
-        fs::write(&secret_file, secret.to_file_text().as_bytes()).expect("write");
+        std::fs::write(&secret_file, secret.to_file_text().as_bytes()).expect("write");
 
         assert_eq!(
             parse_public_arg("--node-key", &public.to_string()).expect("text"),

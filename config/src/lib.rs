@@ -60,6 +60,7 @@ pub use error::{ConfigError, ConfigErrors, ErrorKind, Origin};
 pub use figment::Figment;
 pub use model::*;
 pub use redact::redact_url;
+pub use validate::read_capped;
 
 /// Loads the config file at `path`, applies `NEXUS_` environment overrides, and validates
 /// the result. Relative paths inside it are resolved against its directory.

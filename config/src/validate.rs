@@ -1973,7 +1973,7 @@ fn role_of(mode: Mode) -> Role {
 
 /// Reads at most `max` bytes of `path`; a larger file is an error (`InvalidData`), so a
 /// mistaken path to a huge file costs nothing.
-fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     let file = std::fs::File::open(path)?;
     if file.metadata()?.is_dir() {
         return Err(std::io::Error::other("it is a directory"));

@@ -346,3 +346,27 @@ async fn replay_without_a_reachable_ingress_fails_and_keeps_everything() {
     );
     assert!(store.get(id).expect("get").is_some());
 }
+
+/// An IoT dead letter is a raw MQTT payload, not an envelope: replaying it into the
+/// federation would be wrong, so `replay` refuses it, says what to do, and keeps it.
+#[tokio::test]
+async fn replay_refuses_an_iot_dead_letter_and_keeps_it() {
+    let server = NatsServer::start();
+    let node = Node::new(&server.url());
+    let store = node.store();
+    let raw = DeadLetter::new(
+        nexus_federation::deadletter::STAGE_IOT,
+        "not_a_number",
+        "`warm` is not a number",
+        "sensors/t-1/temperature",
+        Vec::new(),
+        b"warm".to_vec(),
+        OffsetDateTime::now_utc(),
+    );
+    let id = store.record(raw).await.expect("record");
+    let out = node.dlq(&["replay", &id.to_string()]);
+    assert_exit(&out, 1, "replay of an IoT entry");
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(said.contains("iot.sensors"), "{said}");
+    assert!(store.get(id).expect("get").is_some(), "the entry is kept");
+}

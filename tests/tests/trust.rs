@@ -334,49 +334,36 @@ async fn another_nodes_valid_token_replayed_is_refused() {
     .await;
 }
 
+/// A node `edge-msk-09` with a chain under the hub's granting `publish` during `window`
+/// sends one reading, which must be refused for `reason`.
+async fn a_child_token_is_refused(publish: &[&str], window: (i64, i64), reason: &str) {
+    let mut hub = Hub::start("").await;
+    let key = SecretKey::from_seed(&[10; 32]).expect("key");
+    let chain = child_chain(&hub.fleet, &key.public(), publish, window);
+    present(&hub, &key.public(), &chain).await;
+    let envelope = hub.event("edge-msk-09", Some(fleet::TENANT), "iot.sensor_data");
+    let bad = SignedEvent::seal(&envelope, Encoding::Json, &key).expect("seal");
+    hub.assert_refused(async |h| h.send(&bad).await, &bad.event_id, reason)
+        .await;
+}
+
 /// A token whose window ended a day ago.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_token_is_refused() {
-    let mut hub = Hub::start("").await;
-    let key = SecretKey::from_seed(&[10; 32]).expect("key");
-    let chain = child_chain(
-        &hub.fleet,
-        &key.public(),
+    a_child_token_is_refused(
         &["nexus.salon-001.>"],
         (now() - 3 * 86_400, now() - 86_400),
-    );
-    present(&hub, &key.public(), &chain).await;
-    let bad = SignedEvent::seal(
-        &hub.event("edge-msk-09", Some(fleet::TENANT), "iot.sensor_data"),
-        Encoding::Json,
-        &key,
+        "token_expired",
     )
-    .expect("seal");
-    hub.assert_refused(async |h| h.send(&bad).await, &bad.event_id, "token_expired")
-        .await;
+    .await;
 }
 
 /// A token valid only from tomorrow.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_not_yet_valid_token_is_refused() {
-    let mut hub = Hub::start("").await;
-    let key = SecretKey::from_seed(&[11; 32]).expect("key");
-    let chain = child_chain(
-        &hub.fleet,
-        &key.public(),
+    a_child_token_is_refused(
         &["nexus.salon-001.>"],
         (now() + 86_400, now() + 2 * 86_400),
-    );
-    present(&hub, &key.public(), &chain).await;
-    let bad = SignedEvent::seal(
-        &hub.event("edge-msk-09", Some(fleet::TENANT), "iot.sensor_data"),
-        Encoding::Json,
-        &key,
-    )
-    .expect("seal");
-    hub.assert_refused(
-        async |h| h.send(&bad).await,
-        &bad.event_id,
         "token_not_yet_valid",
     )
     .await;
@@ -385,24 +372,9 @@ async fn a_not_yet_valid_token_is_refused() {
 /// A member token wider than its hub's (signed by the hub key, so only attenuation fails).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_token_wider_than_its_hubs_is_refused() {
-    let mut hub = Hub::start("").await;
-    let key = SecretKey::from_seed(&[12; 32]).expect("key");
-    let chain = child_chain(
-        &hub.fleet,
-        &key.public(),
+    a_child_token_is_refused(
         &["nexus.>"],
         (now() - 60, now() + 86_400),
-    );
-    present(&hub, &key.public(), &chain).await;
-    let bad = SignedEvent::seal(
-        &hub.event("edge-msk-09", Some(fleet::TENANT), "iot.sensor_data"),
-        Encoding::Json,
-        &key,
-    )
-    .expect("seal");
-    hub.assert_refused(
-        async |h| h.send(&bad).await,
-        &bad.event_id,
         "token_over_reaching",
     )
     .await;
