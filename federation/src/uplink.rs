@@ -123,13 +123,19 @@ impl Uplink {
         let mut attempt = 0u32;
         let mut presented = None;
         loop {
+            // The batch is read only once the link is up, and read again after an outage:
+            // a batch held across an outage would go out ignoring what happened to the
+            // outbox meanwhile (priorities, drop_oldest, expiry).
+            if !self.link.wait_connected(&shutdown).await {
+                break;
+            }
             // Cancel safety: `next_batch` removes nothing; `wait_connected` only watches.
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 batch = self.outbox.next_batch(self.batch) => batch,
             };
-            if !self.link.wait_connected(&shutdown).await {
-                break;
+            if !self.link.state().connected {
+                continue;
             }
             let failed = if self.present(&mut presented, &mut log).await {
                 self.send(&batch, &mut counters, &mut log).await
