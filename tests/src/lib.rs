@@ -18,12 +18,14 @@
 //! - [`mosquitto`]: [`Mosquitto`], a persistent mosquitto broker on a free port.
 //! - [`agent`]: [`AgentProcess`] (`nexus-agent run`) and [`keygen`].
 //! - [`fleet`]: [`Fleet`], root + hub + member with keys and CLI-issued tokens.
+//! - [`landing`]: a member-like uplink into a hub's ingress; readers of the root's landing.
 //! - [`wait`]: [`wait_until`], [`assert_eventually!`], [`collect_until`], [`payload_json`].
 //! - `process`: the owned-child plumbing all of them share (signals, bounded waits, logs).
 
 pub mod agent;
 pub mod bins;
 pub mod fleet;
+pub mod landing;
 pub mod mosquitto;
 pub mod nats;
 mod process;

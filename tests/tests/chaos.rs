@@ -18,16 +18,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
+use async_nats::jetstream;
 use bytes::Bytes;
-use futures::StreamExt as _;
+use nexus_e2e::landing::{landed_count, member_uplink, read_landed, LANDING};
 use nexus_e2e::{fleet, wait_until, AgentProcess, Fleet, NatsServer};
 use nexus_federation::trust::{key_id, CHAINS_BUCKET};
 use nexus_federation::{subject, Encoding, Envelope, Outbox, OutboxOptions, SignedEvent};
 use nexus_policies::SecretKey;
 
-/// The root's landing stream (every `nexus.>` event).
-const LANDING: &str = "NEXUS_EVENTS";
 /// The subject of the test's events.
 const CHAOS_SUBJECT: &str = "nexus.salon-001.iot.chaos";
 /// Setup steps (agents up, streams ready).
@@ -36,8 +34,6 @@ const SETUP: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_secs(60);
 /// Events sent by the volume tests.
 const EVENTS: usize = 5_000;
-/// Events per batch of the test's uplink (as `outbox.batch`).
-const BATCH: usize = 256;
 
 /// Root and hub agents on durable servers, a connection to each server, the member's key.
 struct Chaos {
@@ -121,7 +117,7 @@ impl Chaos {
     /// Starts the test's uplink: sends `events` into the hub's ingress in batches, each
     /// event until its PubAck. `acked` counts the events acknowledged so far.
     fn send(&self, events: Vec<SignedEvent>, acked: Arc<AtomicUsize>) -> Sender {
-        tokio::spawn(uplink(
+        tokio::spawn(member_uplink(
             self.hub_client.clone(),
             self.hub_js.clone(),
             events,
@@ -131,16 +127,7 @@ impl Chaos {
 
     /// How many messages the landing stream holds on `filter` (cheap: stream info).
     async fn landed_count(&self, filter: &str) -> usize {
-        let Ok(stream) = self.root_js.get_stream(LANDING).await else {
-            return 0;
-        };
-        let Ok(subjects) = stream.info_with_subjects(filter).await else {
-            return 0;
-        };
-        subjects
-            .filter_map(|s| async move { s.ok() })
-            .fold(0, |sum, (_, n)| async move { sum + n })
-            .await
+        landed_count(&self.root_js, filter).await
     }
 
     /// Waits (bounded) until the landing stream holds at least `n` messages on `filter`;
@@ -159,33 +146,7 @@ impl Chaos {
     /// Reads every message on `filter` in the landing stream, as a consumer would, and
     /// counts the copies of each event_id.
     async fn read_landed(&self, filter: &str) -> HashMap<String, u32> {
-        let mut copies = HashMap::new();
-        if self.landed_count(filter).await == 0 {
-            return copies;
-        }
-        let stream = self.root_js.get_stream(LANDING).await.expect("landing");
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: filter.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .expect("ordered consumer");
-        let mut messages = consumer.messages().await.expect("messages");
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
-                .await
-                .expect("the landing stream answers within 10 s")
-                .expect("the consumer does not end")
-                .expect("a message");
-            let body: serde_json::Value =
-                serde_json::from_slice(&next.payload).expect("a JSON envelope");
-            let id = body["event_id"].as_str().expect("event_id").to_owned();
-            *copies.entry(id).or_insert(0) += 1;
-            if next.info().expect("JetStream info").pending == 0 {
-                return copies;
-            }
-        }
+        read_landed(&self.root_js, filter).await
     }
 
     /// Compares what landed with `sent`; panics with every count unless nothing was lost
@@ -243,58 +204,6 @@ type Sender = tokio::task::JoinHandle<usize>;
 fn tail(log: &str, n: usize) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// The member's uplink, in the test: a batch of JetStream publishes, then every PubAck;
-/// what was not acked is sent again after a short backoff. While the client is
-/// disconnected it waits for the link instead of queueing into the client. Returns the
-/// number of publish attempts beyond one per event.
-async fn uplink(
-    client: async_nats::Client,
-    js: jetstream::Context,
-    events: Vec<SignedEvent>,
-    acked: Arc<AtomicUsize>,
-) -> usize {
-    let mut resent = 0;
-    for chunk in events.chunks(BATCH) {
-        let mut pending: Vec<&SignedEvent> = chunk.iter().collect();
-        let mut first = true;
-        while !pending.is_empty() {
-            if !first {
-                resent += pending.len();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            first = false;
-            while client.connection_state() != async_nats::connection::State::Connected {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let mut acks = Vec::with_capacity(pending.len());
-            for event in &pending {
-                let message = PublishMessage::build()
-                    .payload(event.body.clone())
-                    .headers(event.headers());
-                acks.push(
-                    js.send_publish(subject::ingress_subject(&event.subject), message)
-                        .await,
-                );
-            }
-            let results = futures::future::join_all(acks.into_iter().map(|sent| async move {
-                match sent {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
-                }
-            }))
-            .await;
-            let before = pending.len();
-            pending = pending
-                .into_iter()
-                .zip(results)
-                .filter_map(|(event, ok)| (!ok).then_some(event))
-                .collect();
-            acked.fetch_add(before - pending.len(), Ordering::SeqCst);
-        }
-    }
-    resent
 }
 
 fn ids(events: &[SignedEvent]) -> Vec<String> {

@@ -8,21 +8,19 @@
 //! `tests/tests/chaos.rs` does: it signs events with the member's key and JetStream-publishes
 //! them into the hub's ingress, each until its PubAck.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
+use async_nats::jetstream;
 use bytes::Bytes;
-use futures::StreamExt as _;
+use nexus_e2e::landing::{landed_count, member_uplink, read_landed, wait_landed, LANDING};
 use nexus_e2e::{fleet, wait_until, AgentProcess, Fleet, NatsServer};
 use nexus_federation::trust::{key_id, CHAINS_BUCKET};
-use nexus_federation::{subject, Encoding, Envelope, SignedEvent};
+use nexus_federation::{Encoding, Envelope, SignedEvent};
 use nexus_policies::SecretKey;
 
-/// The root's landing stream (every `nexus.>` event).
-const LANDING: &str = "NEXUS_EVENTS";
 /// The subject of the test's events.
 const SUBJECT: &str = "nexus.salon-001.iot.scale";
 /// Setup steps (agents up, streams ready).
@@ -32,8 +30,6 @@ const SETUP: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_secs(90);
 /// Events sent.
 const EVENTS: usize = 2_000;
-/// Events per batch of the test's uplink.
-const BATCH: usize = 256;
 
 fn durable_server() -> NatsServer {
     NatsServer::builder().sync_always().start()
@@ -62,103 +58,6 @@ fn events(member: &SecretKey, from: usize, n: usize) -> Vec<SignedEvent> {
         .collect()
 }
 
-/// The member's uplink, in the test: a batch of JetStream publishes, then every PubAck;
-/// what was not acked is sent again after a short backoff. `acked` counts acknowledged
-/// events.
-async fn uplink(js: jetstream::Context, events: Vec<SignedEvent>, acked: Arc<AtomicUsize>) {
-    for chunk in events.chunks(BATCH) {
-        let mut pending: Vec<&SignedEvent> = chunk.iter().collect();
-        let mut first = true;
-        while !pending.is_empty() {
-            if !first {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            first = false;
-            let mut acks = Vec::with_capacity(pending.len());
-            for event in &pending {
-                let message = PublishMessage::build()
-                    .payload(event.body.clone())
-                    .headers(event.headers());
-                acks.push(
-                    js.send_publish(subject::ingress_subject(&event.subject), message)
-                        .await,
-                );
-            }
-            let results = futures::future::join_all(acks.into_iter().map(|sent| async move {
-                match sent {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
-                }
-            }))
-            .await;
-            let before = pending.len();
-            pending = pending
-                .into_iter()
-                .zip(results)
-                .filter_map(|(event, ok)| (!ok).then_some(event))
-                .collect();
-            acked.fetch_add(before - pending.len(), Ordering::SeqCst);
-        }
-    }
-}
-
-/// How many messages the landing stream holds on `SUBJECT` (stream info).
-async fn landed_count(root_js: &jetstream::Context) -> usize {
-    let Ok(stream) = root_js.get_stream(LANDING).await else {
-        return 0;
-    };
-    let Ok(subjects) = stream.info_with_subjects(SUBJECT).await else {
-        return 0;
-    };
-    subjects
-        .filter_map(|s| async move { s.ok() })
-        .fold(0, |sum, (_, n)| async move { sum + n })
-        .await
-}
-
-/// Waits (bounded) until the landing holds at least `n`; returns the last count seen.
-async fn wait_landed(root_js: &jetstream::Context, n: usize, deadline: Duration) -> usize {
-    let end = Instant::now() + deadline;
-    loop {
-        let count = landed_count(root_js).await;
-        if count >= n || Instant::now() >= end {
-            return count;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Every message on `SUBJECT` in the landing, read as a consumer would: copies per event_id.
-async fn read_landed(root_js: &jetstream::Context) -> HashMap<String, u32> {
-    let mut copies = HashMap::new();
-    if landed_count(root_js).await == 0 {
-        return copies;
-    }
-    let stream = root_js.get_stream(LANDING).await.expect("landing");
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: SUBJECT.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .expect("ordered consumer");
-    let mut messages = consumer.messages().await.expect("messages");
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .expect("the landing stream answers within 10 s")
-            .expect("the consumer does not end")
-            .expect("a message");
-        let body: serde_json::Value =
-            serde_json::from_slice(&next.payload).expect("a JSON envelope");
-        let id = body["event_id"].as_str().expect("event_id").to_owned();
-        *copies.entry(id).or_insert(0) += 1;
-        if next.info().expect("JetStream info").pending == 0 {
-            return copies;
-        }
-    }
-}
-
 /// Two instances of the hub (same config, different data dirs) share its ingress consumer.
 /// Instance A alone forwards the first events; B joins the same durable consumer while A
 /// runs; A is SIGKILLed while the second half is still being sent, and B finishes: all
@@ -170,7 +69,8 @@ async fn two_hub_instances_share_the_ingress_and_lose_nothing() {
     let fleet = Fleet::with_servers(durable_server(), durable_server(), NatsServer::start());
     let root = fleet.spawn(fleet::ROOT, "");
     let hub_a = fleet.spawn(fleet::HUB, "");
-    let hub_js = jetstream::new(fleet.hub_nats.client().await);
+    let hub_client = fleet.hub_nats.client().await;
+    let hub_js = jetstream::new(hub_client.clone());
     let root_js = jetstream::new(fleet.root_nats.client().await);
     let registry = wait_until("the hub's chain registry exists", SETUP, async || {
         hub_js.get_key_value(CHAINS_BUCKET).await
@@ -200,8 +100,13 @@ async fn two_hub_instances_share_the_ingress_and_lose_nothing() {
 
     // Phase 1: instance A alone.
     let acked = Arc::new(AtomicUsize::new(0));
-    let sender = tokio::spawn(uplink(hub_js.clone(), first, Arc::clone(&acked)));
-    let by_a_alone = wait_landed(&root_js, EVENTS / 4, SETTLE).await;
+    let sender = tokio::spawn(member_uplink(
+        hub_client.clone(),
+        hub_js.clone(),
+        first,
+        Arc::clone(&acked),
+    ));
+    let by_a_alone = wait_landed(&root_js, SUBJECT, EVENTS / 4, SETTLE).await;
     assert!(
         by_a_alone >= EVENTS / 4,
         "only {by_a_alone} of {EVENTS} landed through instance A\nhub A log tail:\n{}",
@@ -226,7 +131,12 @@ async fn two_hub_instances_share_the_ingress_and_lose_nothing() {
         .await
         .expect("the first half is acknowledged by the hub's server")
         .expect("the sender does not panic");
-    let sender = tokio::spawn(uplink(hub_js.clone(), second, Arc::clone(&acked)));
+    let sender = tokio::spawn(member_uplink(
+        hub_client.clone(),
+        hub_js.clone(),
+        second,
+        Arc::clone(&acked),
+    ));
     wait_until(
         "a tenth of the second half is acknowledged by the hub's server",
         SETUP,
@@ -236,15 +146,15 @@ async fn two_hub_instances_share_the_ingress_and_lose_nothing() {
 
     // Phase 3: A is SIGKILLed mid-stream; B finishes alone.
     hub_a.kill();
-    let at_kill = landed_count(&root_js).await;
+    let at_kill = landed_count(&root_js, SUBJECT).await;
     let acked_at_kill = acked.load(Ordering::SeqCst);
     tokio::time::timeout(SETTLE, sender)
         .await
         .expect("every event is acknowledged by the hub's server")
         .expect("the sender does not panic");
-    let landed = wait_landed(&root_js, EVENTS, SETTLE).await;
+    let landed = wait_landed(&root_js, SUBJECT, EVENTS, SETTLE).await;
 
-    let copies = read_landed(&root_js).await;
+    let copies = read_landed(&root_js, SUBJECT).await;
     let lost: Vec<&String> = sent.iter().filter(|id| !copies.contains_key(*id)).collect();
     let delivered = copies.keys().filter(|id| sent.contains(*id)).count();
     let in_stream: u32 = copies
