@@ -8,7 +8,7 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nexus_policies::{Acl, Action, PublicKey};
+use nexus_policies::{Acl, Action, PublicKey, SubjectPattern, SubjectRewrite};
 
 /// A validated nexus-agent configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +38,11 @@ pub struct Config {
     /// `[iot]` with its `[[iot.sensors]]`: the MQTT bridge. Member only; requires
     /// `node.tenant` (sensor data are tenant events).
     pub iot: Option<IotConfig>,
+    /// `[bridge]` with its `[[bridge.up]]` and `[[bridge.down]]` rules: local apps'
+    /// subjects up as events, commands down as local requests. Empty rules by default.
+    pub bridge: BridgeConfig,
+    /// `[landing]` with its `[[landing.domains]]` (root): where events land.
+    pub landing: LandingConfig,
 }
 
 /// Which tier this agent serves.
@@ -435,4 +440,123 @@ pub struct MetricRule {
     pub pointer: String,
     /// `unit`: the unit reported with it (`°C`, `%`, `W`), at most 32 chars; may be empty.
     pub unit: String,
+}
+
+/// `[bridge]`: the door between local apps (on `[local]`'s NATS) and the federation.
+/// Rules need `[local]`; `[[bridge.up]]` rules need `node.tenant` (app events are tenant
+/// events).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BridgeConfig {
+    /// `[[bridge.up]]`: local subjects published as federated events, in order; the first
+    /// rule whose `local` pattern matches a subject decides.
+    pub up: Vec<UpRule>,
+    /// `[[bridge.down]]`: commands delivered to local apps as NATS requests, in order; the
+    /// first rule whose `command` pattern matches decides.
+    pub down: Vec<DownRule>,
+    /// `bridge.max_payload`: the largest local message accepted (bytes, 1..=1048576);
+    /// larger ones are refused with a reply. Default 256 KiB.
+    pub max_payload: usize,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            up: Vec::new(),
+            down: Vec::new(),
+            max_payload: 256 * 1024,
+        }
+    }
+}
+
+/// How a bridged event's envelope is encoded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BridgeEncoding {
+    /// `json` (default): any NATS consumer reads it.
+    #[default]
+    Json,
+    /// `cbor`: smaller, for metered uplinks.
+    Cbor,
+}
+
+/// One `[[bridge.up]]` rule: `local = "app.booking.*"`, `event = "booking.*"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpRule {
+    /// `local` → `event`: a local subject pattern (not under `_nexus.`) and the event name
+    /// it becomes, with the same wildcards in the same order (`app.booking.*` →
+    /// `booking.*`); the event name has at least two tokens and is not in a reserved
+    /// domain (`agent`, `edge`, `audit`).
+    pub rewrite: SubjectRewrite,
+    /// `encoding`: `json` (default) or `cbor`.
+    pub encoding: BridgeEncoding,
+}
+
+/// One `[[bridge.down]]` rule: `command = "booking.*"`, `local = "app.cmd.booking.*"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DownRule {
+    /// `command` → `local`: a command name pattern (two or more tokens, not under the
+    /// built-in `agent.` commands) and the local subject the request goes to, with the same
+    /// wildcards in the same order.
+    pub rewrite: SubjectRewrite,
+    /// `timeout`: the longest a local app may take to answer (the caller's own deadline
+    /// may be shorter). Default 5 s.
+    pub timeout: Duration,
+}
+
+/// `[landing]` (root): every event lands first in the journal stream (the dedup point),
+/// and from there in the domain streams that select it (JetStream sources: domain streams
+/// may overlap, and each has its own retention).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LandingConfig {
+    /// `landing.stream`: the journal, capturing `nexus.>`. Default `NEXUS_EVENTS`.
+    pub stream: String,
+    /// `landing.max_age`: how long the journal keeps events. Default 30 days.
+    pub max_age: Duration,
+    /// `landing.max_bytes`: the journal's byte limit (oldest dropped first). Default
+    /// unlimited.
+    pub max_bytes: Option<i64>,
+    /// `[[landing.domains]]`. Default: `NEXUS_CORE` (`nexus._core.>`, 90 days) and
+    /// `NEXUS_IOT` (`nexus.*.iot.>`, 30 days). An explicit empty list (`domains = []`)
+    /// keeps the journal only.
+    pub domains: Vec<LandingDomain>,
+}
+
+/// One `[[landing.domains]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LandingDomain {
+    /// `name`: the stream's name (a JetStream name, not the journal's).
+    pub name: String,
+    /// `subjects`: event subject patterns under `nexus.` it selects from the journal.
+    pub subjects: Vec<SubjectPattern>,
+    /// `max_age`: how long it keeps events. Required.
+    pub max_age: Duration,
+    /// `max_bytes`: its byte limit (oldest dropped first). Default unlimited.
+    pub max_bytes: Option<i64>,
+}
+
+impl LandingConfig {
+    /// The defaults: the journal 30 days, core events 90 days, IoT data 30 days.
+    pub fn defaults() -> Self {
+        let days = |d: u64| Duration::from_secs(d * 24 * 60 * 60);
+        let domain = |name: &str, subject: &str, max_age| LandingDomain {
+            name: name.to_owned(),
+            subjects: vec![SubjectPattern::parse(subject).expect("a valid built-in pattern")],
+            max_age,
+            max_bytes: None,
+        };
+        Self {
+            stream: "NEXUS_EVENTS".to_owned(),
+            max_age: days(30),
+            max_bytes: None,
+            domains: vec![
+                domain("NEXUS_CORE", "nexus._core.>", days(90)),
+                domain("NEXUS_IOT", "nexus.*.iot.>", days(30)),
+            ],
+        }
+    }
+}
+
+impl Default for LandingConfig {
+    fn default() -> Self {
+        Self::defaults()
+    }
 }

@@ -320,6 +320,8 @@ impl Reader<'_> {
             ingress,
             dead_letter,
             iot,
+            bridge: crate::model::BridgeConfig::default(),
+            landing: crate::model::LandingConfig::default(),
         })
     }
 

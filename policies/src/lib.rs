@@ -14,6 +14,7 @@
 //! - `keys`: Ed25519 public/secret keys, signatures and their text forms.
 //! - `ids`: node and tenant id rules (`[a-z0-9_-]{1,64}`; `local` is reserved).
 //! - `pattern`: NATS subject patterns: parse, `matches`, `covers` (the subset test).
+//! - `rewrite`: subject rewrites of bridge rules (`app.booking.*` → `booking.*`).
 //! - `acl`: the operator's `[[acl]]` rules: deny wins, default deny, decisions name a rule.
 //! - `token`: capability tokens: claims, CBOR wire form, issuing with attenuation, chain
 //!   verification up to a trust anchor, the verification cache, revocation lists.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod ids;
 pub mod keys;
 pub mod pattern;
+pub mod rewrite;
 pub mod token;
 
 pub use acl::{Acl, AclRule, Action, Decision, Principal};
@@ -33,6 +35,7 @@ pub use clock::{ClockGuard, EffectiveNow, TimeSource, UnixTime, BUILD_FLOOR};
 pub use error::{AclError, BrokenLink, ClockError, KeyError, PatternError, TokenError};
 pub use keys::{PublicKey, SecretKey, Signature};
 pub use pattern::SubjectPattern;
+pub use rewrite::{RewriteError, SubjectRewrite};
 pub use token::{
     Chain, ChainCache, Claims, RevocationList, RevocationSet, Role, Token, TokenId, VerifiedGrant,
     Verifier,
