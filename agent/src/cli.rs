@@ -55,6 +55,43 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// Send a command to a node and print its reply (from the root or a hub, with its
+    /// config: the command is signed with its key and token). Exit 0 on an `ok` reply,
+    /// 1 on an error reply, a timeout, or when no agent answers.
+    Request {
+        /// The config of the node sending the command (its [local] NATS, key and token).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The node the command is for.
+        node: String,
+        /// The command: a built-in (agent.ping, agent.health, agent.token.rotate) or one a
+        /// [[bridge.down]] rule of the node maps to a local app.
+        command: String,
+        /// The command's data: a JSON object.
+        #[arg(long, value_name = "JSON")]
+        data: Option<String>,
+        /// How long to wait for the reply (the command expires then, too).
+        #[arg(long, value_name = "DURATION", default_value = "5s")]
+        timeout: String,
+        /// Print the whole reply envelope as JSON instead of its payload.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish a signed event from this node (straight into the next tier's ingress,
+    /// acknowledged durably); prints its event id.
+    Publish {
+        /// The config of the node publishing (its key, token, tenant and NATS links).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The event name, e.g. booking.created (a tenant event if the node has a tenant).
+        event: String,
+        /// The payload: a JSON object.
+        #[arg(long, value_name = "JSON")]
+        data: Option<String>,
+        /// Encode the envelope as CBOR instead of JSON.
+        #[arg(long)]
+        cbor: bool,
+    },
     /// List, show, replay and purge this node's dead letters (rejected or undeliverable
     /// messages kept in `{data_dir}/deadletter.db`).
     Dlq {

@@ -16,7 +16,9 @@ use anyhow::{anyhow, bail, Context as _};
 use async_nats::jetstream::message::PublishMessage;
 use clap::{Args, Subcommand};
 use nexus_config::{Config, Mode};
-use nexus_federation::deadletter::{DeadLetter, DeadLetterSummary, DeadLetters, Filter, STAGE_IOT};
+use nexus_federation::deadletter::{
+    DeadLetter, DeadLetterSummary, DeadLetters, Filter, STAGE_BRIDGE, STAGE_COMMAND, STAGE_IOT,
+};
 use nexus_federation::envelope::format_ts;
 use nexus_federation::Link;
 use serde_json::json;
@@ -383,6 +385,15 @@ async fn replay_one(store: &DeadLetters, link: &Link, id: u64) -> anyhow::Result
              purge it",
             entry.subject
         );
+    }
+    if entry.stage == STAGE_BRIDGE {
+        bail!(
+            "it is a local app's message on `{}` that the subject bridge refused (see its reason);              fix the [[bridge.up]] rule, the [[acl]] or the token, have the app publish it again              (`nexus-agent dlq show {id}` prints it), then purge it",
+            entry.subject
+        );
+    }
+    if entry.stage == STAGE_COMMAND {
+        bail!("it is a refused command; commands are not replayed (they expire): send it again with `nexus-agent request`");
     }
     if entry.is_truncated() {
         bail!(

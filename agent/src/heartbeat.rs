@@ -36,13 +36,15 @@ pub struct Heartbeat {
     pub outbox: Outbox,
     /// The watch over children (hub, root).
     pub children: Option<Children>,
+    /// When the agent started (uptime).
+    pub started: Instant,
+    /// The host's figures, shared with `agent.health` answers.
+    pub host: HostProbe,
 }
 
 impl Heartbeat {
     /// Emits a heartbeat now and every `interval` until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let started = Instant::now();
-        let mut host = Host::new();
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut full_warned = false;
@@ -58,7 +60,7 @@ impl Heartbeat {
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            let payload = self.payload(started.elapsed(), &mut host);
+            let payload = self.snapshot();
             let envelope = Envelope::new(
                 EVENT_NAME,
                 &self.node_id,
@@ -87,8 +89,10 @@ impl Heartbeat {
         }
     }
 
-    fn payload(&self, uptime: Duration, host: &mut Host) -> Map<String, Value> {
-        let (cpu_pct, mem_pct) = host.sample();
+    /// A fresh heartbeat payload (also the answer to `agent.health`).
+    pub fn snapshot(&self) -> Map<String, Value> {
+        let uptime = self.started.elapsed();
+        let (cpu_pct, mem_pct) = self.host.sample();
         let links: Vec<&Link> = self.uplink.iter().chain(self.local.iter()).collect();
         let degraded = links.iter().any(|link| !link.state().connected);
         let outbox = self.outbox.stats();
@@ -139,6 +143,34 @@ fn link_json(state: &LinkState) -> Value {
 
 fn round1(value: f32) -> f64 {
     (f64::from(value) * 10.0).round() / 10.0
+}
+
+/// The host's CPU and memory figures, shared by whoever samples them.
+#[derive(Clone)]
+pub struct HostProbe(Arc<Mutex<Host>>);
+
+impl std::fmt::Debug for HostProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostProbe")
+    }
+}
+
+impl HostProbe {
+    /// Starts sampling (the first CPU figure covers the time since this call).
+    pub fn new() -> Self {
+        Self(Arc::new(Mutex::new(Host::new())))
+    }
+
+    /// CPU % since the previous sample, memory in use %.
+    fn sample(&self) -> (f32, f32) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).sample()
+    }
+}
+
+impl Default for HostProbe {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The host's CPU and memory figures (sysinfo), refreshed per sample.
@@ -250,6 +282,13 @@ impl Children {
             }
         }
         (online, offline)
+    }
+
+    /// Whether `node_id` is a child heard before, and if so whether it is online now.
+    pub fn online(&self, node_id: &str) -> Option<bool> {
+        let seen = self.seen.lock().ok()?;
+        seen.get(node_id)
+            .map(|state| state.last.elapsed() <= self.offline_after)
     }
 
     fn census(&self) -> (usize, usize) {

@@ -11,14 +11,18 @@
 //! - `token_cmd`: `token issue | inspect | verify`.
 //! - `trust_setup`: own token chain, trust clock and known revocations at start.
 //! - `revoke`: `token revoke`, the fleet's signed revocation list.
+//! - `commands`: commands to this node (built-ins, `[[bridge.down]]`) and hub routing.
+//! - `request_cmd`: `request` (commands) and `publish` (events) for operators.
 //! - `rejections`: refused messages → dead letters and audit events.
 //! - `dlq`: `dlq list | show | replay | purge`, the dead-letter store for operators.
 
 mod cli;
+mod commands;
 mod dlq;
 mod heartbeat;
 mod keygen;
 mod rejections;
+mod request_cmd;
 mod revoke;
 mod run;
 mod tail;
@@ -56,6 +60,45 @@ fn main() -> ExitCode {
             Err(error) => failed(&error),
         },
         Command::Dlq { command } => dlq::main(command),
+        Command::Request {
+            config,
+            node,
+            command,
+            data,
+            timeout,
+            json,
+        } => {
+            let config = match nexus_config::load(&config) {
+                Ok(config) => config,
+                Err(errors) => return config_failed(&errors),
+            };
+            let (data, timeout) = match (
+                request_cmd::parse_data(data.as_deref()),
+                request_cmd::parse_timeout(&timeout),
+            ) {
+                (Ok(data), Ok(timeout)) => (data, timeout),
+                (Err(error), _) | (_, Err(error)) => return usage_failed(&error),
+            };
+            runtime(async move {
+                request_cmd::request(&config, &node, &command, data, timeout, json).await
+            })
+        }
+        Command::Publish {
+            config,
+            event,
+            data,
+            cbor,
+        } => {
+            let config = match nexus_config::load(&config) {
+                Ok(config) => config,
+                Err(errors) => return config_failed(&errors),
+            };
+            let data = match request_cmd::parse_data(data.as_deref()) {
+                Ok(data) => data,
+                Err(error) => return usage_failed(&error),
+            };
+            runtime(async move { request_cmd::publish(&config, &event, data, cbor).await })
+        }
         Command::Token { command } => match token_cmd::run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => failed(&error),
@@ -108,6 +151,11 @@ where
 fn failed(error: &anyhow::Error) -> ExitCode {
     eprintln!("error: {error:#}");
     ExitCode::FAILURE
+}
+
+fn usage_failed(error: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {error:#}");
+    ExitCode::from(2)
 }
 
 fn config_failed(errors: &nexus_config::ConfigErrors) -> ExitCode {

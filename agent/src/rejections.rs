@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use nexus_federation::deadletter::{DeadLetter, DeadLetters, STAGE_INGRESS};
+use nexus_federation::deadletter::{DeadLetter, DeadLetters};
 use nexus_federation::ingress::RejectedMessage;
 use nexus_federation::outbox::Priority;
 use nexus_federation::ratelog::RateLimitedLog;
@@ -19,7 +19,7 @@ use tracing::{error, warn};
 /// The event name of refusal audits.
 pub const AUDIT_REJECTED: &str = "audit.rejected";
 
-/// Consumes refusals from the ingress.
+/// Consumes refusals (ingress, subject bridge, commands).
 #[derive(Debug)]
 pub struct RejectionHandler {
     /// This node's id (the audit event's source).
@@ -49,7 +49,7 @@ impl RejectionHandler {
             let Some(refused) = refused else { return };
             if let Some(store) = &self.dead_letters {
                 let mut letter = DeadLetter::new(
-                    STAGE_INGRESS,
+                    refused.stage,
                     refused.rejection.reason,
                     refused.rejection.detail.clone(),
                     &refused.subject,
@@ -77,7 +77,7 @@ impl RejectionHandler {
     async fn audit(&self, refused: &RejectedMessage, suppressed: u64) {
         let mut payload = Map::new();
         payload.insert("node_id".into(), json!(self.node_id));
-        payload.insert("stage".into(), json!("ingress"));
+        payload.insert("stage".into(), json!(refused.stage));
         payload.insert("reason".into(), json!(refused.rejection.reason));
         payload.insert("detail".into(), json!(refused.rejection.detail));
         payload.insert("subject".into(), json!(refused.subject));

@@ -11,19 +11,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use nexus_config::{Config, Mode};
+use nexus_federation::bridge::{OwnGrants, UpBridge};
 use nexus_federation::deadletter::DeadLetters;
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
 use nexus_federation::ingress::{Destination, Ingress, LandingStream};
 use nexus_federation::revocation;
-use nexus_federation::uplink::Uplink;
+use nexus_federation::uplink::{PresentationSlot, Uplink};
 use nexus_federation::{Link, Outbox, OutboxOptions, WhenFull};
 use nexus_iot_bridge::Bridge;
+use nexus_policies::Chain;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::heartbeat::{Children, Heartbeat, EVENT_NAME};
+use crate::commands::{CommandService, Rotation};
+use crate::heartbeat::{Children, Heartbeat, HostProbe, EVENT_NAME};
 use crate::keygen::load_secret;
 use crate::rejections::RejectionHandler;
 use crate::trust_setup::TrustSetup;
@@ -33,6 +36,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1800);
 
 /// Runs the agent until a signal or a subsystem failure. `Ok` means a clean shutdown.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
     let node = &config.node;
     let key = load_secret(&node.key)?;
     info!(
@@ -75,16 +79,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .or(config.local.as_ref())
         .map_or(Duration::from_secs(10), |l| l.reconnect_max_delay);
 
+    let presentation = PresentationSlot::new(trust.presentation.clone());
+    let own_chain = trust
+        .presentation
+        .as_ref()
+        .and_then(|p| Chain::decode(&p.chain).ok());
+    let grants = OwnGrants::new(own_chain.as_ref());
     supervise(&tracker, &shutdown, &failed, "uplink", {
         let pump = Uplink::new(next_hop, outbox.clone(), config.outbox.batch, max_backoff)
-            .with_presentation(trust.presentation.clone());
+            .with_presentation(presentation.clone());
         let token = shutdown.child_token();
         async move {
             pump.run(token).await;
         }
     });
 
-    let gatekeeper = matches!(node.mode, Mode::Hub | Mode::Root).then(|| trust.gatekeeper(&config));
+    // Every mode verifies commands; hubs and roots also their children's traffic.
+    let gatekeeper = trust.gatekeeper(&config);
+    // Refusals of every stage (ingress, subject bridge, commands): dead letters + audit.
+    let (refusals_tx, refusals_rx) = mpsc::channel(1024);
+    let handler = RejectionHandler {
+        node_id: node.id.clone(),
+        key: key.clone(),
+        outbox: outbox.clone(),
+        dead_letters: open_dead_letters(&config),
+    };
+    supervise(
+        &tracker,
+        &shutdown,
+        &failed,
+        "rejections",
+        handler.run(refusals_rx, shutdown.child_token()),
+    );
     let revocation_source = match node.mode {
         Mode::Root => local.clone(),
         _ => uplink.clone(),
@@ -96,7 +122,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             anchors: config.trust.root_keys.clone(),
             path: config.trust.revocations_file.clone(),
             owns_source: node.mode == Mode::Root,
-            gatekeeper: gatekeeper.clone(),
+            gatekeeper: Some(Arc::clone(&gatekeeper)),
             own_token_ids: trust.own_token_ids.clone(),
         };
         let initial = trust.revocations.clone();
@@ -109,8 +135,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
-    let children = match (node.mode, &local, &gatekeeper) {
-        (Mode::Hub | Mode::Root, Some(local), Some(gatekeeper)) => {
+    let children = match (node.mode, &local) {
+        (Mode::Hub | Mode::Root, Some(local)) => {
             let children = Children::new(config.heartbeat.offline_after);
             let destination = match (node.mode, &uplink) {
                 (Mode::Hub, Some(uplink)) => Destination::Parent(uplink.clone()),
@@ -123,27 +149,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.ingress.clone(),
                 destination,
                 MAX_ENVELOPE_BYTES,
-                Arc::clone(gatekeeper),
+                Arc::clone(&gatekeeper),
             )
             .with_observer(Arc::new(move |envelope| {
                 if envelope.event_name == EVENT_NAME && envelope.source != own_id {
                     watch.heard(&envelope.source, Instant::now());
                 }
             }));
-            let (refusals_tx, refusals_rx) = mpsc::channel(1024);
-            let ingress = ingress.with_rejections(refusals_tx);
-            let handler = RejectionHandler {
-                node_id: node.id.clone(),
-                key: key.clone(),
-                outbox: outbox.clone(),
-                dead_letters: open_dead_letters(&config),
-            };
+            let ingress = ingress.with_rejections(refusals_tx.clone());
             supervise(
                 &tracker,
                 &shutdown,
                 &failed,
-                "rejections",
-                handler.run(refusals_rx, shutdown.child_token()),
+                "chain registry",
+                nexus_federation::trust::watch_registry(
+                    local.clone(),
+                    Arc::clone(&gatekeeper),
+                    shutdown.child_token(),
+                ),
             );
             let token = shutdown.child_token();
             let landing_link = (node.mode == Mode::Root).then(|| local.clone());
@@ -190,13 +213,74 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let heartbeat = Heartbeat {
         node_id: node.id.clone(),
         mode: node.mode,
-        key,
+        key: key.clone(),
         interval: config.heartbeat.interval,
         uplink: uplink.clone(),
         local: local.clone(),
         outbox: outbox.clone(),
-        children,
+        children: children.clone(),
+        started,
+        host: HostProbe::new(),
     };
+
+    // Local apps' subjects up ([[bridge.up]]); validation requires [local] and a tenant.
+    if let (false, Some(local), Some(tenant)) =
+        (config.bridge.up.is_empty(), &local, node.tenant.as_deref())
+    {
+        let bridge = UpBridge {
+            local: local.clone(),
+            rules: config.bridge.up.clone(),
+            node_id: node.id.clone(),
+            tenant: tenant.to_owned(),
+            key: key.clone(),
+            outbox: outbox.clone(),
+            max_payload: config.bridge.max_payload,
+            acl: config.acl.clone(),
+            grants: grants.clone(),
+            rejections: Some(refusals_tx.clone()),
+            counters: Arc::default(),
+        };
+        supervise(
+            &tracker,
+            &shutdown,
+            &failed,
+            "bridge",
+            bridge.run(shutdown.child_token()),
+        );
+    }
+
+    // Commands to this node (built-ins, [[bridge.down]]) and, at a hub, to its members.
+    let (replay, log) = CommandService::shared_state();
+    let commands = CommandService {
+        node_id: node.id.clone(),
+        mode: node.mode,
+        tenant: node.tenant.clone(),
+        key: key.clone(),
+        gatekeeper: Arc::clone(&gatekeeper),
+        skew: config.trust.clock_skew,
+        uplink: uplink.clone(),
+        local: local.clone(),
+        down: config.bridge.down.clone(),
+        outbox: outbox.clone(),
+        rejections: Some(refusals_tx),
+        children,
+        heartbeat: heartbeat.clone(),
+        rotation: Rotation {
+            path: node.token.clone(),
+            presentation,
+            grants,
+        },
+        replay,
+        log,
+    };
+    supervise(
+        &tracker,
+        &shutdown,
+        &failed,
+        "commands",
+        commands.run(shutdown.child_token()),
+    );
+
     supervise(
         &tracker,
         &shutdown,

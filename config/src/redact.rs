@@ -7,7 +7,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::model::{AclPolicy, Config, IotConfig, LinkConfig};
+use crate::model::{
+    AclPolicy, BridgeConfig, BridgeEncoding, Config, IotConfig, LandingConfig, LinkConfig, Mode,
+};
 use nexus_policies::SubjectPattern;
 
 /// What replaces a password or token.
@@ -169,12 +171,92 @@ impl Config {
                 }
             }
         }
-        write_iot(out, self.iot.as_ref())
+        write_iot(out, self.iot.as_ref())?;
+        write_bridge(out, &self.bridge)?;
+        if self.node.mode == Mode::Root {
+            write_landing(out, &self.landing)
+        } else {
+            writeln!(
+                out,
+                "\n# [landing] is the root's: a {} lands nothing",
+                self.node.mode
+            )
+        }
     }
 }
 
-/// `[iot]` and its rules, the password masked. Written last: `[[iot.sensors]]` are arrays
-/// of tables under `[iot]`.
+/// `[bridge]` and its rules, each as its two subjects.
+fn write_bridge(out: &mut String, bridge: &BridgeConfig) -> std::fmt::Result {
+    writeln!(out, "\n[bridge]")?;
+    writeln!(out, "max_payload = {}", bridge.max_payload)?;
+    if bridge.up.is_empty() {
+        writeln!(
+            out,
+            "# no [[bridge.up]] rules: no local subject is published as an event"
+        )?;
+    }
+    if bridge.down.is_empty() {
+        writeln!(
+            out,
+            "# no [[bridge.down]] rules: no command is delivered to a local app"
+        )?;
+    }
+    for rule in &bridge.up {
+        writeln!(out, "\n[[bridge.up]]")?;
+        writeln!(out, "local = {}", quote(rule.rewrite.from().as_str()))?;
+        writeln!(out, "event = {}", quote(rule.rewrite.to()))?;
+        writeln!(out, "encoding = {}", quote(encoding(rule.encoding)))?;
+    }
+    for rule in &bridge.down {
+        writeln!(out, "\n[[bridge.down]]")?;
+        writeln!(out, "command = {}", quote(rule.rewrite.from().as_str()))?;
+        writeln!(out, "local = {}", quote(rule.rewrite.to()))?;
+        writeln!(out, "timeout = {}", duration(rule.timeout))?;
+    }
+    Ok(())
+}
+
+/// `bridge.up[].encoding` as written in config files.
+fn encoding(encoding: BridgeEncoding) -> &'static str {
+    match encoding {
+        BridgeEncoding::Json => "json",
+        BridgeEncoding::Cbor => "cbor",
+    }
+}
+
+/// `[landing]`: the journal and its domain streams.
+fn write_landing(out: &mut String, landing: &LandingConfig) -> std::fmt::Result {
+    writeln!(out, "\n[landing]")?;
+    writeln!(out, "stream = {}", quote(&landing.stream))?;
+    writeln!(out, "max_age = {}", duration(landing.max_age))?;
+    match landing.max_bytes {
+        Some(max_bytes) => writeln!(out, "max_bytes = {max_bytes}")?,
+        None => writeln!(
+            out,
+            "# max_bytes is not set: the journal is bounded by max_age only"
+        )?,
+    }
+    if landing.domains.is_empty() {
+        writeln!(
+            out,
+            "# No domain streams: events are kept in the journal only."
+        )?;
+        writeln!(out, "domains = []")?;
+    }
+    for domain in &landing.domains {
+        writeln!(out, "\n[[landing.domains]]")?;
+        writeln!(out, "name = {}", quote(&domain.name))?;
+        writeln!(out, "subjects = {}", patterns(&domain.subjects))?;
+        writeln!(out, "max_age = {}", duration(domain.max_age))?;
+        if let Some(max_bytes) = domain.max_bytes {
+            writeln!(out, "max_bytes = {max_bytes}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `[iot]` and its rules, the password masked. Written after every plain section: its
+/// `[[iot.sensors]]` (like `[[bridge.up]]` and `[[landing.domains]]`) are arrays of tables.
 fn write_iot(out: &mut String, iot: Option<&IotConfig>) -> std::fmt::Result {
     let Some(iot) = iot else {
         return writeln!(out, "\n# [iot] is not set: no MQTT bridge");
@@ -291,8 +373,14 @@ fn write_link(out: &mut String, name: &str, link: Option<&LinkConfig>) -> std::f
     }
 }
 
-/// A duration as a quoted humantime string (`"10s"`, `"7days"`) that parses back.
+/// A duration as a quoted humantime string (`"10s"`, `"90d"`) that parses back. Whole days
+/// are printed as days: humantime's months of 30.44 days would print `"90d"` as
+/// `"2months 29days 2h 52m 48s"`.
 fn duration(d: Duration) -> String {
+    const DAY: u64 = 24 * 60 * 60;
+    if d.subsec_nanos() == 0 && d.as_secs() >= DAY && d.as_secs().is_multiple_of(DAY) {
+        return quote(&format!("{}d", d.as_secs() / DAY));
+    }
     quote(&humantime::format_duration(d).to_string())
 }
 
@@ -336,6 +424,22 @@ mod tests {
         assert_eq!(redact_url("nats://u:p@ss@h"), "nats://u:***@h");
         assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn whole_days_print_as_days_and_everything_parses_back() {
+        assert_eq!(duration(Duration::from_secs(90 * 24 * 60 * 60)), "\"90d\"");
+        assert_eq!(duration(Duration::from_secs(2 * 60)), "\"2m\"");
+        assert_eq!(duration(Duration::from_millis(1500)), "\"1s 500ms\"");
+        for d in [
+            Duration::from_secs(365 * 24 * 60 * 60),
+            Duration::from_secs(31 * 24 * 60 * 60 + 1),
+            Duration::from_millis(250),
+        ] {
+            let printed = duration(d);
+            let parsed = humantime::parse_duration(printed.trim_matches('"'));
+            assert_eq!(parsed.ok(), Some(d), "{printed}");
+        }
     }
 
     #[test]

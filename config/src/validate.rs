@@ -20,16 +20,17 @@ use figment::value::{Dict, Value};
 use figment::Figment;
 use nexus_policies::token::MAX_CHAIN_BYTES;
 use nexus_policies::{
-    Acl, AclRule, Chain, Principal, PublicKey, Role, SecretKey, SubjectPattern, TokenError,
-    Verifier,
+    Acl, AclRule, Chain, Principal, PublicKey, RewriteError, Role, SecretKey, SubjectPattern,
+    SubjectRewrite, TokenError, Verifier,
 };
 use zeroize::Zeroizing;
 
 use crate::error::{ConfigError, ConfigErrors, ErrorKind, Origin};
 use crate::model::{
-    AclPolicy, ClientCert, Config, DeadLetterConfig, HeartbeatConfig, IngressConfig, IotConfig,
-    LinkConfig, LogConfig, LogFormat, MetricRule, Mode, NodeConfig, OutboxConfig, PayloadFormat,
-    SensorRule, TlsConfig, TrustConfig, WhenFull, MAX_METRICS_PER_RULE,
+    AclPolicy, BridgeConfig, BridgeEncoding, ClientCert, Config, DeadLetterConfig, DownRule,
+    HeartbeatConfig, IngressConfig, IotConfig, LandingConfig, LandingDomain, LinkConfig, LogConfig,
+    LogFormat, MetricRule, Mode, NodeConfig, OutboxConfig, PayloadFormat, SensorRule, TlsConfig,
+    TrustConfig, UpRule, WhenFull, MAX_METRICS_PER_RULE,
 };
 use crate::redact::redact_url;
 use crate::source;
@@ -87,6 +88,8 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ),
     ("dead_letter", &["max_bytes", "max_entries"]),
     ("iot", IOT_KEYS),
+    ("bridge", BRIDGE_KEYS),
+    ("landing", LANDING_KEYS),
 ];
 
 /// The keys of `[iot]`.
@@ -114,6 +117,33 @@ const IOT_QUEUE: usize = 1024;
 const IOT_QUEUE_RANGE: RangeInclusive<i128> = 1..=65_536;
 /// The longest unit string.
 const UNIT_MAX_LEN: usize = 32;
+
+/// The keys of `[bridge]`.
+const BRIDGE_KEYS: &[&str] = &["up", "down", "max_payload"];
+/// The keys of one `[[bridge.up]]` rule.
+const UP_RULE_KEYS: &[&str] = &["local", "event", "encoding"];
+/// The keys of one `[[bridge.down]]` rule.
+const DOWN_RULE_KEYS: &[&str] = &["command", "local", "timeout"];
+const BRIDGE_MAX_PAYLOAD_RANGE: RangeInclusive<i128> = 1..=1024 * 1024;
+/// The most rules in `[[bridge.up]]`, and in `[[bridge.down]]` (each is tried in order).
+const BRIDGE_MAX_RULES: usize = 256;
+/// `[[bridge.down]]` `timeout` default.
+const BRIDGE_DOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The event domains of the agent's own events: never an app's.
+const RESERVED_EVENT_DOMAINS: &[&str] = &["agent", "edge", "audit"];
+/// The domain of the agent's built-in commands.
+const AGENT_COMMAND_DOMAIN: &str = "agent";
+/// The first token of the federation's own subjects.
+const FEDERATION_PREFIX: &str = "_nexus";
+/// The first token of NATS request reply subjects.
+const INBOX_PREFIX: &str = "_INBOX";
+
+/// The keys of `[landing]`.
+const LANDING_KEYS: &[&str] = &["stream", "max_age", "max_bytes", "domains"];
+/// The keys of one `[[landing.domains]]` entry.
+const LANDING_DOMAIN_KEYS: &[&str] = &["name", "subjects", "max_age", "max_bytes"];
+/// The first token of every event subject: the journal captures `nexus.>`.
+const EVENT_PREFIX: &str = "nexus";
 
 /// `ping_interval`, `connect_timeout`, `request_timeout` default.
 const LINK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -298,6 +328,10 @@ impl Reader<'_> {
         let acl = self.acl(root);
         let section = self.section(root, "iot");
         let iot = self.iot(&section, node.as_ref());
+        let section = self.section(root, "bridge");
+        let bridge = self.bridge(&section, node.as_ref(), local_section.present);
+        let section = self.section(root, "landing");
+        let landing = self.landing(&section, mode, &ingress);
 
         let node = node?;
         Some(Config {
@@ -320,8 +354,8 @@ impl Reader<'_> {
             ingress,
             dead_letter,
             iot,
-            bridge: crate::model::BridgeConfig::default(),
-            landing: crate::model::LandingConfig::default(),
+            bridge,
+            landing,
         })
     }
 
@@ -387,10 +421,10 @@ impl Reader<'_> {
     /// Checks that `value`, found at key path `name`, is a table and reports its unknown
     /// keys (with a suggestion when one is close, or belongs elsewhere).
     fn table<'d>(&mut self, value: Option<&'d Value>, name: String, known: &[&str]) -> Section<'d> {
-        let header = if name.starts_with(ACL) {
-            format!("the [[acl]] entry {name}")
-        } else {
-            format!("[{name}]")
+        // An entry of an array of tables (`acl[2]`, `bridge.up[0]`) is named by its array.
+        let header = match name.strip_suffix(']').and_then(|n| n.rsplit_once('[')) {
+            Some((array, _)) => format!("the [[{array}]] entry {name}"),
+            None => format!("[{name}]"),
         };
         let segments: Vec<&str> = name.split('.').collect();
         let mut section = Section {
@@ -1589,6 +1623,593 @@ impl Reader<'_> {
         (!bad).then_some(metrics)
     }
 
+    // ---- [bridge] and [landing] ----------------------------------------------------
+
+    /// `[bridge]` with its `[[bridge.up]]` and `[[bridge.down]]` rules. Rules need
+    /// `[local]` (where the apps are); up rules need `node.tenant` (app events are tenant
+    /// events).
+    fn bridge(
+        &mut self,
+        s: &Section<'_>,
+        node: Option<&PartialNode>,
+        local_present: bool,
+    ) -> BridgeConfig {
+        let defaults = BridgeConfig::default();
+        if s.dict.is_none() {
+            return defaults;
+        }
+        let max_payload = self
+            .integer(s, "max_payload", BRIDGE_MAX_PAYLOAD_RANGE)
+            .and_then(|v| usize::try_from(v).ok())
+            .unwrap_or(defaults.max_payload);
+        let (up, up_written) = self.rule_list(s, "up", UP_RULE_KEYS, Self::up_rule);
+        let (down, down_written) = self.rule_list(s, "down", DOWN_RULE_KEYS, Self::down_rule);
+        let mode = node.and_then(|n| n.mode);
+        // A hub or root without [local] has been told already.
+        if up_written + down_written > 0
+            && !local_present
+            && !matches!(mode, Some(Mode::Hub | Mode::Root))
+        {
+            self.push(
+                ErrorKind::MissingSection,
+                self.fallback.clone(),
+                "local",
+                "[bridge] rules connect local apps to the federation: add [local] with the url \
+                 of the box's own NATS, where the apps are (e.g. url = \"nats://127.0.0.1:4222\")"
+                    .to_owned(),
+            );
+        }
+        if up_written > 0
+            && node.is_some_and(|n| n.tenant.is_none())
+            && !self.reported("node.tenant")
+        {
+            self.push(
+                ErrorKind::MissingKey,
+                self.fallback.clone(),
+                "node.tenant",
+                "[[bridge.up]] rules publish tenant events (nexus.{tenant}.{event}): add \
+                 tenant = \"salon-001\" under [node]"
+                    .to_owned(),
+            );
+        }
+        BridgeConfig {
+            up,
+            down,
+            max_payload,
+        }
+    }
+
+    /// The array of tables `[[{section}.{key}]]`, at most [`BRIDGE_MAX_RULES`] entries, each
+    /// read by `read` with every problem reported by index: the valid rules, and how many
+    /// were written (valid or not).
+    fn rule_list<T>(
+        &mut self,
+        s: &Section<'_>,
+        key: &str,
+        known: &[&str],
+        read: impl Fn(&mut Self, &Section<'_>) -> Option<T>,
+    ) -> (Vec<T>, usize) {
+        let Some((value, origin, path)) = self.raw(s, key) else {
+            return (Vec::new(), 0);
+        };
+        let Value::Array(_, entries) = value else {
+            self.push(
+                ErrorKind::InvalidType,
+                origin,
+                &path,
+                format!(
+                    "expected an array of tables, found {}: write each rule as a [[{path}]] \
+                     entry (two brackets)",
+                    value.to_actual()
+                ),
+            );
+            return (Vec::new(), 1);
+        };
+        if entries.len() > BRIDGE_MAX_RULES {
+            self.push(
+                ErrorKind::InvalidValue,
+                origin,
+                &path,
+                format!(
+                    "{} rules: at most {BRIDGE_MAX_RULES} are allowed (every message is tried \
+                     against them in order); merge rules with wildcards (`*`, `>`)",
+                    entries.len()
+                ),
+            );
+            return (Vec::new(), entries.len());
+        }
+        let mut rules = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.iter().enumerate() {
+            let section = self.table(Some(entry), format!("{path}[{index}]"), known);
+            if let Some(rule) = read(self, &section) {
+                rules.push(rule);
+            }
+        }
+        (rules, entries.len())
+    }
+
+    /// One `[[bridge.up]]` rule: `local` → `event`, and the encoding.
+    fn up_rule(&mut self, s: &Section<'_>) -> Option<UpRule> {
+        s.dict?;
+        let local = self
+            .required_text(
+                s,
+                "local",
+                "local = \"app.booking.*\" (the local subjects this rule bridges up)",
+            )
+            .and_then(|g| self.local_subject(g, Flow::Up));
+        let event = self
+            .required_text(
+                s,
+                "event",
+                "event = \"booking.*\" (the event name they become)",
+            )
+            .and_then(|g| self.name_pattern(g, Flow::Up));
+        let encoding = match self.optional_text(s, "encoding") {
+            None => Some(BridgeEncoding::default()),
+            Some(g) => match g.value.as_str() {
+                "json" => Some(BridgeEncoding::Json),
+                "cbor" => Some(BridgeEncoding::Cbor),
+                other => {
+                    let hint = did_you_mean(other, ["json", "cbor"]);
+                    self.push(
+                        ErrorKind::InvalidValue,
+                        g.origin,
+                        &g.path,
+                        format!("{other:?} is not an encoding: use json or cbor{hint}"),
+                    );
+                    None
+                }
+            },
+        };
+        let rewrite = self.rewrite(&local?, &event?, Flow::Up)?;
+        Some(UpRule {
+            rewrite,
+            encoding: encoding?,
+        })
+    }
+
+    /// One `[[bridge.down]]` rule: `command` → `local`, and the timeout.
+    fn down_rule(&mut self, s: &Section<'_>) -> Option<DownRule> {
+        s.dict?;
+        let command = self
+            .required_text(
+                s,
+                "command",
+                "command = \"booking.cancel\" (the command name this rule delivers)",
+            )
+            .and_then(|g| self.name_pattern(g, Flow::Down));
+        let local = self
+            .required_text(
+                s,
+                "local",
+                "local = \"app.booking.cancel\" (the local subject the request goes to)",
+            )
+            .and_then(|g| self.local_subject(g, Flow::Down));
+        let timeout = self.duration(s, "timeout", BRIDGE_DOWN_TIMEOUT);
+        let rewrite = self.rewrite(&command?, &local?, Flow::Down)?;
+        Some(DownRule { rewrite, timeout })
+    }
+
+    /// The `local` side of a bridge rule: a subject pattern on the box's own NATS, whose
+    /// first token is written out and is none of the reserved ones.
+    fn local_subject(&mut self, got: Got<String>, flow: Flow) -> Option<Got<String>> {
+        if let Err(error) = SubjectPattern::parse(&got.value) {
+            self.bad_pattern(&got, &error.to_string());
+            return None;
+        }
+        let first = got.value.split('.').next().unwrap_or_default();
+        let problem = match first {
+            "*" | ">" => match flow {
+                Flow::Up => {
+                    "it starts with a wildcard, so it would also capture subjects that are no \
+                     app's: the federation's own (_nexus.…), NATS's ($SYS.…, $JS.…) and request \
+                     replies (_INBOX.…); start it with the apps' own prefix, e.g. \
+                     \"app.booking.*\""
+                }
+                Flow::Down => {
+                    "it starts with a wildcard, so a command's name would choose where on the \
+                     local NATS its request goes; start it with the apps' own prefix, e.g. \
+                     \"app.booking.cancel\""
+                }
+            },
+            FEDERATION_PREFIX => {
+                "_nexus is reserved for the federation's own subjects: local apps can never \
+                 publish there nor take requests there; use the apps' own subjects, e.g. \
+                 \"app.booking.*\""
+            }
+            INBOX_PREFIX => {
+                "_INBOX subjects are request replies, not app subjects; use the apps' own \
+                 subjects, e.g. \"app.booking.*\""
+            }
+            system if system.starts_with('$') => {
+                "subjects starting with `$` are NATS's own (system events, the JetStream API); \
+                 use the apps' own subjects, e.g. \"app.booking.*\""
+            }
+            _ => return Some(got),
+        };
+        self.push(
+            ErrorKind::InvalidValue,
+            got.origin,
+            &got.path,
+            format!("{:?} is refused: {problem}", truncate(&got.value)),
+        );
+        None
+    }
+
+    /// The event side of an up rule, or the command side of a down rule: a pattern of at
+    /// least two tokens of `[a-z0-9_-]` or wildcards, whose first token (the domain) is
+    /// written out and is not one of the agent's own.
+    fn name_pattern(&mut self, got: Got<String>, flow: Flow) -> Option<Got<String>> {
+        if let Err(error) = SubjectPattern::parse(&got.value) {
+            self.bad_pattern(&got, &error.to_string());
+            return None;
+        }
+        let (what, example) = match flow {
+            Flow::Up => ("an event name", "booking.*"),
+            Flow::Down => ("a command name", "booking.cancel"),
+        };
+        let tokens: Vec<&str> = got.value.split('.').collect();
+        let first = tokens.first().copied().unwrap_or_default();
+        let bad_token = tokens
+            .iter()
+            .find(|t| !matches!(**t, "*" | ">") && !valid_id(t));
+        let problem = if let Some(token) = bad_token {
+            format!(
+                "token {:?} is not 1-{ID_MAX_LEN} chars of [a-z0-9_-] (or a wildcard `*`, `>`)",
+                truncate(token)
+            )
+        } else if tokens.len() < 2 {
+            format!("it needs at least two tokens, its domain first: e.g. \"{example}\"")
+        } else if matches!(first, "*" | ">") {
+            match flow {
+                Flow::Up => format!(
+                    "its first token is the event's domain and must be written out: a wildcard \
+                     would let a local app publish in any domain, the agent's own ({}) \
+                     included; e.g. \"{example}\"",
+                    RESERVED_EVENT_DOMAINS.join(", ")
+                ),
+                Flow::Down => format!(
+                    "its first token is the command's domain and must be written out: a \
+                     wildcard would also take the agent's built-in commands \
+                     ({AGENT_COMMAND_DOMAIN}.…); e.g. \"{example}\""
+                ),
+            }
+        } else if flow == Flow::Up && RESERVED_EVENT_DOMAINS.contains(&first) {
+            format!(
+                "`{first}` is a domain of the agent's own events ({} are reserved): use the \
+                 app's domain, e.g. \"{example}\"",
+                RESERVED_EVENT_DOMAINS.join(", ")
+            )
+        } else if flow == Flow::Down && first == AGENT_COMMAND_DOMAIN {
+            format!(
+                "`{AGENT_COMMAND_DOMAIN}` is the domain of the agent's built-in commands: use \
+                 the app's domain, e.g. \"{example}\""
+            )
+        } else {
+            return Some(got);
+        };
+        self.push(
+            ErrorKind::InvalidValue,
+            got.origin,
+            &got.path,
+            format!("{:?} is not {what}: {problem}", truncate(&got.value)),
+        );
+        None
+    }
+
+    /// The rewrite `from` → `to` of a bridge rule; a wildcard mismatch is reported on `to`,
+    /// the side that must follow.
+    fn rewrite(
+        &mut self,
+        from: &Got<String>,
+        to: &Got<String>,
+        flow: Flow,
+    ) -> Option<SubjectRewrite> {
+        match SubjectRewrite::new(&from.value, &to.value) {
+            Ok(rewrite) => Some(rewrite),
+            Err(RewriteError::BadPattern { text, reason }) => {
+                // Both sides were parsed already; kept for completeness.
+                let got = if text == from.value { from } else { to };
+                self.bad_pattern(got, &reason);
+                None
+            }
+            Err(error) => {
+                let fix = match flow {
+                    Flow::Up => {
+                        "give event the wildcards of local, in the same order: local = \
+                         \"app.booking.*\" with event = \"booking.*\""
+                    }
+                    Flow::Down => {
+                        "give local the wildcards of command, in the same order: command = \
+                         \"booking.*\" with local = \"app.booking.*\""
+                    }
+                };
+                self.push(
+                    ErrorKind::InvalidValue,
+                    to.origin.clone(),
+                    &to.path,
+                    format!("{error}; {fix}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reports `got` as a subject pattern that does not parse.
+    fn bad_pattern(&mut self, got: &Got<String>, error: &str) {
+        self.push(
+            ErrorKind::BadPattern,
+            got.origin.clone(),
+            &got.path,
+            format!(
+                "{:?} is not a subject pattern: {error} (tokens are separated by `.`; `*` \
+                 stands for one token, `>` for the rest)",
+                truncate(&got.value)
+            ),
+        );
+    }
+
+    /// `[landing]` (root only) and its `[[landing.domains]]`. The journal dedups within
+    /// `ingress.duplicate_window`, so it may not keep events for less; every stream has a
+    /// name of its own.
+    fn landing(
+        &mut self,
+        s: &Section<'_>,
+        mode: Option<Mode>,
+        ingress: &IngressConfig,
+    ) -> LandingConfig {
+        let defaults = LandingConfig::defaults();
+        if let Some(mode @ (Mode::Member | Mode::Hub)) = mode {
+            if s.present {
+                self.push(
+                    ErrorKind::ForbiddenSection,
+                    s.origin.clone(),
+                    "landing",
+                    format!(
+                        "a {mode} does not land events: remove the [landing] section (only the \
+                         root lands events in JetStream; a {mode} forwards them up)"
+                    ),
+                );
+            }
+            return defaults;
+        }
+        if s.present && s.dict.is_none() {
+            return defaults;
+        }
+        let stream = self.jetstream_name(s, "stream", &defaults.stream);
+        if stream == ingress.stream {
+            let origin = self.origin_or_fallback(s, "stream");
+            self.push(
+                ErrorKind::InvalidValue,
+                origin,
+                "landing.stream",
+                format!(
+                    "{stream:?} is also ingress.stream: the journal and the ingress are two \
+                     streams, give them different names"
+                ),
+            );
+        }
+        let max_age = self.duration(s, "max_age", defaults.max_age);
+        if max_age < ingress.duplicate_window {
+            let origin = self.origin_or_fallback(s, "max_age");
+            let default = if self.raw(s, "max_age").is_none() {
+                " (the default)"
+            } else {
+                ""
+            };
+            self.push(
+                ErrorKind::InvalidValue,
+                origin,
+                "landing.max_age",
+                format!(
+                    "{}{default} is shorter than ingress.duplicate_window ({}), the journal's \
+                     dedup window; JetStream requires duplicate_window <= max_age: raise \
+                     landing.max_age or lower ingress.duplicate_window",
+                    humantime::format_duration(max_age),
+                    humantime::format_duration(ingress.duplicate_window)
+                ),
+            );
+        }
+        let max_bytes = self
+            .integer(s, "max_bytes", 1..=i128::from(i64::MAX))
+            .and_then(|v| i64::try_from(v).ok());
+        // The names already taken, and by whom.
+        let mut taken = vec![
+            (stream.clone(), "the journal (landing.stream)".to_owned()),
+            (
+                ingress.stream.clone(),
+                "the ingress (ingress.stream)".to_owned(),
+            ),
+        ];
+        let domains = match self.raw(s, "domains") {
+            None => {
+                for domain in &defaults.domains {
+                    if let Some((_, owner)) = taken.iter().find(|(n, _)| *n == domain.name) {
+                        let message = format!(
+                            "the default domain stream {:?} has the name of {owner}: rename \
+                             that stream, or list your own [[landing.domains]]",
+                            domain.name
+                        );
+                        self.push(
+                            ErrorKind::InvalidValue,
+                            self.fallback.clone(),
+                            "landing.domains",
+                            message,
+                        );
+                    }
+                }
+                defaults.domains
+            }
+            Some((Value::Array(_, entries), _, path)) => {
+                let mut domains = Vec::with_capacity(entries.len());
+                for (index, entry) in entries.iter().enumerate() {
+                    let section =
+                        self.table(Some(entry), format!("{path}[{index}]"), LANDING_DOMAIN_KEYS);
+                    if let Some(domain) = self.landing_domain(&section, &mut taken) {
+                        domains.push(domain);
+                    }
+                }
+                domains
+            }
+            Some((value, origin, path)) => {
+                self.push(
+                    ErrorKind::InvalidType,
+                    origin,
+                    &path,
+                    format!(
+                        "expected an array of tables, found {}: write each domain as a \
+                         [[landing.domains]] entry (two brackets)",
+                        value.to_actual()
+                    ),
+                );
+                Vec::new()
+            }
+        };
+        LandingConfig {
+            stream,
+            max_age,
+            max_bytes,
+            domains,
+        }
+    }
+
+    /// One `[[landing.domains]]` entry; its name is added to `taken` (name, whose).
+    fn landing_domain(
+        &mut self,
+        s: &Section<'_>,
+        taken: &mut Vec<(String, String)>,
+    ) -> Option<LandingDomain> {
+        s.dict?;
+        let name = self
+            .required_text(
+                s,
+                "name",
+                "name = \"NEXUS_BOOKING\" (the domain stream's name)",
+            )
+            .and_then(|g| {
+                if !valid_jetstream_name(&g.value) {
+                    self.push(
+                        ErrorKind::InvalidValue,
+                        g.origin,
+                        &g.path,
+                        format!(
+                            "{:?} is not a JetStream name: use a non-empty name without spaces, \
+                             `.`, `*`, `>`, `/` or `\\`",
+                            truncate(&g.value)
+                        ),
+                    );
+                    return None;
+                }
+                if let Some((_, owner)) = taken.iter().find(|(n, _)| *n == g.value) {
+                    self.push(
+                        ErrorKind::InvalidValue,
+                        g.origin,
+                        &g.path,
+                        format!(
+                            "{:?} is already the name of {owner}: every stream needs a name of \
+                             its own",
+                            g.value
+                        ),
+                    );
+                    return None;
+                }
+                taken.push((g.value.clone(), s.name.clone()));
+                Some(g.value)
+            });
+        let subjects = if self.raw(s, "subjects").is_none() {
+            self.push(
+                ErrorKind::MissingKey,
+                s.origin.clone(),
+                &format!("{}.subjects", s.name),
+                "missing required key: add subjects = [\"nexus.*.booking.>\"] (the event \
+                 subjects this domain keeps)"
+                    .to_owned(),
+            );
+            None
+        } else {
+            self.patterns(s, "subjects")
+                .and_then(|subjects| self.event_subjects(s, subjects))
+        };
+        let max_age = if self.raw(s, "max_age").is_none() {
+            self.push(
+                ErrorKind::MissingKey,
+                s.origin.clone(),
+                &format!("{}.max_age", s.name),
+                "missing required key: add max_age = \"365d\" (how long this domain keeps its \
+                 events)"
+                    .to_owned(),
+            );
+            None
+        } else {
+            self.optional_duration(s, "max_age")
+        };
+        let max_bytes = self
+            .integer(s, "max_bytes", 1..=i128::from(i64::MAX))
+            .and_then(|v| i64::try_from(v).ok());
+        Some(LandingDomain {
+            name: name?,
+            subjects: subjects?,
+            max_age: max_age?,
+            max_bytes,
+        })
+    }
+
+    /// `subjects` of a domain: not empty, each an event subject (`nexus.…`), since a domain
+    /// selects from the journal.
+    fn event_subjects(
+        &mut self,
+        s: &Section<'_>,
+        subjects: Vec<SubjectPattern>,
+    ) -> Option<Vec<SubjectPattern>> {
+        let path = format!("{}.subjects", s.name);
+        if subjects.is_empty() {
+            let origin = self.origin_or_fallback(s, "subjects");
+            self.push(
+                ErrorKind::InvalidValue,
+                origin,
+                &path,
+                "an empty list selects nothing: list the event subjects this domain keeps, e.g. \
+                 [\"nexus.*.booking.>\"] (or remove the domain)"
+                    .to_owned(),
+            );
+            return None;
+        }
+        let mut bad = false;
+        for (index, subject) in subjects.iter().enumerate() {
+            let mut tokens = subject.as_str().split('.');
+            if tokens.next() == Some(EVENT_PREFIX) && tokens.next().is_some() {
+                continue;
+            }
+            let origin = self.origin_or_fallback(s, "subjects");
+            self.push(
+                ErrorKind::InvalidValue,
+                origin,
+                &format!("{path}[{index}]"),
+                format!(
+                    "{:?} is not an event subject: a domain selects from the journal, which \
+                     holds {EVENT_PREFIX}.> only; start it with `{EVENT_PREFIX}.`, e.g. \
+                     \"nexus.*.booking.>\"",
+                    truncate(subject.as_str())
+                ),
+            );
+            bad = true;
+        }
+        (!bad).then_some(subjects)
+    }
+
+    /// Whether a problem was reported on `key` already.
+    fn reported(&self, key: &str) -> bool {
+        self.errors.iter().any(|e| e.key.as_deref() == Some(key))
+    }
+
+    /// Where `s.key` came from, or the config file when it is absent.
+    fn origin_or_fallback(&self, s: &Section<'_>, key: &str) -> Origin {
+        self.raw(s, key)
+            .map(|(_, origin, _)| origin)
+            .unwrap_or_else(|| self.fallback.clone())
+    }
+
     // ---- typed reads ---------------------------------------------------------------
 
     /// The value at `s.key`, if present; `Empty` counts as absent.
@@ -1897,6 +2518,15 @@ struct PartialNode {
     token: Option<Got<PathBuf>>,
     /// `node.data_dir`, resolved.
     data_dir: Option<PathBuf>,
+}
+
+/// Which way a bridge rule goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// `[[bridge.up]]`: a local subject becomes an event.
+    Up,
+    /// `[[bridge.down]]`: a command becomes a request on a local subject.
+    Down,
 }
 
 /// What is wrong with an `[[iot.sensors]]` topic template, if anything.

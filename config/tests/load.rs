@@ -780,6 +780,41 @@ fn every_example_config_passes_validation() {
                 matches!(&config.acl, AclPolicy::Rules(acl) if !acl.rules().is_empty()),
                 "{file}: the examples show [[acl]] rules"
             );
+            if mode == Mode::Member {
+                let bridge = &config.bridge;
+                assert_eq!((bridge.up.len(), bridge.down.len()), (1, 1), "{file}");
+                assert_eq!(
+                    bridge.up[0].rewrite.apply("app.booking.created").as_deref(),
+                    Some("booking.created")
+                );
+                assert_eq!(
+                    bridge.down[0].rewrite.apply("booking.cancel").as_deref(),
+                    Some("app.booking.cancel")
+                );
+            }
+            if mode == Mode::Root {
+                let names: Vec<&str> = config
+                    .landing
+                    .domains
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect();
+                assert_eq!(names, ["NEXUS_CORE", "NEXUS_IOT", "NEXUS_BOOKING"]);
+            }
+            // What `check` prints for it loads back to the same configuration.
+            jail.create_file("printed.toml", &config.redacted())?;
+            let again = match load(Path::new("printed.toml")) {
+                Ok(again) => again,
+                Err(errors) => panic!("{file}, printed:\n{errors}\n{}", config.redacted()),
+            };
+            assert_eq!(
+                Config {
+                    source: config.source.clone(),
+                    ..again
+                },
+                config,
+                "{file}"
+            );
             Ok(())
         });
     }

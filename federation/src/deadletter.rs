@@ -63,6 +63,10 @@ pub const STAGE_INGRESS: &str = "ingress";
 pub const STAGE_UPLINK: &str = "uplink";
 /// `stage` of MQTT messages the IoT bridge could not translate.
 pub const STAGE_IOT: &str = "iot";
+/// `stage` of local apps' messages the subject bridge refused (raw, as published).
+pub const STAGE_BRIDGE: &str = "bridge";
+/// `stage` of commands refused by the node they were for (or by the hub routing them).
+pub const STAGE_COMMAND: &str = "command";
 
 const SCHEMA: Schema = Schema {
     version: 1,
@@ -101,7 +105,8 @@ pub struct DeadLetter {
     pub reason: String,
     /// What exactly was wrong, for people.
     pub detail: String,
-    /// Where it failed: [`STAGE_INGRESS`], [`STAGE_UPLINK`] or [`STAGE_IOT`].
+    /// Where it failed: [`STAGE_INGRESS`], [`STAGE_UPLINK`], [`STAGE_IOT`],
+    /// [`STAGE_BRIDGE`] or [`STAGE_COMMAND`].
     pub stage: String,
     /// The subject it arrived on (for ingress: the ingress subject, where a replay goes).
     pub subject: String,

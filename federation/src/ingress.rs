@@ -89,6 +89,8 @@ pub type Observer = Arc<dyn Fn(&Envelope) + Send + Sync>;
 /// A refused message, handed to whoever dead-letters, audits and counts refusals.
 #[derive(Debug, Clone)]
 pub struct RejectedMessage {
+    /// Where it was refused (a `deadletter::STAGE_*`).
+    pub stage: &'static str,
     /// Why.
     pub rejection: Rejection,
     /// The subject it arrived on.
@@ -496,7 +498,8 @@ impl Ingress {
         fresh
     }
 
-    /// Puts the signer's chain into the parent's registry once per uplink connection.
+    /// Puts the signer's chain into the parent's registry once per uplink connection, and
+    /// again whenever it changed (a rotated token).
     async fn present_up(
         &self,
         uplink: &Link,
@@ -510,15 +513,15 @@ impl Ingress {
             presented.keys.clear();
         }
         let signer = event.signer.to_bytes();
-        if presented.keys.contains(&signer) {
-            return true;
-        }
         let Some(chain) = self.gatekeeper.chain_bytes(&event.signer) else {
             return true; // admitted without a chain (cannot happen for non-anchors)
         };
+        if presented.keys.get(&signer) == Some(&chain) {
+            return true;
+        }
         let result = match trust::bucket(uplink, trust::CHAINS_BUCKET, false).await {
             Ok(store) => store
-                .put(trust::key_id(&event.signer), chain)
+                .put(trust::key_id(&event.signer), chain.clone())
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
@@ -529,7 +532,7 @@ impl Ingress {
                 if presented.keys.len() >= 65_536 {
                     presented.keys.clear();
                 }
-                presented.keys.insert(signer);
+                presented.keys.insert(signer, chain);
                 true
             }
             Err(error) => {
@@ -564,6 +567,7 @@ impl Ingress {
                 .collect();
             let info = message.info().ok();
             let rejected = RejectedMessage {
+                stage: crate::deadletter::STAGE_INGRESS,
                 rejection,
                 subject: message.subject.to_string(),
                 headers,
@@ -597,7 +601,7 @@ const TRANSIENT: &[&str] = &["registry_unavailable", "clock_unsynced"];
 #[derive(Debug, Default)]
 struct PresentedUp {
     since: Option<time::OffsetDateTime>,
-    keys: std::collections::HashSet<[u8; 32]>,
+    keys: std::collections::HashMap<[u8; 32], bytes::Bytes>,
 }
 
 /// The root's KV bucket of landed event_ids (key = event_id, value `1`).

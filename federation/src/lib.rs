@@ -20,6 +20,8 @@
 //! - `tls`: the rustls crypto provider, a link's TLS client config, the clear-text warning.
 //! - `uplink`: the pump from the outbox to the next tier.
 //! - `ingress`: the hub/root pump from the ingress stream onward, and landing streams.
+//! - `bridge`: local apps' subjects up as signed events (`[[bridge.up]]`).
+//! - `command`: commands down the tree (seal, open, freshness, replay) and their replies.
 //! - `trust`: admission at verifying tiers (token chains, grants, ACL), chain registry.
 //! - `revocation`: signed revocation lists, watched from above, persisted, passed down.
 //! - `clock`: the trust clock of boxes without an RTC (last known good time).
@@ -27,7 +29,9 @@
 //! - `backoff`, `ratelog`: small value types for retries and quiet logs.
 
 pub mod backoff;
+pub mod bridge;
 pub mod clock;
+pub mod command;
 pub mod deadletter;
 pub mod envelope;
 pub mod fsutil;

@@ -142,6 +142,24 @@ impl SignedEvent {
         body: Bytes,
         max_body: usize,
     ) -> Result<(Self, Envelope), VerifyError> {
+        let (event, envelope) = Self::open_detached(headers, body, max_body)?;
+        if event.subject != subject {
+            return Err(VerifyError::SubjectMismatch {
+                expected: event.subject,
+                got: subject.to_owned(),
+            });
+        }
+        Ok((event, envelope))
+    }
+
+    /// [`Self::open`] for a message whose subject is not the event's own (a command, a
+    /// command's reply): signature, envelope and `Nats-Msg-Id` are checked; the caller
+    /// checks what the subject means.
+    pub fn open_detached(
+        headers: Option<&HeaderMap>,
+        body: Bytes,
+        max_body: usize,
+    ) -> Result<(Self, Envelope), VerifyError> {
         if body.len() > max_body {
             return Err(EnvelopeError::TooLarge {
                 size: body.len(),
@@ -169,18 +187,11 @@ impl SignedEvent {
                 .map(|v| v.as_str()),
         )?;
         let envelope = Envelope::decode(&body, encoding, max_body)?;
-        let expected = envelope.subject();
-        if expected != subject {
-            return Err(VerifyError::SubjectMismatch {
-                expected,
-                got: subject.to_owned(),
-            });
-        }
         if header(HDR_MSG_ID)? != envelope.event_id {
             return Err(VerifyError::MsgIdMismatch);
         }
         let event = Self {
-            subject: expected,
+            subject: envelope.subject(),
             event_id: envelope.event_id.clone(),
             encoding,
             body,

@@ -14,6 +14,9 @@ pub const CORE_TENANT: &str = "_core";
 pub const RESERVED_PREFIX: &str = "_nexus";
 /// The prefix of a tier's ingress subjects (captured by its ingress stream).
 pub const INGRESS_PREFIX: &str = "_nexus.ingress";
+/// The prefix of commands: `_nexus.cmd.{node_id}.{command}`, requested on the NATS of
+/// the node's parent (or the root's own NATS, for the root).
+pub const COMMAND_PREFIX: &str = "_nexus.cmd";
 
 /// The longest node id or tenant accepted.
 pub const MAX_ID_LEN: usize = 64;
@@ -56,6 +59,18 @@ pub fn strip_ingress(subject: &str) -> Option<&str> {
         .strip_prefix(INGRESS_PREFIX)
         .and_then(|rest| rest.strip_prefix('.'))
         .filter(|rest| !rest.is_empty())
+}
+
+/// The subject a command to `node` is requested on.
+pub fn command_subject(node: &str, command: &str) -> String {
+    format!("{COMMAND_PREFIX}.{node}.{command}")
+}
+
+/// The target node and command of a command subject, if it is one (both valid).
+pub fn parse_command_subject(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix(COMMAND_PREFIX)?.strip_prefix('.')?;
+    let (node, command) = rest.split_once('.')?;
+    (is_valid_id(node) && is_valid_event_name(command)).then_some((node, command))
 }
 
 #[cfg(test)]
@@ -107,5 +122,20 @@ mod tests {
         assert_eq!(strip_ingress(&ingress), Some("nexus.t.iot.sensor_data"));
         assert_eq!(strip_ingress("_nexus.ingress."), None);
         assert_eq!(strip_ingress("nexus.t.x"), None);
+        let command = command_subject("edge-01", "agent.ping");
+        assert_eq!(command, "_nexus.cmd.edge-01.agent.ping");
+        assert_eq!(
+            parse_command_subject(&command),
+            Some(("edge-01", "agent.ping"))
+        );
+        for bad in [
+            "_nexus.cmd.edge-01",
+            "_nexus.cmd.edge-01.ping",
+            "_nexus.cmd.Edge.agent.ping",
+            "_nexus.cmdx.edge-01.agent.ping",
+            "nexus.cmd.edge-01.agent.ping",
+        ] {
+            assert_eq!(parse_command_subject(bad), None, "{bad}");
+        }
     }
 }

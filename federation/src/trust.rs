@@ -210,36 +210,7 @@ impl Gatekeeper {
         if self.is_anchor(&event.signer) {
             return Ok(Admitted::Anchor);
         }
-        let chain = chain.ok_or_else(|| {
-            Rejection::new(
-                "token_unknown",
-                format!("no token chain for signer {}", event.signer),
-            )
-        })?;
-        let now = self
-            .clock
-            .now()
-            .map_err(|e| Rejection::new("clock_unsynced", e.to_string()))?;
-        let grant = self.verify_chain(chain, now)?;
-        if grant.node_key() != &event.signer {
-            return Err(Rejection::new(
-                "token_key_mismatch",
-                format!(
-                    "the token presented is node {}'s, for another key than the signer's",
-                    grant.node_id()
-                ),
-            ));
-        }
-        if envelope.source != grant.node_id() {
-            return Err(Rejection::new(
-                "source_spoofing",
-                format!(
-                    "source `{}` but the signer's token is for node `{}`",
-                    envelope.source,
-                    grant.node_id()
-                ),
-            ));
-        }
+        let grant = self.signer_grant(event, envelope, chain)?;
         if let (Some(tenant), Some(granted)) = (envelope.tenant.as_deref(), grant.tenant()) {
             if tenant != granted {
                 return Err(Rejection::new(
@@ -271,6 +242,107 @@ impl Gatekeeper {
             }
         }
         Ok(Admitted::Node(grant))
+    }
+
+    /// Admits a command requested on `command_subject` and signed by `event.signer` with
+    /// `chain` (carried beside it): the issuer is a trust anchor, or a hub or root whose
+    /// token grants publishing on the command subject and, if bound to a tenant, is bound
+    /// to the target's, `target_tenant` (`None`: the target's tenant is not known here, as
+    /// at a hub routing the command; the target checks it). Members never command. The
+    /// local ACL is not consulted: it governs what this node forwards.
+    pub fn admit_command(
+        &self,
+        event: &SignedEvent,
+        envelope: &Envelope,
+        chain: Option<&Chain>,
+        command_subject: &str,
+        target_tenant: Option<Option<&str>>,
+    ) -> Result<Admitted, Rejection> {
+        if self.is_anchor(&event.signer) {
+            return Ok(Admitted::Anchor);
+        }
+        let grant = self.signer_grant(event, envelope, chain)?;
+        if grant.role() == nexus_policies::Role::Member {
+            return Err(Rejection::new(
+                "command_not_allowed",
+                format!(
+                    "node `{}` is a member: members cannot send commands",
+                    grant.node_id()
+                ),
+            ));
+        }
+        if let (Some(granted), Some(target_tenant)) = (grant.tenant(), target_tenant) {
+            if target_tenant != Some(granted) {
+                return Err(Rejection::new(
+                    "tenant_crossover",
+                    format!(
+                        "node `{}` belongs to tenant `{granted}`, this node to {}",
+                        grant.node_id(),
+                        target_tenant.map_or("none".to_owned(), |t| format!("`{t}`"))
+                    ),
+                ));
+            }
+        }
+        if !grant.allows_publish(command_subject) {
+            return Err(Rejection::new(
+                "command_not_granted",
+                format!(
+                    "node `{}`'s token does not grant `{command_subject}`",
+                    grant.node_id()
+                ),
+            ));
+        }
+        Ok(Admitted::Node(grant))
+    }
+
+    /// The verified grant of a signer that is not an anchor: its chain verifies now, is for
+    /// the signer's key, and names the envelope's `source`.
+    fn signer_grant(
+        &self,
+        event: &SignedEvent,
+        envelope: &Envelope,
+        chain: Option<&Chain>,
+    ) -> Result<Arc<VerifiedGrant>, Rejection> {
+        let chain = chain.ok_or_else(|| {
+            Rejection::new(
+                "token_unknown",
+                format!("no token chain for signer {}", event.signer),
+            )
+        })?;
+        let now = self
+            .clock
+            .now()
+            .map_err(|e| Rejection::new("clock_unsynced", e.to_string()))?;
+        let grant = self.verify_chain(chain, now)?;
+        if grant.node_key() != &event.signer {
+            return Err(Rejection::new(
+                "token_key_mismatch",
+                format!(
+                    "the token presented is node {}'s, for another key than the signer's",
+                    grant.node_id()
+                ),
+            ));
+        }
+        if envelope.source != grant.node_id() {
+            return Err(Rejection::new(
+                "source_spoofing",
+                format!(
+                    "source `{}` but the signer's token is for node `{}`",
+                    envelope.source,
+                    grant.node_id()
+                ),
+            ));
+        }
+        Ok(grant)
+    }
+
+    /// Verifies a chain now (this node's own new token, before it replaces the old one).
+    pub fn verify_now(&self, chain: &Chain) -> Result<Arc<VerifiedGrant>, Rejection> {
+        let now = self
+            .clock
+            .now()
+            .map_err(|e| Rejection::new("clock_unsynced", e.to_string()))?;
+        self.verify_chain(chain, now)
     }
 
     fn verify_chain(&self, chain: &Chain, now: UnixTime) -> Result<Arc<VerifiedGrant>, Rejection> {
@@ -348,6 +420,48 @@ impl Gatekeeper {
             .unwrap_or_else(|p| p.into_inner())
             .trust_anchors
             .clone()
+    }
+}
+
+/// Watches this tier's chain registry and forgets a signer's cached chain as soon as a new
+/// one is presented (a rotated token): the next message fetches it, before the old one is
+/// revoked. Runs until `shutdown`, watching again after the server comes back.
+pub async fn watch_registry(
+    link: Link,
+    gatekeeper: Arc<Gatekeeper>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use futures::StreamExt as _;
+    while !shutdown.is_cancelled() {
+        if !link.wait_connected(&shutdown).await {
+            return;
+        }
+        // The ingress creates the registry when it is ready; until then, look again.
+        let watch = match bucket(&link, CHAINS_BUCKET, false).await {
+            Ok(store) => store.watch_all().await.ok(),
+            Err(_) => None,
+        };
+        if let Some(mut updates) = watch {
+            loop {
+                let update = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    update = updates.next() => update,
+                };
+                let Some(Ok(entry)) = update else { break };
+                let key = URL_SAFE_NO_PAD
+                    .decode(entry.key.as_bytes())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .and_then(|b| PublicKey::from_bytes(&b).ok());
+                if let Some(key) = key {
+                    gatekeeper.forget(&key);
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! While the link is down the pump waits for it instead of queueing into the client (whose
 //! publish blocks once ~2048 commands are pending): the outbox is the only queue.
 
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::PublishErrorKind;
@@ -33,7 +34,7 @@ pub struct Uplink {
     outbox: Outbox,
     batch: usize,
     backoff: Backoff,
-    presentation: Option<Presentation>,
+    presentation: PresentationSlot,
 }
 
 /// This node's token chain, presented to the next tier once per connection.
@@ -43,6 +44,30 @@ pub struct Presentation {
     pub key_id: String,
     /// The encoded chain.
     pub chain: bytes::Bytes,
+}
+
+/// This node's current chain, shared with whoever replaces it (token rotation): the
+/// uplink presents a replaced chain again before its next batch.
+#[derive(Debug, Clone, Default)]
+pub struct PresentationSlot(Arc<RwLock<(u64, Option<Presentation>)>>);
+
+impl PresentationSlot {
+    /// A slot holding `presentation`.
+    pub fn new(presentation: Option<Presentation>) -> Self {
+        Self(Arc::new(RwLock::new((0, presentation))))
+    }
+
+    /// Replaces the chain; the uplink presents it before sending anything else.
+    pub fn set(&self, presentation: Presentation) {
+        let mut slot = self.0.write().unwrap_or_else(|p| p.into_inner());
+        slot.0 += 1;
+        slot.1 = Some(presentation);
+    }
+
+    /// The current chain and its generation.
+    pub fn get(&self) -> (u64, Option<Presentation>) {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// Counters of one uplink, for status and tests.
@@ -64,29 +89,31 @@ impl Uplink {
             outbox,
             batch: batch.max(1),
             backoff: Backoff::new(Duration::from_millis(100), max_backoff),
-            presentation: None,
+            presentation: PresentationSlot::default(),
         }
     }
 
     /// Presents `presentation` in the next tier's `NEXUS_CHAINS` bucket on every
     /// connection, before any event is sent on it.
-    pub fn with_presentation(mut self, presentation: Option<Presentation>) -> Self {
+    pub fn with_presentation(mut self, presentation: PresentationSlot) -> Self {
         self.presentation = presentation;
         self
     }
 
     /// Puts this node's chain into the next tier's registry if this connection has not
-    /// seen it yet. `presented` remembers the connection (by its `since`) it was put on.
+    /// seen it yet. `presented` remembers the connection (by its `since`) and the chain's
+    /// generation it was put on.
     async fn present(
         &self,
-        presented: &mut Option<time::OffsetDateTime>,
+        presented: &mut Option<(time::OffsetDateTime, u64)>,
         log: &mut RateLimitedLog,
     ) -> bool {
-        let Some(presentation) = &self.presentation else {
+        let (generation, presentation) = self.presentation.get();
+        let Some(presentation) = presentation else {
             return true;
         };
         let since = self.link.state().since;
-        if *presented == Some(since) {
+        if *presented == Some((since, generation)) {
             return true;
         }
         let result = match trust::bucket(&self.link, trust::CHAINS_BUCKET, false).await {
@@ -103,7 +130,7 @@ impl Uplink {
         match result {
             Ok(()) => {
                 debug!(key_id = %presentation.key_id, "Token chain presented to the next tier.");
-                *presented = Some(since);
+                *presented = Some((since, generation));
                 true
             }
             Err(error) => {

@@ -156,16 +156,25 @@ mod tests {
     #[test]
     fn wildcards_carry_their_tokens_over_in_order() {
         let r = rw("app.booking.*", "booking.*");
-        assert_eq!(r.apply("app.booking.created").as_deref(), Some("booking.created"));
+        assert_eq!(
+            r.apply("app.booking.created").as_deref(),
+            Some("booking.created")
+        );
         assert_eq!(r.apply("app.booking.created.x"), None);
         assert_eq!(r.apply("app.wallet.created"), None);
 
         let r = rw("app.>", "shop.>");
-        assert_eq!(r.apply("app.pos.sale.done").as_deref(), Some("shop.pos.sale.done"));
+        assert_eq!(
+            r.apply("app.pos.sale.done").as_deref(),
+            Some("shop.pos.sale.done")
+        );
         assert_eq!(r.apply("app"), None);
 
         let r = rw("site.*.door.*", "door.*.*");
-        assert_eq!(r.apply("site.a1.door.opened").as_deref(), Some("door.a1.opened"));
+        assert_eq!(
+            r.apply("site.a1.door.opened").as_deref(),
+            Some("door.a1.opened")
+        );
 
         let r = rw("kiosk.ping", "kiosk.pinged");
         assert_eq!(r.apply("kiosk.ping").as_deref(), Some("kiosk.pinged"));

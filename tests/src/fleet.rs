@@ -19,8 +19,9 @@ pub const HUB: &str = "hub-msk";
 /// The member's node id.
 pub const MEMBER: &str = "edge-msk-01";
 
-/// What the hub's token grants (and so the most a member's token may grant).
-pub const HUB_PUBLISH: &[&str] = &["nexus._core.>", "nexus.salon-001.>"];
+/// What the hub's token grants (and so the most a member's token may grant): events, and
+/// commands to any node (`_nexus.cmd.{node}.{command}`).
+pub const HUB_PUBLISH: &[&str] = &["nexus._core.>", "nexus.salon-001.>", "_nexus.cmd.>"];
 /// What the member's token grants.
 pub const MEMBER_PUBLISH: &[&str] = &[
     "nexus._core.edge.health.edge-msk-01",

@@ -1,0 +1,657 @@
+//! Commands to this node, and (hub) to its members.
+//!
+//! Where each mode listens (see `nexus_federation::command` for the wire contract):
+//! - member: `_nexus.cmd.{id}.>` on the uplink (its hub's NATS);
+//! - hub: `_nexus.cmd.>` on the uplink (the root's NATS): its own commands, and its known
+//!   children's, which it verifies and requests again on its own NATS, where the member
+//!   listens; plus `_nexus.cmd.{id}.>` on its own NATS;
+//! - root: `_nexus.cmd.{id}.>` on its own NATS.
+//!
+//! A command for this node is verified (signature, shape, freshness, replay, issuer's
+//! grant) and then answered by a built-in (`agent.ping`, `agent.health`,
+//! `agent.token.rotate`) or by a local app: the first `[[bridge.down]]` rule whose
+//! `command` pattern matches names the local subject it is requested on. The app's answer
+//! becomes the signed `{command}.result` reply, which also travels up as an event (through
+//! the outbox). A refused command is answered with an error, dead-lettered and audited.
+//! A command for a child that went silent fails at once with `node_offline`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use nexus_config::{DownRule, Mode};
+use nexus_federation::bridge::{decode_object, header_pairs, OwnGrants};
+use nexus_federation::command::{self, OpenedCommand, ReplayGuard};
+use nexus_federation::deadletter::STAGE_COMMAND;
+use nexus_federation::envelope::Envelope;
+use nexus_federation::ingress::RejectedMessage;
+use nexus_federation::outbox::Priority;
+use nexus_federation::ratelog::RateLimitedLog;
+use nexus_federation::subject;
+use nexus_federation::trust::{self, Gatekeeper, Rejection};
+use nexus_federation::uplink::{Presentation, PresentationSlot};
+use nexus_federation::{Link, Outbox};
+use nexus_policies::{Chain, Role, SecretKey};
+use serde_json::{json, Map, Value};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::heartbeat::{Children, Heartbeat};
+
+/// Commands handled at once; more wait in the subscription.
+const IN_FLIGHT: usize = 64;
+/// Commands remembered against replay.
+const REPLAY_CAPACITY: usize = 10_000;
+/// What a hub keeps for itself of the caller's deadline, so its own error arrives first.
+const ROUTE_MARGIN: Duration = Duration::from_millis(200);
+
+/// The built-in command names.
+pub const PING: &str = "agent.ping";
+/// Answers with a fresh heartbeat payload.
+pub const HEALTH: &str = "agent.health";
+/// Replaces this node's token.
+pub const ROTATE: &str = "agent.token.rotate";
+
+/// What token rotation needs.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// `node.token`: where the chain lives (none: a root without a token refuses).
+    pub path: Option<PathBuf>,
+    /// The chain presented upward.
+    pub presentation: PresentationSlot,
+    /// The grants the subject bridge checks.
+    pub grants: OwnGrants,
+}
+
+/// The command service of one node.
+#[derive(Debug, Clone)]
+pub struct CommandService {
+    /// This node's id.
+    pub node_id: String,
+    /// This node's mode.
+    pub mode: Mode,
+    /// This node's tenant.
+    pub tenant: Option<String>,
+    /// The key that signs replies.
+    pub key: SecretKey,
+    /// Verifies issuers' chains (and revocations).
+    pub gatekeeper: Arc<Gatekeeper>,
+    /// `trust.clock_skew`.
+    pub skew: Duration,
+    /// The parent's NATS.
+    pub uplink: Option<Link>,
+    /// This node's own NATS.
+    pub local: Option<Link>,
+    /// `[[bridge.down]]`.
+    pub down: Vec<DownRule>,
+    /// Where app replies are queued to travel up.
+    pub outbox: Outbox,
+    /// Where refusals go.
+    pub rejections: Option<mpsc::Sender<RejectedMessage>>,
+    /// The watch over children (hub: routing).
+    pub children: Option<Children>,
+    /// Answers `agent.ping` and `agent.health`.
+    pub heartbeat: Heartbeat,
+    /// `agent.token.rotate`.
+    pub rotation: Rotation,
+    /// Commands seen (shared by every listener).
+    pub replay: Arc<Mutex<ReplayGuard>>,
+    /// Quiet logs (shared).
+    pub log: Arc<Mutex<RateLimitedLog>>,
+}
+
+/// How a listener treats what it hears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listen {
+    /// Only commands for this node.
+    Own,
+    /// Commands for this node, and routing to children (hub on its uplink).
+    OwnAndChildren,
+}
+
+impl CommandService {
+    /// Empty replay and log state, shared by the listeners.
+    pub fn shared_state() -> (Arc<Mutex<ReplayGuard>>, Arc<Mutex<RateLimitedLog>>) {
+        (
+            Arc::new(Mutex::new(ReplayGuard::new(REPLAY_CAPACITY))),
+            Arc::new(Mutex::new(RateLimitedLog::new(Duration::from_secs(60)))),
+        )
+    }
+
+    /// Listens where the mode says until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let own = subject::command_subject(&self.node_id, ">");
+        let all = format!("{}.>", subject::COMMAND_PREFIX);
+        let mut listeners = Vec::new();
+        match self.mode {
+            Mode::Member => {
+                if let Some(uplink) = &self.uplink {
+                    listeners.push((uplink.clone(), own.clone(), Listen::Own));
+                }
+            }
+            Mode::Hub => {
+                if let Some(uplink) = &self.uplink {
+                    listeners.push((uplink.clone(), all, Listen::OwnAndChildren));
+                }
+                if let Some(local) = &self.local {
+                    listeners.push((local.clone(), own.clone(), Listen::Own));
+                }
+            }
+            Mode::Root => {
+                if let Some(local) = &self.local {
+                    listeners.push((local.clone(), own.clone(), Listen::Own));
+                }
+            }
+        }
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+        for (link, pattern, listen) in listeners {
+            let service = self.clone();
+            let shutdown = shutdown.clone();
+            let permits = Arc::clone(&permits);
+            let tasks = tracker.clone();
+            tracker.spawn(async move {
+                service
+                    .listen(link, pattern, listen, permits, tasks, shutdown)
+                    .await;
+            });
+        }
+        tracker.close();
+        shutdown.cancelled().await;
+        // In-flight commands finish within their own (short) deadlines or are dropped at
+        // exit; their issuers time out.
+        let _ = tokio::time::timeout(Duration::from_millis(500), tracker.wait()).await;
+    }
+
+    async fn listen(
+        self,
+        link: Link,
+        pattern: String,
+        listen: Listen,
+        permits: Arc<Semaphore>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        if !link.wait_connected(&shutdown).await {
+            return;
+        }
+        // The client subscribes again by itself after a reconnect.
+        let mut subscription = loop {
+            match link.client().subscribe(pattern.clone()).await {
+                Ok(subscription) => break subscription,
+                Err(error) => {
+                    warn!(%error, subject = %pattern, link = link.role(), "Cannot subscribe to commands; retrying.");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        info!(subject = %pattern, link = link.role(), "Listening for commands.");
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                message = subscription.next() => message,
+            };
+            let Some(message) = message else { return };
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                return;
+            };
+            let service = self.clone();
+            let link = link.clone();
+            tasks.spawn(async move {
+                service.handle(&link, message, listen).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn handle(&self, link: &Link, message: async_nats::Message, listen: Listen) {
+        let Some(reply_to) = message.reply.clone() else {
+            debug!(subject = %message.subject, "Command without a reply subject; ignored.");
+            return;
+        };
+        let target = subject::parse_command_subject(message.subject.as_str()).map(|(n, _)| n);
+        let for_me = target == Some(self.node_id.as_str());
+        if !for_me {
+            if listen == Listen::OwnAndChildren {
+                if let Some(target) = target {
+                    let target = target.to_owned();
+                    self.route(link, &message, &target, reply_to).await;
+                }
+            }
+            return;
+        }
+        let (headers, body) = match self.answer(&message).await {
+            Ok(reply) => reply,
+            Err((rejection, envelope)) => {
+                self.refuse(&message, &rejection);
+                match envelope {
+                    Some(command) => self.error_reply(&command, &rejection),
+                    None => plain_error(&rejection),
+                }
+            }
+        };
+        self.respond(link, reply_to, headers, body).await;
+    }
+
+    /// Verifies a command for this node and answers it.
+    async fn answer(
+        &self,
+        message: &async_nats::Message,
+    ) -> Result<(async_nats::HeaderMap, Bytes), Refused> {
+        let command = self.verify(message, Some(self.tenant.as_deref()))?;
+        let outcome = match command.name.as_str() {
+            PING => Ok(self.ping()),
+            HEALTH => Ok(self.heartbeat.snapshot()),
+            ROTATE => self.rotate(&command.envelope.payload),
+            name if name.starts_with("agent.") => Err(rejection(
+                "unknown_command",
+                format!("`{name}` is not a built-in command (agent.ping, agent.health, agent.token.rotate)"),
+            )),
+            _ => return Ok(self.deliver(&command).await),
+        };
+        let reply = command::reply_envelope(
+            &command.envelope,
+            &self.node_id,
+            None,
+            outcome.map_err(|r| (r.reason, r.detail)),
+            OffsetDateTime::now_utc(),
+        );
+        Ok(self.sign(&reply))
+    }
+
+    /// Every check of a command that needs no action: shape and signature, freshness,
+    /// replay, the issuer's grant (`target_tenant` as in `Gatekeeper::admit_command`).
+    fn verify(
+        &self,
+        message: &async_nats::Message,
+        target_tenant: Option<Option<&str>>,
+    ) -> Result<OpenedCommand, Refused> {
+        let command = command::open(
+            message.subject.as_str(),
+            message.headers.as_ref(),
+            message.payload.clone(),
+        )
+        .map_err(|r| (r, None))?;
+        let with = |r: Rejection| (r, Some(Box::new(command.envelope.clone())));
+        let now = OffsetDateTime::now_utc();
+        command::check_fresh(&command, now, self.skew).map_err(with)?;
+        self.gatekeeper
+            .admit_command(
+                &command.event,
+                &command.envelope,
+                command.chain.as_ref(),
+                &command.subject,
+                target_tenant,
+            )
+            .map_err(with)?;
+        let until = Instant::now() + command.remaining(now) + self.skew;
+        self.replay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(&command.envelope.event_id, until, Instant::now())
+            .map_err(with)?;
+        Ok(command)
+    }
+
+    fn ping(&self) -> Map<String, Value> {
+        let mut payload = Map::new();
+        payload.insert("node_id".into(), json!(self.node_id));
+        payload.insert("mode".into(), json!(self.mode.as_str()));
+        payload.insert("agent_version".into(), json!(env!("CARGO_PKG_VERSION")));
+        payload.insert(
+            "uptime_secs".into(),
+            json!(self.heartbeat.started.elapsed().as_secs()),
+        );
+        payload
+    }
+
+    /// `agent.token.rotate {"token": "<chain, base64url>"}`: the new chain must verify up
+    /// to a trust anchor now and be this node's (id, key, role, tenant); then it replaces
+    /// the old one on disk (atomically), upward and in the bridge's checks.
+    fn rotate(&self, payload: &Map<String, Value>) -> Result<Map<String, Value>, Rejection> {
+        let Some(path) = &self.rotation.path else {
+            return Err(rejection(
+                "no_token",
+                "this node runs without node.token (a trust anchor): nothing to rotate",
+            ));
+        };
+        let text = payload
+            .get("token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                rejection(
+                    "malformed",
+                    "expected {\"token\": \"<token chain file, base64url>\"}",
+                )
+            })?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.trim_end_matches('='))
+            .map_err(|e| rejection("malformed", format!("token is not base64url: {e}")))?;
+        let chain = Chain::decode(&bytes).map_err(|e| Rejection::from(&e))?;
+        let grant = self.gatekeeper.verify_now(&chain)?;
+        let own_key = self.key.public();
+        let role = match self.mode {
+            Mode::Member => Role::Member,
+            Mode::Hub => Role::Hub,
+            Mode::Root => Role::Root,
+        };
+        let problem = if grant.node_id() != self.node_id {
+            Some(format!("the token is for node `{}`", grant.node_id()))
+        } else if grant.node_key() != &own_key {
+            Some("the token is for another key than this node's".to_owned())
+        } else if grant.role() != role {
+            Some(format!(
+                "the token is for a {}, this node is a {}",
+                grant.role(),
+                role
+            ))
+        } else if self.tenant.is_some() && grant.tenant() != self.tenant.as_deref() {
+            Some(format!(
+                "the token is for tenant {:?}, this node is tenant {:?}",
+                grant.tenant(),
+                self.tenant
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(rejection("token_not_mine", problem));
+        }
+        nexus_federation::fsutil::write_atomically(path, &bytes, 0o644).map_err(|e| {
+            rejection(
+                "io",
+                format!("cannot write node.token {}: {e}", path.display()),
+            )
+        })?;
+        self.rotation.grants.set(&chain);
+        self.rotation.presentation.set(Presentation {
+            key_id: trust::key_id(&own_key),
+            chain: bytes.into(),
+        });
+        let expires = OffsetDateTime::from_unix_timestamp(grant.expires().0)
+            .map(nexus_federation::envelope::format_ts)
+            .unwrap_or_default();
+        info!(token_id = %grant.leaf_id(), %expires, path = %path.display(), "Token rotated.");
+        let mut answer = Map::new();
+        answer.insert("token_id".into(), json!(grant.leaf_id().to_string()));
+        answer.insert("expires".into(), json!(expires));
+        Ok(answer)
+    }
+
+    /// Requests the command from the local app its `[[bridge.down]]` rule names; the
+    /// answer is signed, queued to travel up, and returned.
+    async fn deliver(&self, command: &OpenedCommand) -> (async_nats::HeaderMap, Bytes) {
+        let now = OffsetDateTime::now_utc();
+        let outcome = self.ask_app(command, now).await;
+        let ok = outcome.is_ok();
+        let reply = command::reply_envelope(
+            &command.envelope,
+            &self.node_id,
+            if ok { self.tenant.as_deref() } else { None },
+            outcome.map_err(|r| (r.reason, r.detail)),
+            OffsetDateTime::now_utc(),
+        );
+        match command::reply_message(&reply, &self.key) {
+            Ok((headers, body, event)) => {
+                if ok {
+                    if let Err(error) = self.outbox.push(event, Priority::Control).await {
+                        warn!(%error, command = %command.name, "Cannot queue a command's result event; the caller still gets the reply.");
+                    }
+                }
+                (headers, body)
+            }
+            Err(error) => plain_error(&rejection("internal", error)),
+        }
+    }
+
+    async fn ask_app(
+        &self,
+        command: &OpenedCommand,
+        now: OffsetDateTime,
+    ) -> Result<Map<String, Value>, Rejection> {
+        let (rule, local_subject) = self
+            .down
+            .iter()
+            .find_map(|rule| rule.rewrite.apply(&command.name).map(|s| (rule, s)))
+            .ok_or_else(|| {
+                rejection(
+                    "unknown_command",
+                    format!(
+                        "no [[bridge.down]] rule on node `{}` takes `{}`",
+                        self.node_id, command.name
+                    ),
+                )
+            })?;
+        let Some(local) = &self.local else {
+            return Err(rejection(
+                "unknown_command",
+                "this node has no [local] NATS",
+            ));
+        };
+        let timeout = rule.timeout.min(command.remaining(now));
+        if timeout.is_zero() {
+            return Err(rejection("command_expired", "no time left to ask the app"));
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(id) = &command.envelope.correlation_id {
+            headers.insert("Nexus-Correlation-Id", id.as_str());
+        }
+        headers.insert("Nexus-Command-Id", command.envelope.event_id.as_str());
+        headers.insert("Nexus-Issuer", command.envelope.source.as_str());
+        let body = serde_json::to_vec(&command.envelope.payload)
+            .map_err(|e| rejection("internal", e.to_string()))?;
+        let request = async_nats::Request::new()
+            .payload(body.into())
+            .headers(headers)
+            .timeout(Some(timeout));
+        let answer = local
+            .client()
+            .send_request(local_subject.clone(), request)
+            .await
+            .map_err(|error| match error.kind() {
+                async_nats::client::RequestErrorKind::NoResponders => rejection(
+                    "no_local_responder",
+                    format!("no local app answers on `{local_subject}`"),
+                ),
+                async_nats::client::RequestErrorKind::TimedOut => rejection(
+                    "timeout",
+                    format!(
+                        "the local app on `{local_subject}` did not answer within {} ms",
+                        timeout.as_millis()
+                    ),
+                ),
+                _ => rejection("local_unavailable", error.to_string()),
+            })?;
+        if let Some(error) = answer
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error"))
+        {
+            return Err(rejection("app_error", error.as_str().to_owned()));
+        }
+        let content_type = answer
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Content-Type"))
+            .map(|v| v.as_str().trim().to_owned());
+        decode_object(&answer.payload, content_type.as_deref()).map_err(|r| Rejection {
+            reason: "bad_app_reply",
+            detail: r.detail,
+        })
+    }
+
+    /// Hub: a command for a child. Unknown children are someone else's (silence); a child
+    /// gone silent fails at once; otherwise the verified command is requested again on
+    /// this node's NATS and the child's answer passed back unchanged.
+    async fn route(
+        &self,
+        uplink: &Link,
+        message: &async_nats::Message,
+        target: &str,
+        reply_to: async_nats::Subject,
+    ) {
+        let Some(children) = &self.children else {
+            return;
+        };
+        let Some(online) = children.online(target) else {
+            return;
+        };
+        let Some(local) = &self.local else { return };
+        let command = match self.verify(message, None) {
+            Ok(command) => command,
+            Err((rejection, envelope)) => {
+                self.refuse(message, &rejection);
+                let (headers, body) = match envelope {
+                    Some(envelope) => self.error_reply(&envelope, &rejection),
+                    None => plain_error(&rejection),
+                };
+                self.respond(uplink, reply_to, headers, body).await;
+                return;
+            }
+        };
+        if !online {
+            let offline = rejection(
+                "node_offline",
+                format!(
+                    "node `{target}` is offline: hub `{}` has not heard its heartbeat lately",
+                    self.node_id
+                ),
+            );
+            let (headers, body) = self.error_reply(&command.envelope, &offline);
+            self.respond(uplink, reply_to, headers, body).await;
+            return;
+        }
+        let remaining = command
+            .remaining(OffsetDateTime::now_utc())
+            .saturating_sub(ROUTE_MARGIN)
+            .max(Duration::from_millis(100));
+        let mut request = async_nats::Request::new()
+            .payload(message.payload.clone())
+            .timeout(Some(remaining));
+        if let Some(headers) = message.headers.clone() {
+            request = request.headers(headers);
+        }
+        let (headers, body) = match local
+            .client()
+            .send_request(message.subject.clone(), request)
+            .await
+        {
+            Ok(answer) => (answer.headers.unwrap_or_default(), answer.payload),
+            Err(error) => {
+                let failure = match error.kind() {
+                    async_nats::client::RequestErrorKind::NoResponders => rejection(
+                        "node_unreachable",
+                        format!(
+                            "node `{target}` is not listening for commands on hub `{}`",
+                            self.node_id
+                        ),
+                    ),
+                    async_nats::client::RequestErrorKind::TimedOut => rejection(
+                        "timeout",
+                        format!(
+                            "node `{target}` did not answer within {} ms",
+                            remaining.as_millis()
+                        ),
+                    ),
+                    _ => rejection("hub_unavailable", error.to_string()),
+                };
+                self.error_reply(&command.envelope, &failure)
+            }
+        };
+        self.respond(uplink, reply_to, headers, body).await;
+    }
+
+    fn error_reply(
+        &self,
+        command: &Envelope,
+        failure: &Rejection,
+    ) -> (async_nats::HeaderMap, Bytes) {
+        let reply = command::reply_envelope(
+            command,
+            &self.node_id,
+            None,
+            Err((failure.reason, failure.detail.clone())),
+            OffsetDateTime::now_utc(),
+        );
+        self.sign(&reply)
+    }
+
+    fn sign(&self, reply: &Envelope) -> (async_nats::HeaderMap, Bytes) {
+        match command::reply_message(reply, &self.key) {
+            Ok((headers, body, _)) => (headers, body),
+            Err(error) => plain_error(&rejection("internal", error)),
+        }
+    }
+
+    async fn respond(
+        &self,
+        link: &Link,
+        reply_to: async_nats::Subject,
+        headers: async_nats::HeaderMap,
+        body: Bytes,
+    ) {
+        if let Err(error) = link
+            .client()
+            .publish_with_headers(reply_to, headers, body)
+            .await
+        {
+            debug!(%error, "Cannot send a command reply.");
+        }
+    }
+
+    fn refuse(&self, message: &async_nats::Message, refused: &Rejection) {
+        {
+            let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(suppressed) = log.check(refused.reason, Instant::now()) {
+                warn!(reason = refused.reason, detail = %refused.detail, subject = %message.subject, suppressed, "Command refused.");
+            }
+        }
+        let Some(sink) = &self.rejections else { return };
+        let signer = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(nexus_federation::provenance::HDR_SIGNER))
+            .map(|v| v.as_str().to_owned());
+        let letter = RejectedMessage {
+            stage: STAGE_COMMAND,
+            rejection: refused.clone(),
+            subject: message.subject.to_string(),
+            headers: header_pairs(message.headers.as_ref()),
+            body: message.payload.clone(),
+            signer,
+            attempts: 1,
+            first_at: None,
+        };
+        if sink.try_send(letter).is_err() {
+            debug!("The dead-letter writer is behind; a refused command was not stored.");
+        }
+    }
+}
+
+/// A refused command: why, and its envelope when it could be read (to reply to it).
+type Refused = (Rejection, Option<Box<Envelope>>);
+
+fn rejection(reason: &'static str, detail: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// An unsigned error reply, for a message too broken to answer with an envelope.
+fn plain_error(failure: &Rejection) -> (async_nats::HeaderMap, Bytes) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nexus-Error", failure.reason);
+    let body = json!({"code": failure.reason, "message": failure.detail}).to_string();
+    (headers, Bytes::from(body))
+}

@@ -1,0 +1,258 @@
+//! `nexus-agent request` and `nexus-agent publish`: an operator's commands and events,
+//! signed with a node's own key and token (from its config file).
+//!
+//! - `request NODE COMMAND`: from the root or a hub, on its own NATS; prints the reply's
+//!   payload (stdout) and who signed it (stderr); exits 0 on an `ok` reply, 1 on an error
+//!   reply, a timeout or when no agent answers.
+//! - `publish EVENT`: from any node, straight into the next tier's ingress (a JetStream
+//!   publish, acknowledged durably); prints the event id and subject.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use async_nats::client::RequestErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use nexus_config::{Config, LinkConfig, Mode};
+use nexus_federation::command::{self, Issuer, MAX_COMMAND_BYTES};
+use nexus_federation::subject::ingress_subject;
+use nexus_federation::trust;
+use nexus_federation::{Encoding, Envelope, Link, SignedEvent};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::keygen::load_secret;
+
+/// How long to wait for the NATS server before giving up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Parses `--data`: a JSON object (default `{}`).
+pub fn parse_data(data: Option<&str>) -> anyhow::Result<Map<String, Value>> {
+    let Some(text) = data else {
+        return Ok(Map::new());
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => bail!("--data must be a JSON object, e.g. --data '{{\"reason\": \"test\"}}'"),
+        Err(error) => bail!("--data is not JSON: {error}"),
+    }
+}
+
+/// Parses `--timeout` (e.g. `5s`, `500ms`), at most [`command::MAX_TIMEOUT`].
+pub fn parse_timeout(text: &str) -> anyhow::Result<Duration> {
+    let timeout = humantime::parse_duration(text.trim())
+        .map_err(|e| anyhow!("--timeout {text:?} is not a duration ({e}); use e.g. 5s or 500ms"))?;
+    if timeout.is_zero() || timeout > command::MAX_TIMEOUT {
+        bail!(
+            "--timeout must be between 1ms and {}",
+            humantime::format_duration(command::MAX_TIMEOUT)
+        );
+    }
+    Ok(timeout)
+}
+
+async fn connect(role: &'static str, link: &LinkConfig, name: &str) -> anyhow::Result<Link> {
+    let url = nexus_config::redact_url(&link.url);
+    let connected = Link::connect(role, link, name)
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?;
+    let never = CancellationToken::new();
+    match tokio::time::timeout(CONNECT_TIMEOUT, connected.wait_connected(&never)).await {
+        Ok(true) => Ok(connected),
+        _ => bail!(
+            "cannot reach NATS at {url} within {} s (is the server up? [{role}] url in the config)",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+fn read_token(config: &Config) -> anyhow::Result<Option<Vec<u8>>> {
+    config
+        .node
+        .token
+        .as_ref()
+        .map(|path| {
+            std::fs::read(path)
+                .with_context(|| format!("cannot read node.token {}", path.display()))
+        })
+        .transpose()
+}
+
+/// `request NODE COMMAND`.
+pub async fn request(
+    config: &Config,
+    node: &str,
+    name: &str,
+    data: Map<String, Value>,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    if config.node.mode == Mode::Member {
+        bail!(
+            "commands are sent from the root or a hub; {} is a member",
+            config.node.id
+        );
+    }
+    let link = config
+        .local
+        .as_ref()
+        .context("the config has no [local] NATS to send the command on")?;
+    let key = load_secret(&config.node.key)?;
+    let chain = read_token(config)?;
+    let issuer = Issuer {
+        node_id: &config.node.id,
+        key: &key,
+        chain: chain.as_deref(),
+    };
+    let sealed = command::seal(
+        &issuer,
+        node,
+        name,
+        data,
+        timeout,
+        OffsetDateTime::now_utc(),
+    )
+    .map_err(|e| anyhow!(e))?;
+    let link = connect(
+        "local",
+        link,
+        &format!("nexus-agent request {}", config.node.id),
+    )
+    .await?;
+    let request = async_nats::Request::new()
+        .payload(sealed.body.clone())
+        .headers(sealed.headers.clone())
+        .timeout(Some(timeout));
+    let answer = link
+        .client()
+        .send_request(sealed.subject.clone(), request)
+        .await
+        .map_err(|error| match error.kind() {
+            RequestErrorKind::NoResponders => anyhow!(
+                "no agent answers commands for node `{node}`: no hub knows it, or its hub is down"
+            ),
+            RequestErrorKind::TimedOut => anyhow!(
+                "no reply from node `{node}` within {}",
+                humantime::format_duration(timeout)
+            ),
+            _ => anyhow!("cannot send the command: {error}"),
+        })?;
+    if let Some(code) = answer.headers.as_ref().and_then(|h| h.get("Nexus-Error")) {
+        bail!(
+            "refused ({}): {}",
+            code.as_str(),
+            String::from_utf8_lossy(&answer.payload)
+        );
+    }
+    let (event, reply) = nexus_federation::SignedEvent::open_detached(
+        answer.headers.as_ref(),
+        answer.payload,
+        MAX_COMMAND_BYTES,
+    )
+    .map_err(|e| anyhow!("the reply does not verify: {e}"))?;
+    if reply.correlation_id != sealed.envelope.correlation_id {
+        bail!("the reply is for another command (correlation_id differs)");
+    }
+    eprintln!(
+        "reply {} from {} (signed by {}), correlation_id {}",
+        reply.event_name,
+        reply.source,
+        event.signer,
+        reply.correlation_id.as_deref().unwrap_or("-")
+    );
+    let shown = if json {
+        serde_json::to_string(&reply)?
+    } else {
+        serde_json::to_string_pretty(&reply.payload)?
+    };
+    if command::is_ok(&reply) {
+        println!("{shown}");
+        Ok(())
+    } else {
+        let code = reply
+            .payload
+            .get("code")
+            .and_then(Value::as_str)
+            .unwrap_or("error");
+        let message = reply
+            .payload
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if json {
+            println!("{shown}");
+        }
+        bail!("{code}: {message}")
+    }
+}
+
+/// `publish EVENT`.
+pub async fn publish(
+    config: &Config,
+    event_name: &str,
+    data: Map<String, Value>,
+    cbor: bool,
+) -> anyhow::Result<()> {
+    if !nexus_federation::subject::is_valid_event_name(event_name) {
+        bail!("{event_name:?} is not an event name: two or more dot-separated tokens of [a-z0-9_-], e.g. booking.created");
+    }
+    let (role, link) = match (config.node.mode, &config.uplink, &config.local) {
+        (Mode::Member | Mode::Hub, Some(uplink), _) => ("uplink", uplink),
+        (Mode::Root, _, Some(local)) => ("local", local),
+        _ => bail!("the config has no NATS link to publish on"),
+    };
+    let key = load_secret(&config.node.key)?;
+    let chain = read_token(config)?;
+    let envelope = Envelope::new(
+        event_name,
+        &config.node.id,
+        config.node.tenant.as_deref(),
+        data,
+        OffsetDateTime::now_utc(),
+    );
+    let encoding = if cbor { Encoding::Cbor } else { Encoding::Json };
+    let event = SignedEvent::seal(&envelope, encoding, &key).map_err(|e| anyhow!("{e}"))?;
+    let link = connect(
+        role,
+        link,
+        &format!("nexus-agent publish {}", config.node.id),
+    )
+    .await?;
+    if let Some(chain) = chain {
+        // The next tier verifies the event against this node's chain: present it first.
+        let store = trust::bucket(&link, trust::CHAINS_BUCKET, config.node.mode == Mode::Root)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot reach the next tier's {} bucket: {e}",
+                    trust::CHAINS_BUCKET
+                )
+            })?;
+        store
+            .put(trust::key_id(&key.public()), chain.into())
+            .await
+            .map_err(|e| anyhow!("cannot present the token chain: {e}"))?;
+    }
+    let ack = link
+        .jetstream()
+        .send_publish(
+            ingress_subject(&event.subject),
+            PublishMessage::build()
+                .payload(event.body.clone())
+                .headers(event.headers()),
+        )
+        .await
+        .map_err(|e| anyhow!("cannot publish: {e}"))?
+        .await
+        .map_err(|e| anyhow!("the next tier did not acknowledge the event: {e}"))?;
+    eprintln!(
+        "published {} on {} (stream {}, seq {}{})",
+        event.event_id,
+        event.subject,
+        ack.stream,
+        ack.sequence,
+        if ack.duplicate { ", duplicate" } else { "" }
+    );
+    println!("{}", event.event_id);
+    Ok(())
+}

@@ -1,0 +1,456 @@
+//! The subject bridge, upward: local apps publish (or request) on this node's own NATS;
+//! the `[[bridge.up]]` rules turn their messages into signed events in the outbox.
+//!
+//! Per message, in order:
+//! 1. the first rule whose `local` pattern matches the subject names the event
+//!    (`app.booking.created` → `booking.created`);
+//! 2. the body is a JSON (or, with `Content-Type: application/cbor`, CBOR) object: a bare
+//!    object becomes the payload of a new envelope; a complete envelope (it has
+//!    `event_id`, `event_name` and `payload`) is kept with its ids, `ts` and headers, but
+//!    `source` and `tenant` are always this node's, and its `event_name` must be the rule's;
+//! 3. the event's subject must be allowed by the operator's ACL for principal `local` AND
+//!    by this node's token;
+//! 4. the event is signed and appended to the outbox (fsynced) — only then is a request
+//!    answered `{"ok": true, "event_id": …}`.
+//!
+//! A refused message is answered `{"ok": false, "code": …, "message": …}` when it was a
+//! request, counted, and handed to the refusal handler (dead-letter store, audit event).
+//! Nothing a local app sends can crash or stall the bridge, or cost a good message.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use nexus_config::{AclPolicy, BridgeEncoding, UpRule};
+use nexus_policies::{Action, Chain, SecretKey, SubjectPattern};
+use serde_json::{json, Map, Value};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::deadletter::STAGE_BRIDGE;
+use crate::envelope::{Encoding, Envelope};
+use crate::ingress::RejectedMessage;
+use crate::link::Link;
+use crate::outbox::{Outbox, OutboxError, Priority};
+use crate::provenance::{HeaderMap, SignedEvent};
+use crate::ratelog::RateLimitedLog;
+use crate::subject;
+use crate::trust::Rejection;
+
+/// The principal of local apps in `[[acl]]` rules.
+pub const LOCAL_PRINCIPAL: &str = "local";
+/// Messages taken from the local NATS per round (their outbox appends share fsyncs).
+const CHUNK: usize = 256;
+
+/// What this node's own token lets it publish; swapped when the token is rotated.
+/// `None` inside: the node has no token (a trust anchor), and its grants are unlimited.
+#[derive(Debug, Clone, Default)]
+pub struct OwnGrants(Arc<RwLock<Option<Vec<SubjectPattern>>>>);
+
+impl OwnGrants {
+    /// The grants of `chain`'s leaf; unlimited without a chain.
+    pub fn new(chain: Option<&Chain>) -> Self {
+        let grants = Self::default();
+        if let Some(chain) = chain {
+            grants.set(chain);
+        }
+        grants
+    }
+
+    /// Takes the grants of a new chain.
+    pub fn set(&self, chain: &Chain) {
+        let publish = chain.leaf().claims().publish.clone();
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(publish);
+    }
+
+    /// Whether the token lets this node publish on `subject`.
+    pub fn allows(&self, subject: &str) -> bool {
+        match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {
+            None => true,
+            Some(patterns) => patterns.iter().any(|p| p.matches(subject)),
+        }
+    }
+}
+
+/// Live counters of the upward bridge.
+#[derive(Debug, Default)]
+pub struct BridgeCounters {
+    /// Local messages taken.
+    pub received: AtomicU64,
+    /// Events appended to the outbox.
+    pub forwarded: AtomicU64,
+    /// Refused messages, by reason.
+    pub refused: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl BridgeCounters {
+    fn refuse(&self, reason: &'static str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Refusals by reason, as JSON.
+    pub fn refused_json(&self) -> Value {
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        json!(*refused)
+    }
+}
+
+/// The upward subject bridge of one node.
+#[derive(Debug)]
+pub struct UpBridge {
+    /// The node's own NATS, where its apps are.
+    pub local: Link,
+    /// `[[bridge.up]]`, in order.
+    pub rules: Vec<UpRule>,
+    /// This node's id (every event's `source`).
+    pub node_id: String,
+    /// This node's tenant (every bridged event's `tenant`).
+    pub tenant: String,
+    /// The key that signs the events.
+    pub key: SecretKey,
+    /// Where events wait for the next tier.
+    pub outbox: Outbox,
+    /// `bridge.max_payload`.
+    pub max_payload: usize,
+    /// The operator's `[[acl]]`.
+    pub acl: AclPolicy,
+    /// The own token's grants.
+    pub grants: OwnGrants,
+    /// Where refusals go (dead letters, audit).
+    pub rejections: Option<mpsc::Sender<RejectedMessage>>,
+    /// Live counters.
+    pub counters: Arc<BridgeCounters>,
+}
+
+/// A message turned into an event, or why not.
+type Mapped = Result<SignedEvent, Rejection>;
+
+fn refusal(reason: &'static str, detail: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+impl UpBridge {
+    /// Subscribes to every rule's local pattern and bridges until `shutdown`; subscribes
+    /// again after the local NATS comes back.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut log = RateLimitedLog::new(Duration::from_secs(60));
+        let mut attempt = 0u32;
+        while !shutdown.is_cancelled() {
+            if !self.local.wait_connected(&shutdown).await {
+                break;
+            }
+            match self.subscribe().await {
+                Ok(subscriptions) => {
+                    attempt = 0;
+                    info!(rules = self.rules.len(), "Subject bridge (up) subscribed.");
+                    self.pump(subscriptions, &shutdown, &mut log).await;
+                }
+                Err(error) => {
+                    if log.check("subscribe", Instant::now()).is_some() {
+                        warn!(%error, "Cannot subscribe to the local subjects of [[bridge.up]]; retrying.");
+                    }
+                }
+            }
+            let delay = backoff.delay_now(attempt);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn subscribe(&self) -> Result<Vec<async_nats::Subscriber>, async_nats::SubscribeError> {
+        let mut subscriptions = Vec::with_capacity(self.rules.len());
+        for rule in &self.rules {
+            subscriptions.push(
+                self.local
+                    .client()
+                    .subscribe(rule.rewrite.from().as_str().to_owned())
+                    .await?,
+            );
+        }
+        Ok(subscriptions)
+    }
+
+    async fn pump(
+        &self,
+        subscriptions: Vec<async_nats::Subscriber>,
+        shutdown: &CancellationToken,
+        log: &mut RateLimitedLog,
+    ) {
+        // Each subscription tagged with its rule: a subject matched by several rules'
+        // patterns arrives once per subscription and is handled by the first rule only.
+        let tagged = subscriptions
+            .into_iter()
+            .enumerate()
+            .map(|(index, subscription)| subscription.map(move |m| (index, m)));
+        let mut messages = futures::stream::select_all(tagged).ready_chunks(CHUNK);
+        loop {
+            // Cancel safety: core NATS messages not yet taken are not acknowledged to
+            // anyone; a request not answered times out at the app, which may retry.
+            let chunk = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                chunk = messages.next() => chunk,
+            };
+            let Some(chunk) = chunk else {
+                debug!("Local subscriptions ended; subscribing again.");
+                return;
+            };
+            let mut work = Vec::with_capacity(chunk.len());
+            for (index, message) in chunk {
+                if self.first_rule(message.subject.as_str()) != Some(index) {
+                    continue;
+                }
+                self.counters.received.fetch_add(1, Ordering::Relaxed);
+                let mapped = self.map(index, &message, OffsetDateTime::now_utc());
+                work.push((message, mapped));
+            }
+            self.commit(work, log).await;
+        }
+    }
+
+    fn first_rule(&self, subject: &str) -> Option<usize> {
+        self.rules
+            .iter()
+            .position(|rule| rule.rewrite.from().matches(subject))
+    }
+
+    /// Rule → event name → envelope → ACL ∩ token → signed event.
+    fn map(&self, index: usize, message: &async_nats::Message, now: OffsetDateTime) -> Mapped {
+        let rule = &self.rules[index];
+        if message.payload.len() > self.max_payload {
+            return Err(refusal(
+                "oversized",
+                format!(
+                    "{} bytes, over bridge.max_payload ({})",
+                    message.payload.len(),
+                    self.max_payload
+                ),
+            ));
+        }
+        let subject_in = message.subject.as_str();
+        let event_name = rule
+            .rewrite
+            .apply(subject_in)
+            .filter(|name| subject::is_valid_event_name(name))
+            .ok_or_else(|| {
+                refusal(
+                    "bad_event_name",
+                    format!(
+                        "`{subject_in}` maps to no valid event name under rule {} (tokens of [a-z0-9_-])",
+                        rule.rewrite
+                    ),
+                )
+            })?;
+        let content_type = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(crate::provenance::HDR_CONTENT_TYPE))
+            .map(|v| v.as_str().trim().to_owned());
+        let object = decode_object(&message.payload, content_type.as_deref())?;
+        let envelope = self.envelope(&event_name, object, now)?;
+        let subject = envelope.subject();
+        if !self.acl.allows(LOCAL_PRINCIPAL, Action::Publish, &subject) {
+            return Err(refusal(
+                "acl_denied",
+                format!("[[acl]] does not let local apps publish on `{subject}`"),
+            ));
+        }
+        if !self.grants.allows(&subject) {
+            return Err(refusal(
+                "subject_not_granted",
+                format!("this node's token does not grant publishing on `{subject}`"),
+            ));
+        }
+        let encoding = match rule.encoding {
+            BridgeEncoding::Json => Encoding::Json,
+            BridgeEncoding::Cbor => Encoding::Cbor,
+        };
+        SignedEvent::seal(&envelope, encoding, &self.key)
+            .map_err(|e| refusal("malformed", e.to_string()))
+    }
+
+    /// A bare object becomes a new envelope's payload; a complete envelope keeps its ids,
+    /// time and headers, under this node's source and tenant.
+    fn envelope(
+        &self,
+        event_name: &str,
+        object: Map<String, Value>,
+        now: OffsetDateTime,
+    ) -> Result<Envelope, Rejection> {
+        let is_envelope = ["event_id", "event_name", "payload"]
+            .iter()
+            .all(|k| object.contains_key(*k));
+        if !is_envelope {
+            return Ok(Envelope::new(
+                event_name,
+                &self.node_id,
+                Some(&self.tenant),
+                object,
+                now,
+            ));
+        }
+        let mut envelope: Envelope = serde_json::from_value(Value::Object(object))
+            .map_err(|e| refusal("malformed", format!("not an envelope: {e}")))?;
+        if envelope.event_name != event_name {
+            return Err(refusal(
+                "event_name_mismatch",
+                format!(
+                    "the envelope says `{}` but its subject maps to `{event_name}`",
+                    envelope.event_name
+                ),
+            ));
+        }
+        envelope.source = self.node_id.clone();
+        envelope.tenant = Some(self.tenant.clone());
+        envelope
+            .validate()
+            .map_err(|e| refusal("malformed", e.to_string()))?;
+        Ok(envelope)
+    }
+
+    /// Appends the mapped events (their fsyncs shared), then answers every request.
+    async fn commit(&self, work: Vec<(async_nats::Message, Mapped)>, log: &mut RateLimitedLog) {
+        // The pushes are issued in order (each is queued at its first poll), so the outbox
+        // keeps the apps' order.
+        let pushes = futures::future::join_all(work.iter().map(|(_, mapped)| async move {
+            match mapped {
+                Ok(event) => Some(self.outbox.push(event.clone(), Priority::Bulk).await),
+                Err(_) => None,
+            }
+        }))
+        .await;
+        for ((message, mapped), pushed) in work.into_iter().zip(pushes) {
+            let outcome = match (mapped, pushed) {
+                (Ok(event), Some(Ok(_))) => Ok(event),
+                (Ok(_), Some(Err(error))) => Err(match error {
+                    OutboxError::Full { .. } => refusal("outbox_full", error.to_string()),
+                    other => refusal("outbox_unavailable", other.to_string()),
+                }),
+                (Err(rejection), _) => Err(rejection),
+                // Every mapped event was pushed above.
+                (Ok(_), None) => Err(refusal("internal", "the event was not queued")),
+            };
+            let reply = match outcome {
+                Ok(event) => {
+                    self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                    json!({"ok": true, "event_id": event.event_id, "subject": event.subject})
+                }
+                Err(rejection) => {
+                    self.refuse(&message, &rejection, log);
+                    json!({"ok": false, "code": rejection.reason, "message": rejection.detail})
+                }
+            };
+            if let Some(reply_to) = message.reply.clone() {
+                let body = Bytes::from(reply.to_string());
+                if let Err(error) = self.local.client().publish(reply_to, body).await {
+                    debug!(%error, "Cannot answer a local request.");
+                }
+            }
+        }
+    }
+
+    fn refuse(
+        &self,
+        message: &async_nats::Message,
+        rejection: &Rejection,
+        log: &mut RateLimitedLog,
+    ) {
+        self.counters.refuse(rejection.reason);
+        if let Some(suppressed) = log.check(rejection.reason, Instant::now()) {
+            warn!(reason = rejection.reason, detail = %rejection.detail, subject = %message.subject, suppressed, "Local message refused; it is not forwarded.");
+        }
+        // Outbox trouble is back-pressure, not a bad message: the app is told and retries.
+        if matches!(rejection.reason, "outbox_full" | "outbox_unavailable") {
+            return;
+        }
+        if let Some(sink) = &self.rejections {
+            let refused = RejectedMessage {
+                stage: STAGE_BRIDGE,
+                rejection: rejection.clone(),
+                subject: message.subject.to_string(),
+                headers: header_pairs(message.headers.as_ref()),
+                body: message.payload.clone(),
+                signer: None,
+                attempts: 1,
+                first_at: None,
+            };
+            if sink.try_send(refused).is_err()
+                && log.check("rejections_full", Instant::now()).is_some()
+            {
+                warn!("The dead-letter writer is behind; a refusal was counted but not stored.");
+            }
+        }
+    }
+}
+
+/// A message's headers as (name, value) pairs.
+pub fn header_pairs(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .flat_map(|h| h.iter())
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| (name.to_string(), v.as_str().to_owned()))
+        })
+        .collect()
+}
+
+/// A local message's body as a JSON object: JSON by default, CBOR when the app says so.
+pub fn decode_object(
+    body: &[u8],
+    content_type: Option<&str>,
+) -> Result<Map<String, Value>, Rejection> {
+    let value: Value = match content_type {
+        Some("application/cbor") => ciborium::de::from_reader_with_recursion_limit(body, 32)
+            .map_err(|e| refusal("malformed", format!("not CBOR: {e}")))?,
+        None | Some("application/json") | Some("") => serde_json::from_slice(body)
+            .map_err(|e| refusal("malformed", format!("not JSON: {e}")))?,
+        Some(other) => {
+            return Err(refusal(
+                "malformed",
+                format!(
+                    "unknown Content-Type `{other}`: send application/json or application/cbor"
+                ),
+            ))
+        }
+    };
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(refusal(
+            "malformed",
+            format!(
+                "expected a JSON object (the payload, or a whole envelope), found {}",
+                kind(&other)
+            ),
+        )),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
