@@ -224,7 +224,8 @@ pub async fn publish(
             .await
             .map_err(|e| {
                 anyhow!(
-                    "cannot reach the next tier's {} bucket: {e}",
+                    "the next tier is not ready to verify events ({} bucket: {e}): is its agent \
+                     running? ([{role}] url in the config)",
                     trust::CHAINS_BUCKET
                 )
             })?;

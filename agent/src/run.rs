@@ -14,7 +14,7 @@ use nexus_config::{Config, Mode};
 use nexus_federation::bridge::{OwnGrants, UpBridge};
 use nexus_federation::deadletter::DeadLetters;
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
-use nexus_federation::ingress::{Destination, Ingress, LandingStream};
+use nexus_federation::ingress::{Destination, Ingress, Landing};
 use nexus_federation::revocation;
 use nexus_federation::uplink::{PresentationSlot, Uplink};
 use nexus_federation::{Link, Outbox, OutboxOptions, WhenFull};
@@ -170,10 +170,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             );
             let token = shutdown.child_token();
             let landing_link = (node.mode == Mode::Root).then(|| local.clone());
-            let duplicate_window = config.ingress.duplicate_window;
+            let landing = Landing::new(&config.landing, config.ingress.duplicate_window);
             supervise(&tracker, &shutdown, &failed, "ingress", async move {
                 if let Some(link) = landing_link {
-                    if !ensure_landing(&link, duplicate_window, &token).await {
+                    if !ensure_landing(&link, &landing, &token).await {
                         return;
                     }
                 }
@@ -388,33 +388,33 @@ fn open_dead_letters(config: &Config) -> Option<DeadLetters> {
     }
 }
 
-/// Creates the root's landing streams, retrying while its NATS is unreachable.
-async fn ensure_landing(
-    link: &Link,
-    duplicate_window: Duration,
-    shutdown: &CancellationToken,
-) -> bool {
+/// Creates the root's landing streams, retrying while its NATS is unreachable (or refuses
+/// them: the error is logged once, e.g. a stream of that name with other subjects).
+async fn ensure_landing(link: &Link, landing: &Landing, shutdown: &CancellationToken) -> bool {
     let backoff = nexus_federation::backoff::Backoff::new(
         Duration::from_millis(200),
         Duration::from_secs(10),
     );
-    // The landing dedups with the ingress' window; beyond it, NEXUS_LANDED (ingress.rs).
-    let stream = LandingStream {
-        duplicate_window,
-        ..LandingStream::all_events()
-    };
     let mut attempt = 0;
     loop {
         if !link.wait_connected(shutdown).await {
             return false;
         }
-        match stream.ensure(link).await {
+        match landing.ensure(link).await {
             Ok(()) => {
-                info!(stream = %stream.name, subjects = ?stream.subjects, "Landing stream ready.");
+                let domains: Vec<String> = landing
+                    .domains
+                    .iter()
+                    .map(|d| {
+                        let subjects: Vec<&str> = d.subjects.iter().map(|p| p.as_str()).collect();
+                        format!("{} ({})", d.name, subjects.join(", "))
+                    })
+                    .collect();
+                info!(journal = %landing.journal, domains = %domains.join("; "), "Landing streams ready.");
                 return true;
             }
             Err(error) if attempt == 0 => {
-                warn!(stream = %stream.name, %error, "Cannot create the landing stream; retrying.")
+                warn!(journal = %landing.journal, %error, "Cannot create the landing streams; retrying.")
             }
             Err(_) => {}
         }

@@ -2195,6 +2195,24 @@ impl Reader<'_> {
             );
             bad = true;
         }
+        // One source filters by all of them at once: JetStream refuses overlapping filters.
+        for (index, subject) in subjects.iter().enumerate() {
+            if let Some(earlier) = subjects[..index].iter().find(|e| e.overlaps(subject)) {
+                let origin = self.origin_or_fallback(s, "subjects");
+                self.push(
+                    ErrorKind::InvalidValue,
+                    origin,
+                    &format!("{path}[{index}]"),
+                    format!(
+                        "{:?} overlaps {:?} in the same domain (some subject matches both): \
+                         keep the wider one, or split them into two domains",
+                        truncate(subject.as_str()),
+                        truncate(earlier.as_str())
+                    ),
+                );
+                bad = true;
+            }
+        }
         (!bad).then_some(subjects)
     }
 

@@ -268,6 +268,11 @@ fn each_landing_problem_is_reported_on_its_key() {
             invalid.clone(),
         ),
         (
+            domain("NEXUS_BOOKING", "[\"nexus.*.booking.>\", \"nexus.salon.>\"]", "1d"),
+            "landing.domains[0].subjects[1]",
+            invalid.clone(),
+        ),
+        (
             domain("NEXUS_BOOKING", "[\"nexus\"]", "1d"),
             "landing.domains[0].subjects[0]",
             invalid.clone(),

@@ -624,43 +624,84 @@ async fn landed_bucket(link: &Link, ttl: Duration) -> Result<kv::Store, async_na
         .await?)
 }
 
-/// A JetStream stream the root lands events in.
+/// Where the root lands events: the journal (`nexus.>`, the dedup point the ingress
+/// publishes into) and the domain streams, each sourcing what its subjects select from the
+/// journal with its own retention. JetStream refuses streams whose subjects overlap
+/// (`nexus.*.iot.>` overlaps `nexus._core.>`); sourced streams own no subjects, so domains
+/// may overlap, and an event may be kept by several of them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LandingStream {
-    /// Stream name.
-    pub name: String,
-    /// Subjects it captures.
-    pub subjects: Vec<String>,
-    /// How long events are kept.
+pub struct Landing {
+    /// The journal's name.
+    pub journal: String,
+    /// How long the journal keeps events.
     pub max_age: Duration,
-    /// `Nats-Msg-Id` dedup window.
+    /// The journal's byte limit (`None`: unlimited).
+    pub max_bytes: Option<i64>,
+    /// `Nats-Msg-Id` dedup window of the journal.
     pub duplicate_window: Duration,
+    /// The domain streams.
+    pub domains: Vec<nexus_config::LandingDomain>,
 }
 
-impl LandingStream {
-    /// The default landing: every event (`nexus.>`: tenant events, heartbeats, audit) in
-    /// one stream, kept 30 days, deduplicated by event_id for 2 minutes.
-    pub fn all_events() -> Self {
+impl Landing {
+    /// The landing `[landing]` describes, deduplicating with the ingress' window.
+    pub fn new(config: &nexus_config::LandingConfig, duplicate_window: Duration) -> Self {
         Self {
-            name: "NEXUS_EVENTS".into(),
-            subjects: vec![format!("{}.>", subject::EVENT_PREFIX)],
-            max_age: Duration::from_secs(30 * 24 * 3600),
-            duplicate_window: Duration::from_secs(120),
+            journal: config.stream.clone(),
+            max_age: config.max_age,
+            max_bytes: config.max_bytes,
+            duplicate_window,
+            domains: config.domains.clone(),
         }
     }
 
-    /// Creates or updates the stream.
-    pub async fn ensure(&self, link: &Link) -> Result<(), async_nats::Error> {
-        link.jetstream()
-            .create_or_update_stream(stream::Config {
-                name: self.name.clone(),
-                subjects: self.subjects.clone(),
-                max_age: self.max_age,
-                duplicate_window: self.duplicate_window,
-                storage: StorageType::File,
+    /// The journal's stream config.
+    pub fn journal_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.journal.clone(),
+            subjects: vec![format!("{}.>", subject::EVENT_PREFIX)],
+            max_age: self.max_age,
+            max_bytes: self.max_bytes.unwrap_or(-1),
+            duplicate_window: self.duplicate_window,
+            storage: StorageType::File,
+            ..Default::default()
+        }
+    }
+
+    /// A domain stream's config: no subjects of its own, one source (the journal) filtered
+    /// by the domain's subjects.
+    pub fn domain_config(&self, domain: &nexus_config::LandingDomain) -> stream::Config {
+        stream::Config {
+            name: domain.name.clone(),
+            max_age: domain.max_age,
+            max_bytes: domain.max_bytes.unwrap_or(-1),
+            duplicate_window: self.duplicate_window.min(domain.max_age),
+            storage: StorageType::File,
+            sources: Some(vec![stream::Source {
+                name: self.journal.clone(),
+                subject_transforms: domain
+                    .subjects
+                    .iter()
+                    .map(|pattern| stream::SubjectTransform {
+                        source: pattern.as_str().to_owned(),
+                        destination: String::new(),
+                    })
+                    .collect(),
                 ..Default::default()
-            })
-            .await?;
+            }]),
+            ..Default::default()
+        }
+    }
+
+    /// Creates or updates the journal, then every domain stream.
+    pub async fn ensure(&self, link: &Link) -> Result<(), async_nats::Error> {
+        let js = link.jetstream();
+        js.create_or_update_stream(self.journal_config()).await?;
+        for domain in &self.domains {
+            js.create_or_update_stream(self.domain_config(domain))
+                .await
+                .map_err(|e| format!("landing stream {}: {e}", domain.name))?;
+        }
         Ok(())
     }
 }

@@ -120,6 +120,22 @@ impl SubjectPattern {
         }
         theirs.len() == self.tokens.len()
     }
+
+    /// Whether some subject is matched by both patterns (JetStream refuses overlapping
+    /// filters where each message must belong to one of them).
+    pub fn overlaps(&self, other: &SubjectPattern) -> bool {
+        let (mine, theirs) = (&self.tokens, &other.tokens);
+        for i in 0..mine.len().max(theirs.len()) {
+            match (mine.get(i), theirs.get(i)) {
+                (Some(Tok::Rest), Some(_)) | (Some(_), Some(Tok::Rest)) => return true,
+                (Some(Tok::Literal(a)), Some(Tok::Literal(b))) if a != b => return false,
+                (Some(_), Some(_)) => {}
+                // One ran out of tokens while the other has more (and no `>` before).
+                _ => return false,
+            }
+        }
+        true
+    }
 }
 
 /// Checks that `subject` is a valid concrete subject (no wildcards), as publishers send.
@@ -198,6 +214,32 @@ impl<'de> serde::Deserialize<'de> for SubjectPattern {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn overlap_means_some_subject_matches_both() {
+        let p = |t: &str| SubjectPattern::parse(t).expect("pattern");
+        for (a, b) in [
+            ("nexus.*.iot.>", "nexus._core.>"),
+            ("nexus.*.iot.>", "nexus.salon.>"),
+            ("a.b", "a.*"),
+            ("a.>", "a.b.c"),
+            ("*.b", "a.*"),
+            ("a.b", "a.b"),
+        ] {
+            assert!(p(a).overlaps(&p(b)), "{a} and {b} overlap");
+            assert!(p(b).overlaps(&p(a)), "{b} and {a} overlap");
+        }
+        for (a, b) in [
+            ("nexus._core.edge.>", "nexus.*.iot.>"),
+            ("a.b", "a.c"),
+            ("a.*", "a.b.c"),
+            ("a.>", "a"),
+            ("a.b.*", "a.b"),
+        ] {
+            assert!(!p(a).overlaps(&p(b)), "{a} and {b} are disjoint");
+            assert!(!p(b).overlaps(&p(a)), "{b} and {a} are disjoint");
+        }
+    }
     use super::*;
 
     fn p(text: &str) -> SubjectPattern {
