@@ -5,8 +5,9 @@
 //! configs we ship). For volume the test plays the member's uplink: it holds the member's key
 //! and token chain, signs N events and JetStream-publishes them into the hub's ingress exactly
 //! as the member's uplink does — a batch, then every PubAck, resending what was not acked, and
-//! waiting while the link is down instead of queueing into the client. The member-crash test
-//! runs the real member agent and follows the heartbeats in its outbox.
+//! waiting while the link is down instead of queueing into the client. The member-crash tests
+//! run the real member agent: one follows the heartbeats in its outbox, one the local apps'
+//! requests answered by its subject bridge.
 //!
 //! Every test reports `sent`, `landed` (distinct event ids in the root's `NEXUS_EVENTS`),
 //! `lost` and the copies the stream holds beyond one per event (JetStream dedup inside
@@ -350,6 +351,94 @@ async fn a_member_agent_killed_with_a_backlog_delivers_its_acknowledged_events()
     eprintln!("heartbeats in the outbox at the kill: {}", backlog.len());
     chaos
         .assert_all_landed("member agent SIGKILL", &backlog, &health)
+        .await;
+}
+
+/// Local apps keep requesting through the member's subject bridge while the member agent is
+/// SIGKILLed and restarted: every request answered `ok` (its event fsynced in the outbox)
+/// reaches the root, once after dedup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_requests_answered_before_a_member_sigkill_all_land() {
+    let chaos = Chaos::start(durable_fleet()).await;
+    let member = chaos.fleet.spawn(
+        fleet::MEMBER,
+        "[bridge]\n[[bridge.up]]\nlocal = \"app.orders.*\"\nevent = \"orders.*\"\n",
+    );
+    let health = format!("nexus._core.edge.health.{}", fleet::MEMBER);
+    chaos.wait_landed(&health, 1, SETUP).await;
+    let app = chaos.fleet.member_nats.client().await;
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The app: 32 requests in flight, forever; an unanswered one is simply tried again.
+    let driver = {
+        let (acked, failures, stop) =
+            (Arc::clone(&acked), Arc::clone(&failures), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let answers = futures::future::join_all((0..32).map(|i| {
+                    let app = app.clone();
+                    let body = format!(r#"{{"order": {}}}"#, n + i);
+                    async move {
+                        let request = async_nats::Request::new()
+                            .payload(body.into())
+                            .timeout(Some(Duration::from_secs(2)));
+                        app.send_request("app.orders.placed", request).await
+                    }
+                }))
+                .await;
+                n += 32;
+                let before = failures.load(Ordering::SeqCst);
+                for answer in answers {
+                    let ok = answer.ok().and_then(|m| {
+                        let body: serde_json::Value = serde_json::from_slice(&m.payload).ok()?;
+                        (body["ok"] == true)
+                            .then(|| body["event_id"].as_str().map(str::to_owned))?
+                    });
+                    match ok {
+                        Some(id) => acked.lock().expect("lock").push(id),
+                        None => {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+                // While nobody answers, an app backs off rather than spin.
+                if failures.load(Ordering::SeqCst) >= before + 32 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        })
+    };
+    let count = || acked.lock().expect("lock").len();
+    wait_until("500 requests answered", SETUP, async || count() >= 500).await;
+    member.kill();
+    let at_kill = count();
+    wait_until(
+        "the app sees its requests go unanswered",
+        SETUP,
+        async || failures.load(Ordering::SeqCst) > 0,
+    )
+    .await;
+    member.restart();
+    wait_until(
+        "300 more requests answered after the restart",
+        SETTLE,
+        async || count() >= at_kill + 300,
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    driver.await.expect("driver");
+    let sent = acked.lock().expect("lock").clone();
+    let subject = "nexus.salon-001.orders.placed";
+    chaos.wait_landed(subject, sent.len(), SETTLE).await;
+    eprintln!(
+        "answered before the kill: {at_kill}, after: {}, unanswered: {}",
+        sent.len() - at_kill,
+        failures.load(Ordering::SeqCst)
+    );
+    chaos
+        .assert_all_landed("member SIGKILL under local requests", &sent, subject)
         .await;
 }
 

@@ -1,0 +1,276 @@
+//! The subject bridge beside the raw NATS path, in one run, and the round trip of a
+//! command from the root to a member.
+//!
+//! `cargo build --release -p nexus-agent && cargo bench -p nexus-e2e --bench bridge`
+//! (or point `NEXUS_E2E_AGENT_BIN` at an agent binary). Not a test: it prints tables
+//! (docs/benchmarks.md).
+//!
+//! - **bridge**: a local app requests `app.bench.{n}` on the member's own NATS, 256
+//!   requests in flight; the member agent wraps, checks, signs and appends each to its
+//!   outbox (fsynced) before answering; the uplink sends them to the hub, which verifies and
+//!   forwards to the root, which verifies and lands them (hub and root nats-servers with
+//!   `sync_interval: always`). Timed from the first request until a subscriber on the
+//!   root's NATS saw every event; latency is per message, request sent → seen at the root.
+//! - **raw**: the same payloads JetStream-published straight into a file stream on a
+//!   `sync_interval: always` nats-server (256 in flight), seen by a subscriber there.
+//! - **agent.ping**: signed commands from the root key, requested on the root's NATS one
+//!   after another, routed by the hub to the member and answered (signed) by it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use futures::StreamExt as _;
+use nexus_e2e::{fleet, wait_until, Fleet, NatsServer};
+use nexus_federation::command::{self, Issuer};
+use nexus_policies::SecretKey;
+
+const MESSAGES: usize = 5_000;
+const IN_FLIGHT: usize = 256;
+const PINGS: usize = 200;
+const SETUP: Duration = Duration::from_secs(60);
+const DEADLINE: Duration = Duration::from_secs(300);
+
+fn durable_server() -> NatsServer {
+    NatsServer::builder().sync_always().start()
+}
+
+fn payload(n: usize) -> bytes::Bytes {
+    format!(r#"{{"n": {n}, "booking_id": "b-{n}", "seats": 2, "note": "bench"}}"#).into()
+}
+
+/// Percentile of sorted durations.
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Receives until `n` distinct messages arrived; returns each one's arrival time by `n`.
+fn receiver(
+    mut subscription: async_nats::Subscriber,
+    n: usize,
+) -> tokio::task::JoinHandle<HashMap<usize, Instant>> {
+    tokio::spawn(async move {
+        let mut seen = HashMap::with_capacity(n);
+        while seen.len() < n {
+            let Ok(Some(message)) = tokio::time::timeout(DEADLINE, subscription.next()).await
+            else {
+                break;
+            };
+            let body: serde_json::Value =
+                serde_json::from_slice(&message.payload).unwrap_or_default();
+            // An envelope (bridge) carries the app's object as its payload.
+            let n = body["payload"]["n"].as_u64().or(body["n"].as_u64());
+            if let Some(n) = n {
+                seen.entry(n as usize).or_insert_with(Instant::now);
+            }
+        }
+        seen
+    })
+}
+
+/// Sends every payload with `send`, IN_FLIGHT at a time; returns the send times.
+async fn drive<F, Fut>(send: F) -> HashMap<usize, Instant>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let sent = Arc::new(Mutex::new(HashMap::with_capacity(MESSAGES)));
+    let indices: Vec<usize> = (0..MESSAGES).collect();
+    for chunk in indices.chunks(IN_FLIGHT) {
+        futures::future::join_all(chunk.iter().map(|&n| {
+            let sent = Arc::clone(&sent);
+            let future = send(n);
+            async move {
+                sent.lock().expect("lock").insert(n, Instant::now());
+                future.await;
+            }
+        }))
+        .await;
+    }
+    Arc::try_unwrap(sent)
+        .map(|m| m.into_inner().expect("lock"))
+        .unwrap_or_default()
+}
+
+fn report(
+    name: &str,
+    start: Instant,
+    sent: &HashMap<usize, Instant>,
+    seen: &HashMap<usize, Instant>,
+) {
+    let last = seen.values().max().copied().unwrap_or(start);
+    let secs = last.duration_since(start).as_secs_f64();
+    let mut latencies: Vec<Duration> = seen
+        .iter()
+        .filter_map(|(n, at)| sent.get(n).map(|s| at.saturating_duration_since(*s)))
+        .collect();
+    latencies.sort_unstable();
+    println!(
+        "| {name} | {} of {MESSAGES} | {:.0} | {:.1} | {:.1} | {:.1} |",
+        seen.len(),
+        seen.len() as f64 / secs,
+        ms(pct(&latencies, 0.5)),
+        ms(pct(&latencies, 0.99)),
+        ms(pct(&latencies, 1.0)),
+    );
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let fleet = Fleet::with_servers(durable_server(), durable_server(), NatsServer::start());
+    let root_client = async_nats::connect(fleet.root_nats.url())
+        .await
+        .expect("root nats");
+    let mut beats = root_client
+        .subscribe(format!("nexus._core.edge.health.{}", fleet::MEMBER))
+        .await
+        .expect("subscribe");
+    let _root = fleet.spawn(fleet::ROOT, "");
+    let _hub = fleet.spawn(fleet::HUB, "");
+    let _member = fleet.spawn(
+        fleet::MEMBER,
+        "[bridge]\n[[bridge.up]]\nlocal = \"app.bench.*\"\nevent = \"bench.*\"\n",
+    );
+    tokio::time::timeout(SETUP, beats.next())
+        .await
+        .expect("the member's heartbeat reaches the root");
+    println!(
+        "{MESSAGES} messages of ~70 B, {IN_FLIGHT} in flight, hub and root nats-servers \
+         `sync_interval: always`, loopback, 2 cores\n"
+    );
+    println!(
+        "| path | arrived | msg/s | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|"
+    );
+
+    // Bridge: local request → member outbox (fsync) → hub → root → subscriber.
+    let landed = root_client
+        .subscribe("nexus.salon-001.bench.*")
+        .await
+        .expect("subscribe");
+    root_client.flush().await.expect("flush");
+    let app = async_nats::connect(fleet.member_nats.url())
+        .await
+        .expect("member nats");
+    let seen = receiver(landed, MESSAGES);
+    let start = Instant::now();
+    let sent = drive(|n| {
+        let app = app.clone();
+        async move {
+            let answer = app
+                .request(format!("app.bench.n{}", n % 16), payload(n))
+                .await
+                .expect("the bridge answers");
+            assert!(
+                answer.payload.starts_with(br#"{"ok":true"#),
+                "{}",
+                String::from_utf8_lossy(&answer.payload)
+            );
+        }
+    })
+    .await;
+    let acked = start.elapsed();
+    let seen = seen.await.expect("receiver");
+    report(
+        "local app → member bridge (outbox fsync) → hub → root → subscriber",
+        start,
+        &sent,
+        &seen,
+    );
+
+    // Raw: the same payloads JetStream-published into a durable stream, seen by a subscriber.
+    let raw_server = durable_server();
+    let raw = async_nats::connect(raw_server.url())
+        .await
+        .expect("raw nats");
+    let js = jetstream::new(raw.clone());
+    js.create_stream(stream::Config {
+        name: "RAW".into(),
+        subjects: vec!["raw.>".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let subscription = raw.subscribe("raw.>").await.expect("subscribe");
+    raw.flush().await.expect("flush");
+    let seen = receiver(subscription, MESSAGES);
+    let start = Instant::now();
+    let sent = drive(|n| {
+        let js = js.clone();
+        async move {
+            js.publish(format!("raw.bench.n{}", n % 16), payload(n))
+                .await
+                .expect("publish")
+                .await
+                .expect("PubAck");
+        }
+    })
+    .await;
+    let seen = seen.await.expect("receiver");
+    report(
+        "the same payloads JetStream-published straight into the root's NATS",
+        start,
+        &sent,
+        &seen,
+    );
+    println!(
+        "\n(the bridge answered all {MESSAGES} requests after {:.2} s)\n",
+        acked.as_secs_f64()
+    );
+
+    // agent.ping: root → hub → member → back, one at a time.
+    let root_key =
+        SecretKey::parse(&std::fs::read_to_string(&fleet.root_key.secret).expect("root key file"))
+            .expect("root key");
+    let issuer = Issuer {
+        node_id: fleet::ROOT,
+        key: &root_key,
+        chain: None,
+    };
+    let ping = async || {
+        let sealed = command::seal(
+            &issuer,
+            fleet::MEMBER,
+            "agent.ping",
+            serde_json::Map::new(),
+            Duration::from_secs(5),
+            time::OffsetDateTime::now_utc(),
+        )
+        .expect("seal");
+        let request = async_nats::Request::new()
+            .payload(sealed.body)
+            .headers(sealed.headers)
+            .timeout(Some(Duration::from_secs(5)));
+        let started = Instant::now();
+        let answer = root_client.send_request(sealed.subject, request).await;
+        answer.ok().map(|_| started.elapsed())
+    };
+    wait_until("the member answers agent.ping", SETUP, async || {
+        ping().await
+    })
+    .await;
+    let mut rtts = Vec::with_capacity(PINGS);
+    for _ in 0..PINGS {
+        if let Some(rtt) = ping().await {
+            rtts.push(rtt);
+        }
+    }
+    rtts.sort_unstable();
+    println!("| command | answered | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|");
+    println!(
+        "| `agent.ping` root → hub → member → root (signed both ways, verified at hub and member) | {} of {PINGS} | {:.2} | {:.2} | {:.2} |",
+        rtts.len(),
+        ms(pct(&rtts, 0.5)),
+        ms(pct(&rtts, 0.99)),
+        ms(pct(&rtts, 1.0)),
+    );
+}
