@@ -24,7 +24,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use nexus_config::{DownRule, Mode};
-use nexus_federation::bridge::{decode_object, header_pairs, OwnGrants};
+use nexus_federation::bridge::{decode_object, header_pairs};
 use nexus_federation::command::{self, OpenedCommand, ReplayGuard};
 use nexus_federation::deadletter::STAGE_COMMAND;
 use nexus_federation::envelope::Envelope;
@@ -32,7 +32,7 @@ use nexus_federation::ingress::RejectedMessage;
 use nexus_federation::outbox::Priority;
 use nexus_federation::ratelog::RateLimitedLog;
 use nexus_federation::subject;
-use nexus_federation::trust::{self, Gatekeeper, Rejection};
+use nexus_federation::trust::{self, Admitted, Gatekeeper, OwnChain, Rejection};
 use nexus_federation::uplink::{Presentation, PresentationSlot};
 use nexus_federation::{Link, Outbox};
 use nexus_policies::{Chain, Role, SecretKey};
@@ -66,8 +66,10 @@ pub struct Rotation {
     pub path: Option<PathBuf>,
     /// The chain presented upward.
     pub presentation: PresentationSlot,
-    /// The grants the subject bridge checks.
-    pub grants: OwnGrants,
+    /// This node's chain, as the bridge, the command checks and the revocation watch see it.
+    pub own: OwnChain,
+    /// The next tier's NATS: the new chain is put in its registry before the answer.
+    pub next_hop: Link,
 }
 
 /// The command service of one node.
@@ -105,6 +107,9 @@ pub struct CommandService {
     pub replay: Arc<Mutex<ReplayGuard>>,
     /// Quiet logs (shared).
     pub log: Arc<Mutex<RateLimitedLog>>,
+    /// When this agent started: commands issued earlier are refused (the replay guard is
+    /// in memory, so a restart must not reopen the window of older commands).
+    pub started_wall: OffsetDateTime,
 }
 
 /// How a listener treats what it hears.
@@ -182,35 +187,46 @@ impl CommandService {
         if !link.wait_connected(&shutdown).await {
             return;
         }
-        // The client subscribes again by itself after a reconnect.
-        let mut subscription = loop {
-            match link.client().subscribe(pattern.clone()).await {
-                Ok(subscription) => break subscription,
+        // One queue group per node: instances of one hub or root share the work (each
+        // command is handled once), different nodes each get their copy.
+        let group = format!("nexus-agent.{}", self.node_id);
+        while !shutdown.is_cancelled() {
+            // The client subscribes again by itself after a reconnect; this loop covers a
+            // subscription that ends anyway.
+            let mut subscription = match link
+                .client()
+                .queue_subscribe(pattern.clone(), group.clone())
+                .await
+            {
+                Ok(subscription) => subscription,
                 Err(error) => {
                     warn!(%error, subject = %pattern, link = link.role(), "Cannot subscribe to commands; retrying.");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
+                    continue;
                 }
+            };
+            info!(subject = %pattern, link = link.role(), "Listening for commands.");
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    message = subscription.next() => message,
+                };
+                let Some(message) = message else { break };
+                let permit = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    permit = Arc::clone(&permits).acquire_owned() => permit,
+                };
+                let Ok(permit) = permit else { return };
+                let service = self.clone();
+                let link = link.clone();
+                tasks.spawn(async move {
+                    service.handle(&link, message, listen).await;
+                    drop(permit);
+                });
             }
-        };
-        info!(subject = %pattern, link = link.role(), "Listening for commands.");
-        loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                message = subscription.next() => message,
-            };
-            let Some(message) = message else { return };
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                return;
-            };
-            let service = self.clone();
-            let link = link.clone();
-            tasks.spawn(async move {
-                service.handle(&link, message, listen).await;
-                drop(permit);
-            });
         }
     }
 
@@ -252,7 +268,7 @@ impl CommandService {
         let outcome = match command.name.as_str() {
             PING => Ok(self.ping()),
             HEALTH => Ok(self.heartbeat.snapshot()),
-            ROTATE => self.rotate(&command.envelope.payload),
+            ROTATE => self.rotate(&command.envelope.payload).await,
             name if name.starts_with("agent.") => Err(rejection(
                 "unknown_command",
                 format!("`{name}` is not a built-in command (agent.ping, agent.health, agent.token.rotate)"),
@@ -283,9 +299,21 @@ impl CommandService {
         )
         .map_err(|r| (r, None))?;
         let with = |r: Rejection| (r, Some(Box::new(command.envelope.clone())));
-        let now = OffsetDateTime::now_utc();
+        let now = self.gatekeeper.now().map_err(with)?;
         command::check_fresh(&command, now, self.skew).map_err(with)?;
-        self.gatekeeper
+        let skew = time::Duration::try_from(self.skew).unwrap_or(time::Duration::MAX);
+        if command
+            .issued()
+            .checked_add(skew)
+            .is_some_and(|t| t < self.started_wall)
+        {
+            return Err(with(rejection(
+                "command_stale",
+                "issued before this agent started; send it again",
+            )));
+        }
+        let admitted = self
+            .gatekeeper
             .admit_command(
                 &command.event,
                 &command.envelope,
@@ -294,6 +322,20 @@ impl CommandService {
                 target_tenant,
             )
             .map_err(with)?;
+        // Only a node above this one in the tree (or a root) commands it: a hub's token
+        // grants `_nexus.cmd.>`, but a sibling hub is not this node's ancestor.
+        if let Admitted::Node(grant) = &admitted {
+            if grant.role() != Role::Root && !self.rotation.own.has_ancestor(grant.node_key()) {
+                return Err(with(rejection(
+                    "command_not_allowed",
+                    format!(
+                        "node `{}` is not above node `{}` in the tree",
+                        grant.node_id(),
+                        self.node_id
+                    ),
+                )));
+            }
+        }
         let until = Instant::now() + command.remaining(now) + self.skew;
         self.replay
             .lock()
@@ -318,7 +360,7 @@ impl CommandService {
     /// `agent.token.rotate {"token": "<chain, base64url>"}`: the new chain must verify up
     /// to a trust anchor now and be this node's (id, key, role, tenant); then it replaces
     /// the old one on disk (atomically), upward and in the bridge's checks.
-    fn rotate(&self, payload: &Map<String, Value>) -> Result<Map<String, Value>, Rejection> {
+    async fn rotate(&self, payload: &Map<String, Value>) -> Result<Map<String, Value>, Rejection> {
         let Some(path) = &self.rotation.path else {
             return Err(rejection(
                 "no_token",
@@ -355,6 +397,13 @@ impl CommandService {
                 grant.role(),
                 role
             ))
+        } else if self
+            .rotation
+            .own
+            .parent_key()
+            .is_some_and(|parent| chain.leaf().claims().issuer_key != parent)
+        {
+            Some("the token is issued by another parent than the current one".to_owned())
         } else if self.tenant.is_some() && grant.tenant() != self.tenant.as_deref() {
             Some(format!(
                 "the token is for tenant {:?}, this node is tenant {:?}",
@@ -373,10 +422,21 @@ impl CommandService {
                 format!("cannot write node.token {}: {e}", path.display()),
             )
         })?;
-        self.rotation.grants.set(&chain);
+        // Presented to the next tier before the answer, so that its registry already
+        // holds the new chain when the caller goes on (and revokes the old one).
+        let key_id = trust::key_id(&own_key);
+        let bytes = Bytes::from(bytes);
+        if let Ok(registry) =
+            trust::bucket(&self.rotation.next_hop, trust::CHAINS_BUCKET, false).await
+        {
+            if let Err(error) = registry.put(&key_id, bytes.clone()).await {
+                warn!(%error, "Cannot present the new token chain yet; the uplink presents it with its next batch.");
+            }
+        }
+        self.rotation.own.set(chain);
         self.rotation.presentation.set(Presentation {
-            key_id: trust::key_id(&own_key),
-            chain: bytes.into(),
+            key_id,
+            chain: bytes,
         });
         let expires = OffsetDateTime::from_unix_timestamp(grant.expires().0)
             .map(nexus_federation::envelope::format_ts)
@@ -403,7 +463,10 @@ impl CommandService {
         );
         match command::reply_message(&reply, &self.key) {
             Ok((headers, body, event)) => {
-                if ok {
+                let headers = self.with_chain(headers);
+                if ok && !self.rotation.own.allows(&event.subject) {
+                    warn!(subject = %event.subject, "This node's token does not grant a command's result event: the caller gets the reply, but it does not travel up.");
+                } else if ok {
                     if let Err(error) = self.outbox.push(event, Priority::Control).await {
                         warn!(%error, command = %command.name, "Cannot queue a command's result event; the caller still gets the reply.");
                     }
@@ -586,11 +649,19 @@ impl CommandService {
         self.sign(&reply)
     }
 
+    /// Signs a reply and adds this node's chain, so the caller can tell who answered.
     fn sign(&self, reply: &Envelope) -> (async_nats::HeaderMap, Bytes) {
         match command::reply_message(reply, &self.key) {
-            Ok((headers, body, _)) => (headers, body),
+            Ok((headers, body, _)) => (self.with_chain(headers), body),
             Err(error) => plain_error(&rejection("internal", error)),
         }
+    }
+
+    fn with_chain(&self, mut headers: async_nats::HeaderMap) -> async_nats::HeaderMap {
+        if let Some(chain) = self.rotation.own.bytes() {
+            headers.insert(command::HDR_CHAIN, URL_SAFE_NO_PAD.encode(chain).as_str());
+        }
+        headers
     }
 
     async fn respond(

@@ -12,11 +12,14 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use async_nats::client::RequestErrorKind;
 use async_nats::jetstream::message::PublishMessage;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use nexus_config::{Config, LinkConfig, Mode};
 use nexus_federation::command::{self, Issuer, MAX_COMMAND_BYTES};
 use nexus_federation::subject::ingress_subject;
 use nexus_federation::trust;
 use nexus_federation::{Encoding, Envelope, Link, SignedEvent};
+use nexus_policies::{UnixTime, Verifier};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +45,7 @@ pub fn parse_data(data: Option<&str>) -> anyhow::Result<Map<String, Value>> {
 pub fn parse_timeout(text: &str) -> anyhow::Result<Duration> {
     let timeout = humantime::parse_duration(text.trim())
         .map_err(|e| anyhow!("--timeout {text:?} is not a duration ({e}); use e.g. 5s or 500ms"))?;
-    if timeout.is_zero() || timeout > command::MAX_TIMEOUT {
+    if timeout < Duration::from_millis(1) || timeout > command::MAX_TIMEOUT {
         bail!(
             "--timeout must be between 1ms and {}",
             humantime::format_duration(command::MAX_TIMEOUT)
@@ -129,10 +132,11 @@ pub async fn request(
         .await
         .map_err(|error| match error.kind() {
             RequestErrorKind::NoResponders => anyhow!(
-                "no agent answers commands for node `{node}`: no hub knows it, or its hub is down"
+                "no agent listens for commands on this NATS: is the node's hub (or the node) running?"
             ),
             RequestErrorKind::TimedOut => anyhow!(
-                "no reply from node `{node}` within {}",
+                "no reply from node `{node}` within {}: no hub knows it (it never sent a \
+                 heartbeat through one), or it is slow",
                 humantime::format_duration(timeout)
             ),
             _ => anyhow!("cannot send the command: {error}"),
@@ -144,15 +148,25 @@ pub async fn request(
             String::from_utf8_lossy(&answer.payload)
         );
     }
+    let chain = answer
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(command::HDR_CHAIN))
+        .map(|v| v.as_str().to_owned());
     let (event, reply) = nexus_federation::SignedEvent::open_detached(
         answer.headers.as_ref(),
         answer.payload,
         MAX_COMMAND_BYTES,
     )
     .map_err(|e| anyhow!("the reply does not verify: {e}"))?;
-    if reply.correlation_id != sealed.envelope.correlation_id {
-        bail!("the reply is for another command (correlation_id differs)");
-    }
+    check_reply(
+        config,
+        &sealed.envelope,
+        node,
+        &event,
+        &reply,
+        chain.as_deref(),
+    )?;
     eprintln!(
         "reply {} from {} (signed by {}), correlation_id {}",
         reply.event_name,
@@ -184,6 +198,53 @@ pub async fn request(
         }
         bail!("{code}: {message}")
     }
+}
+
+/// Who may answer: the reply names this command (result name, correlation and causation
+/// ids), and its signer is a trust anchor or a node whose chain verifies up to
+/// `trust.root_keys` and names the reply's `source`; an `ok` reply comes from the target
+/// itself (a hub only ever answers with an error, e.g. `node_offline`).
+fn check_reply(
+    config: &Config,
+    command: &Envelope,
+    target: &str,
+    event: &SignedEvent,
+    reply: &Envelope,
+    chain: Option<&str>,
+) -> anyhow::Result<()> {
+    if reply.event_name != command::result_name(&command.event_name)
+        || reply.correlation_id != command.correlation_id
+        || reply.causation_id.as_deref() != Some(command.event_id.as_str())
+    {
+        bail!("the reply is not for this command (its name or ids differ); ignored");
+    }
+    if !config.trust.root_keys.contains(&event.signer) {
+        let text =
+            chain.context("the reply carries no token chain: its signer cannot be trusted")?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|e| anyhow!("the reply's token chain is not base64url: {e}"))?;
+        let mut verifier = Verifier::new(config.trust.root_keys.clone());
+        verifier.skew = config.trust.clock_skew;
+        let now = UnixTime(OffsetDateTime::now_utc().unix_timestamp());
+        let grant = verifier
+            .verify_bytes(&bytes, now)
+            .map_err(|e| anyhow!("the reply's signer is not trusted: {e}"))?;
+        if grant.node_key() != &event.signer || grant.node_id() != reply.source {
+            bail!(
+                "the reply is signed by node `{}`'s key but claims to come from `{}`",
+                grant.node_id(),
+                reply.source
+            );
+        }
+    }
+    if command::is_ok(reply) && reply.source != target {
+        bail!(
+            "an `ok` reply from `{}`, not from `{target}`: ignored",
+            reply.source
+        );
+    }
+    Ok(())
 }
 
 /// `publish EVENT`.

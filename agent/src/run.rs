@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use nexus_config::{Config, Mode};
-use nexus_federation::bridge::{OwnGrants, UpBridge};
+use nexus_federation::bridge::UpBridge;
 use nexus_federation::deadletter::DeadLetters;
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
 use nexus_federation::ingress::{Destination, Ingress, Landing};
 use nexus_federation::revocation;
+use nexus_federation::trust::OwnChain;
 use nexus_federation::uplink::{PresentationSlot, Uplink};
 use nexus_federation::{Link, Outbox, OutboxOptions, WhenFull};
 use nexus_iot_bridge::Bridge;
@@ -30,6 +31,9 @@ use crate::heartbeat::{Children, Heartbeat, HostProbe, EVENT_NAME};
 use crate::keygen::load_secret;
 use crate::rejections::RejectionHandler;
 use crate::trust_setup::TrustSetup;
+
+/// Local messages buffered per `[[bridge.up]]` subscription before the client drops them.
+const BRIDGE_BUFFER: usize = 1024;
 
 /// How long subsystems get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1800);
@@ -69,6 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
     };
 
+    let next_hop_for_commands = next_hop.clone();
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let failed = Arc::new(AtomicBool::new(false));
@@ -80,11 +85,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_or(Duration::from_secs(10), |l| l.reconnect_max_delay);
 
     let presentation = PresentationSlot::new(trust.presentation.clone());
-    let own_chain = trust
-        .presentation
-        .as_ref()
-        .and_then(|p| Chain::decode(&p.chain).ok());
-    let grants = OwnGrants::new(own_chain.as_ref());
+    // Fail closed: a token that does not decode grants nothing (TrustSetup refuses to
+    // start with one anyway).
+    let own = match &trust.presentation {
+        Some(p) => OwnChain::new(Chain::decode(&p.chain).ok()),
+        None => OwnChain::anchor(),
+    };
     supervise(&tracker, &shutdown, &failed, "uplink", {
         let pump = Uplink::new(next_hop, outbox.clone(), config.outbox.batch, max_backoff)
             .with_presentation(presentation.clone());
@@ -123,7 +129,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             path: config.trust.revocations_file.clone(),
             owns_source: node.mode == Mode::Root,
             gatekeeper: Some(Arc::clone(&gatekeeper)),
-            own_token_ids: trust.own_token_ids.clone(),
+            own: own.clone(),
         };
         let initial = trust.revocations.clone();
         supervise(
@@ -227,8 +233,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let (false, Some(local), Some(tenant)) =
         (config.bridge.up.is_empty(), &local, node.tenant.as_deref())
     {
+        // Its own connection, with a small per-subscription buffer: a burst from an app
+        // cannot fill the box's memory (what overflows is dropped, and its requests go
+        // unanswered, so the app retries).
+        let bridge_link = match &config.local {
+            Some(link) => {
+                Link::connect_bounded(
+                    "local",
+                    link,
+                    &format!("{client_name} bridge"),
+                    BRIDGE_BUFFER,
+                )
+                .await?
+            }
+            None => local.clone(),
+        };
         let bridge = UpBridge {
-            local: local.clone(),
+            local: bridge_link,
             rules: config.bridge.up.clone(),
             node_id: node.id.clone(),
             tenant: tenant.to_owned(),
@@ -236,7 +257,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             outbox: outbox.clone(),
             max_payload: config.bridge.max_payload,
             acl: config.acl.clone(),
-            grants: grants.clone(),
+            grants: own.clone(),
             rejections: Some(refusals_tx.clone()),
             counters: Arc::default(),
         };
@@ -268,8 +289,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rotation: Rotation {
             path: node.token.clone(),
             presentation,
-            grants,
+            own,
+            next_hop: next_hop_for_commands,
         },
+        started_wall: time::OffsetDateTime::now_utc(),
         replay,
         log,
     };

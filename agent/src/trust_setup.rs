@@ -9,7 +9,7 @@ use nexus_federation::clock::TrustClock;
 use nexus_federation::revocation;
 use nexus_federation::trust::{self, Gatekeeper};
 use nexus_federation::uplink::Presentation;
-use nexus_policies::token::{Chain, RevocationList, RevocationSet, TokenId, Verifier};
+use nexus_policies::token::{Chain, RevocationList, RevocationSet, Verifier};
 use nexus_policies::SecretKey;
 use tracing::{info, warn};
 
@@ -18,8 +18,6 @@ use tracing::{info, warn};
 pub struct TrustSetup {
     /// This node's chain, presented to the tier above on every connection.
     pub presentation: Option<Presentation>,
-    /// The ids in this node's chain (to notice its own revocation).
-    pub own_token_ids: Vec<TokenId>,
     /// The clock of token checks.
     pub clock: Arc<TrustClock>,
     /// The revocation list persisted from an earlier run.
@@ -42,14 +40,13 @@ impl TrustSetup {
             }
             None => (None, RevocationSet::default()),
         };
-        let (presentation, own_token_ids) = match &node.token {
+        let presentation = match &node.token {
             Some(path) => {
                 let bytes = std::fs::read(path)
                     .with_context(|| format!("cannot read node.token {}", path.display()))?;
                 let chain = Chain::decode(&bytes).with_context(|| {
                     format!("node.token {} is not a token chain", path.display())
                 })?;
-                let ids = chain.tokens().iter().map(|t| t.id()).collect();
                 let mut verifier = Verifier::new(config.trust.root_keys.clone());
                 verifier.skew = config.trust.clock_skew;
                 verifier.revoked = revoked.clone();
@@ -71,13 +68,12 @@ impl TrustSetup {
                     key_id: trust::key_id(&key.public()),
                     chain: bytes.into(),
                 };
-                (Some(presentation), ids)
+                Some(presentation)
             }
-            None => (None, Vec::new()),
+            None => None,
         };
         Ok(Self {
             presentation,
-            own_token_ids,
             clock,
             revocations,
             revoked,

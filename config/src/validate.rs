@@ -2101,6 +2101,22 @@ impl Reader<'_> {
                     );
                     return None;
                 }
+                // Key-value buckets are streams named KV_<bucket> (the agent's own among
+                // them): a domain of that name would replace a bucket.
+                if g.value.starts_with("KV_") || g.value.starts_with("OBJ_") {
+                    self.push(
+                        ErrorKind::InvalidValue,
+                        g.origin,
+                        &g.path,
+                        format!(
+                            "{:?} is reserved: streams named KV_… and OBJ_… are NATS key-value \
+                             and object stores (e.g. the agent's KV_NEXUS_CHAINS): pick \
+                             another name, e.g. \"NEXUS_BOOKING\"",
+                            truncate(&g.value)
+                        ),
+                    );
+                    return None;
+                }
                 if let Some((_, owner)) = taken.iter().find(|(n, _)| *n == g.value) {
                     self.push(
                         ErrorKind::InvalidValue,

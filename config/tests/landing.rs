@@ -245,6 +245,11 @@ fn each_landing_problem_is_reported_on_its_key() {
             invalid.clone(),
         ),
         (
+            domain("KV_NEXUS_CHAINS", ok, "1d"),
+            "landing.domains[0].name",
+            invalid.clone(),
+        ),
+        (
             domain("NEXUS_INGRESS", ok, "1d"),
             "landing.domains[0].name",
             invalid.clone(),

@@ -19,13 +19,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
 use nexus_config::{AclPolicy, BridgeEncoding, UpRule};
-use nexus_policies::{Action, Chain, SecretKey, SubjectPattern};
+use nexus_policies::{Action, SecretKey};
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -41,42 +41,12 @@ use crate::outbox::{Outbox, OutboxError, Priority};
 use crate::provenance::{HeaderMap, SignedEvent};
 use crate::ratelog::RateLimitedLog;
 use crate::subject;
-use crate::trust::Rejection;
+use crate::trust::{OwnChain, Rejection};
 
 /// The principal of local apps in `[[acl]]` rules.
 pub const LOCAL_PRINCIPAL: &str = "local";
 /// Messages taken from the local NATS per round (their outbox appends share fsyncs).
 const CHUNK: usize = 256;
-
-/// What this node's own token lets it publish; swapped when the token is rotated.
-/// `None` inside: the node has no token (a trust anchor), and its grants are unlimited.
-#[derive(Debug, Clone, Default)]
-pub struct OwnGrants(Arc<RwLock<Option<Vec<SubjectPattern>>>>);
-
-impl OwnGrants {
-    /// The grants of `chain`'s leaf; unlimited without a chain.
-    pub fn new(chain: Option<&Chain>) -> Self {
-        let grants = Self::default();
-        if let Some(chain) = chain {
-            grants.set(chain);
-        }
-        grants
-    }
-
-    /// Takes the grants of a new chain.
-    pub fn set(&self, chain: &Chain) {
-        let publish = chain.leaf().claims().publish.clone();
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(publish);
-    }
-
-    /// Whether the token lets this node publish on `subject`.
-    pub fn allows(&self, subject: &str) -> bool {
-        match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {
-            None => true,
-            Some(patterns) => patterns.iter().any(|p| p.matches(subject)),
-        }
-    }
-}
 
 /// Live counters of the upward bridge.
 #[derive(Debug, Default)]
@@ -126,7 +96,7 @@ pub struct UpBridge {
     /// The operator's `[[acl]]`.
     pub acl: AclPolicy,
     /// The own token's grants.
-    pub grants: OwnGrants,
+    pub grants: OwnChain,
     /// Where refusals go (dead letters, audit).
     pub rejections: Option<mpsc::Sender<RejectedMessage>>,
     /// Live counters.

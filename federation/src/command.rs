@@ -137,6 +137,13 @@ pub struct OpenedCommand {
 }
 
 impl OpenedCommand {
+    /// When the issuer says it sent the command (`ts`).
+    pub fn issued(&self) -> OffsetDateTime {
+        self.deadline
+            .checked_sub(time::Duration::try_from(self.timeout).unwrap_or(time::Duration::ZERO))
+            .unwrap_or(self.deadline)
+    }
+
     /// Time left before the issuer's deadline, at `now`.
     pub fn remaining(&self, now: OffsetDateTime) -> Duration {
         let left = self.deadline - now;
@@ -200,6 +207,10 @@ pub fn open(
             )
         })?;
     let ts = parse_ts(&envelope.ts).ok_or_else(|| rejection("malformed", "bad ts"))?;
+    // Checked: a `ts` at the end of year 9999 plus the timeout must not overflow (panic).
+    let deadline = ts
+        .checked_add(time::Duration::try_from(timeout).unwrap_or(time::Duration::MAX))
+        .ok_or_else(|| rejection("malformed", "ts + timeout_ms is out of range"))?;
     let chain = match headers.and_then(|h| h.get(HDR_CHAIN)) {
         None => None,
         Some(text) => {
@@ -221,7 +232,7 @@ pub fn open(
         envelope,
         chain,
         timeout,
-        deadline: ts + timeout,
+        deadline,
     })
 }
 
@@ -232,8 +243,9 @@ pub fn check_fresh(
     now: OffsetDateTime,
     skew: Duration,
 ) -> Result<(), Rejection> {
-    let issued = command.deadline - command.timeout;
-    if issued > now + skew {
+    let skew = time::Duration::try_from(skew).unwrap_or(time::Duration::MAX);
+    let issued = command.issued();
+    if now.checked_add(skew).is_some_and(|late| issued > late) {
         return Err(rejection(
             "command_from_future",
             format!(
@@ -243,7 +255,11 @@ pub fn check_fresh(
             ),
         ));
     }
-    if now > command.deadline + skew {
+    if command
+        .deadline
+        .checked_add(skew)
+        .is_some_and(|end| now > end)
+    {
         return Err(rejection(
             "command_expired",
             format!(
@@ -433,6 +449,33 @@ mod tests {
             Err("command_from_future")
         );
         check_fresh(&opened, then + Duration::from_millis(5_500), skew).expect("within skew");
+    }
+
+    #[test]
+    fn a_ts_at_the_end_of_time_is_refused_not_a_panic() {
+        let key = key(1);
+        let issuer = Issuer {
+            node_id: "root",
+            key: &key,
+            chain: None,
+        };
+        let far = OffsetDateTime::parse(
+            "9999-12-31T23:59:59Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("a valid time");
+        let command = seal(
+            &issuer,
+            "edge-01",
+            "agent.ping",
+            Map::new(),
+            MAX_TIMEOUT,
+            far,
+        )
+        .expect("seals");
+        let refused =
+            open(&command.subject, Some(&command.headers), command.body).expect_err("refused");
+        assert_eq!(refused.reason, "malformed");
     }
 
     #[test]

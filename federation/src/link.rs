@@ -57,6 +57,9 @@ pub enum LinkError {
     },
 }
 
+/// The client's own default of buffered messages per subscription.
+pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 65_536;
+
 /// A NATS connection with its JetStream context and observable state.
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -72,6 +75,18 @@ impl Link {
         role: &'static str,
         config: &LinkConfig,
         client_name: &str,
+    ) -> Result<Self, LinkError> {
+        Self::connect_bounded(role, config, client_name, DEFAULT_SUBSCRIPTION_CAPACITY).await
+    }
+
+    /// [`Self::connect`] with at most `capacity` messages buffered per subscription: what
+    /// a slow reader leaves unread beyond that is dropped by the client (a slow consumer),
+    /// so memory stays bounded whatever a publisher on that server does.
+    pub async fn connect_bounded(
+        role: &'static str,
+        config: &LinkConfig,
+        client_name: &str,
+        capacity: usize,
     ) -> Result<Self, LinkError> {
         let (tx, rx) = watch::channel(LinkState {
             connected: false,
@@ -96,6 +111,7 @@ impl Link {
             .ping_interval(config.ping_interval)
             .connection_timeout(config.connect_timeout)
             .request_timeout(Some(config.request_timeout))
+            .subscription_capacity(capacity.max(1))
             .reconnect_delay_callback(move |attempts| {
                 backoff.delay_now(u32::try_from(attempts).unwrap_or(u32::MAX))
             })

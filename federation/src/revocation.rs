@@ -59,8 +59,9 @@ pub struct Sync {
     pub owns_source: bool,
     /// The gatekeeper to update (hub, root).
     pub gatekeeper: Option<Arc<Gatekeeper>>,
-    /// This node's own token ids, to say loudly when one of them is revoked.
-    pub own_token_ids: Vec<nexus_policies::token::TokenId>,
+    /// This node's own chain (current, after rotations), to say loudly when one of its
+    /// tokens is revoked.
+    pub own: crate::trust::OwnChain,
 }
 
 impl Sync {
@@ -152,7 +153,7 @@ impl Sync {
                 issued_at = list.issued_at().0,
                 "Revocation list applied."
             );
-            for id in &self.own_token_ids {
+            for id in &self.own.token_ids() {
                 if set.contains(id) {
                     error!(token_id = %id, "This node's token is revoked: the tier above will refuse its events. Issue a new token.");
                 }

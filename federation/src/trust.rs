@@ -336,6 +336,16 @@ impl Gatekeeper {
         Ok(grant)
     }
 
+    /// Now, by the trust clock (last known good time on a box without a real-time clock).
+    pub fn now(&self) -> Result<time::OffsetDateTime, Rejection> {
+        let now = self
+            .clock
+            .now()
+            .map_err(|e| Rejection::new("clock_unsynced", e.to_string()))?;
+        time::OffsetDateTime::from_unix_timestamp(now.0)
+            .map_err(|e| Rejection::new("clock_unsynced", e.to_string()))
+    }
+
     /// Verifies a chain now (this node's own new token, before it replaces the old one).
     pub fn verify_now(&self, chain: &Chain) -> Result<Arc<VerifiedGrant>, Rejection> {
         let now = self
@@ -423,9 +433,93 @@ impl Gatekeeper {
     }
 }
 
-/// Watches this tier's chain registry and forgets a signer's cached chain as soon as a new
-/// one is presented (a rotated token): the next message fetches it, before the old one is
-/// revoked. Runs until `shutdown`, watching again after the server comes back.
+/// This node's own token chain, shared by whoever needs its current form: the subject
+/// bridge (its grants), the command service (its ancestors, rotation) and the revocation
+/// watch (its ids). Swapped when the token is rotated.
+#[derive(Debug, Clone)]
+pub struct OwnChain(Arc<RwLock<Own>>);
+
+#[derive(Debug)]
+enum Own {
+    /// No token: the node is a trust anchor; its grants are unlimited.
+    Anchor,
+    /// The current chain.
+    Chain(Chain),
+    /// A token that cannot be read: nothing is granted (fail closed).
+    Unreadable,
+}
+
+impl OwnChain {
+    /// A node without a token (a trust anchor).
+    pub fn anchor() -> Self {
+        Self(Arc::new(RwLock::new(Own::Anchor)))
+    }
+
+    /// A node with `chain`; `None` when its token file could not be decoded.
+    pub fn new(chain: Option<Chain>) -> Self {
+        Self(Arc::new(RwLock::new(match chain {
+            Some(chain) => Own::Chain(chain),
+            None => Own::Unreadable,
+        })))
+    }
+
+    /// Takes a new (verified) chain.
+    pub fn set(&self, chain: Chain) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Own::Chain(chain);
+    }
+
+    /// Whether the token lets this node publish on `subject`.
+    pub fn allows(&self, subject: &str) -> bool {
+        match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {
+            Own::Anchor => true,
+            Own::Chain(chain) => chain
+                .leaf()
+                .claims()
+                .publish
+                .iter()
+                .any(|p| p.matches(subject)),
+            Own::Unreadable => false,
+        }
+    }
+
+    /// The ids of every token of the chain.
+    pub fn token_ids(&self) -> Vec<nexus_policies::TokenId> {
+        match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {
+            Own::Chain(chain) => chain.tokens().iter().map(|t| t.id()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether `key` signed a token of the chain: a node above this one in the tree.
+    pub fn has_ancestor(&self, key: &PublicKey) -> bool {
+        match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {
+            Own::Chain(chain) => chain.tokens().iter().any(|t| &t.claims().issuer_key == key),
+            _ => false,
+        }
+    }
+
+    /// The key that issued the chain's leaf (this node's parent), if there is a chain.
+    pub fn parent_key(&self) -> Option<PublicKey> {
+        match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {
+            Own::Chain(chain) => Some(chain.leaf().claims().issuer_key),
+            _ => None,
+        }
+    }
+
+    /// The encoded chain (to present it, or send it beside a signed reply).
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {
+            Own::Chain(chain) => Some(chain.encode()),
+            _ => None,
+        }
+    }
+}
+
+/// Watches this tier's chain registry and forgets a signer's cached chain as soon as a new,
+/// valid one is presented for it (a rotated token): the next message fetches it. Entries
+/// that do not verify, or are not the named key's, are ignored (a member can write to the
+/// registry, and must not make another node's chain be dropped). Runs until `shutdown`,
+/// watching again after the server comes back.
 pub async fn watch_registry(
     link: Link,
     gatekeeper: Arc<Gatekeeper>,
@@ -453,8 +547,15 @@ pub async fn watch_registry(
                     .ok()
                     .and_then(|b| <[u8; 32]>::try_from(b).ok())
                     .and_then(|b| PublicKey::from_bytes(&b).ok());
-                if let Some(key) = key {
+                let Some(key) = key else { continue };
+                let valid = Chain::decode(&entry.value)
+                    .ok()
+                    .and_then(|chain| gatekeeper.verify_now(&chain).ok())
+                    .is_some_and(|grant| grant.node_key() == &key);
+                if valid {
                     gatekeeper.forget(&key);
+                } else {
+                    tracing::warn!(key_id = %entry.key, "A chain presented in the registry does not verify for its key; ignored.");
                 }
             }
         }

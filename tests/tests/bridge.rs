@@ -292,6 +292,34 @@ async fn commands_are_verified_at_the_member_and_rotation_keeps_traffic_flowing(
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0]["stage"], "command");
 
+    // A sibling hub of the same tenant, whose token does grant commands, is still not above
+    // the member in the tree: refused.
+    let (sibling_key, sibling_public) = keygen(&dir.join("keys"), "sibling");
+    let sibling_token = dir.join("tokens/hub-sibling.token");
+    fed.fleet.issue(
+        &fed.fleet.root_key,
+        None,
+        "hub-sibling",
+        &sibling_public,
+        "hub",
+        fleet::HUB_PUBLISH,
+        &sibling_token,
+        &[],
+    );
+    let sibling_config = dir.join("hub-sibling.toml");
+    let sibling_toml = variant(
+        &fed.fleet,
+        fleet::HUB,
+        "hub-sibling",
+        &fed.fleet.hub_key.secret,
+        &sibling_key,
+        &sibling_token,
+    );
+    std::fs::write(&sibling_config, sibling_toml).expect("config");
+    let out = cli(&["request", fleet::MEMBER, "agent.ping"], &sibling_config).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("command_not_allowed"), "{}", text(&out));
+
     // A member cannot command another member, even with its valid chain.
     let (other_key, other_public) = keygen(&dir.join("keys"), "member2");
     let other_token = dir.join("tokens/edge-msk-02.token");
@@ -393,6 +421,30 @@ async fn commands_are_verified_at_the_member_and_rotation_keeps_traffic_flowing(
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("token_not_mine"), "{}", text(&out));
 
+    // As docs/bridging.md says: revoke the old token once a heartbeat signed after the
+    // rotation has landed at the root (the new chain is then known at every tier).
+    let rotated_at = time::OffsetDateTime::now_utc();
+    let mut beats = fed
+        .root_client
+        .subscribe(format!("nexus._core.edge.health.{}", fleet::MEMBER))
+        .await
+        .expect("subscribe");
+    let made_after = |m: &async_nats::Message, t: time::OffsetDateTime| {
+        let ts = payload_json(m)["ts"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_default();
+        time::OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339)
+            .is_ok_and(|ts| ts > t)
+    };
+    collect_until(
+        "a heartbeat made after the rotation lands",
+        &mut beats,
+        DEADLINE,
+        |seen| seen.iter().any(|m| made_after(m, rotated_at)),
+    )
+    .await;
+
     let out = tokio::process::Command::new(agent_bin())
         .args(["token", "revoke", "--key"])
         .arg(&fed.fleet.root_key.secret)
@@ -412,30 +464,33 @@ async fn commands_are_verified_at_the_member_and_rotation_keeps_traffic_flowing(
         revocations.exists()
     })
     .await;
-    let mut beats = fed
-        .root_client
-        .subscribe(format!("nexus._core.edge.health.{}", fleet::MEMBER))
-        .await
-        .expect("subscribe");
     collect_until(
         "three heartbeats made after the revocation land",
         &mut beats,
         DEADLINE,
         |seen| {
             seen.iter()
-                .filter(|m| {
-                    let ts = payload_json(m)["ts"]
-                        .as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_default();
-                    time::OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339)
-                        .is_ok_and(|t| t > revoked_at + Duration::from_secs(1))
-                })
+                .filter(|m| made_after(m, revoked_at + Duration::from_secs(1)))
                 .count()
                 >= 3
         },
     )
     .await;
+    // And nothing of the member's was refused on the way as revoked.
+    for node in [&fed.hub, &fed.root] {
+        let out = cli(
+            &["dlq", "list", "--json", "--reason", "token_revoked"],
+            node.config_path(),
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+            "{} refused events as revoked: {}",
+            node.name(),
+            text(&out)
+        );
+    }
     drop(fed.hub);
 }
 
@@ -498,19 +553,29 @@ async fn local_publishes_go_up_wrapped_and_refusals_are_answered_with_a_reason()
     let full = ask("app.booking.created", envelope.to_string().into()).await;
     assert_eq!(full["ok"], true, "{full}");
     assert_eq!(full["event_id"], id.as_str());
-    // Outside the ACL, malformed, not an object, the wrong event name: refused with a reason.
+    // Outside the ACL, malformed, not an object, an incomplete envelope, a complete one with
+    // another event name, a subject that maps to no event name: refused with a reason.
+    let mut other = envelope.clone();
+    other["event_id"] = json!(uuid::Uuid::now_v7().to_string());
+    other["event_name"] = json!("booking.other");
+    let incomplete = r#"{"event_id": "x", "event_name": "booking.created", "payload": {}}"#;
     for (subject, body, code) in [
-        ("app.wallet.paid", r#"{"amount": 1}"#, "acl_denied"),
-        ("app.booking.created", "not json", "malformed"),
-        ("app.booking.created", "[1, 2]", "malformed"),
+        (
+            "app.wallet.paid",
+            r#"{"amount": 1}"#.to_owned(),
+            "acl_denied",
+        ),
+        ("app.booking.created", "not json".to_owned(), "malformed"),
+        ("app.booking.created", "[1, 2]".to_owned(), "malformed"),
+        ("app.booking.created", incomplete.to_owned(), "malformed"),
         (
             "app.booking.created",
-            r#"{"event_id": "x", "event_name": "booking.other", "payload": {}}"#,
-            "malformed",
+            other.to_string(),
+            "event_name_mismatch",
         ),
-        ("app.booking.Created", "{}", "bad_event_name"),
+        ("app.booking.Created", "{}".to_owned(), "bad_event_name"),
     ] {
-        let refused = ask(subject, Bytes::from(body)).await;
+        let refused = ask(subject, Bytes::from(body.clone())).await;
         assert_eq!(refused["ok"], false, "{subject} {body}: {refused}");
         assert_eq!(refused["code"], code, "{subject} {body}: {refused}");
         assert!(refused["message"].as_str().is_some_and(|m| !m.is_empty()));
@@ -580,7 +645,7 @@ async fn local_publishes_go_up_wrapped_and_refusals_are_answered_with_a_reason()
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .filter(|l: &Value| l["stage"] == "bridge")
                 .collect();
-            (letters.len() >= 5).then_some(letters)
+            (letters.len() >= 6).then_some(letters)
         },
     )
     .await;
@@ -594,6 +659,7 @@ async fn local_publishes_go_up_wrapped_and_refusals_are_answered_with_a_reason()
         [
             "acl_denied",
             "bad_event_name",
+            "event_name_mismatch",
             "malformed",
             "malformed",
             "malformed"

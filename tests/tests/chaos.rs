@@ -412,12 +412,13 @@ async fn local_requests_answered_before_a_member_sigkill_all_land() {
     };
     let count = || acked.lock().expect("lock").len();
     wait_until("500 requests answered", SETUP, async || count() >= 500).await;
+    let failures_before_kill = failures.load(Ordering::SeqCst);
     member.kill();
     let at_kill = count();
     wait_until(
         "the app sees its requests go unanswered",
         SETUP,
-        async || failures.load(Ordering::SeqCst) > 0,
+        async || failures.load(Ordering::SeqCst) >= failures_before_kill + 32,
     )
     .await;
     member.restart();

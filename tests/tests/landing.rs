@@ -85,6 +85,23 @@ async fn default_domains_split_core_and_iot_events_out_of_the_journal() {
         count(&js, "NEXUS_EVENTS", booking).await == 1
     })
     .await;
+    // Sourcing is asynchronous: wait until each domain has caught up with the journal (which
+    // holds the booking by now), so that the zeros below mean "not selected", not "late".
+    for domain in ["NEXUS_CORE", "NEXUS_IOT"] {
+        wait_until(
+            &format!("{domain} caught up with the journal"),
+            DEADLINE,
+            async || {
+                let Ok(mut stream) = js.get_stream(domain).await else {
+                    return false;
+                };
+                stream.info().await.is_ok_and(|info| {
+                    !info.sources.is_empty() && info.sources.iter().all(|s| s.lag == 0)
+                })
+            },
+        )
+        .await;
+    }
     // Each domain holds only what it selects; the journal holds everything.
     assert_eq!(count(&js, "NEXUS_IOT", &heartbeats).await, 0);
     assert_eq!(count(&js, "NEXUS_IOT", booking).await, 0);
