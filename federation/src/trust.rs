@@ -583,3 +583,199 @@ pub async fn bucket(link: &Link, name: &str, create: bool) -> Result<kv::Store, 
             .await?),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{self, Issuer};
+    use nexus_policies::{Claims, Role, SecretKey, SubjectPattern, Token, TokenId};
+    use time::OffsetDateTime;
+
+    fn key(n: u8) -> SecretKey {
+        SecretKey::from_seed(&[n; 32]).expect("strong key")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn token(
+        id: u8,
+        issuer: &SecretKey,
+        parent: Option<&Token>,
+        node: &str,
+        node_key: &SecretKey,
+        tenant: Option<&str>,
+        role: Role,
+        publish: &[&str],
+    ) -> Token {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let claims = Claims {
+            id: TokenId([id; 16]),
+            parent: parent.map(Token::id),
+            issuer_key: issuer.public(),
+            node_id: node.into(),
+            node_key: node_key.public(),
+            tenant: tenant.map(Into::into),
+            role,
+            publish: publish
+                .iter()
+                .map(|p| SubjectPattern::parse(p).expect("pattern"))
+                .collect(),
+            receive: Vec::new(),
+            not_before: UnixTime(now - 60),
+            expires: UnixTime(now + 3600),
+        };
+        Token::issue(claims, issuer, parent).expect("issue")
+    }
+
+    /// `admit_command` for a command to `edge-01` signed by `signer` as `source`.
+    fn admit(
+        gatekeeper: &Gatekeeper,
+        signer: &SecretKey,
+        source: &str,
+        chain: Option<&Chain>,
+        target_tenant: Option<Option<&str>>,
+    ) -> Result<Admitted, &'static str> {
+        let bytes = chain.map(Chain::encode);
+        let issuer = Issuer {
+            node_id: source,
+            key: signer,
+            chain: bytes.as_deref(),
+        };
+        let sealed = command::seal(
+            &issuer,
+            "edge-01",
+            "agent.ping",
+            serde_json::Map::new(),
+            Duration::from_secs(5),
+            OffsetDateTime::now_utc(),
+        )
+        .expect("seal");
+        let opened =
+            command::open(&sealed.subject, Some(&sealed.headers), sealed.body).expect("opens");
+        gatekeeper
+            .admit_command(
+                &opened.event,
+                &opened.envelope,
+                opened.chain.as_ref(),
+                &opened.subject,
+                target_tenant,
+            )
+            .map_err(|r| r.reason)
+    }
+
+    #[test]
+    fn who_may_command_whom() {
+        let (root, hub, member, plain_hub) = (key(1), key(2), key(3), key(4));
+        let gatekeeper = Gatekeeper::new(
+            vec![root.public()],
+            Duration::from_secs(60),
+            None,
+            RevocationSet::default(),
+            Arc::new(TrustClock::new(None)),
+        );
+        let hub_token = token(
+            1,
+            &root,
+            None,
+            "hub-1",
+            &hub,
+            Some("t1"),
+            Role::Hub,
+            &["nexus.t1.>", "_nexus.cmd.>"],
+        );
+        let hub_chain = Chain::new(vec![hub_token.clone()]).expect("chain");
+        let member_token = token(
+            2,
+            &hub,
+            Some(&hub_token),
+            "edge-01",
+            &member,
+            Some("t1"),
+            Role::Member,
+            &["_nexus.cmd.>"],
+        );
+        let member_chain = Chain::new(vec![member_token, hub_token]).expect("chain");
+        let plain = token(
+            3,
+            &root,
+            None,
+            "hub-2",
+            &plain_hub,
+            Some("t1"),
+            Role::Hub,
+            &["nexus.t1.>"],
+        );
+        let plain_chain = Chain::new(vec![plain]).expect("chain");
+        let t1 = Some(Some("t1"));
+
+        assert!(matches!(
+            admit(&gatekeeper, &root, "root", None, t1),
+            Ok(Admitted::Anchor)
+        ));
+        assert!(matches!(
+            admit(&gatekeeper, &hub, "hub-1", Some(&hub_chain), t1),
+            Ok(Admitted::Node(_))
+        ));
+        // The routing hub does not know the target's tenant: not checked there.
+        assert!(admit(&gatekeeper, &hub, "hub-1", Some(&hub_chain), None).is_ok());
+        assert_eq!(
+            admit(
+                &gatekeeper,
+                &hub,
+                "hub-1",
+                Some(&hub_chain),
+                Some(Some("t2"))
+            )
+            .err(),
+            Some("tenant_crossover")
+        );
+        assert_eq!(
+            admit(&gatekeeper, &hub, "hub-1", Some(&hub_chain), Some(None)).err(),
+            Some("tenant_crossover")
+        );
+        assert_eq!(
+            admit(&gatekeeper, &plain_hub, "hub-2", Some(&plain_chain), t1).err(),
+            Some("command_not_granted")
+        );
+        assert_eq!(
+            admit(&gatekeeper, &member, "edge-01", Some(&member_chain), t1).err(),
+            Some("command_not_allowed")
+        );
+        assert_eq!(
+            admit(&gatekeeper, &hub, "root", Some(&hub_chain), t1).err(),
+            Some("source_spoofing")
+        );
+        assert_eq!(
+            admit(&gatekeeper, &key(9), "hub-9", None, t1).err(),
+            Some("token_unknown")
+        );
+    }
+
+    #[test]
+    fn own_chain_knows_its_ancestors_and_fails_closed() {
+        let (root, hub, member) = (key(1), key(2), key(3));
+        let hub_token = token(1, &root, None, "hub-1", &hub, None, Role::Hub, &["nexus.>"]);
+        let member_token = token(
+            2,
+            &hub,
+            Some(&hub_token),
+            "edge-01",
+            &member,
+            None,
+            Role::Member,
+            &["nexus.t1.>"],
+        );
+        let own = OwnChain::new(Some(
+            Chain::new(vec![member_token, hub_token]).expect("chain"),
+        ));
+        assert!(own.has_ancestor(&hub.public()));
+        assert!(own.has_ancestor(&root.public()));
+        assert!(!own.has_ancestor(&key(4).public()));
+        assert_eq!(own.parent_key(), Some(hub.public()));
+        assert!(own.allows("nexus.t1.booking.created"));
+        assert!(!own.allows("nexus.t2.booking.created"));
+        assert_eq!(own.token_ids().len(), 2);
+        let unreadable = OwnChain::new(None);
+        assert!(!unreadable.allows("nexus.t1.x"));
+        assert!(OwnChain::anchor().allows("nexus.t1.x"));
+    }
+}
