@@ -269,7 +269,7 @@ impl CommandService {
             PING => Ok(self.ping()),
             HEALTH => Ok(self.heartbeat.snapshot()),
             ROTATE => self.rotate(&command.envelope.payload).await,
-            name if name.starts_with("agent.") => Err(rejection(
+            name if name.starts_with("agent.") => Err(Rejection::new(
                 "unknown_command",
                 format!("`{name}` is not a built-in command (agent.ping, agent.health, agent.token.rotate)"),
             )),
@@ -307,7 +307,7 @@ impl CommandService {
             .checked_add(skew)
             .is_some_and(|t| t < self.started_wall)
         {
-            return Err(with(rejection(
+            return Err(with(Rejection::new(
                 "command_stale",
                 "issued before this agent started; send it again",
             )));
@@ -326,7 +326,7 @@ impl CommandService {
         // grants `_nexus.cmd.>`, but a sibling hub is not this node's ancestor.
         if let Admitted::Node(grant) = &admitted {
             if grant.role() != Role::Root && !self.rotation.own.has_ancestor(grant.node_key()) {
-                return Err(with(rejection(
+                return Err(with(Rejection::new(
                     "command_not_allowed",
                     format!(
                         "node `{}` is not above node `{}` in the tree",
@@ -362,7 +362,7 @@ impl CommandService {
     /// the old one on disk (atomically), upward and in the bridge's checks.
     async fn rotate(&self, payload: &Map<String, Value>) -> Result<Map<String, Value>, Rejection> {
         let Some(path) = &self.rotation.path else {
-            return Err(rejection(
+            return Err(Rejection::new(
                 "no_token",
                 "this node runs without node.token (a trust anchor): nothing to rotate",
             ));
@@ -371,14 +371,14 @@ impl CommandService {
             .get("token")
             .and_then(Value::as_str)
             .ok_or_else(|| {
-                rejection(
+                Rejection::new(
                     "malformed",
                     "expected {\"token\": \"<token chain file, base64url>\"}",
                 )
             })?;
         let bytes = URL_SAFE_NO_PAD
             .decode(text.trim_end_matches('='))
-            .map_err(|e| rejection("malformed", format!("token is not base64url: {e}")))?;
+            .map_err(|e| Rejection::new("malformed", format!("token is not base64url: {e}")))?;
         let chain = Chain::decode(&bytes).map_err(|e| Rejection::from(&e))?;
         let grant = self.gatekeeper.verify_now(&chain)?;
         let own_key = self.key.public();
@@ -414,10 +414,10 @@ impl CommandService {
             None
         };
         if let Some(problem) = problem {
-            return Err(rejection("token_not_mine", problem));
+            return Err(Rejection::new("token_not_mine", problem));
         }
         nexus_federation::fsutil::write_atomically(path, &bytes, 0o644).map_err(|e| {
-            rejection(
+            Rejection::new(
                 "io",
                 format!("cannot write node.token {}: {e}", path.display()),
             )
@@ -473,7 +473,7 @@ impl CommandService {
                 }
                 (headers, body)
             }
-            Err(error) => plain_error(&rejection("internal", error)),
+            Err(error) => plain_error(&Rejection::new("internal", error)),
         }
     }
 
@@ -487,7 +487,7 @@ impl CommandService {
             .iter()
             .find_map(|rule| rule.rewrite.apply(&command.name).map(|s| (rule, s)))
             .ok_or_else(|| {
-                rejection(
+                Rejection::new(
                     "unknown_command",
                     format!(
                         "no [[bridge.down]] rule on node `{}` takes `{}`",
@@ -496,14 +496,17 @@ impl CommandService {
                 )
             })?;
         let Some(local) = &self.local else {
-            return Err(rejection(
+            return Err(Rejection::new(
                 "unknown_command",
                 "this node has no [local] NATS",
             ));
         };
         let timeout = rule.timeout.min(command.remaining(now));
         if timeout.is_zero() {
-            return Err(rejection("command_expired", "no time left to ask the app"));
+            return Err(Rejection::new(
+                "command_expired",
+                "no time left to ask the app",
+            ));
         }
         let mut headers = async_nats::HeaderMap::new();
         if let Some(id) = &command.envelope.correlation_id {
@@ -512,7 +515,7 @@ impl CommandService {
         headers.insert("Nexus-Command-Id", command.envelope.event_id.as_str());
         headers.insert("Nexus-Issuer", command.envelope.source.as_str());
         let body = serde_json::to_vec(&command.envelope.payload)
-            .map_err(|e| rejection("internal", e.to_string()))?;
+            .map_err(|e| Rejection::new("internal", e.to_string()))?;
         let request = async_nats::Request::new()
             .payload(body.into())
             .headers(headers)
@@ -522,25 +525,25 @@ impl CommandService {
             .send_request(local_subject.clone(), request)
             .await
             .map_err(|error| match error.kind() {
-                async_nats::client::RequestErrorKind::NoResponders => rejection(
+                async_nats::client::RequestErrorKind::NoResponders => Rejection::new(
                     "no_local_responder",
                     format!("no local app answers on `{local_subject}`"),
                 ),
-                async_nats::client::RequestErrorKind::TimedOut => rejection(
+                async_nats::client::RequestErrorKind::TimedOut => Rejection::new(
                     "timeout",
                     format!(
                         "the local app on `{local_subject}` did not answer within {} ms",
                         timeout.as_millis()
                     ),
                 ),
-                _ => rejection("local_unavailable", error.to_string()),
+                _ => Rejection::new("local_unavailable", error.to_string()),
             })?;
         if let Some(error) = answer
             .headers
             .as_ref()
             .and_then(|h| h.get("Nats-Service-Error"))
         {
-            return Err(rejection("app_error", error.as_str().to_owned()));
+            return Err(Rejection::new("app_error", error.as_str().to_owned()));
         }
         let content_type = answer
             .headers
@@ -583,7 +586,7 @@ impl CommandService {
             }
         };
         if !online {
-            let offline = rejection(
+            let offline = Rejection::new(
                 "node_offline",
                 format!(
                     "node `{target}` is offline: hub `{}` has not heard its heartbeat lately",
@@ -612,21 +615,21 @@ impl CommandService {
             Ok(answer) => (answer.headers.unwrap_or_default(), answer.payload),
             Err(error) => {
                 let failure = match error.kind() {
-                    async_nats::client::RequestErrorKind::NoResponders => rejection(
+                    async_nats::client::RequestErrorKind::NoResponders => Rejection::new(
                         "node_unreachable",
                         format!(
                             "node `{target}` is not listening for commands on hub `{}`",
                             self.node_id
                         ),
                     ),
-                    async_nats::client::RequestErrorKind::TimedOut => rejection(
+                    async_nats::client::RequestErrorKind::TimedOut => Rejection::new(
                         "timeout",
                         format!(
                             "node `{target}` did not answer within {} ms",
                             remaining.as_millis()
                         ),
                     ),
-                    _ => rejection("hub_unavailable", error.to_string()),
+                    _ => Rejection::new("hub_unavailable", error.to_string()),
                 };
                 self.error_reply(&command.envelope, &failure)
             }
@@ -653,7 +656,7 @@ impl CommandService {
     fn sign(&self, reply: &Envelope) -> (async_nats::HeaderMap, Bytes) {
         match command::reply_message(reply, &self.key) {
             Ok((headers, body, _)) => (self.with_chain(headers), body),
-            Err(error) => plain_error(&rejection("internal", error)),
+            Err(error) => plain_error(&Rejection::new("internal", error)),
         }
     }
 
@@ -711,13 +714,6 @@ impl CommandService {
 
 /// A refused command: why, and its envelope when it could be read (to reply to it).
 type Refused = (Rejection, Option<Box<Envelope>>);
-
-fn rejection(reason: &'static str, detail: impl Into<String>) -> Rejection {
-    Rejection {
-        reason,
-        detail: detail.into(),
-    }
-}
 
 /// An unsigned error reply, for a message too broken to answer with an envelope.
 fn plain_error(failure: &Rejection) -> (async_nats::HeaderMap, Bytes) {

@@ -8,8 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use figment::Jail;
+
+mod common;
 use nexus_config::{load, BridgeConfig, BridgeEncoding, ConfigErrors, ErrorKind};
-use nexus_policies::{Chain, Claims, Role, SecretKey, Token, TokenId, UnixTime, BUILD_FLOOR};
+use nexus_policies::Role;
 
 /// A valid member with a tenant and a `[local]`: what bridge rules need.
 const MEMBER: &str = r#"
@@ -31,34 +33,16 @@ url = "nats://hub.example:4222"
 url = "nats://127.0.0.1:4222"
 "#;
 
-/// Empties the environment, writes the node's key and token, and `config` as
-/// `member.toml`.
+/// The node's files (key, a member token for `edge-01`), and `config` as `member.toml`.
 fn setup(jail: &mut Jail, config: &str) -> figment::error::Result<()> {
-    jail.clear_env();
-    let node = SecretKey::from_seed(&[7; 32]).expect("key");
-    let root = SecretKey::from_seed(&[1; 32]).expect("key");
-    jail.create_file("node.key", &node.to_file_text())?;
-    let claims = Claims {
-        id: TokenId([9; 16]),
-        parent: None,
-        issuer_key: root.public(),
-        node_id: "edge-01".to_owned(),
-        node_key: node.public(),
-        tenant: None,
-        role: Role::Member,
-        publish: Vec::new(),
-        receive: Vec::new(),
-        not_before: BUILD_FLOOR,
-        expires: UnixTime(BUILD_FLOOR.0 + 3600),
-    };
-    let token = Token::issue(claims, &root, None).expect("token");
-    std::fs::write(
-        "member.token",
-        Chain::new(vec![token]).expect("chain").encode(),
+    common::write_node_files(
+        jail,
+        "edge-01",
+        Role::Member,
+        Some("member.token"),
+        "member.toml",
+        config,
     )
-    .expect("write");
-    jail.create_file("member.toml", config)?;
-    Ok(())
 }
 
 /// `MEMBER` with `from` replaced by `to` (which must occur).

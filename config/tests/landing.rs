@@ -8,10 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use figment::Jail;
+
+mod common;
 use nexus_config::{load, ConfigErrors, ErrorKind, LandingConfig};
-use nexus_policies::{
-    Chain, Claims, Role, SecretKey, SubjectPattern, Token, TokenId, UnixTime, BUILD_FLOOR,
-};
+use nexus_policies::{Role, SubjectPattern};
 
 /// A valid root: without a token, it is the anchor.
 const ROOT: &str = r#"
@@ -49,34 +49,16 @@ url = "nats://127.0.0.1:4222"
 
 const DAY: u64 = 24 * 60 * 60;
 
-/// Empties the environment, writes the node's key, a hub token, and `config` as
-/// `agent.toml`.
+/// The node's files (key, a hub token for `hub-msk`), and `config` as `agent.toml`.
 fn setup(jail: &mut Jail, config: &str) -> figment::error::Result<()> {
-    jail.clear_env();
-    let node = SecretKey::from_seed(&[7; 32]).expect("key");
-    let root = SecretKey::from_seed(&[1; 32]).expect("key");
-    jail.create_file("node.key", &node.to_file_text())?;
-    let claims = Claims {
-        id: TokenId([9; 16]),
-        parent: None,
-        issuer_key: root.public(),
-        node_id: "hub-msk".to_owned(),
-        node_key: node.public(),
-        tenant: None,
-        role: Role::Hub,
-        publish: Vec::new(),
-        receive: Vec::new(),
-        not_before: BUILD_FLOOR,
-        expires: UnixTime(BUILD_FLOOR.0 + 3600),
-    };
-    let token = Token::issue(claims, &root, None).expect("token");
-    std::fs::write(
-        "hub.token",
-        Chain::new(vec![token]).expect("chain").encode(),
+    common::write_node_files(
+        jail,
+        "hub-msk",
+        Role::Hub,
+        Some("hub.token"),
+        "agent.toml",
+        config,
     )
-    .expect("write");
-    jail.create_file("agent.toml", config)?;
-    Ok(())
 }
 
 /// The landing of `config`, which must load.

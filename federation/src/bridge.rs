@@ -106,13 +106,6 @@ pub struct UpBridge {
 /// A message turned into an event, or why not.
 type Mapped = Result<SignedEvent, Rejection>;
 
-fn refusal(reason: &'static str, detail: impl Into<String>) -> Rejection {
-    Rejection {
-        reason,
-        detail: detail.into(),
-    }
-}
-
 impl UpBridge {
     /// Subscribes to every rule's local pattern and bridges until `shutdown`; subscribes
     /// again after the local NATS comes back.
@@ -205,7 +198,7 @@ impl UpBridge {
     fn map(&self, index: usize, message: &async_nats::Message, now: OffsetDateTime) -> Mapped {
         let rule = &self.rules[index];
         if message.payload.len() > self.max_payload {
-            return Err(refusal(
+            return Err(Rejection::new(
                 "oversized",
                 format!(
                     "{} bytes, over bridge.max_payload ({})",
@@ -220,7 +213,7 @@ impl UpBridge {
             .apply(subject_in)
             .filter(|name| subject::is_valid_event_name(name))
             .ok_or_else(|| {
-                refusal(
+                Rejection::new(
                     "bad_event_name",
                     format!(
                         "`{subject_in}` maps to no valid event name under rule {} (tokens of [a-z0-9_-])",
@@ -237,13 +230,13 @@ impl UpBridge {
         let envelope = self.envelope(&event_name, object, now)?;
         let subject = envelope.subject();
         if !self.acl.allows(LOCAL_PRINCIPAL, Action::Publish, &subject) {
-            return Err(refusal(
+            return Err(Rejection::new(
                 "acl_denied",
                 format!("[[acl]] does not let local apps publish on `{subject}`"),
             ));
         }
         if !self.grants.allows(&subject) {
-            return Err(refusal(
+            return Err(Rejection::new(
                 "subject_not_granted",
                 format!("this node's token does not grant publishing on `{subject}`"),
             ));
@@ -253,7 +246,7 @@ impl UpBridge {
             BridgeEncoding::Cbor => Encoding::Cbor,
         };
         SignedEvent::seal(&envelope, encoding, &self.key)
-            .map_err(|e| refusal("malformed", e.to_string()))
+            .map_err(|e| Rejection::new("malformed", e.to_string()))
     }
 
     /// A bare object becomes a new envelope's payload; a complete envelope keeps its ids,
@@ -277,9 +270,9 @@ impl UpBridge {
             ));
         }
         let mut envelope: Envelope = serde_json::from_value(Value::Object(object))
-            .map_err(|e| refusal("malformed", format!("not an envelope: {e}")))?;
+            .map_err(|e| Rejection::new("malformed", format!("not an envelope: {e}")))?;
         if envelope.event_name != event_name {
-            return Err(refusal(
+            return Err(Rejection::new(
                 "event_name_mismatch",
                 format!(
                     "the envelope says `{}` but its subject maps to `{event_name}`",
@@ -291,7 +284,7 @@ impl UpBridge {
         envelope.tenant = Some(self.tenant.clone());
         envelope
             .validate()
-            .map_err(|e| refusal("malformed", e.to_string()))?;
+            .map_err(|e| Rejection::new("malformed", e.to_string()))?;
         Ok(envelope)
     }
 
@@ -310,12 +303,12 @@ impl UpBridge {
             let outcome = match (mapped, pushed) {
                 (Ok(event), Some(Ok(_))) => Ok(event),
                 (Ok(_), Some(Err(error))) => Err(match error {
-                    OutboxError::Full { .. } => refusal("outbox_full", error.to_string()),
-                    other => refusal("outbox_unavailable", other.to_string()),
+                    OutboxError::Full { .. } => Rejection::new("outbox_full", error.to_string()),
+                    other => Rejection::new("outbox_unavailable", other.to_string()),
                 }),
                 (Err(rejection), _) => Err(rejection),
                 // Every mapped event was pushed above.
-                (Ok(_), None) => Err(refusal("internal", "the event was not queued")),
+                (Ok(_), None) => Err(Rejection::new("internal", "the event was not queued")),
             };
             let reply = match outcome {
                 Ok(event) => {
@@ -390,11 +383,11 @@ pub fn decode_object(
 ) -> Result<Map<String, Value>, Rejection> {
     let value: Value = match content_type {
         Some("application/cbor") => ciborium::de::from_reader_with_recursion_limit(body, 32)
-            .map_err(|e| refusal("malformed", format!("not CBOR: {e}")))?,
+            .map_err(|e| Rejection::new("malformed", format!("not CBOR: {e}")))?,
         None | Some("application/json") | Some("") => serde_json::from_slice(body)
-            .map_err(|e| refusal("malformed", format!("not JSON: {e}")))?,
+            .map_err(|e| Rejection::new("malformed", format!("not JSON: {e}")))?,
         Some(other) => {
-            return Err(refusal(
+            return Err(Rejection::new(
                 "malformed",
                 format!(
                     "unknown Content-Type `{other}`: send application/json or application/cbor"
@@ -404,7 +397,7 @@ pub fn decode_object(
     };
     match value {
         Value::Object(map) => Ok(map),
-        other => Err(refusal(
+        other => Err(Rejection::new(
             "malformed",
             format!(
                 "expected a JSON object (the payload, or a whole envelope), found {}",

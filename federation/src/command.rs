@@ -151,13 +151,6 @@ impl OpenedCommand {
     }
 }
 
-fn rejection(reason: &'static str, detail: impl Into<String>) -> Rejection {
-    Rejection {
-        reason,
-        detail: detail.into(),
-    }
-}
-
 /// Opens a command message: the subject names a node and a command, the signature holds,
 /// the body is a command envelope for that node and command, with a valid timeout.
 pub fn open(
@@ -166,7 +159,7 @@ pub fn open(
     body: Bytes,
 ) -> Result<OpenedCommand, Rejection> {
     let (target, name) = subject::parse_command_subject(message_subject).ok_or_else(|| {
-        rejection(
+        Rejection::new(
             "bad_command_subject",
             format!(
                 "`{message_subject}` is not {}.{{node}}.{{command}}",
@@ -177,7 +170,7 @@ pub fn open(
     let (event, envelope) = SignedEvent::open_detached(headers, body, MAX_COMMAND_BYTES)
         .map_err(|e| Rejection::from(&e))?;
     if envelope.event_name != name {
-        return Err(rejection(
+        return Err(Rejection::new(
             "subject_mismatch",
             format!(
                 "requested as `{name}` but the body is command `{}`",
@@ -186,7 +179,7 @@ pub fn open(
         ));
     }
     if envelope.headers.get(TARGET).map(String::as_str) != Some(target) {
-        return Err(rejection(
+        return Err(Rejection::new(
             "subject_mismatch",
             format!("requested for node `{target}` but the body is for another node"),
         ));
@@ -198,7 +191,7 @@ pub fn open(
         .map(Duration::from_millis)
         .filter(|t| !t.is_zero() && *t <= MAX_TIMEOUT)
         .ok_or_else(|| {
-            rejection(
+            Rejection::new(
                 "malformed",
                 format!(
                     "envelope header `{TIMEOUT_MS}` must be 1..={} milliseconds",
@@ -206,21 +199,21 @@ pub fn open(
                 ),
             )
         })?;
-    let ts = parse_ts(&envelope.ts).ok_or_else(|| rejection("malformed", "bad ts"))?;
+    let ts = parse_ts(&envelope.ts).ok_or_else(|| Rejection::new("malformed", "bad ts"))?;
     // Checked: a `ts` at the end of year 9999 plus the timeout must not overflow (panic).
     let deadline = ts
         .checked_add(time::Duration::try_from(timeout).unwrap_or(time::Duration::MAX))
-        .ok_or_else(|| rejection("malformed", "ts + timeout_ms is out of range"))?;
+        .ok_or_else(|| Rejection::new("malformed", "ts + timeout_ms is out of range"))?;
     let chain = match headers.and_then(|h| h.get(HDR_CHAIN)) {
         None => None,
         Some(text) => {
             let text = text.as_str();
             if text.len() > MAX_CHAIN_BYTES * 4 / 3 + 4 {
-                return Err(rejection("token_malformed", "Nexus-Chain is too long"));
+                return Err(Rejection::new("token_malformed", "Nexus-Chain is too long"));
             }
             let bytes = URL_SAFE_NO_PAD
                 .decode(text)
-                .map_err(|e| rejection("token_malformed", format!("Nexus-Chain: {e}")))?;
+                .map_err(|e| Rejection::new("token_malformed", format!("Nexus-Chain: {e}")))?;
             Some(Chain::decode(&bytes).map_err(|e| Rejection::from(&e))?)
         }
     };
@@ -246,7 +239,7 @@ pub fn check_fresh(
     let skew = time::Duration::try_from(skew).unwrap_or(time::Duration::MAX);
     let issued = command.issued();
     if now.checked_add(skew).is_some_and(|late| issued > late) {
-        return Err(rejection(
+        return Err(Rejection::new(
             "command_from_future",
             format!(
                 "issued at {} but this node's clock says {}",
@@ -260,7 +253,7 @@ pub fn check_fresh(
         .checked_add(skew)
         .is_some_and(|end| now > end)
     {
-        return Err(rejection(
+        return Err(Rejection::new(
             "command_expired",
             format!(
                 "its deadline {} has passed",
@@ -292,7 +285,7 @@ impl ReplayGuard {
     /// full of live commands (a flood: refusing is safer than forgetting).
     pub fn admit(&mut self, event_id: &str, until: Instant, now: Instant) -> Result<(), Rejection> {
         if self.seen.get(event_id).is_some_and(|t| *t >= now) {
-            return Err(rejection(
+            return Err(Rejection::new(
                 "command_replayed",
                 format!("command {event_id} was received before"),
             ));
@@ -300,7 +293,7 @@ impl ReplayGuard {
         if self.seen.len() >= self.capacity {
             self.seen.retain(|_, t| *t >= now);
             if self.seen.len() >= self.capacity {
-                return Err(rejection(
+                return Err(Rejection::new(
                     "busy",
                     format!("{} commands are in flight", self.seen.len()),
                 ));

@@ -57,7 +57,8 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+    /// A refusal with a stable `reason` code and a human `detail`.
+    pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
         Self {
             reason,
             detail: detail.into(),
