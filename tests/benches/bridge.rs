@@ -11,12 +11,15 @@
 //!   forwards to the root, which verifies and lands them (hub and root nats-servers with
 //!   `sync_interval: always`). Timed from the first request until a subscriber on the
 //!   root's NATS saw every event; latency is per message, request sent → seen at the root.
+//!   Then a paced run, one request at a time, for the latency of a single message.
 //! - **raw**: the same payloads JetStream-published straight into a file stream on a
-//!   `sync_interval: always` nats-server (256 in flight), seen by a subscriber there.
+//!   `sync_interval: always` nats-server (256 in flight, then one at a time), seen by a
+//!   subscriber there.
 //! - **agent.ping**: signed commands from the root key, requested on the root's NATS one
 //!   after another, routed by the hub to the member and answered (signed) by it.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,8 @@ use nexus_policies::SecretKey;
 
 const MESSAGES: usize = 5_000;
 const IN_FLIGHT: usize = 256;
+/// Messages of the paced (latency) runs, one in flight.
+const PACED: usize = 300;
 const PINGS: usize = 200;
 const SETUP: Duration = Duration::from_secs(60);
 const DEADLINE: Duration = Duration::from_secs(300);
@@ -53,14 +58,14 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Receives until `n` distinct messages arrived; returns each one's arrival time by `n`.
+/// Receives until every `n` in `range` arrived; returns each one's arrival time by `n`.
 fn receiver(
     mut subscription: async_nats::Subscriber,
-    n: usize,
+    range: Range<usize>,
 ) -> tokio::task::JoinHandle<HashMap<usize, Instant>> {
     tokio::spawn(async move {
-        let mut seen = HashMap::with_capacity(n);
-        while seen.len() < n {
+        let mut seen = HashMap::with_capacity(range.len());
+        while seen.len() < range.len() {
             let Ok(Some(message)) = tokio::time::timeout(DEADLINE, subscription.next()).await
             else {
                 break;
@@ -69,23 +74,23 @@ fn receiver(
                 serde_json::from_slice(&message.payload).unwrap_or_default();
             // An envelope (bridge) carries the app's object as its payload.
             let n = body["payload"]["n"].as_u64().or(body["n"].as_u64());
-            if let Some(n) = n {
-                seen.entry(n as usize).or_insert_with(Instant::now);
+            if let Some(n) = n.map(|n| n as usize).filter(|n| range.contains(n)) {
+                seen.entry(n).or_insert_with(Instant::now);
             }
         }
         seen
     })
 }
 
-/// Sends every payload with `send`, IN_FLIGHT at a time; returns the send times.
-async fn drive<F, Fut>(send: F) -> HashMap<usize, Instant>
+/// Sends the payloads of `range` with `send`, `in_flight` at a time; returns send times.
+async fn drive<F, Fut>(range: Range<usize>, in_flight: usize, send: F) -> HashMap<usize, Instant>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let sent = Arc::new(Mutex::new(HashMap::with_capacity(MESSAGES)));
-    let indices: Vec<usize> = (0..MESSAGES).collect();
-    for chunk in indices.chunks(IN_FLIGHT) {
+    let sent = Arc::new(Mutex::new(HashMap::with_capacity(range.len())));
+    let indices: Vec<usize> = range.collect();
+    for chunk in indices.chunks(in_flight) {
         futures::future::join_all(chunk.iter().map(|&n| {
             let sent = Arc::clone(&sent);
             let future = send(n);
@@ -115,13 +120,42 @@ fn report(
         .collect();
     latencies.sort_unstable();
     println!(
-        "| {name} | {} of {MESSAGES} | {:.0} | {:.1} | {:.1} | {:.1} |",
+        "| {name} | {} of {} | {:.0} | {:.1} | {:.1} | {:.1} |",
         seen.len(),
+        sent.len(),
         seen.len() as f64 / secs,
         ms(pct(&latencies, 0.5)),
         ms(pct(&latencies, 0.99)),
         ms(pct(&latencies, 1.0)),
     );
+}
+
+/// One path measured twice: a burst (`IN_FLIGHT` at a time) and paced (one at a time).
+async fn measure<F, Fut>(name: &str, client: &async_nats::Client, filter: &str, send: F)
+where
+    F: Fn(usize) -> Fut + Copy,
+    Fut: std::future::Future<Output = ()>,
+{
+    for (phase, range, in_flight) in [
+        ("burst", 0..MESSAGES, IN_FLIGHT),
+        ("paced", MESSAGES..MESSAGES + PACED, 1),
+    ] {
+        let subscription = client
+            .subscribe(filter.to_owned())
+            .await
+            .expect("subscribe");
+        client.flush().await.expect("flush");
+        let seen = receiver(subscription, range.clone());
+        let start = Instant::now();
+        let sent = drive(range, in_flight, send).await;
+        let answered = start.elapsed();
+        let seen = seen.await.expect("receiver");
+        report(&format!("{name}, {phase}"), start, &sent, &seen);
+        eprintln!(
+            "  ({name}, {phase}: all sent and acknowledged after {:.2} s)",
+            answered.as_secs_f64()
+        );
+    }
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -144,27 +178,23 @@ async fn main() {
         .await
         .expect("the member's heartbeat reaches the root");
     println!(
-        "{MESSAGES} messages of ~70 B, {IN_FLIGHT} in flight, hub and root nats-servers \
-         `sync_interval: always`, loopback, 2 cores\n"
+        "~70 B messages; burst: {MESSAGES} with {IN_FLIGHT} in flight; paced: {PACED} one at a \
+         time; hub and root nats-servers `sync_interval: always`, loopback, 2 cores\n"
     );
     println!(
         "| path | arrived | msg/s | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|"
     );
 
-    // Bridge: local request → member outbox (fsync) → hub → root → subscriber.
-    let landed = root_client
-        .subscribe("nexus.salon-001.bench.*")
-        .await
-        .expect("subscribe");
-    root_client.flush().await.expect("flush");
+    // Bridge: local request → member outbox (fsync) → answer; → hub → root → subscriber.
     let app = async_nats::connect(fleet.member_nats.url())
         .await
         .expect("member nats");
-    let seen = receiver(landed, MESSAGES);
-    let start = Instant::now();
-    let sent = drive(|n| {
-        let app = app.clone();
-        async move {
+    let app = &app;
+    measure(
+        "local app → member bridge (outbox fsync) → hub → root",
+        &root_client,
+        "nexus.salon-001.bench.*",
+        |n| async move {
             let answer = app
                 .request(format!("app.bench.n{}", n % 16), payload(n))
                 .await
@@ -172,17 +202,9 @@ async fn main() {
             let body: serde_json::Value =
                 serde_json::from_slice(&answer.payload).unwrap_or_default();
             assert_eq!(body["ok"], true, "{body}");
-        }
-    })
+        },
+    )
     .await;
-    let acked = start.elapsed();
-    let seen = seen.await.expect("receiver");
-    report(
-        "local app → member bridge (outbox fsync) → hub → root → subscriber",
-        start,
-        &sent,
-        &seen,
-    );
 
     // Raw: the same payloads JetStream-published into a durable stream, seen by a subscriber.
     let raw_server = durable_server();
@@ -198,32 +220,21 @@ async fn main() {
     })
     .await
     .expect("stream");
-    let subscription = raw.subscribe("raw.>").await.expect("subscribe");
-    raw.flush().await.expect("flush");
-    let seen = receiver(subscription, MESSAGES);
-    let start = Instant::now();
-    let sent = drive(|n| {
-        let js = js.clone();
-        async move {
+    let js = &js;
+    measure(
+        "the same payloads JetStream-published straight into a root-like NATS",
+        &raw,
+        "raw.>",
+        |n| async move {
             js.publish(format!("raw.bench.n{}", n % 16), payload(n))
                 .await
                 .expect("publish")
                 .await
                 .expect("PubAck");
-        }
-    })
+        },
+    )
     .await;
-    let seen = seen.await.expect("receiver");
-    report(
-        "the same payloads JetStream-published straight into the root's NATS",
-        start,
-        &sent,
-        &seen,
-    );
-    println!(
-        "\n(the bridge answered all {MESSAGES} requests after {:.2} s)\n",
-        acked.as_secs_f64()
-    );
+    println!();
 
     // agent.ping: root → hub → member → back, one at a time.
     let root_key =
