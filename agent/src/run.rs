@@ -171,6 +171,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 nexus_federation::trust::watch_registry(
                     local.clone(),
                     Arc::clone(&gatekeeper),
+                    uplink.clone().filter(|_| node.mode == Mode::Hub),
                     shutdown.child_token(),
                 ),
             );

@@ -517,13 +517,16 @@ impl OwnChain {
 }
 
 /// Watches this tier's chain registry and forgets a signer's cached chain as soon as a new,
-/// valid one is presented for it (a rotated token): the next message fetches it. Entries
-/// that do not verify, or are not the named key's, are ignored (a member can write to the
-/// registry, and must not make another node's chain be dropped). Runs until `shutdown`,
-/// watching again after the server comes back.
+/// valid one is presented for it (a rotated token): the next message fetches it; a hub
+/// also presents it to its parent's registry (`parent`) right away, so that the whole path
+/// knows a rotated chain before the old one is revoked. Entries that do not verify, or are
+/// not the named key's, are ignored (a member can write to the registry, and must not make
+/// another node's chain be dropped). Runs until `shutdown`, watching again after the
+/// server comes back.
 pub async fn watch_registry(
     link: Link,
     gatekeeper: Arc<Gatekeeper>,
+    parent: Option<Link>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     use futures::StreamExt as _;
@@ -555,6 +558,19 @@ pub async fn watch_registry(
                     .is_some_and(|grant| grant.node_key() == &key);
                 if valid {
                     gatekeeper.forget(&key);
+                    if let Some(parent) = &parent {
+                        let presented = match bucket(parent, CHAINS_BUCKET, false).await {
+                            Ok(store) => store
+                                .put(&entry.key, entry.value.clone())
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string()),
+                            Err(error) => Err(error.to_string()),
+                        };
+                        if let Err(error) = presented {
+                            tracing::debug!(%error, key_id = %entry.key, "Cannot present a child's new chain upward yet; it goes with the child's next event.");
+                        }
+                    }
                 } else {
                     tracing::warn!(key_id = %entry.key, "A chain presented in the registry does not verify for its key; ignored.");
                 }
