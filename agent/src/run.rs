@@ -163,6 +163,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // The IoT bridge (member): MQTT sensor messages → signed iot.sensor_data events in the
     // outbox; refused messages in the dead-letter store.
+    let mut iot_stats = None;
     if let (Mode::Member, Some(iot)) = (node.mode, &config.iot) {
         // Validation requires node.tenant with [iot].
         let tenant = node
@@ -178,6 +179,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             open_dead_letters(&config),
         )
         .context("cannot set up the IoT bridge")?;
+        iot_stats = Some(bridge.stats());
         supervise(
             &tracker,
             &shutdown,
@@ -196,6 +198,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         local: local.clone(),
         outbox: outbox.clone(),
         children,
+        iot: iot_stats,
     };
     supervise(
         &tracker,

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::model::{AclPolicy, Config, IotConfig, LinkConfig};
+use crate::model::{AclPolicy, Config, IotConfig, LinkConfig, MqttProtocol};
 use nexus_policies::SubjectPattern;
 
 /// What replaces a password or token.
@@ -187,6 +187,10 @@ fn write_iot(out: &mut String, iot: Option<&IotConfig>) -> std::fmt::Result {
     }
     if iot.password.is_some() {
         writeln!(out, "password = {}", quote(MASK))?;
+    }
+    writeln!(out, "protocol = {}", quote(iot.protocol.as_str()))?;
+    if iot.protocol == MqttProtocol::V5 {
+        writeln!(out, "session_expiry = {}", duration(iot.session_expiry))?;
     }
     writeln!(out, "qos = {}", iot.qos)?;
     writeln!(out, "keep_alive = {}", duration(iot.keep_alive))?;

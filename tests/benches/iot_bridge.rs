@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use nexus_config::{IotConfig, MetricRule, PayloadFormat, SensorRule};
+use nexus_config::{IotConfig, MetricRule, MqttProtocol, PayloadFormat, SensorRule};
 use nexus_e2e::{Mosquitto, NatsServer};
 use nexus_federation::Outbox;
 use nexus_federation::OutboxOptions;
@@ -98,6 +98,8 @@ async fn bridge(qos: u8) -> f64 {
         client_id: format!("bench-bridge-{qos}"),
         username: None,
         password: None,
+        protocol: MqttProtocol::V311,
+        session_expiry: Duration::from_secs(3600),
         qos,
         keep_alive: Duration::from_secs(30),
         reconnect_max_delay: Duration::from_secs(1),
