@@ -63,7 +63,7 @@ use crate::sensor_data;
 use crate::template::TemplateError;
 
 /// How many messages may be in the middle of being stored at once.
-pub const MAX_PENDING: usize = 256;
+pub const MAX_PENDING: usize = 1024;
 /// How soon acks that did not fit into the request channel are tried again.
 const ACK_RETRY: Duration = Duration::from_millis(5);
 /// The first reconnect delay.
