@@ -216,6 +216,45 @@ async fn bridge(qos: u8, protocol: MqttProtocol, nodelay: bool) -> f64 {
     events as f64 / elapsed
 }
 
+/// The ceiling of the extra hop: mosquitto → a plain rumqttc subscriber (persistent
+/// session, automatic acks, no work per message), timed like the bridge until it has seen
+/// every message.
+async fn mosquitto_ceiling(qos: u8) -> f64 {
+    let broker = Mosquitto::start();
+    let mut options = MqttOptions::new("bench-plain-sub", "127.0.0.1", broker.port());
+    options.set_clean_session(qos == 0);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    eventloop.set_network_options(network);
+    let q = if qos == 1 {
+        QoS::AtLeastOnce
+    } else {
+        QoS::AtMostOnce
+    };
+    client.subscribe(TOPIC, q).await.expect("subscribe");
+    loop {
+        if let Ok(Event::Incoming(Packet::SubAck(_))) = eventloop.poll().await {
+            break;
+        }
+    }
+    let counter = tokio::spawn(async move {
+        let mut n = 0;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while n < MESSAGES && Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::Publish(_)))) => n += 1,
+                Ok(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        (n, Instant::now(), client)
+    });
+    let start = publish(broker.port(), q, "bench-plain-pub").await;
+    let (n, at, _client) = counter.await.expect("counter");
+    n as f64 / at.duration_since(start).as_secs_f64()
+}
+
 async fn gateway(qos: u8, sync_always: bool) -> f64 {
     let mqtt_port = free_port();
     let mut builder = NatsServer::builder()
@@ -529,6 +568,10 @@ async fn main() {
             let v5 = bridge(qos, MqttProtocol::V5, true).await;
             println!("| the same over MQTT 5 | {qos} | {v5:.0} |");
         }
+        let plain = mosquitto_ceiling(qos).await;
+        println!(
+            "| mosquitto → plain rumqttc subscriber (auto-ack, no work) | {qos} | {plain:.0} |"
+        );
         let gw = gateway(qos, false).await;
         println!("| nats-server MQTT → JetStream (defaults) | {qos} | {gw:.0} |");
         if qos == 1 {
