@@ -1,12 +1,14 @@
 //! `edge.health` heartbeats: this node's own, and the watch over its children's.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nexus_config::Mode;
 use nexus_federation::outbox::Priority;
 use nexus_federation::{Encoding, Envelope, Link, LinkState, Outbox, SignedEvent};
+use nexus_iot_bridge::{Reason, Stats as IotStats};
 use nexus_policies::SecretKey;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
@@ -40,6 +42,8 @@ pub struct Heartbeat {
     pub started: Instant,
     /// The host's figures, shared with `agent.health` answers.
     pub host: HostProbe,
+    /// The IoT bridge's counters (member with `[iot]`).
+    pub iot: Option<Arc<IotStats>>,
 }
 
 impl Heartbeat {
@@ -123,6 +127,9 @@ impl Heartbeat {
                 "expired": outbox.expired,
             }),
         );
+        if let Some(iot) = &self.iot {
+            payload.insert("iot".into(), iot_json(iot));
+        }
         if let Some(children) = &self.children {
             let (online, offline) = children.census();
             payload.insert(
@@ -138,6 +145,28 @@ fn link_json(state: &LinkState) -> Value {
     json!({
         "connected": state.connected,
         "since": nexus_federation::envelope::format_ts(state.since),
+    })
+}
+
+/// The IoT bridge's state and counters since the agent started. `dead_lettered` lists only
+/// the reasons that occurred, so the heartbeat stays small.
+fn iot_json(stats: &IotStats) -> Value {
+    let (connected, since) = stats.connection();
+    let dead_lettered: Map<String, Value> = Reason::ALL
+        .iter()
+        .filter_map(|&reason| {
+            let n = stats.rejected(reason);
+            (n > 0).then(|| (reason.as_str().to_owned(), json!(n)))
+        })
+        .collect();
+    json!({
+        "protocol": stats.protocol,
+        "connected": connected,
+        "since": nexus_federation::envelope::format_ts(since),
+        "received": stats.received.load(Ordering::Relaxed),
+        "forwarded": stats.events.load(Ordering::Relaxed),
+        "dead_lettered": dead_lettered,
+        "dropped_qos0": stats.dropped_qos0.load(Ordering::Relaxed),
     })
 }
 
@@ -299,6 +328,42 @@ impl Children {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `iot` part of a member's heartbeat follows the bridge's counters.
+    #[tokio::test]
+    async fn the_iot_part_of_a_heartbeat_reports_the_bridge_counters() {
+        let stats = Arc::new(IotStats::default());
+        let heartbeat = Heartbeat {
+            node_id: "edge-01".into(),
+            mode: Mode::Member,
+            key: SecretKey::from_seed(&[1; 32]).expect("key"),
+            interval: Duration::from_secs(10),
+            uplink: None,
+            local: None,
+            outbox: Outbox::in_memory(1 << 20),
+            children: None,
+            started: Instant::now(),
+            host: HostProbe(Arc::new(Mutex::new(Host { system: None }))),
+            iot: Some(Arc::clone(&stats)),
+        };
+        let before = heartbeat.snapshot()["iot"].clone();
+        assert_eq!(before["received"], 0);
+        assert_eq!(before["forwarded"], 0);
+        assert_eq!(before["connected"], false);
+        assert_eq!(before["dead_lettered"], json!({}));
+        stats.received.fetch_add(5, Ordering::Relaxed);
+        stats.events.fetch_add(6, Ordering::Relaxed);
+        stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
+        stats.rejected[Reason::NotANumber.index()].fetch_add(2, Ordering::Relaxed);
+        stats.connected.store(true, Ordering::Relaxed);
+        let after = heartbeat.snapshot()["iot"].clone();
+        assert_eq!(after["received"], 5);
+        assert_eq!(after["forwarded"], 6);
+        assert_eq!(after["dropped_qos0"], 1);
+        assert_eq!(after["connected"], true);
+        assert_eq!(after["dead_lettered"], json!({"not_a_number": 2}));
+        assert!(after["since"].is_string());
+    }
 
     #[test]
     fn a_silent_child_is_offline_until_heard_again() {

@@ -193,6 +193,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // The IoT bridge (member): MQTT sensor messages → signed iot.sensor_data events in the
     // outbox; refused messages in the dead-letter store.
+    let mut iot_stats = None;
     if let (Mode::Member, Some(iot)) = (node.mode, &config.iot) {
         // Validation requires node.tenant with [iot].
         let tenant = node
@@ -208,6 +209,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             open_dead_letters(&config),
         )
         .context("cannot set up the IoT bridge")?;
+        iot_stats = Some(bridge.stats());
         supervise(
             &tracker,
             &shutdown,
@@ -228,6 +230,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         children: children.clone(),
         started,
         host: HostProbe::new(),
+        iot: iot_stats,
     };
 
     // Local apps' subjects up ([[bridge.up]]); validation requires [local] and a tenant.

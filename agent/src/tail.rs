@@ -102,7 +102,8 @@ fn render(message: &async_nats::Message, json: bool) -> String {
     )
 }
 
-/// `member healthy up=12s cpu=5.0% mem=41.2% uplink=up outbox=0 children=3/0`.
+/// `member healthy up=12s cpu=5.0% mem=41.2% uplink=up outbox=0 children=3/0`, and for a
+/// member with `[iot]`: `mqtt=up in=120 fwd=130 dlq=2`.
 fn health_summary(payload: &serde_json::Map<String, serde_json::Value>) -> String {
     let text = |key: &str| {
         payload
@@ -132,6 +133,22 @@ fn health_summary(payload: &serde_json::Map<String, serde_json::Value>) -> Strin
     if let Some(depth) = payload.get("outbox").and_then(|o| o.get("depth")) {
         parts.push(format!("outbox={depth}"));
     }
+    if let Some(iot) = payload.get("iot") {
+        let n = |k: &str| iot.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let dead: u64 = iot
+            .get("dead_lettered")
+            .and_then(serde_json::Value::as_object)
+            .map_or(0, |d| {
+                d.values().filter_map(serde_json::Value::as_u64).sum()
+            });
+        let up = iot.get("connected").and_then(serde_json::Value::as_bool) == Some(true);
+        parts.push(format!(
+            "mqtt={} in={} fwd={} dlq={dead}",
+            if up { "up" } else { "DOWN" },
+            n("received"),
+            n("forwarded")
+        ));
+    }
     if let Some(children) = payload.get("children") {
         let count = |k: &str| children.get(k).map(ToString::to_string).unwrap_or_default();
         parts.push(format!(
@@ -147,5 +164,25 @@ fn shorten(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_heartbeat_summary_shows_the_mqtt_bridge() {
+        let payload = serde_json::json!({
+            "mode": "member", "status": "healthy", "uptime_secs": 12,
+            "outbox": {"depth": 0},
+            "iot": {"protocol": "5", "connected": false, "received": 7, "forwarded": 9,
+                    "dead_lettered": {"not_a_number": 2, "oversized": 1}, "dropped_qos0": 0}
+        });
+        let summary = health_summary(payload.as_object().expect("object"));
+        assert_eq!(
+            summary,
+            "member healthy up=12s outbox=0 mqtt=DOWN in=7 fwd=9 dlq=3"
+        );
     }
 }

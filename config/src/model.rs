@@ -352,6 +352,14 @@ pub struct IotConfig {
     pub username: Option<String>,
     /// `password`: with `username`. A secret: masked whenever the config is printed.
     pub password: Option<String>,
+    /// `protocol`: the MQTT version spoken to the broker, `"3.1.1"` (default) or `"5"`.
+    pub protocol: MqttProtocol,
+    /// `session_expiry` (MQTT 5 only): how long the broker keeps the persistent session (and
+    /// the QoS 1 messages queued in it) after the bridge disconnects. MQTT 5 drops a session
+    /// at once when this is 0, so it is always sent with QoS 1. 1 s to ~136 years; default
+    /// 7 days (the outbox's default `max_age`). With MQTT 3.1.1 the broker decides
+    /// (mosquitto: `persistent_client_expiration`).
+    pub session_expiry: Duration,
     /// `qos`: the QoS the bridge subscribes with, 0 or 1. Default 1 (a persistent session;
     /// acknowledged only once stored in the outbox).
     pub qos: u8,
@@ -378,6 +386,8 @@ impl std::fmt::Debug for IotConfig {
             .field("client_id", &self.client_id)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("protocol", &self.protocol)
+            .field("session_expiry", &self.session_expiry)
             .field("qos", &self.qos)
             .field("keep_alive", &self.keep_alive)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
@@ -385,6 +395,32 @@ impl std::fmt::Debug for IotConfig {
             .field("queue", &self.queue)
             .field("sensors", &self.sensors)
             .finish()
+    }
+}
+
+/// `iot.protocol`: the MQTT version the bridge speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MqttProtocol {
+    /// MQTT 3.1.1 (protocol level 4): what every broker speaks; the default.
+    #[default]
+    V311,
+    /// MQTT 5: for brokers (or policies) that require it.
+    V5,
+}
+
+impl MqttProtocol {
+    /// The name used in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MqttProtocol::V311 => "3.1.1",
+            MqttProtocol::V5 => "5",
+        }
+    }
+}
+
+impl std::fmt::Display for MqttProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

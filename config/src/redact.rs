@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::model::{
     AclPolicy, BridgeConfig, BridgeEncoding, Config, IotConfig, LandingConfig, LinkConfig, Mode,
+    MqttProtocol,
 };
 use nexus_policies::SubjectPattern;
 
@@ -269,6 +270,10 @@ fn write_iot(out: &mut String, iot: Option<&IotConfig>) -> std::fmt::Result {
     }
     if iot.password.is_some() {
         writeln!(out, "password = {}", quote(MASK))?;
+    }
+    writeln!(out, "protocol = {}", quote(iot.protocol.as_str()))?;
+    if iot.protocol == MqttProtocol::V5 {
+        writeln!(out, "session_expiry = {}", duration(iot.session_expiry))?;
     }
     writeln!(out, "qos = {}", iot.qos)?;
     writeln!(out, "keep_alive = {}", duration(iot.keep_alive))?;

@@ -29,8 +29,8 @@ use crate::error::{ConfigError, ConfigErrors, ErrorKind, Origin};
 use crate::model::{
     AclPolicy, BridgeConfig, BridgeEncoding, ClientCert, Config, DeadLetterConfig, DownRule,
     HeartbeatConfig, IngressConfig, IotConfig, LandingConfig, LandingDomain, LinkConfig, LogConfig,
-    LogFormat, MetricRule, Mode, NodeConfig, OutboxConfig, PayloadFormat, SensorRule, TlsConfig,
-    TrustConfig, UpRule, WhenFull, MAX_METRICS_PER_RULE,
+    LogFormat, MetricRule, Mode, MqttProtocol, NodeConfig, OutboxConfig, PayloadFormat, SensorRule,
+    TlsConfig, TrustConfig, UpRule, WhenFull, MAX_METRICS_PER_RULE,
 };
 use crate::redact::redact_url;
 use crate::source;
@@ -98,6 +98,8 @@ const IOT_KEYS: &[&str] = &[
     "client_id",
     "username",
     "password",
+    "protocol",
+    "session_expiry",
     "qos",
     "keep_alive",
     "reconnect_max_delay",
@@ -111,6 +113,10 @@ const SENSOR_KEYS: &[&str] = &["topic", "payload", "metrics", "time"];
 /// The keys of a metric given as a table.
 const METRIC_KEYS: &[&str] = &["pointer", "unit"];
 const IOT_KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// `iot.keep_alive` bounds, in seconds (MQTT's field is 16 bits).
+const IOT_KEEP_ALIVE_RANGE: RangeInclusive<u64> = 5..=65_535;
+/// `iot.session_expiry` default: the outbox's default `max_age`.
+const IOT_SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 const IOT_MAX_PAYLOAD: usize = 64 * 1024;
 const IOT_MAX_PAYLOAD_RANGE: RangeInclusive<i128> = 1..=16 * 1024 * 1024;
 const IOT_QUEUE: usize = 1024;
@@ -1273,7 +1279,23 @@ impl Reader<'_> {
             .integer(s, "qos", 0..=1)
             .and_then(|v| u8::try_from(v).ok())
             .unwrap_or(1);
+        let protocol = self.mqtt_protocol(s);
+        let session_expiry = self.session_expiry(s, protocol);
         let keep_alive = self.duration(s, "keep_alive", IOT_KEEP_ALIVE);
+        if !IOT_KEEP_ALIVE_RANGE.contains(&keep_alive.as_secs()) || keep_alive.subsec_nanos() != 0 {
+            if let Some((_, origin, path)) = self.raw(s, "keep_alive") {
+                self.push(
+                    ErrorKind::InvalidValue,
+                    origin,
+                    &path,
+                    format!(
+                        "{} is out of range: use whole seconds from \"5s\" to \"18h 12m 15s\" \
+                         (MQTT's 65535 s; rumqttc's MQTT 5 client refuses less than 5 s)",
+                        humantime::format_duration(keep_alive)
+                    ),
+                );
+            }
+        }
         let reconnect_max_delay = self.duration(s, "reconnect_max_delay", RECONNECT_MAX_DELAY);
         let max_payload = self
             .integer(s, "max_payload", IOT_MAX_PAYLOAD_RANGE)
@@ -1308,6 +1330,8 @@ impl Reader<'_> {
             client_id: client_id?,
             username,
             password,
+            protocol: protocol?,
+            session_expiry,
             qos,
             keep_alive,
             reconnect_max_delay,
@@ -1315,6 +1339,76 @@ impl Reader<'_> {
             queue,
             sensors: sensors?,
         })
+    }
+
+    /// `iot.protocol`: `"3.1.1"` (default) or `"5"` (the integer 5 too: TOML invites it, and
+    /// the environment turns `5` into one). `None` when bad (reported).
+    fn mqtt_protocol(&mut self, s: &Section<'_>) -> Option<MqttProtocol> {
+        let Some((value, origin, path)) = self.raw(s, "protocol") else {
+            return Some(MqttProtocol::default());
+        };
+        let text = match value {
+            Value::String(_, text) => text.trim().to_owned(),
+            Value::Num(_, n) => n.to_i128().map(|n| n.to_string()).unwrap_or_default(),
+            other => other.to_actual().to_string(),
+        };
+        match text.as_str() {
+            "3.1.1" => Some(MqttProtocol::V311),
+            "5" | "5.0" => Some(MqttProtocol::V5),
+            other => {
+                let hint = match other {
+                    "3" | "3.1" | "4" => ": use \"3.1.1\" (MQTT 3.1 is not supported)",
+                    _ => "",
+                };
+                self.push(
+                    ErrorKind::InvalidValue,
+                    origin,
+                    &path,
+                    format!(
+                        "{other:?} is not a supported MQTT version: use protocol = \"3.1.1\" \
+                         (default) or protocol = \"5\"{hint}"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `iot.session_expiry`: MQTT 5 only, 1 s to u32::MAX - 1 seconds (u32::MAX means
+    /// "never" in MQTT 5, which we do not offer: a forgotten session would grow forever).
+    fn session_expiry(&mut self, s: &Section<'_>, protocol: Option<MqttProtocol>) -> Duration {
+        let Some(expiry) = self.optional_duration(s, "session_expiry") else {
+            return IOT_SESSION_EXPIRY;
+        };
+        let path = format!("{}.session_expiry", s.name);
+        let origin = self
+            .raw(s, "session_expiry")
+            .map(|(_, origin, _)| origin)
+            .unwrap_or_else(|| self.fallback.clone());
+        if protocol == Some(MqttProtocol::V311) {
+            self.push(
+                ErrorKind::InvalidValue,
+                origin,
+                &path,
+                "session_expiry is an MQTT 5 setting: with protocol 3.1.1 the broker decides \
+                 how long a session lives (mosquitto: persistent_client_expiration); remove \
+                 it, or set protocol = \"5\""
+                    .to_owned(),
+            );
+        } else if expiry.as_secs() == 0 || expiry.as_secs() >= u64::from(u32::MAX) {
+            self.push(
+                ErrorKind::InvalidValue,
+                origin,
+                &path,
+                format!(
+                    "{} is out of range: use 1s to {}s (a session that never expires would \
+                     keep queueing for an agent that is gone)",
+                    humantime::format_duration(expiry),
+                    u32::MAX - 1
+                ),
+            );
+        }
+        expiry
     }
 
     /// `iot.url`: `mqtt://host[:port]` or `mqtts://host[:port]`, optionally with

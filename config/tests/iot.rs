@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use figment::Jail;
-use nexus_config::{load, ErrorKind, MetricRule, PayloadFormat};
+use nexus_config::{load, ErrorKind, MetricRule, MqttProtocol, PayloadFormat};
 use nexus_policies::{Chain, Claims, Role, SecretKey, Token, TokenId, UnixTime, BUILD_FLOOR};
 
 const MEMBER: &str = r#"
@@ -76,6 +76,7 @@ fn a_few_lines_of_iot_toml_give_rules_with_defaults() {
         );
         assert_eq!(iot.client_id, "nexus-edge-01");
         assert_eq!(iot.qos, 1);
+        assert_eq!(iot.protocol, MqttProtocol::V311);
         assert_eq!(iot.max_payload, 65536);
         assert_eq!(iot.queue, 1024);
         assert_eq!(iot.keep_alive, Duration::from_secs(30));
@@ -148,4 +149,100 @@ fn iot_is_refused_outside_a_member() {
             .any(|e| e.kind == ErrorKind::ForbiddenSection && e.key.as_deref() == Some("iot")));
         Ok(())
     });
+}
+
+/// `protocol = "5"` (or the integer 5) selects MQTT 5, with a session expiry that defaults
+/// to 7 days, can be set, and survives printing and loading back.
+#[test]
+fn mqtt5_is_chosen_with_protocol_and_has_a_session_expiry() {
+    Jail::expect_with(|jail| {
+        let rule = "\n[[iot.sensors]]\ntopic = \"s/{sensor_id}/{metric}\"\n";
+        setup(
+            jail,
+            &format!("{MEMBER}\n[iot]\nurl = \"mqtt://127.0.0.1\"\nprotocol = \"5\"\n{rule}"),
+        )?;
+        let config = load(Path::new("member.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let iot = config.iot.clone().expect("iot");
+        assert_eq!(iot.protocol, MqttProtocol::V5);
+        assert_eq!(iot.session_expiry, Duration::from_secs(7 * 24 * 3600));
+        jail.create_file("printed.toml", &config.redacted())?;
+        let again = load(Path::new("printed.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.iot, config.iot);
+
+        jail.create_file(
+            "member.toml",
+            &format!(
+                "{MEMBER}\n[iot]\nurl = \"mqtt://127.0.0.1\"\nprotocol = 5\nsession_expiry = \"1h\"\n{rule}"
+            ),
+        )?;
+        let iot = load(Path::new("member.toml"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iot
+            .expect("iot");
+        assert_eq!(
+            (iot.protocol, iot.session_expiry),
+            (MqttProtocol::V5, Duration::from_secs(3600))
+        );
+        Ok(())
+    });
+}
+
+/// A wrong protocol, a session expiry with MQTT 3.1.1 or out of range, and a keep-alive
+/// that rumqttc would refuse (it panics) are each reported on their key, with the fix,
+/// together with the other problems.
+#[test]
+fn bad_protocol_and_session_expiry_are_reported_with_their_fix() {
+    let rule = "\n[[iot.sensors]]\ntopic = \"s/{sensor_id}/{metric}\"\n";
+    let cases = [
+        (
+            "protocol = \"3.1\"\nqos = 2\n",
+            vec!["iot.protocol", "iot.qos"],
+            "use \"3.1.1\"",
+        ),
+        (
+            "protocol = \"6\"\n",
+            vec!["iot.protocol"],
+            "protocol = \"5\"",
+        ),
+        (
+            "session_expiry = \"1h\"\n",
+            vec!["iot.session_expiry"],
+            "MQTT 5 setting",
+        ),
+        (
+            "protocol = \"5\"\nsession_expiry = \"200y\"\n",
+            vec!["iot.session_expiry"],
+            "out of range",
+        ),
+        (
+            "protocol = \"5\"\nkeep_alive = \"2s\"\n",
+            vec!["iot.keep_alive"],
+            "rumqttc's MQTT 5 client refuses less than 5 s",
+        ),
+        (
+            "protocol = \"5\"\nsession_expiry = \"0s\"\n",
+            vec!["iot.session_expiry"],
+            "positive duration",
+        ),
+    ];
+    for (keys, expected, fix) in cases {
+        Jail::expect_with(|jail| {
+            setup(
+                jail,
+                &format!("{MEMBER}\n[iot]\nurl = \"mqtt://127.0.0.1\"\n{keys}{rule}"),
+            )?;
+            let errors = load(Path::new("member.toml")).expect_err("refused");
+            for key in &expected {
+                assert!(
+                    errors.iter().any(|e| e.key.as_deref() == Some(*key)),
+                    "no error on {key} for {keys:?}: {errors}"
+                );
+            }
+            assert!(
+                errors.to_string().contains(fix),
+                "{keys:?}: the fix {fix:?} is not in: {errors}"
+            );
+            Ok(())
+        });
+    }
 }

@@ -9,7 +9,10 @@
 //! ```
 //!
 //! # What rumqttc is told, and why (PITFALLS.md, "rumqttc 0.25")
-//! - `clean_session = false` for QoS 1: the broker keeps our subscriptions and queues
+//! The same for MQTT 3.1.1 and MQTT 5 (`iot.protocol`): the version-specific client is
+//! behind [`crate::mqtt::Mqtt`], and everything here is generic over it. MQTT 5's own
+//! needs (a session expiry interval, Receive Maximum, bytes topics) are listed there.
+//! - `clean_session = false` (MQTT 5: `clean_start = false` and `session_expiry`) for QoS 1: the broker keeps our subscriptions and queues
 //!   messages while we are away, and unacked messages are redelivered on reconnect. QoS 0
 //!   uses a clean session (nothing would be kept anyway).
 //! - `manual_acks = true`: a PUBACK goes out only after the envelope(s) of the message are
@@ -36,35 +39,31 @@
 //!   backoff: the message stays unacked, the broker's window fills, and it stops sending.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, StreamExt as _};
-use nexus_config::IotConfig;
+use nexus_config::{IotConfig, MqttProtocol};
 use nexus_federation::backoff::Backoff;
 use nexus_federation::deadletter::{DeadLetter, DeadLetters, STAGE_IOT};
 use nexus_federation::outbox::Priority;
 use nexus_federation::ratelog::RateLimitedLog;
 use nexus_federation::{Encoding, Outbox, OutboxError, SignedEvent};
 use nexus_policies::SecretKey;
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions, Packet, Publish,
-    QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
-};
+use rumqttc::{TlsConfiguration, Transport};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::mapping::{Reason, Reject, Rules};
+use crate::mqtt::{Incoming, Mqtt, Settings, V311, V5};
 use crate::sensor_data;
 use crate::template::TemplateError;
 
 /// How many messages may be in the middle of being stored at once.
-pub const MAX_PENDING: usize = 256;
-/// MQTT's largest packet (the remaining-length field's maximum).
-const MQTT_MAX_PACKET: usize = 268_435_455;
+pub const MAX_PENDING: usize = 1024;
 /// How soon acks that did not fit into the request channel are tried again.
 const ACK_RETRY: Duration = Duration::from_millis(5);
 /// The first reconnect delay.
@@ -81,9 +80,11 @@ pub enum BridgeError {
     Tls(String),
 }
 
-/// Counters of the bridge, shared with whoever reports them.
+/// Counters of the bridge, shared with whoever reports them (the heartbeat's `iot`).
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// The MQTT version spoken: `"3.1.1"` or `"5"`.
+    pub protocol: &'static str,
     /// Messages received from the broker.
     pub received: AtomicU64,
     /// Events stored in the outbox.
@@ -96,13 +97,43 @@ pub struct Stats {
     pub rejected: [AtomicU64; Reason::ALL.len()],
     /// Whether the broker connection is up.
     pub connected: AtomicBool,
+    /// When `connected` last changed (or the bridge started), unix milliseconds.
+    since_unix_ms: AtomicI64,
 }
 
 impl Stats {
+    fn new(protocol: MqttProtocol) -> Self {
+        let stats = Self {
+            protocol: protocol.as_str(),
+            ..Self::default()
+        };
+        stats.since_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
+        stats
+    }
+
     /// How many messages were refused for `reason`.
     pub fn rejected(&self, reason: Reason) -> u64 {
         self.rejected[reason.index()].load(Ordering::Relaxed)
     }
+
+    /// Whether the broker connection is up, and since when (or since the bridge started,
+    /// if it never connected).
+    pub fn connection(&self) -> (bool, OffsetDateTime) {
+        let connected = self.connected.load(Ordering::Relaxed);
+        let ms = self.since_unix_ms.load(Ordering::Relaxed);
+        let since = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        (connected, since)
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.since_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 /// The IoT bridge of a member.
@@ -119,6 +150,7 @@ pub struct Bridge {
     /// One WARN per reason per minute, with the running count (the counters are in
     /// [`Stats`]; every refused message is in the dead-letter store).
     refusals: std::sync::Mutex<RateLimitedLog>,
+    tcp_nodelay: bool,
 }
 
 impl Bridge {
@@ -132,6 +164,7 @@ impl Bridge {
         dead_letters: Option<DeadLetters>,
     ) -> Result<Self, BridgeError> {
         let rules = Arc::new(Rules::new(&config.sensors, config.max_payload)?);
+        let stats = Arc::new(Stats::new(config.protocol));
         Ok(Self {
             config,
             rules,
@@ -140,8 +173,9 @@ impl Bridge {
             key,
             outbox,
             dead_letters,
-            stats: Arc::new(Stats::default()),
+            stats,
             refusals: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(60))),
+            tcp_nodelay: true,
         })
     }
 
@@ -150,76 +184,90 @@ impl Bridge {
         Arc::clone(&self.stats)
     }
 
-    fn qos(&self) -> QoS {
-        if self.config.qos == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        }
+    /// Sets TCP_NODELAY on the broker connection (on by default). For benchmarks that
+    /// compare both; the agent always leaves it on.
+    pub fn set_tcp_nodelay(&mut self, on: bool) {
+        self.tcp_nodelay = on;
     }
 
-    fn options(&self) -> Result<MqttOptions, BridgeError> {
+    fn at_least_once(&self) -> bool {
+        self.config.qos != 0
+    }
+
+    /// What both MQTT versions are configured with.
+    fn settings(&self) -> Result<Settings, BridgeError> {
         let c = &self.config;
-        let mut options = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
-        options
-            .set_keep_alive(c.keep_alive)
-            .set_clean_session(self.qos() == QoS::AtMostOnce)
-            .set_manual_acks(true)
-            .set_max_packet_size(MQTT_MAX_PACKET, 64 * 1024)
-            // Acks and subscribe requests: at most one ack per unacked QoS 1 message.
-            .set_request_channel_capacity(c.queue + MAX_PENDING + 64);
-        if let (Some(user), password) = (&c.username, &c.password) {
-            options.set_credentials(user.clone(), password.clone().unwrap_or_default());
-        }
-        if let Some(tls) = &c.tls {
-            let link = nexus_federation::tls::client_config("iot", tls)
-                .map_err(|e| BridgeError::Tls(e.to_string()))?;
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(link.config),
-            )));
-        }
-        Ok(options)
+        let transport = match &c.tls {
+            Some(tls) => {
+                let link = nexus_federation::tls::client_config("iot", tls)
+                    .map_err(|e| BridgeError::Tls(e.to_string()))?;
+                Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(link.config)))
+            }
+            None => Transport::tcp(),
+        };
+        let credentials = c
+            .username
+            .clone()
+            .map(|user| (user, c.password.clone().unwrap_or_default()));
+        // Acks and subscribe requests: at most one ack per unacked QoS 1 message.
+        let requests = c.queue + MAX_PENDING + 64;
+        Ok(Settings {
+            client_id: c.client_id.clone(),
+            host: c.host.clone(),
+            port: c.port,
+            keep_alive: c.keep_alive,
+            persistent: self.at_least_once(),
+            session_expiry: c.session_expiry,
+            credentials,
+            transport,
+            requests,
+            receive_maximum: u16::try_from(c.queue + MAX_PENDING).unwrap_or(u16::MAX),
+            tcp_nodelay: self.tcp_nodelay,
+        })
     }
 
     /// Runs until `shutdown`: connects (forever, with backoff), maps, stores, acks.
     pub async fn run(self, shutdown: CancellationToken) {
-        let options = match self.options() {
-            Ok(options) => options,
+        let settings = match self.settings() {
+            Ok(settings) => settings,
             Err(error) => {
                 error!(%error, "Cannot configure the MQTT connection; the IoT bridge is off.");
                 shutdown.cancelled().await;
                 return;
             }
         };
-        let (client, mut eventloop) =
-            AsyncClient::new(options, self.config.queue + MAX_PENDING + 64);
-        let mut network = NetworkOptions::new();
-        network.set_tcp_nodelay(true);
-        network.set_connection_timeout(10);
-        eventloop.set_network_options(network);
+        match self.config.protocol {
+            MqttProtocol::V311 => self.run_with::<V311>(settings, shutdown).await,
+            MqttProtocol::V5 => self.run_with::<V5>(settings, shutdown).await,
+        }
+    }
+
+    async fn run_with<P: Mqtt>(self, settings: Settings, shutdown: CancellationToken) {
+        let (client, mut eventloop) = P::open(&settings);
         let (tx, rx) = mpsc::channel(self.config.queue);
         info!(
             broker = %nexus_config::redact_url(&self.config.url),
+            protocol = P::NAME,
             client_id = %self.config.client_id,
             qos = self.config.qos,
             filters = ?self.rules.filters(),
             "IoT bridge starting."
         );
-        let poller = Poller {
+        let poller = Poller::<P> {
             client: client.clone(),
             filters: self.rules.filters(),
-            qos: self.qos(),
+            at_least_once: self.at_least_once(),
             tx,
             stats: Arc::clone(&self.stats),
             backoff: Backoff::new(RECONNECT_BASE, self.config.reconnect_max_delay),
             url: nexus_config::redact_url(&self.config.url),
         };
         let worker_shutdown = shutdown.clone();
-        let worker = tokio::spawn(self.work(client.clone(), rx, worker_shutdown));
+        let worker = tokio::spawn(self.work::<P>(client.clone(), rx, worker_shutdown));
         poller.run(&mut eventloop, &shutdown).await;
         let _ = worker.await;
         // Unacked QoS 1 messages stay with the broker's persistent session.
-        let _ = client.try_disconnect();
+        P::try_disconnect(&client);
     }
 
     /// The worker: maps each message, stores its events (or dead-letters it), then acks,
@@ -231,14 +279,14 @@ impl Bridge {
     /// (seen under a 20k-message burst). So acks are `try_ack`ed, and those that do not
     /// fit wait in `unsent` (in order; at most one per unacked QoS 1 message, so bounded by
     /// the broker's in-flight window) and are retried on a short tick.
-    async fn work(
+    async fn work<P: Mqtt>(
         self,
-        client: AsyncClient,
-        mut rx: mpsc::Receiver<(Publish, OffsetDateTime)>,
+        client: P::Client,
+        mut rx: mpsc::Receiver<(P::Publish, OffsetDateTime)>,
         shutdown: CancellationToken,
     ) {
         let mut pending = FuturesOrdered::new();
-        let mut unsent: VecDeque<Publish> = VecDeque::new();
+        let mut unsent: VecDeque<P::Publish> = VecDeque::new();
         let mut retry = tokio::time::interval(ACK_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
@@ -250,47 +298,45 @@ impl Bridge {
                 _ = shutdown.cancelled() => return,
                 message = rx.recv(), if open && pending.len() < MAX_PENDING => match message {
                     Some((publish, received)) => {
-                        let job = self.job(publish, received);
+                        let job = self.job::<P>(publish, received);
                         pending.push_back(job);
                     }
                     None => open = false,
                 },
                 Some(done) = pending.next(), if !pending.is_empty() => {
-                    let publish: Publish = done;
-                    if publish.qos != QoS::AtMostOnce {
+                    let publish: P::Publish = done;
+                    if P::at_least_once(&publish) {
                         unsent.push_back(publish);
-                        self.send_acks(&client, &mut unsent);
+                        self.send_acks::<P>(&client, &mut unsent);
                     }
                 }
-                _ = retry.tick(), if !unsent.is_empty() => self.send_acks(&client, &mut unsent),
+                _ = retry.tick(), if !unsent.is_empty() => self.send_acks::<P>(&client, &mut unsent),
                 else => return,
             }
         }
     }
 
     /// Hands as many acks as fit to the client, oldest first.
-    fn send_acks(&self, client: &AsyncClient, unsent: &mut VecDeque<Publish>) {
+    fn send_acks<P: Mqtt>(&self, client: &P::Client, unsent: &mut VecDeque<P::Publish>) {
         while let Some(publish) = unsent.front() {
-            match client.try_ack(publish) {
-                Ok(()) => {
-                    self.stats.acked.fetch_add(1, Ordering::Relaxed);
-                    unsent.pop_front();
-                }
+            if !P::try_ack(client, publish) {
                 // Full: retried on the next tick. Closed: the event loop is gone (shutdown);
                 // the broker redelivers what was not acked.
-                Err(_) => return,
+                return;
             }
+            self.stats.acked.fetch_add(1, Ordering::Relaxed);
+            unsent.pop_front();
         }
     }
 
     /// Maps one message now; the returned future stores its events or its dead letter and
     /// resolves with the message, ready to be acked.
-    fn job(
+    fn job<P: Mqtt>(
         &self,
-        publish: Publish,
+        publish: P::Publish,
         received: OffsetDateTime,
-    ) -> impl std::future::Future<Output = Publish> + Send + 'static {
-        let outcome = self.seal_all(&publish, received);
+    ) -> impl std::future::Future<Output = P::Publish> + Send + 'static {
+        let outcome = self.seal_all(P::topic(&publish), P::payload(&publish), received);
         if let Err(reject) = &outcome {
             let reason = reject.reason;
             let total = self.stats.rejected[reason.index()].load(Ordering::Relaxed) + 1;
@@ -300,7 +346,7 @@ impl Bridge {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(suppressed) = log.check(reason.as_str(), std::time::Instant::now()) {
                 warn!(
-                    topic = %publish.topic,
+                    topic = %P::topic_lossy(&publish),
                     %reason,
                     detail = %reject.detail,
                     total,
@@ -322,19 +368,33 @@ impl Bridge {
                 }
                 Err(reject) => {
                     stats.rejected[reject.reason.index()].fetch_add(1, Ordering::Relaxed);
-                    dead_letter(dead_letters.as_ref(), &publish, &reject).await;
+                    let refused = Refused {
+                        topic: &P::topic_lossy(&publish),
+                        qos: P::qos_digit(&publish),
+                        payload: P::payload(&publish),
+                    };
+                    dead_letter(dead_letters.as_ref(), refused, &reject).await;
                 }
             }
             publish
         }
     }
 
+    /// The events of one message, or why it is refused. `topic` is `None` when it is not
+    /// UTF-8 (MQTT 5 topics arrive as bytes).
     fn seal_all(
         &self,
-        publish: &Publish,
+        topic: Option<&str>,
+        payload: &[u8],
         received: OffsetDateTime,
     ) -> Result<Vec<SignedEvent>, Reject> {
-        let readings = self.rules.map(&publish.topic, &publish.payload, received)?;
+        let Some(topic) = topic else {
+            return Err(Reject {
+                reason: Reason::InvalidUtf8,
+                detail: "the topic is not UTF-8".to_owned(),
+            });
+        };
+        let readings = self.rules.map(topic, payload, received)?;
         let mut events = Vec::with_capacity(readings.len());
         for reading in &readings {
             let sealed = sensor_data::envelope(reading, &self.node_id, &self.tenant)
@@ -384,38 +444,45 @@ async fn store(outbox: &Outbox, mut event: SignedEvent) {
     }
 }
 
+/// A refused message, as the dead-letter store keeps it.
+struct Refused<'a> {
+    topic: &'a str,
+    qos: u8,
+    payload: &'a [u8],
+}
+
 /// Records a refused message (the payload is kept up to the store's bound), logged at
 /// DEBUG: the counters and the store are where operators look.
-async fn dead_letter(store: Option<&DeadLetters>, publish: &Publish, reject: &Reject) {
-    debug!(topic = %publish.topic, reason = %reject.reason, detail = %reject.detail, "Sensor message refused.");
+async fn dead_letter(store: Option<&DeadLetters>, refused: Refused<'_>, reject: &Reject) {
+    debug!(topic = %refused.topic, reason = %reject.reason, detail = %reject.detail, "Sensor message refused.");
     let Some(store) = store else { return };
     let entry = DeadLetter::new(
         STAGE_IOT,
         reject.reason.as_str(),
         reject.detail.clone(),
-        &publish.topic,
-        vec![("mqtt-qos".to_owned(), (publish.qos as u8).to_string())],
-        publish.payload.to_vec(),
+        refused.topic,
+        vec![("mqtt-qos".to_owned(), refused.qos.to_string())],
+        refused.payload.to_vec(),
         OffsetDateTime::now_utc(),
     );
     if let Err(error) = store.record(entry).await {
-        error!(%error, topic = %publish.topic, reason = %reject.reason, "Cannot record a refused sensor message in the dead-letter store.");
+        error!(%error, topic = %refused.topic, reason = %reject.reason, "Cannot record a refused sensor message in the dead-letter store.");
     }
 }
 
 /// The task that owns the event loop.
-struct Poller {
-    client: AsyncClient,
+struct Poller<P: Mqtt> {
+    client: P::Client,
     filters: Vec<String>,
-    qos: QoS,
-    tx: mpsc::Sender<(Publish, OffsetDateTime)>,
+    at_least_once: bool,
+    tx: mpsc::Sender<(P::Publish, OffsetDateTime)>,
     stats: Arc<Stats>,
     backoff: Backoff,
     url: String,
 }
 
-impl Poller {
-    async fn run(self, eventloop: &mut EventLoop, shutdown: &CancellationToken) {
+impl<P: Mqtt> Poller<P> {
+    async fn run(self, eventloop: &mut P::EventLoop, shutdown: &CancellationToken) {
         let mut attempt: u32 = 0;
         // `None` before the first outcome: the first failure is logged too.
         let mut was_connected: Option<bool> = None;
@@ -424,22 +491,22 @@ impl Poller {
             // happens at shutdown, and an unacked QoS 1 message is redelivered.
             let event = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                event = eventloop.poll() => event,
+                event = P::poll(eventloop) => event,
             };
             match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                Ok(Incoming::ConnAck { session_present }) => {
                     attempt = 0;
                     if was_connected != Some(true) {
-                        info!(broker = %self.url, session_present = ack.session_present, "MQTT broker connected.");
+                        info!(broker = %self.url, protocol = P::NAME, session_present, "MQTT broker connected.");
+                        self.stats.set_connected(true);
                     }
                     was_connected = Some(true);
-                    self.stats.connected.store(true, Ordering::Relaxed);
                     self.resubscribe();
                 }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                Ok(Incoming::Publish(publish)) => {
                     self.stats.received.fetch_add(1, Ordering::Relaxed);
                     let received = OffsetDateTime::now_utc();
-                    if publish.qos == QoS::AtMostOnce {
+                    if !P::at_least_once(&publish) {
                         if self.tx.try_send((publish, received)).is_err() {
                             self.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
                         }
@@ -452,22 +519,25 @@ impl Poller {
                         }
                     }
                 }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
-                        error!(filters = ?self.filters, codes = ?ack.return_codes, "The MQTT broker refused a subscription; those sensors are not read.");
+                Ok(Incoming::SubAck { refused, codes }) => {
+                    if refused {
+                        error!(filters = ?self.filters, %codes, "The MQTT broker refused a subscription; those sensors are not read.");
                     } else {
-                        debug!(codes = ?ack.return_codes, "MQTT subscriptions confirmed.");
+                        debug!(%codes, "MQTT subscriptions confirmed.");
                     }
                 }
-                Ok(_) => {}
+                Ok(Incoming::Disconnect { reason }) => {
+                    warn!(broker = %self.url, %reason, "The MQTT broker is closing the connection.");
+                }
+                Ok(Incoming::Other) => {}
                 Err(error) => {
-                    self.stats.connected.store(false, Ordering::Relaxed);
                     let delay = self.backoff.delay_now(attempt);
                     attempt = attempt.saturating_add(1);
                     match was_connected {
                         Some(false) => debug!(%error, "MQTT broker still unreachable."),
                         _ => {
-                            warn!(broker = %self.url, error = %describe(&error), retry_ms = delay.as_millis() as u64, "MQTT broker connection lost or refused; reconnecting with backoff.")
+                            self.stats.set_connected(false);
+                            warn!(broker = %self.url, %error, retry_ms = delay.as_millis() as u64, "MQTT broker connection lost or refused; reconnecting with backoff.")
                         }
                     }
                     was_connected = Some(false);
@@ -482,20 +552,15 @@ impl Poller {
 
     /// Sends the subscriptions from another task: never await our own client here.
     fn resubscribe(&self) {
-        let client = self.client.clone();
-        let filters: Vec<SubscribeFilter> = self
-            .filters
-            .iter()
-            .map(|f| SubscribeFilter::new(f.clone(), self.qos))
-            .collect();
+        let subscribe = P::subscribe(
+            self.client.clone(),
+            self.filters.clone(),
+            self.at_least_once,
+        );
         tokio::spawn(async move {
-            if let Err(error) = client.subscribe_many(filters).await {
+            if let Err(error) = subscribe.await {
                 warn!(%error, "Cannot queue the MQTT subscriptions.");
             }
         });
     }
-}
-
-fn describe(error: &ConnectionError) -> String {
-    error.to_string()
 }

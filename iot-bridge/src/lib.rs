@@ -11,11 +11,13 @@
 //! - `mapping`: the `[[iot.sensors]]` rules: topic + payload → readings, or a [`Reason`]
 //!   to refuse. Pure (no I/O, no clock).
 //! - `sensor_data`: the `iot.sensor_data@1` payload, its schema check, the envelope.
+//! - `mqtt`: MQTT 3.1.1 and MQTT 5 (rumqttc's two clients) behind one small trait.
 //! - `bridge`: the rumqttc connection (persistent session, manual acks, reconnect backoff,
 //!   resubscribe on ConnAck), the bounded queue and the worker that stores, then acks.
 
 pub mod bridge;
 pub mod mapping;
+mod mqtt;
 pub mod sensor_data;
 pub mod template;
 

@@ -19,6 +19,32 @@ use serde_json::json;
 const DEADLINE: Duration = Duration::from_secs(30);
 const SUBJECT: &str = "nexus.salon-001.iot.sensor_data";
 
+/// The MQTT version the member's bridge speaks (and `mosquitto_pub` with it). The same
+/// tests run under both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    V311,
+    V5,
+}
+
+impl Protocol {
+    /// The member's `[iot]` key.
+    fn config(self) -> &'static str {
+        match self {
+            Protocol::V311 => "protocol = \"3.1.1\"",
+            Protocol::V5 => "protocol = \"5\"",
+        }
+    }
+
+    /// `mosquitto_pub -V …`.
+    fn mosquitto(self) -> &'static str {
+        match self {
+            Protocol::V311 => "mqttv311",
+            Protocol::V5 => "mqttv5",
+        }
+    }
+}
+
 /// The `[iot]` section of the member: the rules of the member example, and a small payload
 /// limit so that "oversized" is cheap to provoke.
 fn iot_config(broker: &Mosquitto, extra: &str) -> String {
@@ -50,6 +76,7 @@ topic = "sensors/{{sensor_id}}/{{metric}}"
 struct Site {
     fleet: Fleet,
     broker: Mosquitto,
+    protocol: Protocol,
     landed: async_nats::Subscriber,
     _root: AgentProcess,
     _hub: AgentProcess,
@@ -57,12 +84,12 @@ struct Site {
 }
 
 impl Site {
-    async fn start() -> Self {
-        Self::start_with("").await
+    async fn start(protocol: Protocol) -> Self {
+        Self::start_with(protocol, "").await
     }
 
     /// With `extra` keys in the member's `[iot]`.
-    async fn start_with(extra: &str) -> Self {
+    async fn start_with(protocol: Protocol, extra: &str) -> Self {
         let fleet = Fleet::new();
         let broker = Mosquitto::start();
         let client = async_nats::connect(fleet.root_nats.url())
@@ -72,10 +99,12 @@ impl Site {
         client.flush().await.expect("flush");
         let root = fleet.spawn(fleet::ROOT, "");
         let hub = fleet.spawn(fleet::HUB, "");
-        let member = fleet.spawn(fleet::MEMBER, &iot_config(&broker, extra));
+        let extra = format!("{}\n{extra}", protocol.config());
+        let member = fleet.spawn(fleet::MEMBER, &iot_config(&broker, &extra));
         let site = Self {
             fleet,
             broker,
+            protocol,
             landed,
             _root: root,
             _hub: hub,
@@ -96,14 +125,53 @@ impl Site {
         .await;
     }
 
+    /// `mosquitto_pub -q 1` of one message, in the site's MQTT version.
+    fn publish(&self, topic: &str, message: &str) {
+        mosquitto_pub(&self.broker, self.protocol, topic, message);
+    }
+
     fn dead_letters(&self) -> DeadLetters {
         DeadLetters::open_existing(&self.fleet.data_dir(fleet::MEMBER).join("deadletter.db"))
             .expect("the member's dead-letter store")
     }
 }
 
+impl Site {
+    /// A subscriber to the member's heartbeats on the root's NATS.
+    async fn member_heartbeats(&self) -> async_nats::Subscriber {
+        let client = async_nats::connect(self.fleet.root_nats.url())
+            .await
+            .expect("root nats");
+        let subscriber = client
+            .subscribe(format!("nexus._core.edge.health.{}", fleet::MEMBER))
+            .await
+            .expect("subscribe");
+        client.flush().await.expect("flush");
+        subscriber
+    }
+}
+
+/// The `iot` part of the first member heartbeat for which `done` holds.
+async fn heartbeat_iot_until(
+    mut heartbeats: async_nats::Subscriber,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let seen = collect_until(
+        "a member heartbeat with the expected bridge counters",
+        &mut heartbeats,
+        DEADLINE,
+        |m| {
+            m.last()
+                .is_some_and(|m| done(&payload_json(m)["payload"]["iot"]))
+        },
+    )
+    .await;
+    let last = seen.last().expect("a heartbeat");
+    payload_json(last)["payload"]["iot"].clone()
+}
+
 /// `mosquitto_pub -q 1` of one message.
-fn mosquitto_pub(broker: &Mosquitto, topic: &str, message: &str) {
+fn mosquitto_pub(broker: &Mosquitto, protocol: Protocol, topic: &str, message: &str) {
     let out = Command::new(mosquitto_client_bin("mosquitto_pub"))
         .args([
             "-h",
@@ -112,6 +180,8 @@ fn mosquitto_pub(broker: &Mosquitto, topic: &str, message: &str) {
             &broker.port().to_string(),
             "-q",
             "1",
+            "-V",
+            protocol.mosquitto(),
         ])
         .args(["-t", topic, "-m", message])
         .output()
@@ -124,7 +194,7 @@ fn mosquitto_pub(broker: &Mosquitto, topic: &str, message: &str) {
 }
 
 /// `mosquitto_pub -q 1 -l`: one message per line of `lines`, on one connection.
-fn mosquitto_pub_lines(broker: &Mosquitto, topic: &str, lines: &[String]) {
+fn mosquitto_pub_lines(broker: &Mosquitto, protocol: Protocol, topic: &str, lines: &[String]) {
     let mut child = Command::new(mosquitto_client_bin("mosquitto_pub"))
         .args([
             "-h",
@@ -133,6 +203,8 @@ fn mosquitto_pub_lines(broker: &Mosquitto, topic: &str, lines: &[String]) {
             &broker.port().to_string(),
             "-q",
             "1",
+            "-V",
+            protocol.mosquitto(),
         ])
         .args(["-t", topic, "-l"])
         .stdin(Stdio::piped())
@@ -216,18 +288,35 @@ fn readings(messages: &[async_nats::Message]) -> BTreeMap<(String, String), f64>
 /// one.
 #[tokio::test(flavor = "multi_thread")]
 async fn sensor_messages_arrive_at_the_root_as_signed_typed_envelopes() {
-    let mut site = Site::start().await;
-    mosquitto_pub(
-        &site.broker,
+    sensor_messages_arrive(Protocol::V311).await;
+}
+
+/// The same with the bridge (and `mosquitto_pub`) speaking MQTT 5.
+#[tokio::test(flavor = "multi_thread")]
+async fn sensor_messages_arrive_at_the_root_as_signed_typed_envelopes_over_mqtt5() {
+    sensor_messages_arrive(Protocol::V5).await;
+}
+
+async fn sensor_messages_arrive(protocol: Protocol) {
+    let mut site = Site::start(protocol).await;
+    // The broker saw the member connect in the chosen version (mosquitto logs 3.1.1 as
+    // p2, 5 as p5), without a clean session (c0).
+    let log = std::fs::read_to_string(site.broker.log_path()).expect("mosquitto's log");
+    let level = match protocol {
+        Protocol::V311 => 2,
+        Protocol::V5 => 5,
+    };
+    let connected = format!("as nexus-{} (p{level}, c0,", fleet::MEMBER);
+    assert!(log.contains(&connected), "no {connected:?} in: {log}");
+    site.publish(
         "zigbee2mqtt/0x00158d0001a2b3c4",
         r#"{"battery":98,"humidity":45.5,"linkquality":134,"temperature":21.3,"voltage":3005,"last_seen":"2025-06-15T14:13:20.123Z"}"#,
     );
-    mosquitto_pub(
-        &site.broker,
+    site.publish(
         "tele/plug-1/SENSOR",
         r#"{"Time":"2025-06-15T16:13:20","ENERGY":{"Total":1.5,"Power":42,"Voltage":231}}"#,
     );
-    mosquitto_pub(&site.broker, "sensors/esp32-01/temperature", "23.5");
+    site.publish("sensors/esp32-01/temperature", "23.5");
     rumqttc_publish(
         &site.broker,
         vec![("sensors/esp32-02/co2".to_owned(), b"612".to_vec())],
@@ -298,11 +387,22 @@ async fn sensor_messages_arrive_at_the_root_as_signed_typed_envelopes() {
 }
 
 /// A stream mixing good readings with every kind of bad payload: every good one arrives at
-/// the root, every bad one is in the member's dead-letter store with its reason, and the
-/// bridge is still running.
+/// the root, every bad one is in the member's dead-letter store with its reason, the
+/// bridge is still running, and the member's heartbeat counts both.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mixed_stream_delivers_every_good_message_and_dead_letters_every_bad_one() {
-    let mut site = Site::start().await;
+    mixed_stream(Protocol::V311).await;
+}
+
+/// The same over MQTT 5.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_stream_delivers_every_good_message_and_dead_letters_every_bad_one_over_mqtt5() {
+    mixed_stream(Protocol::V5).await;
+}
+
+async fn mixed_stream(protocol: Protocol) {
+    let mut site = Site::start(protocol).await;
+    let heartbeats = site.member_heartbeats().await;
     let bad: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "sensors/bad-1/temperature",
@@ -315,7 +415,13 @@ async fn a_mixed_stream_delivers_every_good_message_and_dead_letters_every_bad_o
             b"\xff\xfe21".to_vec(),
             "invalid_utf8",
         ),
-        ("sensors/bad-4/temperature", vec![b'1'; 2048], "oversized"),
+        // Over max_payload (1 KiB here) and over rumqttc's own default cap (10 KiB), which
+        // would kill the connection (3.1.1) or, under MQTT 5, make the broker drop it.
+        (
+            "sensors/bad-4/temperature",
+            vec![b'1'; 20 * 1024],
+            "oversized",
+        ),
         (
             "zigbee2mqtt/bad-5",
             br#"{"temperature":true}"#.to_vec(),
@@ -395,6 +501,26 @@ async fn a_mixed_stream_delivers_every_good_message_and_dead_letters_every_bad_o
         "the bridge survived: {}",
         site.member.log()
     );
+    // The member's heartbeat reports the bridge: connected, every message received, the
+    // good ones forwarded, the bad ones dead-lettered under their reason.
+    let iot = heartbeat_iot_until(heartbeats, |iot| {
+        iot["forwarded"].as_u64() == Some(good as u64)
+            && iot["dead_lettered"].as_object().map(|d| d.len()) == Some(bad.len())
+    })
+    .await;
+    assert_eq!(iot["connected"], true);
+    assert_eq!(
+        iot["protocol"],
+        match protocol {
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5",
+        }
+    );
+    assert_eq!(iot["received"], (good + bad.len()) as u64);
+    assert_eq!(iot["dropped_qos0"], 0);
+    for (_, _, reason) in &bad {
+        assert_eq!(iot["dead_lettered"][*reason], 1, "{reason}: {iot}");
+    }
 }
 
 /// mosquitto restarts in the middle of a stream: the member's persistent session and its
@@ -402,9 +528,25 @@ async fn a_mixed_stream_delivers_every_good_message_and_dead_letters_every_bad_o
 /// arrives (with the ones before it), even before the member has reconnected.
 #[tokio::test(flavor = "multi_thread")]
 async fn qos1_messages_published_after_a_mosquitto_restart_all_arrive() {
-    let mut site = Site::start().await;
+    mosquitto_restart(Protocol::V311).await;
+}
+
+/// The same over MQTT 5 (the session outlives the connection only with a session expiry
+/// interval above 0).
+#[tokio::test(flavor = "multi_thread")]
+async fn qos1_messages_published_after_a_mosquitto_restart_all_arrive_over_mqtt5() {
+    mosquitto_restart(Protocol::V5).await;
+}
+
+async fn mosquitto_restart(protocol: Protocol) {
+    let mut site = Site::start(protocol).await;
     let before: Vec<String> = (0..50).map(|i| format!("{i}")).collect();
-    mosquitto_pub_lines(&site.broker, "sensors/before/temperature", &before);
+    mosquitto_pub_lines(
+        &site.broker,
+        protocol,
+        "sensors/before/temperature",
+        &before,
+    );
     let landed = collect_until(
         "the readings sent before the restart",
         &mut site.landed,
@@ -418,11 +560,7 @@ async fn qos1_messages_published_after_a_mosquitto_restart_all_arrive() {
     // Published at once: the member is most likely still in its reconnect backoff, so these
     // wait in its persistent session on the broker.
     for i in 0..100 {
-        mosquitto_pub(
-            &site.broker,
-            &format!("sensors/after-{i}/temperature"),
-            &format!("{i}"),
-        );
+        site.publish(&format!("sensors/after-{i}/temperature"), &format!("{i}"));
     }
     let landed = collect_until(
         "every reading sent after the restart",
@@ -456,7 +594,19 @@ async fn qos1_messages_published_after_a_mosquitto_restart_all_arrive() {
 /// on the broker, and all of them arrive (duplicates allowed, none lost).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_killed_mid_stream_loses_no_qos1_message() {
-    let mut site = Site::start().await;
+    member_killed(Protocol::V311).await;
+}
+
+/// The same over MQTT 5: the broker keeps the member's session while it is dead only
+/// because the bridge asks for a session expiry interval (MQTT 5's default 0 would drop
+/// it, and with it every message published meanwhile).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_killed_mid_stream_loses_no_qos1_message_over_mqtt5() {
+    member_killed(Protocol::V5).await;
+}
+
+async fn member_killed(protocol: Protocol) {
+    let mut site = Site::start(protocol).await;
     let total = 300;
     let lines: Vec<String> = (0..total).map(|i| format!("{i}")).collect();
     // One topic per value would need one mosquitto_pub per message; use the value itself
@@ -465,6 +615,7 @@ async fn a_member_killed_mid_stream_loses_no_qos1_message() {
     let publisher = std::thread::spawn(move || {
         let mut child = Command::new(mosquitto_client_bin("mosquitto_pub"))
             .args(["-h", "127.0.0.1", "-p", &broker_port.to_string(), "-q", "1"])
+            .args(["-V", protocol.mosquitto()])
             .args(["-t", "sensors/stream/count", "-l"])
             .stdin(Stdio::piped())
             .spawn()
@@ -508,7 +659,17 @@ async fn a_member_killed_mid_stream_loses_no_qos1_message() {
 /// arrives.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_qos1_burst_larger_than_the_queue_arrives_whole() {
-    let mut site = Site::start_with("queue = 16").await;
+    qos1_burst(Protocol::V311).await;
+}
+
+/// The same over MQTT 5, where the bridge also announces a Receive Maximum.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qos1_burst_larger_than_the_queue_arrives_whole_over_mqtt5() {
+    qos1_burst(Protocol::V5).await;
+}
+
+async fn qos1_burst(protocol: Protocol) {
+    let mut site = Site::start_with(protocol, "queue = 16").await;
     let total = 1000;
     let messages = (0..total)
         .map(|i| {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nexus_config::{IotConfig, MetricRule, PayloadFormat, SensorRule, TlsConfig};
+use nexus_config::{IotConfig, MetricRule, MqttProtocol, PayloadFormat, SensorRule, TlsConfig};
 use nexus_e2e::{mosquitto_client_bin, wait_until, Mosquitto};
 use nexus_federation::Outbox;
 use nexus_iot_bridge::{Bridge, Stats};
@@ -52,7 +52,7 @@ fn pki(dir: &Path) -> (String, String, String) {
     )
 }
 
-fn bridge_config(port: u16, ca_file: &str) -> IotConfig {
+fn bridge_config(port: u16, ca_file: &str, protocol: MqttProtocol) -> IotConfig {
     IotConfig {
         url: format!("mqtts://127.0.0.1:{port}"),
         host: "127.0.0.1".into(),
@@ -65,6 +65,8 @@ fn bridge_config(port: u16, ca_file: &str) -> IotConfig {
         client_id: "nexus-tls-test".into(),
         username: None,
         password: None,
+        protocol,
+        session_expiry: Duration::from_secs(3600),
         qos: 1,
         keep_alive: Duration::from_secs(30),
         reconnect_max_delay: Duration::from_millis(500),
@@ -88,6 +90,16 @@ fn bridge_config(port: u16, ca_file: &str) -> IotConfig {
 /// on the broker's plain listener as a signed event in the outbox.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_bridge_reads_sensors_over_mqtts_with_a_custom_ca() {
+    reads_over_mqtts(MqttProtocol::V311).await;
+}
+
+/// The same with MQTT 5: the same rustls configuration under rumqttc's v5 client.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bridge_reads_sensors_over_mqtts_with_a_custom_ca_over_mqtt5() {
+    reads_over_mqtts(MqttProtocol::V5).await;
+}
+
+async fn reads_over_mqtts(protocol: MqttProtocol) {
     nexus_federation::tls::install_crypto_provider();
     let dir = tempfile::tempdir().expect("tempdir");
     let (ca, cert, key) = pki(dir.path());
@@ -100,7 +112,7 @@ async fn the_bridge_reads_sensors_over_mqtts_with_a_custom_ca() {
     ));
     let outbox = Outbox::in_memory(1 << 20);
     let bridge = Bridge::new(
-        bridge_config(tls_port, &ca),
+        bridge_config(tls_port, &ca, protocol),
         "edge-tls",
         "salon-001",
         SecretKey::from_seed(&[5; 32]).expect("key"),
