@@ -13,6 +13,7 @@
 //! - `revoke`: `token revoke`, the fleet's signed revocation list.
 //! - `rejections`: refused messages → dead letters and audit events.
 //! - `dlq`: `dlq list | show | replay | purge`, the dead-letter store for operators.
+//! - `sdnotify`: systemd's readiness and watchdog notifications (`Type=notify`).
 
 mod cli;
 mod dlq;
@@ -21,6 +22,7 @@ mod keygen;
 mod rejections;
 mod revoke;
 mod run;
+mod sdnotify;
 mod tail;
 mod token_cmd;
 mod trust_setup;
