@@ -380,6 +380,9 @@ cmd_footprint() {
         printf '  %-32s %9s bytes  %5.2f MiB\n' "$triple" "$(stat -c %s "$bin")" \
             "$(awk -v b="$(stat -c %s "$bin")" 'BEGIN { print b / 1048576 }')"
     done
-    say "cargo bench -p nexus-e2e --bench footprint"
-    cargo bench -p nexus-e2e --bench footprint "${LOCKED[@]}"
+    # Every agent (member, hub, root) is the release binary; the harness itself only
+    # spawns, samples /proc and counts, so it is built with the dev profile (quick).
+    say "cargo bench --profile dev -p nexus-e2e --bench footprint"
+    NEXUS_E2E_AGENT_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/nexus-agent" \
+        cargo bench --profile dev -p nexus-e2e --bench footprint "${LOCKED[@]}"
 }
