@@ -130,9 +130,10 @@ cmd_cross_setup() { # cross-setup [TARGET...]
     say "cross setup"
     for t in "${targets[@]}"; do ensure_cross "$(cross_triple "$t")" qemu; done
     printf '  %-14s %s\n' rustup-targets "$(rustup target list --installed | tr '\n' ' ')"
-    for t in aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc qemu-aarch64-static qemu-arm-static; do
-        printf '  %-22s %s\n' "$t" "$(command -v "$t" || echo -)"
+    for t in aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc qemu-aarch64-static qemu-arm-static cargo-zigbuild; do
+        printf '  %-23s %s\n' "$t" "$(command -v "$t" || echo -)"
     done
+    printf '  %-23s %s\n' zig "$(python3 -m ziglang version 2>/dev/null || echo -)"
 }
 
 cmd_cross() { # cross [--profile P] [TARGET...] — release binaries, sizes printed
