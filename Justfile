@@ -24,3 +24,20 @@ fmt:
 # fmt --check and clippy -D warnings.
 lint:
     ./dev lint
+
+# ARM release binaries: aarch64, armv7 and a static aarch64-musl (e.g. `just cross aarch64`).
+cross *ARGS:
+    ./dev cross {{ARGS}}
+
+# Run the ARM binaries under qemu-user: each names its target, and a member under emulation
+# reports to a native hub and root (all three targets; `just arm-proof armv7` for one).
+arm-proof *ARGS:
+    ./dev arm-proof {{ARGS}}
+
+# .deb packages for amd64, arm64 and armhf in target/deb/, inspected with dpkg-deb and lintian.
+deb *ARGS:
+    ./dev deb {{ARGS}}
+
+# Binary sizes per target, a member's RSS idle and loaded, start-up time (docs/benchmarks.md).
+footprint:
+    ./dev footprint

@@ -6,7 +6,13 @@ use clap::{Parser, Subcommand};
 
 /// nexus-agent: one binary for every tier of a Nexus edge fleet (member, hub, root).
 #[derive(Debug, Parser)]
-#[command(name = "nexus-agent", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "nexus-agent",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("NEXUS_AGENT_TARGET"), ")"),
+    about,
+    long_about = None,
+    propagate_version = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

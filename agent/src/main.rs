@@ -15,6 +15,7 @@
 //! - `request_cmd`: `request` (commands) and `publish` (events) for operators.
 //! - `rejections`: refused messages → dead letters and audit events.
 //! - `dlq`: `dlq list | show | replay | purge`, the dead-letter store for operators.
+//! - `sdnotify`: systemd's readiness and watchdog notifications (`Type=notify`).
 
 mod cli;
 mod commands;
@@ -25,6 +26,7 @@ mod rejections;
 mod request_cmd;
 mod revoke;
 mod run;
+mod sdnotify;
 mod tail;
 mod token_cmd;
 mod trust_setup;

@@ -316,13 +316,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         heartbeat.run(shutdown.child_token()),
     );
     tracker.close();
+    // The signal handlers are in place before systemd hears READY=1.
+    let signals = shutdown_signal();
+    let systemd = crate::sdnotify::Notifier::from_env();
+    systemd.ready(shutdown.child_token());
 
     // Cancel safety: both branches only wait; the subsystems run in their own tasks.
     tokio::select! {
-        signal = shutdown_signal() => info!(%signal, "Shutting down."),
+        signal = signals => info!(%signal, "Shutting down."),
         _ = shutdown.cancelled() => {}
     }
     shutdown.cancel();
+    systemd.stopping();
     let started = Instant::now();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -454,19 +459,28 @@ async fn ensure_landing(link: &Link, landing: &Landing, shutdown: &CancellationT
     }
 }
 
-async fn shutdown_signal() -> &'static str {
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves on the first signal.
+fn shutdown_signal() -> impl Future<Output = &'static str> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            warn!(%error, "Cannot listen for SIGTERM; only Ctrl-C stops the agent.");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+    let interrupt = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        let (mut interrupt, mut term) = match (interrupt, term) {
+            (Ok(interrupt), Ok(term)) => (interrupt, term),
+            (interrupt, term) => {
+                let error = interrupt.err().or(term.err()).map(|e| e.to_string());
+                warn!(
+                    ?error,
+                    "Cannot listen for SIGINT/SIGTERM; only Ctrl-C stops the agent."
+                );
+                let _ = tokio::signal::ctrl_c().await;
+                return "SIGINT";
+            }
+        };
+        tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
     }
 }
 

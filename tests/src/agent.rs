@@ -20,6 +20,7 @@ const DROP_GRACE: Duration = Duration::from_secs(3);
 pub struct AgentProcess {
     name: String,
     program: PathBuf,
+    launch: Launch,
     config_path: PathBuf,
     log_path: PathBuf,
     proc: Proc,
@@ -41,6 +42,16 @@ impl AgentProcess {
         config_toml: &str,
         dir: &Path,
     ) -> AgentProcess {
+        let launch = Launch {
+            program: Some(program.to_path_buf()),
+            ..Launch::default()
+        };
+        Self::spawn_with(&launch, name, config_toml, dir)
+    }
+
+    /// [`Self::spawn`] as `launch` says: another binary, a launcher in front of it (an
+    /// emulator), extra environment variables.
+    pub fn spawn_with(launch: &Launch, name: &str, config_toml: &str, dir: &Path) -> AgentProcess {
         std::fs::create_dir_all(dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         let config_path = dir.join(format!("{name}.toml"));
@@ -48,7 +59,8 @@ impl AgentProcess {
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_path.display()));
         let agent = AgentProcess {
             name: name.to_owned(),
-            program: program.to_path_buf(),
+            program: launch.program.clone().unwrap_or_else(agent_bin),
+            launch: launch.clone(),
             config_path,
             log_path: dir.join(format!("{name}.log")),
             proc: Proc::default(),
@@ -62,15 +74,23 @@ impl AgentProcess {
         let err = log
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot clone log handle: {e}"));
-        let mut cmd = Command::new(&self.program);
+        let mut cmd = match self.launch.launcher.split_first() {
+            Some((launcher, args)) => {
+                let mut cmd = Command::new(launcher);
+                cmd.args(args).arg(&self.program);
+                cmd
+            }
+            None => Command::new(&self.program),
+        };
         cmd.arg("run").arg("-c").arg(&self.config_path);
         scrub_env(&mut cmd);
+        cmd.envs(self.launch.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.program.display()));
+            .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()));
         self.proc.set(child);
     }
 
@@ -127,6 +147,18 @@ impl AgentProcess {
     pub fn config_path(&self) -> &Path {
         &self.config_path
     }
+}
+
+/// How [`AgentProcess::spawn_with`] starts the agent: `[LAUNCHER…] PROGRAM run -c FILE`.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The agent binary; [`agent_bin`] when `None`.
+    pub program: Option<PathBuf>,
+    /// A command and its arguments to run the program with, e.g. `["qemu-aarch64-static"]`
+    /// for an ARM binary; empty to run it directly.
+    pub launcher: Vec<OsString>,
+    /// Environment variables set for the agent (after the scrubbing of [`AgentProcess`]).
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl Drop for AgentProcess {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::{agent_bin, keygen, AgentProcess, NatsServer};
+use crate::{agent_bin, keygen, AgentProcess, Launch, NatsServer};
 
 /// The tenant of the fleet.
 pub const TENANT: &str = "salon-001";
@@ -252,6 +252,11 @@ impl Fleet {
     /// Starts one agent (`ROOT`, `HUB` or `MEMBER`) with `extra` config appended.
     pub fn spawn(&self, node: &str, extra: &str) -> AgentProcess {
         AgentProcess::spawn(node, &self.config(node, extra), self.path())
+    }
+
+    /// [`Self::spawn`] as `launch` says (another binary, an emulator, extra environment).
+    pub fn spawn_with(&self, node: &str, extra: &str, launch: &Launch) -> AgentProcess {
+        AgentProcess::spawn_with(launch, node, &self.config(node, extra), self.path())
     }
 }
 

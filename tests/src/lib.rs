@@ -31,7 +31,7 @@ pub mod nats;
 mod process;
 pub mod wait;
 
-pub use agent::{keygen, AgentProcess};
+pub use agent::{keygen, AgentProcess, Launch};
 pub use bins::{agent_bin, mosquitto_bin, mosquitto_client_bin, nats_server_bin, INSTALL_HINT};
 pub use fleet::{Fleet, NodeKey};
 pub use mosquitto::Mosquitto;

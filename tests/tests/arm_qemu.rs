@@ -1,0 +1,280 @@
+//! ARM builds, proven under qemu-user: a cross-built `nexus-agent` names its target, and a
+//! member running under `qemu-aarch64-static` / `qemu-arm-static` joins a native (x86) hub
+//! and root, its heartbeats reaching a subscriber on the root's NATS, signed by its key;
+//! SIGTERM stops it cleanly.
+//!
+//! The binaries come from `./dev cross` (CI: `./dev test` builds the aarch64 one and passes
+//! it here); each test names its variable:
+//! - `NEXUS_E2E_AARCH64_BIN`: `aarch64-unknown-linux-gnu` (Raspberry Pi OS 64-bit)
+//! - `NEXUS_E2E_ARMV7_BIN`: `armv7-unknown-linux-gnueabihf` (Raspberry Pi OS 32-bit)
+//! - `NEXUS_E2E_AARCH64_MUSL_BIN`: `aarch64-unknown-linux-musl` (static, any aarch64 Linux)
+//!
+//! A test whose variable is unset says so and passes without running: a plain
+//! `cargo nextest run` on a machine without cross toolchains must not fail. `./dev test`
+//! always sets the aarch64 one, `./dev arm-proof` all three.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use nexus_e2e::{collect_until, fleet, Fleet, Launch};
+use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
+use nexus_federation::SignedEvent;
+
+/// Start-up under emulation (qemu-user runs the agent ~5-10× slower) on a loaded 2-core box.
+const STARTUP: Duration = Duration::from_secs(60);
+
+/// ELF `e_machine` values.
+const EM_ARM: u16 = 40;
+const EM_AARCH64: u16 = 183;
+
+struct ArmTarget {
+    triple: &'static str,
+    env: &'static str,
+    qemu: &'static str,
+    /// Where Debian's cross libc lives (the dynamic loader and libc the binary needs);
+    /// `None` for a static binary.
+    sysroot: Option<&'static str>,
+    machine: u16,
+    elf64: bool,
+}
+
+const AARCH64: ArmTarget = ArmTarget {
+    triple: "aarch64-unknown-linux-gnu",
+    env: "NEXUS_E2E_AARCH64_BIN",
+    qemu: "qemu-aarch64-static",
+    sysroot: Some("/usr/aarch64-linux-gnu"),
+    machine: EM_AARCH64,
+    elf64: true,
+};
+const ARMV7: ArmTarget = ArmTarget {
+    triple: "armv7-unknown-linux-gnueabihf",
+    env: "NEXUS_E2E_ARMV7_BIN",
+    qemu: "qemu-arm-static",
+    sysroot: Some("/usr/arm-linux-gnueabihf"),
+    machine: EM_ARM,
+    elf64: false,
+};
+const AARCH64_MUSL: ArmTarget = ArmTarget {
+    triple: "aarch64-unknown-linux-musl",
+    env: "NEXUS_E2E_AARCH64_MUSL_BIN",
+    qemu: "qemu-aarch64-static",
+    sysroot: None,
+    machine: EM_AARCH64,
+    elf64: true,
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aarch64_gnu_member_under_qemu_reports_to_a_native_hub_and_root() {
+    prove(&AARCH64).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn armv7_gnueabihf_member_under_qemu_reports_to_a_native_hub_and_root() {
+    prove(&ARMV7).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aarch64_musl_static_member_under_qemu_reports_to_a_native_hub_and_root() {
+    prove(&AARCH64_MUSL).await;
+}
+
+async fn prove(target: &ArmTarget) {
+    let Some(bin) = std::env::var_os(target.env).filter(|v| !v.is_empty()) else {
+        println!(
+            "SKIPPED: ${} is not set, so there is no {} binary to run under qemu \
+             (`./dev arm-proof` builds one and runs this test; `./dev test` does for aarch64)",
+            target.env, target.triple
+        );
+        return;
+    };
+    let bin = PathBuf::from(bin);
+    assert!(
+        bin.is_file(),
+        "${} = {} does not exist",
+        target.env,
+        bin.display()
+    );
+    let elf = Elf::read(&bin);
+    assert_eq!(
+        (elf.machine, elf.class64),
+        (target.machine, target.elf64),
+        "{} is not a {} executable (ELF machine {}, 64-bit {})",
+        bin.display(),
+        target.triple,
+        elf.machine,
+        elf.class64
+    );
+    assert_eq!(
+        elf.interpreter,
+        target.sysroot.is_some(),
+        "{}: a dynamic loader is expected exactly for the glibc targets (musl is static)",
+        bin.display()
+    );
+    let launcher = launcher(target);
+
+    // --version names the target.
+    let output = Command::new(&launcher[0])
+        .args(&launcher[1..])
+        .arg(&bin)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", launcher[0]));
+    let version = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{} --version under {} failed ({}): {}{}",
+        bin.display(),
+        target.qemu,
+        output.status,
+        version,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        version.trim(),
+        format!(
+            "nexus-agent {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            target.triple
+        )
+    );
+
+    // A member under qemu joins a native hub and root; its heartbeats reach the root.
+    let fleet = Fleet::new();
+    let client = async_nats::connect(fleet.root_nats.url())
+        .await
+        .expect("connect to root nats");
+    let mut heartbeats = client
+        .subscribe(format!("nexus._core.edge.health.{}", fleet::MEMBER))
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    let _root = fleet.spawn(fleet::ROOT, "");
+    let _hub = fleet.spawn(fleet::HUB, "");
+    let member = fleet.spawn_with(
+        fleet::MEMBER,
+        "",
+        &Launch {
+            program: Some(bin.clone()),
+            launcher,
+            env: Vec::new(),
+        },
+    );
+    let seen = collect_until(
+        "two heartbeats of the emulated member at the root",
+        &mut heartbeats,
+        STARTUP,
+        |seen| seen.len() >= 2,
+    )
+    .await;
+    for message in &seen {
+        let (event, envelope) = SignedEvent::open(
+            message.subject.as_str(),
+            message.headers.as_ref(),
+            message.payload.clone(),
+            MAX_ENVELOPE_BYTES,
+        )
+        .unwrap_or_else(|e| panic!("the emulated member's heartbeat does not verify: {e}"));
+        assert_eq!(event.signer.to_string(), fleet.member_key.public);
+        assert_eq!(envelope.source, fleet::MEMBER);
+        let json = nexus_e2e::payload_json(message);
+        assert_eq!(json["payload"]["mode"], "member");
+        assert_eq!(json["payload"]["agent_version"], env!("CARGO_PKG_VERSION"));
+    }
+    assert!(
+        member.log().contains("Starting nexus-agent."),
+        "the heartbeats came from the emulated member; its log:\n{}",
+        member.log()
+    );
+
+    // SIGTERM reaches the agent through qemu: a clean stop, as under systemd.
+    let status = member
+        .terminate(Duration::from_secs(10))
+        .unwrap_or_else(|| {
+            panic!(
+                "the emulated member still runs 10 s after SIGTERM; log:\n{}",
+                member.log()
+            )
+        });
+    assert!(
+        status.success(),
+        "the emulated member exited with {status}; log:\n{}",
+        member.log()
+    );
+    assert!(member.log().contains("Stopped."));
+}
+
+/// `[qemu, -L, sysroot]`: qemu-user runs the foreign binary, with Debian's cross libc as the
+/// root for its dynamic loader (no binfmt_misc registration needed).
+fn launcher(target: &ArmTarget) -> Vec<OsString> {
+    let qemu = find_program(target.qemu).unwrap_or_else(|| {
+        panic!(
+            "{} not found: ./dev cross-setup installs it (apt-get install qemu-user-static)",
+            target.qemu
+        )
+    });
+    let mut launcher = vec![qemu.into_os_string()];
+    if let Some(sysroot) = target.sysroot {
+        assert!(
+            Path::new(sysroot).join("lib").is_dir(),
+            "{sysroot} is missing: ./dev cross-setup installs Debian's cross libc for {}",
+            target.triple
+        );
+        launcher.push("-L".into());
+        launcher.push(sysroot.into());
+    }
+    launcher
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// What the proof checks in an executable's ELF header.
+struct Elf {
+    class64: bool,
+    machine: u16,
+    /// Has a `PT_INTERP` program header (a dynamically linked executable).
+    interpreter: bool,
+}
+
+impl Elf {
+    fn read(path: &Path) -> Elf {
+        let bytes =
+            std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        assert!(
+            bytes.len() > 64 && bytes.starts_with(b"\x7fELF") && bytes[5] == 1,
+            "{} is not a little-endian ELF file",
+            path.display()
+        );
+        let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let class64 = bytes[4] == 2;
+        let machine = u16_at(18);
+        let (phoff, phentsize, phnum) = if class64 {
+            let phoff = u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes"));
+            (phoff as usize, u16_at(54) as usize, u16_at(56) as usize)
+        } else {
+            (
+                u32_at(28) as usize,
+                u16_at(42) as usize,
+                u16_at(44) as usize,
+            )
+        };
+        const PT_INTERP: u32 = 3;
+        let interpreter = (0..phnum)
+            .map(|i| phoff + i * phentsize)
+            .filter(|&at| at + 4 <= bytes.len())
+            .any(|at| u32_at(at) == PT_INTERP);
+        Elf {
+            class64,
+            machine,
+            interpreter,
+        }
+    }
+}
