@@ -11,10 +11,14 @@
 //!   forwards to the root, which verifies and lands them (hub and root nats-servers with
 //!   `sync_interval: always`). Timed from the first request until a subscriber on the
 //!   root's NATS saw every event; latency is per message, request sent → seen at the root.
-//!   Then a paced run, one request at a time, for the latency of a single message.
+//!   Then back to back (one request at a time, the next as soon as it is answered), and
+//!   spaced (one request every `SPACING`: the latency of a lone message, no queue behind
+//!   it). The whole fleet runs twice: hub and root nats-servers as the configs we ship
+//!   (`sync_interval: always`), then at nats-server's defaults (PubAck before fsync), to
+//!   show what the durable hops cost.
 //! - **raw**: the same payloads JetStream-published straight into a file stream on a
-//!   `sync_interval: always` nats-server (256 in flight, then one at a time), seen by a
-//!   subscriber there.
+//!   `sync_interval: always` nats-server (the same three phases), seen by a subscriber
+//!   there.
 //! - **agent.ping**: signed commands from the root key, requested on the root's NATS one
 //!   after another, routed by the hub to the member and answered (signed) by it.
 
@@ -31,8 +35,11 @@ use nexus_policies::SecretKey;
 
 const MESSAGES: usize = 5_000;
 const IN_FLIGHT: usize = 256;
-/// Messages of the paced (latency) runs, one in flight.
+/// Messages of the back-to-back runs, one in flight.
 const PACED: usize = 300;
+/// Messages of the spaced runs, one every `SPACING`.
+const SPACED: usize = 100;
+const SPACING: Duration = Duration::from_millis(20);
 const PINGS: usize = 200;
 const SETUP: Duration = Duration::from_secs(60);
 const DEADLINE: Duration = Duration::from_secs(300);
@@ -82,15 +89,25 @@ fn receiver(
     })
 }
 
-/// Sends the payloads of `range` with `send`, `in_flight` at a time; returns send times.
-async fn drive<F, Fut>(range: Range<usize>, in_flight: usize, send: F) -> HashMap<usize, Instant>
+/// Sends the payloads of `range` with `send`, `in_flight` at a time, each group starting no
+/// sooner than `spacing` after the previous one; returns send times.
+async fn drive<F, Fut>(
+    range: Range<usize>,
+    in_flight: usize,
+    spacing: Duration,
+    send: F,
+) -> HashMap<usize, Instant>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let sent = Arc::new(Mutex::new(HashMap::with_capacity(range.len())));
     let indices: Vec<usize> = range.collect();
+    let mut pace = tokio::time::interval(spacing.max(Duration::from_nanos(1)));
     for chunk in indices.chunks(in_flight) {
+        if !spacing.is_zero() {
+            pace.tick().await;
+        }
         futures::future::join_all(chunk.iter().map(|&n| {
             let sent = Arc::clone(&sent);
             let future = send(n);
@@ -130,15 +147,18 @@ fn report(
     );
 }
 
-/// One path measured twice: a burst (`IN_FLIGHT` at a time) and paced (one at a time).
+/// One path measured three times: a burst (`IN_FLIGHT` at a time), back to back (one at a
+/// time) and spaced (one every `SPACING`).
 async fn measure<F, Fut>(name: &str, client: &async_nats::Client, filter: &str, send: F)
 where
     F: Fn(usize) -> Fut + Copy,
     Fut: std::future::Future<Output = ()>,
 {
-    for (phase, range, in_flight) in [
-        ("burst", 0..MESSAGES, IN_FLIGHT),
-        ("paced", MESSAGES..MESSAGES + PACED, 1),
+    let paced = MESSAGES + PACED;
+    for (phase, range, in_flight, spacing) in [
+        ("burst", 0..MESSAGES, IN_FLIGHT, Duration::ZERO),
+        ("back to back", MESSAGES..paced, 1, Duration::ZERO),
+        ("spaced 20 ms", paced..paced + SPACED, 1, SPACING),
     ] {
         let subscription = client
             .subscribe(filter.to_owned())
@@ -147,7 +167,7 @@ where
         client.flush().await.expect("flush");
         let seen = receiver(subscription, range.clone());
         let start = Instant::now();
-        let sent = drive(range, in_flight, send).await;
+        let sent = drive(range, in_flight, spacing, send).await;
         let answered = start.elapsed();
         let seen = seen.await.expect("receiver");
         report(&format!("{name}, {phase}"), start, &sent, &seen);
@@ -160,7 +180,32 @@ where
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let fleet = Fleet::with_servers(durable_server(), durable_server(), NatsServer::start());
+    println!(
+        "~70 B messages; burst: {MESSAGES} with {IN_FLIGHT} in flight; back to back: {PACED} \
+         one at a time; spaced: {SPACED}, one every {} ms; loopback, 2 cores\n",
+        SPACING.as_millis()
+    );
+    println!(
+        "| path | arrived | msg/s | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|"
+    );
+    bridge(true).await;
+    bridge(false).await;
+    raw().await;
+    println!();
+    ping().await;
+}
+
+/// The bridge through a fleet whose hub and root nats-servers are `durable`
+/// (`sync_interval: always`, the shipped configs) or at nats-server's defaults.
+async fn bridge(durable: bool) {
+    let server = || {
+        if durable {
+            durable_server()
+        } else {
+            NatsServer::start()
+        }
+    };
+    let fleet = Fleet::with_servers(server(), server(), NatsServer::start());
     let root_client = async_nats::connect(fleet.root_nats.url())
         .await
         .expect("root nats");
@@ -177,21 +222,19 @@ async fn main() {
     tokio::time::timeout(SETUP, beats.next())
         .await
         .expect("the member's heartbeat reaches the root");
-    println!(
-        "~70 B messages; burst: {MESSAGES} with {IN_FLIGHT} in flight; paced: {PACED} one at a \
-         time; hub and root nats-servers `sync_interval: always`, loopback, 2 cores\n"
-    );
-    println!(
-        "| path | arrived | msg/s | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|"
-    );
 
     // Bridge: local request → member outbox (fsync) → answer; → hub → root → subscriber.
     let app = async_nats::connect(fleet.member_nats.url())
         .await
         .expect("member nats");
     let app = &app;
+    let servers = if durable {
+        "hub and root `sync_interval: always`"
+    } else {
+        "hub and root nats-server defaults"
+    };
     measure(
-        "local app → member bridge (outbox fsync) → hub → root",
+        &format!("local app → member bridge (outbox fsync) → hub → root ({servers})"),
         &root_client,
         "nexus.salon-001.bench.*",
         |n| async move {
@@ -205,8 +248,10 @@ async fn main() {
         },
     )
     .await;
+}
 
-    // Raw: the same payloads JetStream-published into a durable stream, seen by a subscriber.
+/// Raw: the same payloads JetStream-published into a durable stream, seen by a subscriber.
+async fn raw() {
     let raw_server = durable_server();
     let raw = async_nats::connect(raw_server.url())
         .await
@@ -234,9 +279,24 @@ async fn main() {
         },
     )
     .await;
-    println!();
+}
 
-    // agent.ping: root → hub → member → back, one at a time.
+/// agent.ping: root → hub → member → back, one at a time (shipped, durable servers).
+async fn ping() {
+    let fleet = Fleet::with_servers(durable_server(), durable_server(), NatsServer::start());
+    let root_client = async_nats::connect(fleet.root_nats.url())
+        .await
+        .expect("root nats");
+    let mut beats = root_client
+        .subscribe(format!("nexus._core.edge.health.{}", fleet::MEMBER))
+        .await
+        .expect("subscribe");
+    let _root = fleet.spawn(fleet::ROOT, "");
+    let _hub = fleet.spawn(fleet::HUB, "");
+    let _member = fleet.spawn(fleet::MEMBER, "");
+    tokio::time::timeout(SETUP, beats.next())
+        .await
+        .expect("the member's heartbeat reaches the root");
     let root_key =
         SecretKey::parse(&std::fs::read_to_string(&fleet.root_key.secret).expect("root key file"))
             .expect("root key");

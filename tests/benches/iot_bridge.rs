@@ -52,9 +52,51 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The whole machine's CPU time from `/proc/stat` (every process: publisher, broker,
+/// bridge, servers), to put a figure on what each path costs per message.
+#[derive(Clone, Copy)]
+struct Cpu {
+    busy: u64,
+    total: u64,
+}
+
+impl Cpu {
+    fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest is within user)
+        let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
+        let idle = at(3) + at(4);
+        let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+        Self {
+            busy,
+            total: busy + idle,
+        }
+    }
+
+    /// "µs of CPU per message, busy cores" since `self`, for `messages` messages.
+    fn since(self, messages: u64) -> String {
+        let end = Self::now();
+        let busy = end.busy.saturating_sub(self.busy) as f64;
+        let total = end.total.saturating_sub(self.total).max(1) as f64;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        // /proc/stat counts in USER_HZ, 100 per second on Linux.
+        let micros = busy * 10_000.0 / messages.max(1) as f64;
+        format!("{micros:.0} | {:.2}", busy / total * cores)
+    }
+}
+
 /// Publishes MESSAGES at `qos` (inflight 100); resolves when every PUBACK arrived (QoS 1)
-/// or everything was written (QoS 0).
-async fn publish(port: u16, qos: QoS, client_id: &str) -> Instant {
+/// or everything was written (QoS 0), with the time and the CPU counters at the first
+/// publish.
+async fn publish(port: u16, qos: QoS, client_id: &str) -> (Instant, Cpu) {
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     options.set_inflight(100);
     let (client, mut eventloop) = AsyncClient::new(options, 1000);
@@ -64,6 +106,7 @@ async fn publish(port: u16, qos: QoS, client_id: &str) -> Instant {
             break;
         }
     }
+    let cpu = Cpu::now();
     let start = Instant::now();
     let publisher = tokio::spawn(async move {
         for i in 0..MESSAGES {
@@ -94,7 +137,7 @@ async fn publish(port: u16, qos: QoS, client_id: &str) -> Instant {
             break;
         }
     }
-    start
+    (start, cpu)
 }
 
 /// The bridge's `[iot]` for a broker on `port`.
@@ -178,10 +221,10 @@ impl InProcess {
     }
 }
 
-async fn bridge(qos: u8, protocol: MqttProtocol, nodelay: bool) -> f64 {
+async fn bridge(qos: u8, protocol: MqttProtocol, nodelay: bool) -> String {
     let site = InProcess::start(qos, protocol, nodelay).await;
     let stats = Arc::clone(&site.stats);
-    let start = publish(
+    let (start, cpu) = publish(
         site.broker.port(),
         if qos == 1 {
             QoS::AtLeastOnce
@@ -206,20 +249,21 @@ async fn bridge(qos: u8, protocol: MqttProtocol, nodelay: bool) -> f64 {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let events = stats.events.load(Ordering::Relaxed);
+    let cpu = cpu.since(events);
     let dropped = stats.dropped_qos0.load(Ordering::Relaxed);
     site.stop().await;
     if dropped > 0 {
         println!(
-            "|   (bridge QoS {qos}: {events} stored, {dropped} dropped at the full queue) | | |"
+            "|   (bridge QoS {qos}: {events} stored, {dropped} dropped at the full queue) | | | | |"
         );
     }
-    events as f64 / elapsed
+    format!("{:.0} | {cpu}", events as f64 / elapsed)
 }
 
 /// The ceiling of the extra hop: mosquitto → a plain rumqttc subscriber (persistent
 /// session, automatic acks, no work per message), timed like the bridge until it has seen
 /// every message.
-async fn mosquitto_ceiling(qos: u8) -> f64 {
+async fn mosquitto_ceiling(qos: u8) -> String {
     let broker = Mosquitto::start();
     let mut options = MqttOptions::new("bench-plain-sub", "127.0.0.1", broker.port());
     options.set_clean_session(qos == 0);
@@ -250,12 +294,16 @@ async fn mosquitto_ceiling(qos: u8) -> f64 {
         }
         (n, Instant::now(), client)
     });
-    let start = publish(broker.port(), q, "bench-plain-pub").await;
+    let (start, cpu) = publish(broker.port(), q, "bench-plain-pub").await;
     let (n, at, _client) = counter.await.expect("counter");
-    n as f64 / at.duration_since(start).as_secs_f64()
+    let cpu = cpu.since(n as u64);
+    format!(
+        "{:.0} | {cpu}",
+        n as f64 / at.duration_since(start).as_secs_f64()
+    )
 }
 
-async fn gateway(qos: u8, sync_always: bool) -> f64 {
+async fn gateway(qos: u8, sync_always: bool) -> String {
     let mqtt_port = free_port();
     let mut builder = NatsServer::builder()
         .server_name("bench-gw")
@@ -299,7 +347,7 @@ async fn gateway(qos: u8, sync_always: bool) -> f64 {
         }
     }
     drop(sub_loop); // disconnected: its messages are kept in its session (JetStream)
-    let start = publish(
+    let (start, cpu) = publish(
         mqtt_port,
         if qos == 1 {
             QoS::AtLeastOnce
@@ -314,7 +362,11 @@ async fn gateway(qos: u8, sync_always: bool) -> f64 {
     } else {
         counter.await.expect("counter")
     };
-    received as f64 / at.duration_since(start).as_secs_f64()
+    let cpu = cpu.since(received as u64);
+    format!(
+        "{:.0} | {cpu}",
+        received as f64 / at.duration_since(start).as_secs_f64()
+    )
 }
 
 /// Publishes `count` messages at `rate` per second (TCP_NODELAY on), each payload its
@@ -461,8 +513,17 @@ fn from_subscriber(
 }
 
 /// Publish → the root's NATS, through the member, hub and root agents (release build).
-async fn latency_end_to_end(count: usize, rate: u32) -> String {
-    let fleet = Fleet::new();
+/// `durable`: the hub's and the root's nats-servers with `sync_interval: always`, as the
+/// configs we ship (config/nats/); otherwise at nats-server's defaults.
+async fn latency_end_to_end(count: usize, rate: u32, durable: bool) -> String {
+    let server = || {
+        if durable {
+            NatsServer::builder().sync_always().start()
+        } else {
+            NatsServer::start()
+        }
+    };
+    let fleet = Fleet::with_servers(server(), server(), NatsServer::start());
     let broker = Mosquitto::start();
     let root = async_nats::connect(fleet.root_nats.url())
         .await
@@ -558,26 +619,28 @@ async fn latency_gateway(count: usize, rate: u32, sync_always: bool) -> String {
 async fn main() {
     nexus_federation::tls::install_crypto_provider();
     println!("{MESSAGES} messages of a plain-number payload on {TOPIC}, loopback, 2 cores\n");
-    println!("| path | QoS | msg/s |\n|---|---:|---:|");
+    println!(
+        "CPU: the whole machine's busy time (/proc/stat) from the first publish to the end, \
+         per message, and the mean number of busy cores\n"
+    );
+    println!("| path | QoS | msg/s | CPU µs/msg | busy cores |\n|---|---:|---:|---:|---:|");
     for qos in [1u8, 0] {
         let ours = bridge(qos, MqttProtocol::V311, true).await;
-        println!("| bridge → signed envelope → fsynced outbox | {qos} | {ours:.0} |");
+        println!("| bridge → signed envelope → fsynced outbox | {qos} | {ours} |");
         let off = bridge(qos, MqttProtocol::V311, false).await;
-        println!("| the same, TCP_NODELAY off on the bridge's socket | {qos} | {off:.0} |");
+        println!("| the same, TCP_NODELAY off on the bridge's socket | {qos} | {off} |");
         if qos == 1 {
             let v5 = bridge(qos, MqttProtocol::V5, true).await;
-            println!("| the same over MQTT 5 | {qos} | {v5:.0} |");
+            println!("| the same over MQTT 5 | {qos} | {v5} |");
         }
         let plain = mosquitto_ceiling(qos).await;
-        println!(
-            "| mosquitto → plain rumqttc subscriber (auto-ack, no work) | {qos} | {plain:.0} |"
-        );
+        println!("| mosquitto → plain rumqttc subscriber (auto-ack, no work) | {qos} | {plain} |");
         let gw = gateway(qos, false).await;
-        println!("| nats-server MQTT → JetStream (defaults) | {qos} | {gw:.0} |");
+        println!("| nats-server MQTT → JetStream (defaults) | {qos} | {gw} |");
         if qos == 1 {
             let gw_sync = gateway(qos, true).await;
             println!(
-                "| nats-server MQTT → JetStream (sync_interval: always) | {qos} | {gw_sync:.0} |"
+                "| nats-server MQTT → JetStream (sync_interval: always) | {qos} | {gw_sync} |"
             );
         }
     }
@@ -594,6 +657,10 @@ async fn main() {
         let gw_sync = latency_gateway(count, rate, true).await;
         println!("| the same, sync_interval: always | {rate} | {gw_sync} |");
     }
-    let e2e = latency_end_to_end(count, 500).await;
+    let e2e = latency_end_to_end(count, 500, false).await;
     println!("| member agent → hub → root → NATS subscriber on the root | 500 | {e2e} |");
+    let e2e = latency_end_to_end(count, 500, true).await;
+    println!(
+        "| the same, hub and root nats-servers `sync_interval: always` (shipped configs) | 500 | {e2e} |"
+    );
 }
