@@ -3,15 +3,15 @@
 //! and root, its heartbeats reaching a subscriber on the root's NATS, signed by its key;
 //! SIGTERM stops it cleanly.
 //!
-//! The binaries come from `./dev cross` (CI: `./dev test` builds the aarch64 one and passes
-//! it here); each test names its variable:
+//! The binaries come from `./dev cross` (CI: `./dev test` builds all three with the
+//! `arm-proof` profile and passes them here); each test names its variable:
 //! - `NEXUS_E2E_AARCH64_BIN`: `aarch64-unknown-linux-gnu` (Raspberry Pi OS 64-bit)
 //! - `NEXUS_E2E_ARMV7_BIN`: `armv7-unknown-linux-gnueabihf` (Raspberry Pi OS 32-bit)
 //! - `NEXUS_E2E_AARCH64_MUSL_BIN`: `aarch64-unknown-linux-musl` (static, any aarch64 Linux)
 //!
 //! A test whose variable is unset says so and passes without running: a plain
 //! `cargo nextest run` on a machine without cross toolchains must not fail. `./dev test`
-//! always sets the aarch64 one, `./dev arm-proof` all three.
+//! and `./dev arm-proof` set all three.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -84,7 +84,7 @@ async fn prove(target: &ArmTarget) {
     let Some(bin) = std::env::var_os(target.env).filter(|v| !v.is_empty()) else {
         println!(
             "SKIPPED: ${} is not set, so there is no {} binary to run under qemu \
-             (`./dev arm-proof` builds one and runs this test; `./dev test` does for aarch64)",
+             (`./dev arm-proof` and `./dev test` build one and run this test)",
             target.env, target.triple
         );
         return;
