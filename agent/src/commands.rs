@@ -15,6 +15,7 @@
 //! the outbox). A refused command is answered with an error, dead-lettered and audited.
 //! A command for a child that went silent fails at once with `node_offline`.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,15 +39,21 @@ use nexus_federation::{Link, Outbox};
 use nexus_policies::{Chain, Role, SecretKey};
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::heartbeat::{Children, Heartbeat};
 
-/// Commands handled at once; more wait in the subscription.
+/// Commands handled at once; more wait in the listener's queue.
 const IN_FLIGHT: usize = 64;
+/// Commands waiting per listener for a handler, by count and by bytes. Beyond either, a
+/// command is dropped unanswered (its caller times out) and the drop is logged: a flood
+/// of commands cannot fill a small box's memory, and the listener keeps reading, so the
+/// client's own subscription buffer stays empty.
+const WAITING: usize = 1024;
+const WAITING_BYTES: usize = 4 * 1024 * 1024;
 /// Commands remembered against replay.
 const REPLAY_CAPACITY: usize = 10_000;
 /// What a hub keeps for itself of the caller's deadline, so its own error arrives first.
@@ -110,6 +117,40 @@ pub struct CommandService {
     /// When this agent started: commands issued earlier are refused (the replay guard is
     /// in memory, so a restart must not reopen the window of older commands).
     pub started_wall: OffsetDateTime,
+}
+
+/// The commands of one listener waiting for a handler, bounded by [`WAITING`] and
+/// [`WAITING_BYTES`].
+#[derive(Debug, Default)]
+struct Waiting {
+    messages: VecDeque<async_nats::Message>,
+    bytes: usize,
+    /// Commands dropped since the agent started.
+    dropped: u64,
+}
+
+impl Waiting {
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Queues `message`, or gives it back (counted as dropped) when the queue is full.
+    fn push(&mut self, message: async_nats::Message) -> Result<(), async_nats::Message> {
+        let size = message.length;
+        if self.messages.len() >= WAITING || self.bytes.saturating_add(size) > WAITING_BYTES {
+            self.dropped = self.dropped.saturating_add(1);
+            return Err(message);
+        }
+        self.bytes += size;
+        self.messages.push_back(message);
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Option<async_nats::Message> {
+        let message = self.messages.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(message.length);
+        Some(message)
+    }
 }
 
 /// How a listener treats what it hears.
@@ -190,6 +231,7 @@ impl CommandService {
         // One queue group per node: instances of one hub or root share the work (each
         // command is handled once), different nodes each get their copy.
         let group = format!("nexus-agent.{}", self.node_id);
+        let mut waiting = Waiting::default();
         while !shutdown.is_cancelled() {
             // The client subscribes again by itself after a reconnect; this loop covers a
             // subscription that ends anyway.
@@ -210,23 +252,67 @@ impl CommandService {
             };
             info!(subject = %pattern, link = link.role(), "Listening for commands.");
             loop {
-                let message = tokio::select! {
+                // Cancel safety: a dropped `next` loses nothing; a dropped `acquire_owned`
+                // only gives up its place in the semaphore's queue.
+                tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    message = subscription.next() => message,
-                };
-                let Some(message) = message else { break };
-                let permit = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    permit = Arc::clone(&permits).acquire_owned() => permit,
-                };
-                let Ok(permit) = permit else { return };
-                let service = self.clone();
-                let link = link.clone();
-                tasks.spawn(async move {
-                    service.handle(&link, message, listen).await;
-                    drop(permit);
-                });
+                    permit = Arc::clone(&permits).acquire_owned(), if !waiting.is_empty() => {
+                        let Ok(permit) = permit else { return };
+                        if let Some(message) = waiting.pop() {
+                            self.dispatch(&tasks, &link, message, listen, permit);
+                        }
+                    }
+                    message = subscription.next() => {
+                        let Some(message) = message else { break };
+                        // In arrival order: straight to a handler only if none waits ahead.
+                        if waiting.is_empty() {
+                            match Arc::clone(&permits).try_acquire_owned() {
+                                Ok(permit) => {
+                                    self.dispatch(&tasks, &link, message, listen, permit);
+                                    continue;
+                                }
+                                Err(TryAcquireError::Closed) => return,
+                                Err(TryAcquireError::NoPermits) => {}
+                            }
+                        }
+                        if let Err(message) = waiting.push(message) {
+                            self.dropped(&message, &waiting);
+                        }
+                    }
+                }
             }
+        }
+    }
+
+    /// Hands a command to a handler task holding `permit`.
+    fn dispatch(
+        &self,
+        tasks: &TaskTracker,
+        link: &Link,
+        message: async_nats::Message,
+        listen: Listen,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let service = self.clone();
+        let link = link.clone();
+        tasks.spawn(async move {
+            service.handle(&link, message, listen).await;
+            drop(permit);
+        });
+    }
+
+    /// Logs (rate-limited) a command dropped because too many wait.
+    fn dropped(&self, message: &async_nats::Message, waiting: &Waiting) {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(suppressed) = log.check("commands_waiting_full", Instant::now()) {
+            warn!(
+                subject = %message.subject,
+                waiting = waiting.messages.len(),
+                waiting_bytes = waiting.bytes,
+                dropped = waiting.dropped,
+                suppressed,
+                "Too many commands waiting ({IN_FLIGHT} being handled, at most {WAITING} or {WAITING_BYTES} bytes waiting): dropped unanswered, its caller times out."
+            );
         }
     }
 
@@ -721,4 +807,68 @@ fn plain_error(failure: &Rejection) -> (async_nats::HeaderMap, Bytes) {
     headers.insert("Nexus-Error", failure.reason);
     let body = json!({"code": failure.reason, "message": failure.detail}).to_string();
     (headers, Bytes::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(n: usize, payload: usize) -> async_nats::Message {
+        let subject = format!("_nexus.cmd.edge-01.agent.ping.{n}");
+        async_nats::Message {
+            length: subject.len() + payload,
+            subject: subject.into(),
+            reply: None,
+            payload: Bytes::from(vec![0u8; payload]),
+            headers: None,
+            status: None,
+            description: None,
+        }
+    }
+
+    #[test]
+    fn waiting_commands_are_bounded_by_count_kept_in_order_and_drops_are_counted() {
+        let mut waiting = Waiting::default();
+        for n in 0..WAITING {
+            assert!(waiting.push(message(n, 10)).is_ok(), "command {n} fits");
+        }
+        let refused = waiting
+            .push(message(WAITING, 10))
+            .expect_err("the queue is full");
+        assert_eq!(
+            refused.subject.as_str(),
+            format!("_nexus.cmd.edge-01.agent.ping.{WAITING}")
+        );
+        assert_eq!(waiting.dropped, 1);
+        let first = waiting.pop().expect("a command");
+        assert!(first.subject.as_str().ends_with(".ping.0"), "oldest first");
+        assert!(waiting.push(message(WAITING + 1, 10)).is_ok(), "room again");
+        let mut count = 0;
+        while waiting.pop().is_some() {
+            count += 1;
+        }
+        assert_eq!(count, WAITING);
+        assert_eq!(waiting.bytes, 0);
+        assert!(waiting.is_empty());
+    }
+
+    #[test]
+    fn waiting_commands_are_bounded_by_bytes() {
+        let mut waiting = Waiting::default();
+        let big = WAITING_BYTES / 4;
+        for n in 0..3 {
+            assert!(waiting.push(message(n, big)).is_ok());
+        }
+        // The fourth would pass the byte bound (its subject adds to its size).
+        assert!(waiting.push(message(3, big)).is_err());
+        assert_eq!(waiting.dropped, 1);
+        assert!(waiting.bytes <= WAITING_BYTES);
+        // Small commands still fit beside the big ones.
+        assert!(waiting.push(message(4, 10)).is_ok());
+        waiting.pop();
+        assert!(
+            waiting.push(message(5, big)).is_ok(),
+            "freed bytes are reusable"
+        );
+    }
 }

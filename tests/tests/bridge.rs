@@ -668,3 +668,115 @@ async fn local_publishes_go_up_wrapped_and_refusals_are_answered_with_a_reason()
     );
     drop((fed.root, fed.hub));
 }
+
+/// A flood of commands at a member: `IN_FLIGHT` (64) are handled at once, `WAITING`
+/// (1,024) wait (agent/src/commands.rs), the rest are dropped unanswered with a warning,
+/// and the member keeps answering afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_commands_is_bounded_at_the_member_which_keeps_answering() {
+    const HANDLED_AT_ONCE: usize = 64;
+    const WAITING: usize = 1024;
+    const FLOOD: usize = 1_200;
+    let fed = Federation::start(
+        "[bridge]\n[[bridge.down]]\ncommand = \"shop.hold\"\nlocal = \"app.shop.hold\"\n",
+    )
+    .await;
+    // The local app takes every request and never answers: each handler keeps its slot
+    // until its command's deadline, and the commands waiting behind have expired by then.
+    let mut held = fed.app.subscribe("app.shop.hold").await.expect("subscribe");
+    fed.app.flush().await.expect("flush");
+    let hub = async_nats::connect(fed.fleet.hub_nats.url())
+        .await
+        .expect("hub nats");
+    let mut replies = hub.subscribe("flood.replies.>").await.expect("subscribe");
+    hub.flush().await.expect("flush");
+
+    // Sealed first (one timestamp, a 4 s deadline), then published as fast as the client
+    // goes, where the hub would route them: on the hub's NATS.
+    let root_key = secret(&fed.fleet.root_key.secret);
+    let issuer = Issuer {
+        node_id: fleet::ROOT,
+        key: &root_key,
+        chain: None,
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|_| {
+            command::seal(
+                &issuer,
+                fleet::MEMBER,
+                "shop.hold",
+                serde_json::Map::new(),
+                Duration::from_secs(4),
+                now,
+            )
+            .expect("seal")
+        })
+        .collect();
+    for (n, sealed) in flood.into_iter().enumerate() {
+        hub.publish_with_reply_and_headers(
+            sealed.subject,
+            format!("flood.replies.{n}"),
+            sealed.headers,
+            sealed.body,
+        )
+        .await
+        .expect("publish");
+    }
+    hub.flush().await.expect("flush");
+
+    // The app sees the handled ones at once.
+    let asked = collect_until(
+        "every handler is waiting on the app",
+        &mut held,
+        DEADLINE,
+        |seen| seen.len() >= HANDLED_AT_ONCE,
+    )
+    .await;
+    assert!(asked.len() >= HANDLED_AT_ONCE);
+    wait_until(
+        "the member logs the dropped commands",
+        DEADLINE,
+        async || {
+            fed.member
+                .log()
+                .contains("Too many commands waiting")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // At the deadline the handled ones time out, then the waiting ones expire: each of
+    // those is answered, with an error that says so; the dropped ones never are.
+    let answered = collect_until(
+        "every command that was not dropped is answered",
+        &mut replies,
+        Duration::from_secs(60),
+        |seen| seen.len() >= HANDLED_AT_ONCE + WAITING,
+    )
+    .await;
+    for reply in &answered {
+        let body: Value = serde_json::from_slice(&reply.payload).expect("a JSON reply");
+        let code = body["payload"]["code"].as_str().unwrap_or_default();
+        assert!(
+            code == "timeout" || code == "command_expired",
+            "handled commands time out, waiting ones expire: {body}"
+        );
+    }
+
+    // The member still answers, and nothing more came for the dropped commands.
+    let out = fed.request(fleet::MEMBER, "agent.ping", &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    hub.flush().await.expect("flush");
+    let mut late = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1), replies.next()).await {
+        late += 1;
+    }
+    assert_eq!(
+        answered.len() + late,
+        HANDLED_AT_ONCE + WAITING,
+        "{} of {FLOOD} commands were dropped",
+        FLOOD - HANDLED_AT_ONCE - WAITING
+    );
+    drop((fed.root, fed.hub));
+}
