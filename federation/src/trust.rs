@@ -18,6 +18,7 @@
 //! and audits it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -103,6 +104,8 @@ struct KnownChain {
     chain: Arc<Chain>,
     bytes: Bytes,
     fetched: std::time::Instant,
+    /// The install number ([`Gatekeeper::install`]) when the registry watcher put it here.
+    installed: Option<u64>,
 }
 
 /// How long a refused chain is trusted to still be the current one before the registry is
@@ -125,6 +128,9 @@ pub struct Gatekeeper {
     cache: Mutex<ChainCache>,
     /// Chains by signer key, as fetched from the registry (raw bytes kept for forwarding).
     chains: Mutex<HashMap<[u8; 32], KnownChain>>,
+    /// How many chains the registry watcher installed: a fetch that began before an install
+    /// may hold the chain the install replaced, and must not put it back.
+    installs: AtomicU64,
     acl: Option<Acl>,
     clock: Arc<TrustClock>,
 }
@@ -146,6 +152,7 @@ impl Gatekeeper {
             verifier: RwLock::new(verifier),
             cache: Mutex::new(ChainCache::default()),
             chains: Mutex::new(HashMap::new()),
+            installs: AtomicU64::new(0),
             acl,
             clock,
         }
@@ -191,14 +198,14 @@ impl Gatekeeper {
             )
         };
         let registry = registry.ok_or_else(unknown)?;
+        let installs = self.installs.load(Ordering::Acquire);
         let bytes = match registry.get(key_id(&event.signer)).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Err(unknown()),
             Err(error) => return Err(Rejection::new("registry_unavailable", error.to_string())),
         };
         let chain = Arc::new(Chain::decode(&bytes).map_err(|e| Rejection::from(&e))?);
-        self.remember(event.signer.to_bytes(), Arc::clone(&chain), bytes);
-        Ok(chain)
+        Ok(self.remember(event.signer.to_bytes(), chain, bytes, installs))
     }
 
     /// The pure part of admission (no lookups).
@@ -380,8 +387,47 @@ impl Gatekeeper {
             .map(|known| (Arc::clone(&known.chain), known.fetched))
     }
 
-    fn remember(&self, signer: [u8; 32], chain: Arc<Chain>, bytes: Bytes) {
+    /// Remembers a chain fetched when `installs` chains had been installed, and returns the
+    /// signer's chain to use: the fetched one, or the one the watcher installed meanwhile
+    /// (the fetch may have read the registry just before it changed).
+    fn remember(
+        &self,
+        signer: [u8; 32],
+        chain: Arc<Chain>,
+        bytes: Bytes,
+        installs: u64,
+    ) -> Arc<Chain> {
         let mut chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = chains.get(&signer) {
+            if known.installed.is_some_and(|n| n > installs) {
+                return Arc::clone(&known.chain);
+            }
+        }
+        Self::insert(&mut chains, signer, Arc::clone(&chain), bytes, None);
+        chain
+    }
+
+    /// Installs a chain the registry now holds for `signer` (a rotated token, verified by
+    /// the caller), in place of the one remembered.
+    pub fn install(&self, signer: &PublicKey, chain: Chain, bytes: Bytes) {
+        let mut chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
+        let installed = self.installs.fetch_add(1, Ordering::AcqRel) + 1;
+        Self::insert(
+            &mut chains,
+            signer.to_bytes(),
+            Arc::new(chain),
+            bytes,
+            Some(installed),
+        );
+    }
+
+    fn insert(
+        chains: &mut HashMap<[u8; 32], KnownChain>,
+        signer: [u8; 32],
+        chain: Arc<Chain>,
+        bytes: Bytes,
+        installed: Option<u64>,
+    ) {
         if chains.len() >= MAX_KNOWN_CHAINS {
             chains.clear();
         }
@@ -392,16 +438,9 @@ impl Gatekeeper {
                 chain,
                 bytes,
                 fetched,
+                installed,
             },
         );
-    }
-
-    /// Forgets the chain of a signer, so the next message fetches it again (rotation).
-    pub fn forget(&self, signer: &PublicKey) {
-        self.chains
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&signer.to_bytes());
     }
 
     /// The raw chain bytes of a signer, to present them to the next tier.
@@ -516,13 +555,15 @@ impl OwnChain {
     }
 }
 
-/// Watches this tier's chain registry and forgets a signer's cached chain as soon as a new,
-/// valid one is presented for it (a rotated token): the next message fetches it; a hub
-/// also presents it to its parent's registry (`parent`) right away, so that the whole path
-/// knows a rotated chain before the old one is revoked. Entries that do not verify, or are
-/// not the named key's, are ignored (a member can write to the registry, and must not make
-/// another node's chain be dropped). Runs until `shutdown`, watching again after the
-/// server comes back.
+/// Watches this tier's chain registry and installs a new, valid chain presented for a
+/// signer in place of the cached one as soon as it is written (a rotated token); a hub also
+/// presents it to its parent's registry (`parent`) right away, so that the whole path knows
+/// a rotated chain before the old one is revoked. Every (re)start of the watch replays the
+/// registry's current entries first, so a chain rotated before the watch began, or while
+/// the server was away, is not missed. Entries that do not verify, or are not the named
+/// key's, are ignored (a member can write to the registry, and must not make another
+/// node's chain be replaced). Runs until `shutdown`, watching again after the server comes
+/// back.
 pub async fn watch_registry(
     link: Link,
     gatekeeper: Arc<Gatekeeper>,
@@ -536,7 +577,7 @@ pub async fn watch_registry(
         }
         // The ingress creates the registry when it is ready; until then, look again.
         let watch = match bucket(&link, CHAINS_BUCKET, false).await {
-            Ok(store) => store.watch_all().await.ok(),
+            Ok(store) => store.watch_with_history(">").await.ok(),
             Err(_) => None,
         };
         if let Some(mut updates) = watch {
@@ -546,18 +587,30 @@ pub async fn watch_registry(
                     update = updates.next() => update,
                 };
                 let Some(Ok(entry)) = update else { break };
+                if entry.operation != kv::Operation::Put {
+                    continue;
+                }
                 let key = URL_SAFE_NO_PAD
                     .decode(entry.key.as_bytes())
                     .ok()
                     .and_then(|b| <[u8; 32]>::try_from(b).ok())
                     .and_then(|b| PublicKey::from_bytes(&b).ok());
                 let Some(key) = key else { continue };
-                let valid = Chain::decode(&entry.value)
-                    .ok()
-                    .and_then(|chain| gatekeeper.verify_now(&chain).ok())
-                    .is_some_and(|grant| grant.node_key() == &key);
-                if valid {
-                    gatekeeper.forget(&key);
+                let cached = gatekeeper.chain_bytes(&key);
+                if cached.as_ref() == Some(&entry.value) {
+                    continue; // what this tier already uses
+                }
+                if cached.is_none() && !entry.seen_current {
+                    continue; // replayed, never used here: fetched when first needed
+                }
+                let valid = Chain::decode(&entry.value).ok().filter(|chain| {
+                    gatekeeper
+                        .verify_now(chain)
+                        .is_ok_and(|grant| grant.node_key() == &key)
+                });
+                if let Some(chain) = valid {
+                    tracing::debug!(key_id = %entry.key, "A new token chain in the registry; it replaces the one in use.");
+                    gatekeeper.install(&key, chain, entry.value.clone());
                     if let Some(parent) = &parent {
                         let presented = match bucket(parent, CHAINS_BUCKET, false).await {
                             Ok(store) => store
@@ -794,5 +847,48 @@ mod tests {
         let unreadable = OwnChain::new(None);
         assert!(!unreadable.allows("nexus.t1.x"));
         assert!(OwnChain::anchor().allows("nexus.t1.x"));
+    }
+
+    #[test]
+    fn a_fetch_that_began_before_an_install_does_not_put_the_old_chain_back() {
+        let (root, member) = (key(1), key(3));
+        let gatekeeper = Gatekeeper::new(
+            vec![root.public()],
+            Duration::from_secs(60),
+            None,
+            RevocationSet::default(),
+            Arc::new(TrustClock::new(None)),
+        );
+        let chain = |id| {
+            let token = token(
+                id,
+                &root,
+                None,
+                "edge-01",
+                &member,
+                None,
+                Role::Member,
+                &[">"],
+            );
+            Chain::new(vec![token]).expect("chain")
+        };
+        let (old, new) = (chain(1), chain(2));
+        let signer = member.public();
+        let bytes = |c: &Chain| Bytes::from(c.encode());
+
+        // A fetch reads the registry (the old chain), then the watcher installs the new one.
+        let began = gatekeeper.installs.load(Ordering::Acquire);
+        gatekeeper.install(&signer, new.clone(), bytes(&new));
+        let used =
+            gatekeeper.remember(signer.to_bytes(), Arc::new(old.clone()), bytes(&old), began);
+        assert_eq!(used.leaf().id(), new.leaf().id());
+        assert_eq!(gatekeeper.chain_bytes(&signer), Some(bytes(&new)));
+
+        // A fetch that began after the install is the registry's newest word.
+        let began = gatekeeper.installs.load(Ordering::Acquire);
+        let used =
+            gatekeeper.remember(signer.to_bytes(), Arc::new(old.clone()), bytes(&old), began);
+        assert_eq!(used.leaf().id(), old.leaf().id());
+        assert_eq!(gatekeeper.chain_bytes(&signer), Some(bytes(&old)));
     }
 }
