@@ -696,6 +696,17 @@ mod tests {
         Token::issue(claims, issuer, parent).expect("issue")
     }
 
+    /// A gatekeeper trusting `root`, with no ACL and no revocations.
+    fn gatekeeper(root: &SecretKey) -> Gatekeeper {
+        Gatekeeper::new(
+            vec![root.public()],
+            Duration::from_secs(60),
+            None,
+            RevocationSet::default(),
+            Arc::new(TrustClock::new(None)),
+        )
+    }
+
     /// `admit_command` for a command to `edge-01` signed by `signer` as `source`.
     fn admit(
         gatekeeper: &Gatekeeper,
@@ -735,13 +746,7 @@ mod tests {
     #[test]
     fn who_may_command_whom() {
         let (root, hub, member, plain_hub) = (key(1), key(2), key(3), key(4));
-        let gatekeeper = Gatekeeper::new(
-            vec![root.public()],
-            Duration::from_secs(60),
-            None,
-            RevocationSet::default(),
-            Arc::new(TrustClock::new(None)),
-        );
+        let gatekeeper = gatekeeper(&root);
         let hub_token = token(
             1,
             &root,
@@ -852,13 +857,7 @@ mod tests {
     #[test]
     fn a_fetch_that_began_before_an_install_does_not_put_the_old_chain_back() {
         let (root, member) = (key(1), key(3));
-        let gatekeeper = Gatekeeper::new(
-            vec![root.public()],
-            Duration::from_secs(60),
-            None,
-            RevocationSet::default(),
-            Arc::new(TrustClock::new(None)),
-        );
+        let gatekeeper = gatekeeper(&root);
         let chain = |id| {
             let token = token(
                 id,
