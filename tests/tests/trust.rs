@@ -636,3 +636,124 @@ async fn the_root_refuses_a_members_event_forged_by_its_hub() {
         "{letters:?}"
     );
 }
+
+/// The chain cache of a verifying tier follows its registry: a chain rotated before the
+/// registry watch starts (the agent starting, the server coming back) is installed by the
+/// watch's replay, one rotated while it runs is installed at once, and an entry that does not
+/// verify for its key is ignored. Before the replay, a hub that started its watch late kept a
+/// member's old chain and refused its events as revoked once the old token was revoked.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_registry_watch_installs_chains_rotated_before_and_while_it_runs() {
+    use nexus_federation::clock::TrustClock;
+    use nexus_federation::trust::{self, Gatekeeper};
+    use nexus_policies::token::RevocationSet;
+    use std::sync::Arc;
+
+    let nats = NatsServer::start();
+    nexus_federation::tls::install_crypto_provider();
+    let config = nexus_config::LinkConfig {
+        url: nats.url(),
+        ping_interval: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+        reconnect_max_delay: Duration::from_millis(250),
+        tls: None,
+    };
+    let link = nexus_federation::Link::connect("local", &config, "e2e-registry")
+        .await
+        .expect("link");
+    let registry = wait_until("the registry is created", DEADLINE, async || {
+        trust::bucket(&link, CHAINS_BUCKET, true).await.ok()
+    })
+    .await;
+
+    let root = SecretKey::from_seed(&[11; 32]).expect("key");
+    let member = SecretKey::from_seed(&[12; 32]).expect("key");
+    let chain = || {
+        let claims = claims(
+            fleet::MEMBER,
+            &member.public(),
+            &root.public(),
+            None,
+            &["nexus.>"],
+            (now() - 60, now() + 3600),
+        );
+        Bytes::from(
+            Chain::new(vec![token(claims, &root)])
+                .expect("chain")
+                .encode(),
+        )
+    };
+    let key = key_id(&member.public());
+    let cached = |gatekeeper: &Gatekeeper| gatekeeper.chain_bytes(&member.public());
+    let gatekeeper = Arc::new(Gatekeeper::new(
+        vec![root.public()],
+        Duration::from_secs(60),
+        None,
+        RevocationSet::default(),
+        Arc::new(TrustClock::new(None)),
+    ));
+
+    // The member's first event: its chain is fetched from the registry and cached.
+    let first = chain();
+    registry.put(&key, first.clone()).await.expect("put");
+    let envelope = Envelope::new(
+        "iot.sensor_data",
+        fleet::MEMBER,
+        Some(fleet::TENANT),
+        serde_json::Map::new(),
+        time::OffsetDateTime::now_utc(),
+    );
+    let event = SignedEvent::seal(&envelope, Encoding::Json, &member).expect("seal");
+    gatekeeper
+        .admit(&event, &envelope, Some(&registry))
+        .await
+        .expect("admitted");
+    assert_eq!(cached(&gatekeeper), Some(first.clone()));
+
+    // Rotated before the watch runs: the cache still holds the first chain...
+    let second = chain();
+    registry.put(&key, second.clone()).await.expect("put");
+    gatekeeper
+        .admit(&event, &envelope, Some(&registry))
+        .await
+        .expect("admitted");
+    assert_eq!(cached(&gatekeeper), Some(first));
+    // ...until the watch starts and replays what the registry holds.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let watch = tokio::spawn(trust::watch_registry(
+        link.clone(),
+        Arc::clone(&gatekeeper),
+        None,
+        shutdown.clone(),
+    ));
+    wait_until(
+        "the replay installs the rotated chain",
+        DEADLINE,
+        async || (cached(&gatekeeper) == Some(second.clone())).then_some(()),
+    )
+    .await;
+
+    // Garbage presented for the key is ignored; a rotation while the watch runs is
+    // installed at once.
+    registry
+        .put(&key, Bytes::from_static(b"not a chain"))
+        .await
+        .expect("put");
+    let third = chain();
+    registry.put(&key, third.clone()).await.expect("put");
+    wait_until("the live rotation is installed", DEADLINE, async || {
+        (cached(&gatekeeper) == Some(third.clone())).then_some(())
+    })
+    .await;
+    gatekeeper
+        .admit(&event, &envelope, Some(&registry))
+        .await
+        .expect("admitted with the installed chain");
+
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, watch)
+        .await
+        .expect("the watch stops on shutdown")
+        .expect("joined");
+}
