@@ -14,6 +14,7 @@
 //! - `commands`: commands to this node (built-ins, `[[bridge.down]]`) and hub routing.
 //! - `request_cmd`: `request` (commands) and `publish` (events) for operators.
 //! - `rejections`: refused messages → dead letters and audit events.
+//! - `losses`: what the outbox drops or expires → a WARN and an audit event.
 //! - `dlq`: `dlq list | show | replay | purge`, the dead-letter store for operators.
 //! - `sdnotify`: systemd's readiness and watchdog notifications (`Type=notify`).
 
@@ -22,6 +23,7 @@ mod commands;
 mod dlq;
 mod heartbeat;
 mod keygen;
+mod losses;
 mod rejections;
 mod request_cmd;
 mod revoke;

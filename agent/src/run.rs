@@ -29,6 +29,7 @@ use tracing::{error, info, warn};
 use crate::commands::{CommandService, Rotation};
 use crate::heartbeat::{Children, Heartbeat, HostProbe, EVENT_NAME};
 use crate::keygen::load_secret;
+use crate::losses::LossAuditor;
 use crate::rejections::RejectionHandler;
 use crate::trust_setup::TrustSetup;
 
@@ -116,6 +117,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &failed,
         "rejections",
         handler.run(refusals_rx, shutdown.child_token()),
+    );
+    // Events the outbox drops (drop_oldest) or expires (max_age): WARN + audit.
+    let losses = LossAuditor {
+        node_id: node.id.clone(),
+        key: key.clone(),
+        outbox: outbox.clone(),
+    };
+    supervise(
+        &tracker,
+        &shutdown,
+        &failed,
+        "outbox losses",
+        losses.run(shutdown.child_token()),
     );
     let revocation_source = match node.mode {
         Mode::Root => local.clone(),

@@ -21,6 +21,11 @@
 //!   there.
 //! - **agent.ping**: signed commands from the root key, requested on the root's NATS one
 //!   after another, routed by the hub to the member and answered (signed) by it.
+//! - **backlog after an outage**: on each fleet, the hub's nats-server is stopped, the app
+//!   requests `BACKLOG` more messages (each answered once fsynced in the member's outbox),
+//!   the server is started again; timed from then until the root saw every backlog event,
+//!   and until it saw the first member heartbeat (heartbeats are queued during the outage
+//!   too, and go before the bulk backlog).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -41,6 +46,8 @@ const PACED: usize = 300;
 const SPACED: usize = 100;
 const SPACING: Duration = Duration::from_millis(20);
 const PINGS: usize = 200;
+/// Messages requested while the hub's nats-server is down.
+const BACKLOG: usize = 10_000;
 const SETUP: Duration = Duration::from_secs(60);
 const DEADLINE: Duration = Duration::from_secs(300);
 
@@ -188,18 +195,78 @@ async fn main() {
     println!(
         "| path | arrived | msg/s | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|"
     );
-    let ping = bridge(true).await;
-    bridge(false).await;
+    let (ping, durable_backlog) = bridge(true).await;
+    let (_, default_backlog) = bridge(false).await;
     raw().await;
     println!();
     println!("| command | answered | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|");
     println!("{}", ping.unwrap_or_default());
+    println!();
+    println!(
+        "| backlog of {BACKLOG} built while the hub's nats-server was down | appended while down, msg/s | \
+         1st heartbeat at the root after | backlog events before it | all landed after | drain msg/s |\n\
+         |---|---:|---:|---:|---:|---:|"
+    );
+    println!("{durable_backlog}\n{default_backlog}");
+}
+
+/// A local request of payload `n` through the member's bridge, answered once fsynced.
+async fn request(app: &async_nats::Client, n: usize) {
+    let answer = app
+        .request(format!("app.bench.n{}", n % 16), payload(n))
+        .await
+        .expect("the bridge answers");
+    let body: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap_or_default();
+    assert_eq!(body["ok"], true, "{body}");
+}
+
+/// The backlog phase (module doc); its table row.
+async fn backlog(fleet: &Fleet, app: &async_nats::Client, root: &async_nats::Client) -> String {
+    let first = MESSAGES + PACED + SPACED;
+    let range = first..first + BACKLOG;
+    let events = root
+        .subscribe("nexus.salon-001.bench.*")
+        .await
+        .expect("subscribe");
+    let mut beats = root
+        .subscribe(format!("nexus._core.edge.health.{}", fleet::MEMBER))
+        .await
+        .expect("subscribe");
+    root.flush().await.expect("flush");
+    let seen = receiver(events, range.clone());
+
+    fleet.hub_nats.stop();
+    // Heartbeats that were on their way before the stop are not the ones we wait for.
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), beats.next()).await {}
+    let start = Instant::now();
+    drive(range, IN_FLIGHT, Duration::ZERO, |n| request(app, n)).await;
+    let appended = start.elapsed();
+
+    fleet.hub_nats.restart();
+    let back = Instant::now();
+    tokio::time::timeout(DEADLINE, beats.next())
+        .await
+        .expect("a member heartbeat reaches the root after the outage");
+    let heartbeat = Instant::now();
+    let seen = seen.await.expect("receiver");
+    let before_heartbeat = seen.values().filter(|at| **at < heartbeat).count();
+    let first_at = seen.values().min().copied().unwrap_or(back);
+    let last_at = seen.values().max().copied().unwrap_or(back);
+    let drain = last_at.saturating_duration_since(first_at).as_secs_f64();
+    format!(
+        "| {} of {BACKLOG} landed | {:.0} | {:.2} s | {before_heartbeat} | {:.2} s | {:.0} |",
+        seen.len(),
+        BACKLOG as f64 / appended.as_secs_f64(),
+        heartbeat.duration_since(back).as_secs_f64(),
+        last_at.saturating_duration_since(back).as_secs_f64(),
+        seen.len() as f64 / drain.max(f64::EPSILON),
+    )
 }
 
 /// The bridge through a fleet whose hub and root nats-servers are `durable`
 /// (`sync_interval: always`, the shipped configs) or at nats-server's defaults; with
-/// durable servers, then the `agent.ping` row.
-async fn bridge(durable: bool) -> Option<String> {
+/// durable servers, then the `agent.ping` row; then the backlog row.
+async fn bridge(durable: bool) -> (Option<String>, String) {
     let server = || {
         if durable {
             durable_server()
@@ -239,22 +306,19 @@ async fn bridge(durable: bool) -> Option<String> {
         &format!("local app → member bridge (outbox fsync) → hub → root ({servers})"),
         &root_client,
         "nexus.salon-001.bench.*",
-        |n| async move {
-            let answer = app
-                .request(format!("app.bench.n{}", n % 16), payload(n))
-                .await
-                .expect("the bridge answers");
-            let body: serde_json::Value =
-                serde_json::from_slice(&answer.payload).unwrap_or_default();
-            assert_eq!(body["ok"], true, "{body}");
-        },
+        |n| request(app, n),
     )
     .await;
-    if durable {
+    let ping = if durable {
         Some(ping(&fleet, &root_client).await)
     } else {
         None
-    }
+    };
+    let backlog = backlog(&fleet, app, &root_client).await;
+    (
+        ping,
+        format!("| {servers}: {}", backlog.trim_start_matches("| ")),
+    )
 }
 
 /// Raw: the same payloads JetStream-published into a durable stream, seen by a subscriber.

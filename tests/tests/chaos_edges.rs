@@ -373,6 +373,10 @@ async fn a_full_outbox_under_drop_oldest_drops_the_oldest_readings_and_counts_th
     let root_client = fleet.root_nats.client().await;
     let mut landed_readings = root_client.subscribe(SENSORS).await.expect("subscribe");
     let mut heartbeats = root_client.subscribe(health()).await.expect("subscribe");
+    let mut losses = root_client
+        .subscribe("nexus._core.audit.outbox_loss")
+        .await
+        .expect("subscribe");
     root_client.flush().await.expect("flush");
     let _root = fleet.spawn(fleet::ROOT, "");
     let _hub = fleet.spawn(fleet::HUB, "");
@@ -482,4 +486,24 @@ async fn a_full_outbox_under_drop_oldest_drops_the_oldest_readings_and_counts_th
         "a heartbeat reported {most_bytes} bytes > max_bytes {MAX_BYTES}"
     );
     assert!(member.is_running(), "the member survives a full outbox");
+
+    // The drop was said: a WARN at the member and an audit event at the root whose count
+    // is within what the heartbeat reports as dropped.
+    assert!(
+        member.log().contains("The outbox gave up events"),
+        "{}",
+        member.log()
+    );
+    let audit = tokio::time::timeout(SETUP, losses.next())
+        .await
+        .expect("an outbox loss audit reaches the root")
+        .expect("subscription open");
+    let audit = nexus_e2e::payload_json(&audit);
+    assert_eq!(audit["source"], fleet::MEMBER, "{audit}");
+    assert_eq!(audit["payload"]["kind"], "dropped", "{audit}");
+    let count = audit["payload"]["count"].as_u64().expect("count");
+    assert!(
+        count >= 1 && count as usize <= dropped,
+        "{audit}, dropped {dropped}"
+    );
 }
