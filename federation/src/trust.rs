@@ -104,13 +104,17 @@ struct KnownChain {
     chain: Arc<Chain>,
     bytes: Bytes,
     fetched: std::time::Instant,
-    /// The install number ([`Gatekeeper::install`]) when the registry watcher put it here.
+    /// The change number ([`Gatekeeper::install`]) when the registry watcher put it here.
     installed: Option<u64>,
 }
 
 /// How long a refused chain is trusted to still be the current one before the registry is
 /// asked again (so a rotated token is picked up, without a lookup per refused message).
 const REFETCH_AFTER: Duration = Duration::from_secs(5);
+
+/// How long the registry watcher waits for the parent's registry to take a child's new
+/// chain before it goes on (the ingress presents it again with the child's next event).
+const PRESENT_UP_WITHIN: Duration = Duration::from_secs(2);
 
 /// What admission grants.
 #[derive(Debug, Clone)]
@@ -128,9 +132,10 @@ pub struct Gatekeeper {
     cache: Mutex<ChainCache>,
     /// Chains by signer key, as fetched from the registry (raw bytes kept for forwarding).
     chains: Mutex<HashMap<[u8; 32], KnownChain>>,
-    /// How many chains the registry watcher installed: a fetch that began before an install
-    /// may hold the chain the install replaced, and must not put it back.
-    installs: AtomicU64,
+    /// How many registry changes the watcher has seen (chains installed, entries passed
+    /// over, watches begun): a fetch that began before one of them may hold a chain the
+    /// registry no longer has, and is used for its message but not remembered.
+    changes: AtomicU64,
     acl: Option<Acl>,
     clock: Arc<TrustClock>,
 }
@@ -152,7 +157,7 @@ impl Gatekeeper {
             verifier: RwLock::new(verifier),
             cache: Mutex::new(ChainCache::default()),
             chains: Mutex::new(HashMap::new()),
-            installs: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
             acl,
             clock,
         }
@@ -198,14 +203,14 @@ impl Gatekeeper {
             )
         };
         let registry = registry.ok_or_else(unknown)?;
-        let installs = self.installs.load(Ordering::Acquire);
+        let began = self.changes.load(Ordering::Acquire);
         let bytes = match registry.get(key_id(&event.signer)).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Err(unknown()),
             Err(error) => return Err(Rejection::new("registry_unavailable", error.to_string())),
         };
         let chain = Arc::new(Chain::decode(&bytes).map_err(|e| Rejection::from(&e))?);
-        Ok(self.remember(event.signer.to_bytes(), chain, bytes, installs))
+        Ok(self.remember(event.signer.to_bytes(), chain, bytes, began))
     }
 
     /// The pure part of admission (no lookups).
@@ -387,23 +392,28 @@ impl Gatekeeper {
             .map(|known| (Arc::clone(&known.chain), known.fetched))
     }
 
-    /// Remembers a chain fetched when `installs` chains had been installed, and returns the
-    /// signer's chain to use: the fetched one, or the one the watcher installed meanwhile
-    /// (the fetch may have read the registry just before it changed).
+    /// Remembers a chain whose fetch `began` at that change number, and returns the
+    /// signer's chain to use: the one the watcher installed since, if any (the fetch may
+    /// have read the registry just before it changed), else the fetched one — remembered
+    /// only if the watcher saw no change meanwhile (it may have passed over the signer's
+    /// new chain, having nothing cached to replace); otherwise the next message fetches
+    /// again.
     fn remember(
         &self,
         signer: [u8; 32],
         chain: Arc<Chain>,
         bytes: Bytes,
-        installs: u64,
+        began: u64,
     ) -> Arc<Chain> {
         let mut chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(known) = chains.get(&signer) {
-            if known.installed.is_some_and(|n| n > installs) {
+            if known.installed.is_some_and(|n| n > began) {
                 return Arc::clone(&known.chain);
             }
         }
-        Self::insert(&mut chains, signer, Arc::clone(&chain), bytes, None);
+        if self.changes.load(Ordering::Acquire) == began {
+            Self::insert(&mut chains, signer, Arc::clone(&chain), bytes, None);
+        }
         chain
     }
 
@@ -411,7 +421,7 @@ impl Gatekeeper {
     /// the caller), in place of the one remembered.
     pub fn install(&self, signer: &PublicKey, chain: Chain, bytes: Bytes) {
         let mut chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
-        let installed = self.installs.fetch_add(1, Ordering::AcqRel) + 1;
+        let installed = self.changes.fetch_add(1, Ordering::AcqRel) + 1;
         Self::insert(
             &mut chains,
             signer.to_bytes(),
@@ -419,6 +429,14 @@ impl Gatekeeper {
             bytes,
             Some(installed),
         );
+    }
+
+    /// Notes a registry change that installs nothing (an entry passed over, a watch begun):
+    /// fetches in flight are not remembered.
+    pub fn registry_changed(&self) {
+        // Under the lock, so that no `remember` sits between its check and its insert.
+        let _chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     fn insert(
@@ -581,6 +599,8 @@ pub async fn watch_registry(
             Err(_) => None,
         };
         if let Some(mut updates) = watch {
+            // Fetches in flight may have read what the replay is about to pass over.
+            gatekeeper.registry_changed();
             loop {
                 let update = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -601,7 +621,9 @@ pub async fn watch_registry(
                     continue; // what this tier already uses
                 }
                 if cached.is_none() && !entry.seen_current {
-                    continue; // replayed, never used here: fetched when first needed
+                    // Replayed, never used here: fetched when first needed.
+                    gatekeeper.registry_changed();
+                    continue;
                 }
                 let valid = Chain::decode(&entry.value).ok().filter(|chain| {
                     gatekeeper
@@ -611,14 +633,19 @@ pub async fn watch_registry(
                 if let Some(chain) = valid {
                     tracing::debug!(key_id = %entry.key, "A new token chain in the registry; it replaces the one in use.");
                     gatekeeper.install(&key, chain, entry.value.clone());
-                    if let Some(parent) = &parent {
-                        let presented = match bucket(parent, CHAINS_BUCKET, false).await {
-                            Ok(store) => store
+                    // A parent that is away is not waited for: the ingress presents the
+                    // chain with the child's next event.
+                    if let Some(parent) = parent.as_ref().filter(|p| p.state().connected) {
+                        let put = async {
+                            bucket(parent, CHAINS_BUCKET, false)
+                                .await?
                                 .put(&entry.key, entry.value.clone())
-                                .await
-                                .map(|_| ())
-                                .map_err(|e| e.to_string()),
-                            Err(error) => Err(error.to_string()),
+                                .await?;
+                            Ok::<_, async_nats::Error>(())
+                        };
+                        let presented = match tokio::time::timeout(PRESENT_UP_WITHIN, put).await {
+                            Ok(result) => result.map_err(|e| e.to_string()),
+                            Err(_) => Err(format!("no answer within {PRESENT_UP_WITHIN:?}")),
                         };
                         if let Err(error) = presented {
                             tracing::debug!(%error, key_id = %entry.key, "Cannot present a child's new chain upward yet; it goes with the child's next event.");
@@ -855,7 +882,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fetch_that_began_before_an_install_does_not_put_the_old_chain_back() {
+    fn a_fetch_overlapping_a_registry_change_never_leaves_an_old_chain_cached() {
         let (root, member) = (key(1), key(3));
         let gatekeeper = gatekeeper(&root);
         let chain = |id| {
@@ -876,7 +903,7 @@ mod tests {
         let bytes = |c: &Chain| Bytes::from(c.encode());
 
         // A fetch reads the registry (the old chain), then the watcher installs the new one.
-        let began = gatekeeper.installs.load(Ordering::Acquire);
+        let began = gatekeeper.changes.load(Ordering::Acquire);
         gatekeeper.install(&signer, new.clone(), bytes(&new));
         let used =
             gatekeeper.remember(signer.to_bytes(), Arc::new(old.clone()), bytes(&old), began);
@@ -884,10 +911,23 @@ mod tests {
         assert_eq!(gatekeeper.chain_bytes(&signer), Some(bytes(&new)));
 
         // A fetch that began after the install is the registry's newest word.
-        let began = gatekeeper.installs.load(Ordering::Acquire);
+        let began = gatekeeper.changes.load(Ordering::Acquire);
         let used =
             gatekeeper.remember(signer.to_bytes(), Arc::new(old.clone()), bytes(&old), began);
         assert_eq!(used.leaf().id(), old.leaf().id());
         assert_eq!(gatekeeper.chain_bytes(&signer), Some(bytes(&old)));
+
+        // A fetch overlapping a change the watcher passed over (a replayed entry of a
+        // signer with nothing cached, a watch begun) serves its message, is not kept.
+        let other = key(4).public();
+        let began = gatekeeper.changes.load(Ordering::Acquire);
+        gatekeeper.registry_changed();
+        let used = gatekeeper.remember(other.to_bytes(), Arc::new(old.clone()), bytes(&old), began);
+        assert_eq!(used.leaf().id(), old.leaf().id());
+        assert_eq!(
+            gatekeeper.chain_bytes(&other),
+            None,
+            "fetched again next time"
+        );
     }
 }

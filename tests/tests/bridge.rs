@@ -678,7 +678,7 @@ async fn a_flood_of_commands_is_bounded_at_the_member_which_keeps_answering() {
     const WAITING: usize = 1024;
     const FLOOD: usize = 1_200;
     let fed = Federation::start(
-        "[bridge]\n[[bridge.down]]\ncommand = \"shop.hold\"\nlocal = \"app.shop.hold\"\n",
+        "[bridge]\n[[bridge.down]]\ncommand = \"shop.hold\"\nlocal = \"app.shop.hold\"\ntimeout = \"30s\"\n",
     )
     .await;
     // The local app takes every request and never answers: each handler keeps its slot
@@ -691,8 +691,10 @@ async fn a_flood_of_commands_is_bounded_at_the_member_which_keeps_answering() {
     let mut replies = hub.subscribe("flood.replies.>").await.expect("subscribe");
     hub.flush().await.expect("flush");
 
-    // Sealed first (one timestamp, a 4 s deadline), then published as fast as the client
-    // goes, where the hub would route them: on the hub's NATS.
+    // Sealed first (one timestamp, a 10 s deadline, well beyond the time the member takes
+    // to read them all even on a loaded machine: no handler frees its slot before), then
+    // published as fast as the client goes, where the hub would route them: on the hub's
+    // NATS.
     let root_key = secret(&fed.fleet.root_key.secret);
     let issuer = Issuer {
         node_id: fleet::ROOT,
@@ -707,7 +709,7 @@ async fn a_flood_of_commands_is_bounded_at_the_member_which_keeps_answering() {
                 fleet::MEMBER,
                 "shop.hold",
                 serde_json::Map::new(),
-                Duration::from_secs(4),
+                Duration::from_secs(10),
                 now,
             )
             .expect("seal")

@@ -489,11 +489,13 @@ async fn a_full_outbox_under_drop_oldest_drops_the_oldest_readings_and_counts_th
 
     // The drop was said: a WARN at the member and an audit event at the root whose count
     // is within what the heartbeat reports as dropped.
-    assert!(
-        member.log().contains("The outbox gave up events"),
-        "{}",
-        member.log()
-    );
+    wait_until("the member logs the drop", SETUP, async || {
+        member
+            .log()
+            .contains("The outbox gave up events")
+            .then_some(())
+    })
+    .await;
     let audit = tokio::time::timeout(SETUP, losses.next())
         .await
         .expect("an outbox loss audit reaches the root")

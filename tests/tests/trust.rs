@@ -734,7 +734,7 @@ async fn the_registry_watch_installs_chains_rotated_before_and_while_it_runs() {
     )
     .await;
 
-    // Garbage presented for the key is ignored; a rotation while the watch runs is
+    // Garbage presented for the key does not stop the watch; a rotation while it runs is
     // installed at once.
     registry
         .put(&key, Bytes::from_static(b"not a chain"))
