@@ -7,14 +7,15 @@
 
 use std::time::{Duration, Instant};
 
-use nexus_federation::outbox::{OutboxStats, Priority};
-use nexus_federation::{Encoding, Envelope, Outbox, SignedEvent};
+use nexus_federation::outbox::OutboxStats;
+use nexus_federation::Outbox;
 use nexus_policies::SecretKey;
 use serde_json::{json, Map};
-use time::OffsetDateTime;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+use crate::rejections::queue_audit;
 
 /// The event name of outbox loss audits.
 pub const AUDIT_OUTBOX_LOSS: &str = "audit.outbox_loss";
@@ -115,21 +116,14 @@ impl LossAuditor {
         payload.insert("depth".into(), json!(stats.depth));
         payload.insert("bytes".into(), json!(stats.bytes));
         payload.insert("oldest_age_secs".into(), json!(stats.oldest_age_secs));
-        let envelope = Envelope::new(
-            AUDIT_OUTBOX_LOSS,
+        queue_audit(
             &self.node_id,
-            None,
+            &self.key,
+            &self.outbox,
+            AUDIT_OUTBOX_LOSS,
             payload,
-            OffsetDateTime::now_utc(),
-        );
-        match SignedEvent::seal(&envelope, Encoding::Json, &self.key) {
-            Ok(event) => {
-                if let Err(error) = self.outbox.push(event, Priority::Control).await {
-                    warn!(%error, "Cannot queue an outbox loss audit event.");
-                }
-            }
-            Err(error) => warn!(%error, "Cannot build an outbox loss audit event."),
-        }
+        )
+        .await;
     }
 }
 

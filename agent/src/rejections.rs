@@ -86,20 +86,39 @@ impl RejectionHandler {
             refused.signer.as_ref().map_or(Value::Null, |s| json!(s)),
         );
         payload.insert("also_rejected_since_last_audit".into(), json!(suppressed));
-        let envelope = Envelope::new(
-            AUDIT_REJECTED,
+        queue_audit(
             &self.node_id,
-            None,
+            &self.key,
+            &self.outbox,
+            AUDIT_REJECTED,
             payload,
-            OffsetDateTime::now_utc(),
-        );
-        match SignedEvent::seal(&envelope, Encoding::Json, &self.key) {
-            Ok(event) => {
-                if let Err(error) = self.outbox.push(event, Priority::Control).await {
-                    warn!(%error, "Cannot queue an audit event.");
-                }
+        )
+        .await;
+    }
+}
+
+/// Signs an audit event `event_name` of this node and queues it in the outbox ahead of
+/// bulk traffic; a failure is logged (the audit is lost, what it reports is not).
+pub async fn queue_audit(
+    node_id: &str,
+    key: &SecretKey,
+    outbox: &Outbox,
+    event_name: &str,
+    payload: Map<String, Value>,
+) {
+    let envelope = Envelope::new(
+        event_name,
+        node_id,
+        None,
+        payload,
+        OffsetDateTime::now_utc(),
+    );
+    match SignedEvent::seal(&envelope, Encoding::Json, key) {
+        Ok(event) => {
+            if let Err(error) = outbox.push(event, Priority::Control).await {
+                warn!(%error, event_name, "Cannot queue an audit event.");
             }
-            Err(error) => warn!(%error, "Cannot build an audit event."),
         }
+        Err(error) => warn!(%error, event_name, "Cannot build an audit event."),
     }
 }
