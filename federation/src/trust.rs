@@ -106,6 +106,10 @@ struct KnownChain {
     fetched: std::time::Instant,
     /// The change number ([`Gatekeeper::install`]) when the registry watcher put it here.
     installed: Option<u64>,
+    /// Whether admission may rely on it: `false` for a chain fetched while the registry
+    /// changed (it may be an old one), kept only to be presented upward with the message
+    /// it admitted; the next message fetches again.
+    confirmed: bool,
 }
 
 /// How long a refused chain is trusted to still be the current one before the registry is
@@ -134,7 +138,7 @@ pub struct Gatekeeper {
     chains: Mutex<HashMap<[u8; 32], KnownChain>>,
     /// How many registry changes the watcher has seen (chains installed, entries passed
     /// over, watches begun): a fetch that began before one of them may hold a chain the
-    /// registry no longer has, and is used for its message but not remembered.
+    /// registry no longer has, and is used for its message but not relied on after.
     changes: AtomicU64,
     acl: Option<Acl>,
     clock: Arc<TrustClock>,
@@ -389,15 +393,16 @@ impl Gatekeeper {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(signer)
+            .filter(|known| known.confirmed)
             .map(|known| (Arc::clone(&known.chain), known.fetched))
     }
 
     /// Remembers a chain whose fetch `began` at that change number, and returns the
     /// signer's chain to use: the one the watcher installed since, if any (the fetch may
-    /// have read the registry just before it changed), else the fetched one — remembered
-    /// only if the watcher saw no change meanwhile (it may have passed over the signer's
-    /// new chain, having nothing cached to replace); otherwise the next message fetches
-    /// again.
+    /// have read the registry just before it changed), else the fetched one — relied on
+    /// for the next messages only if the watcher saw no change meanwhile (it may have
+    /// passed over the signer's new chain, having nothing cached to replace); otherwise it
+    /// is kept only to be presented upward, and the next message fetches again.
     fn remember(
         &self,
         signer: [u8; 32],
@@ -411,9 +416,15 @@ impl Gatekeeper {
                 return Arc::clone(&known.chain);
             }
         }
-        if self.changes.load(Ordering::Acquire) == began {
-            Self::insert(&mut chains, signer, Arc::clone(&chain), bytes, None);
-        }
+        let confirmed = self.changes.load(Ordering::Acquire) == began;
+        Self::insert(
+            &mut chains,
+            signer,
+            Arc::clone(&chain),
+            bytes,
+            None,
+            confirmed,
+        );
         chain
     }
 
@@ -428,6 +439,7 @@ impl Gatekeeper {
             Arc::new(chain),
             bytes,
             Some(installed),
+            true,
         );
     }
 
@@ -445,6 +457,7 @@ impl Gatekeeper {
         chain: Arc<Chain>,
         bytes: Bytes,
         installed: Option<u64>,
+        confirmed: bool,
     ) {
         if chains.len() >= MAX_KNOWN_CHAINS {
             chains.clear();
@@ -457,6 +470,7 @@ impl Gatekeeper {
                 bytes,
                 fetched,
                 installed,
+                confirmed,
             },
         );
     }
@@ -918,16 +932,21 @@ mod tests {
         assert_eq!(gatekeeper.chain_bytes(&signer), Some(bytes(&old)));
 
         // A fetch overlapping a change the watcher passed over (a replayed entry of a
-        // signer with nothing cached, a watch begun) serves its message, is not kept.
+        // signer with nothing cached, a watch begun) serves its message and is presented
+        // upward with it, but is not relied on for the next one.
         let other = key(4).public();
         let began = gatekeeper.changes.load(Ordering::Acquire);
         gatekeeper.registry_changed();
         let used = gatekeeper.remember(other.to_bytes(), Arc::new(old.clone()), bytes(&old), began);
         assert_eq!(used.leaf().id(), old.leaf().id());
+        assert!(
+            gatekeeper.known_chain(&other.to_bytes()).is_none(),
+            "fetched again next time"
+        );
         assert_eq!(
             gatekeeper.chain_bytes(&other),
-            None,
-            "fetched again next time"
+            Some(bytes(&old)),
+            "still presented upward with the message it admitted"
         );
     }
 }
