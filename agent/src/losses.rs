@@ -39,14 +39,17 @@ pub struct LossAuditor {
 #[derive(Debug)]
 struct Kind {
     name: &'static str,
+    /// What it means, for the log.
+    why: &'static str,
     announced: u64,
     last: Option<Instant>,
 }
 
 impl Kind {
-    fn new(name: &'static str) -> Self {
+    fn new(name: &'static str, why: &'static str) -> Self {
         Self {
             name,
+            why,
             announced: 0,
             last: None,
         }
@@ -72,8 +75,11 @@ impl Kind {
 impl LossAuditor {
     /// Watches until `shutdown`; then announces what is still unannounced, once.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut dropped = Kind::new("dropped");
-        let mut expired = Kind::new("expired");
+        let mut dropped = Kind::new(
+            "dropped",
+            "the oldest bulk events were dropped to make room (outbox.when_full = \"drop_oldest\"), or rows were unreadable",
+        );
+        let mut expired = Kind::new("expired", "events older than outbox.max_age were expired");
         let mut look = tokio::time::interval(LOOK);
         look.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
@@ -86,7 +92,7 @@ impl LossAuditor {
             let every = if stopping { Duration::ZERO } else { EVERY };
             for (kind, total) in [(&mut dropped, stats.dropped), (&mut expired, stats.expired)] {
                 if let Some(count) = kind.due(total, now, every) {
-                    self.announce(kind.name, count, total, &stats).await;
+                    self.announce(kind, count, total, &stats).await;
                 }
             }
             if stopping {
@@ -95,13 +101,10 @@ impl LossAuditor {
         }
     }
 
-    async fn announce(&self, kind: &'static str, count: u64, total: u64, stats: &OutboxStats) {
-        let why = match kind {
-            "dropped" => "the oldest bulk events were dropped to make room (outbox.when_full = \"drop_oldest\"), or rows were unreadable",
-            _ => "events older than outbox.max_age were expired",
-        };
+    async fn announce(&self, kind: &Kind, count: u64, total: u64, stats: &OutboxStats) {
+        let why = kind.why;
         warn!(
-            kind,
+            kind = kind.name,
             count,
             total,
             depth = stats.depth,
@@ -110,7 +113,7 @@ impl LossAuditor {
         );
         let mut payload = Map::new();
         payload.insert("node_id".into(), json!(self.node_id));
-        payload.insert("kind".into(), json!(kind));
+        payload.insert("kind".into(), json!(kind.name));
         payload.insert("count".into(), json!(count));
         payload.insert("total".into(), json!(total));
         payload.insert("depth".into(), json!(stats.depth));
@@ -133,7 +136,7 @@ mod tests {
 
     #[test]
     fn the_first_loss_is_announced_at_once_then_at_most_once_per_period_with_the_sum() {
-        let mut kind = Kind::new("dropped");
+        let mut kind = Kind::new("dropped", "test");
         let t0 = Instant::now();
         assert_eq!(kind.due(0, t0, EVERY), None, "nothing lost, nothing said");
         assert_eq!(kind.due(3, t0, EVERY), Some(3), "the first loss at once");

@@ -444,7 +444,7 @@ impl Gatekeeper {
     }
 
     /// Notes a registry change that installs nothing (an entry passed over, a watch begun):
-    /// fetches in flight are not remembered.
+    /// chains of fetches in flight are kept unconfirmed (see [`Self::remember`]).
     pub fn registry_changed(&self) {
         // Under the lock, so that no `remember` sits between its check and its insert.
         let _chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
