@@ -1,5 +1,6 @@
 # The menu for people: `just` lists the recipes. Each one calls ./dev, the single entry point
-# that CI uses too (.ci/run = ./dev test), so the two never drift apart.
+# that CI uses too (.ci/run = ./dev test), so the two never drift apart: one recipe per ./dev
+# command, checked by tests/tests/repo.rs.
 
 # List the recipes.
 default:
@@ -25,9 +26,17 @@ fmt:
 lint:
     ./dev lint
 
+# Build the fuzz targets and run each for S seconds, default 60 (e.g. `just fuzz 600 envelope`).
+fuzz *ARGS:
+    ./dev fuzz {{ARGS}}
+
 # ARM release binaries: aarch64, armv7 and a static aarch64-musl (e.g. `just cross aarch64`).
 cross *ARGS:
     ./dev cross {{ARGS}}
+
+# Only install what `cross` and `arm-proof` need: Rust targets, cross gcc, zig, qemu-user.
+cross-setup *ARGS:
+    ./dev cross-setup {{ARGS}}
 
 # Run the ARM binaries under qemu-user: each names its target, and a member under emulation
 # reports to a native hub and root (all three targets; `just arm-proof armv7` for one).

@@ -603,9 +603,12 @@ impl CommandService {
         headers.insert("Nexus-Issuer", command.envelope.source.as_str());
         let body = serde_json::to_vec(&command.envelope.payload)
             .map_err(|e| Rejection::new("internal", e.to_string()))?;
+        // The reply subject marks the request as the agent's own delivery: an up rule
+        // taking the same subject leaves it to the app (command::is_own_delivery).
         let request = async_nats::Request::new()
             .payload(body.into())
             .headers(headers)
+            .inbox(command::delivery_inbox())
             .timeout(Some(timeout));
         let answer = local
             .client()

@@ -51,6 +51,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "Starting nexus-agent."
     );
+    for warning in config.warnings() {
+        warn!(key = %warning.key, "Config: {}", warning.message);
+    }
     std::fs::create_dir_all(&node.data_dir)
         .with_context(|| format!("cannot create node.data_dir {}", node.data_dir.display()))?;
     let trust = TrustSetup::load(&config, &key)?;

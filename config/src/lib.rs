@@ -47,12 +47,18 @@
 //!   back to the file or variable it came from.
 //! - `validate`: the schema and its defaults; walks the merged value into a [`Config`].
 //! - `redact`: [`Config::redacted`] and [`redact_url`], printing without secrets.
+//! - `topic`: [`TopicTemplate`], the grammar of `[[iot.sensors]]` topic templates (used by
+//!   the validation and by the IoT bridge alike).
+//! - `warn`: [`Config::warnings`], what is valid but probably not meant (printed by
+//!   `check`, logged by `run`).
 
 mod error;
 mod model;
 mod redact;
 mod source;
+mod topic;
 mod validate;
+mod warn;
 
 use std::path::Path;
 
@@ -60,7 +66,9 @@ pub use error::{ConfigError, ConfigErrors, ErrorKind, Origin};
 pub use figment::Figment;
 pub use model::*;
 pub use redact::redact_url;
+pub use topic::{TopicSegment, TopicTemplate, TopicTemplateError, MAX_TOPIC_SEGMENTS};
 pub use validate::read_capped;
+pub use warn::ConfigWarning;
 
 /// Loads the config file at `path`, applies `NEXUS_` environment overrides, and validates
 /// the result. Relative paths inside it are resolved against its directory.

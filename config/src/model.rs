@@ -331,6 +331,40 @@ pub struct IngressConfig {
     pub landed_ttl: Duration,
 }
 
+impl IngressConfig {
+    /// The longest ack wait of the ingress consumer (JetStream's redelivery delay for a
+    /// message taken but never acknowledged), reached with windows of a minute or more.
+    pub const MAX_ACK_WAIT: Duration = Duration::from_secs(30);
+    /// `duplicate_window` must be at least this many onward `request_timeout`s.
+    pub const WINDOW_PER_REQUEST_TIMEOUT: u32 = 4;
+
+    /// How long the consumer waits for a delivered message's acknowledgement before it
+    /// delivers it again: a quarter of `duplicate_window`, at most [`Self::MAX_ACK_WAIT`]. A
+    /// message forwarded just before a crash comes back this long after it was taken (to
+    /// another instance sharing the consumer, or to this one once restarted), so its copy
+    /// is still inside the window that drops it; what is left of the window is the time a
+    /// crashed instance has to be consuming again.
+    pub fn ack_wait(&self) -> Duration {
+        (self.duplicate_window / 4).min(Self::MAX_ACK_WAIT)
+    }
+
+    /// The longest delay before a message whose onward publish failed is tried again: a
+    /// quarter of `duplicate_window`, at most [`Self::MAX_ACK_WAIT`]. The failed publish
+    /// may have been stored all the same (its acknowledgement lost); the retry must reach
+    /// the next stream inside the window.
+    pub fn max_retry_delay(&self) -> Duration {
+        (self.duplicate_window / 4).min(Self::MAX_ACK_WAIT)
+    }
+
+    /// The shortest `duplicate_window` that holds every copy a redelivery can make, for an
+    /// onward link with this `request_timeout`: the wait for the first copy's
+    /// acknowledgement, plus the retry delay or ack wait, plus the copy's own way to the
+    /// stream, all inside the window.
+    pub fn min_duplicate_window(request_timeout: Duration) -> Duration {
+        request_timeout.saturating_mul(Self::WINDOW_PER_REQUEST_TIMEOUT)
+    }
+}
+
 /// `[iot]`: the MQTT broker the member reads sensors from, and how their messages map to
 /// `iot.sensor_data` events.
 ///

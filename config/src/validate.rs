@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use figment::value::{Dict, Value};
 use figment::Figment;
+use nexus_policies::ids::{self, MAX_ID_LEN};
 use nexus_policies::token::MAX_CHAIN_BYTES;
 use nexus_policies::{
     Acl, AclRule, Chain, Principal, PublicKey, RewriteError, Role, SecretKey, SubjectPattern,
@@ -34,6 +35,7 @@ use crate::model::{
 };
 use crate::redact::redact_url;
 use crate::source;
+use crate::topic::{TopicTemplate, MAX_TOPIC_SEGMENTS};
 
 const LINK_KEYS: &[&str] = &[
     "url",
@@ -185,8 +187,6 @@ const TLS_FILE_MAX_BYTES: u64 = 4 * 1024 * 1024;
 const PEM_BEGIN: &str = "-----BEGIN ";
 /// How a secret key file starts (see `nexus_policies::keys`): never a token or a PEM file.
 const SECRET_KEY_PREFIX: &str = "ed25519-secret:";
-/// The longest node id or tenant (a subject token).
-const ID_MAX_LEN: usize = 64;
 const URL_SCHEMES: &[&str] = &["nats", "tls", "ws", "wss"];
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
 
@@ -327,8 +327,17 @@ impl Reader<'_> {
         let log = self.log(&section);
         let section = self.section(root, "outbox");
         let outbox = self.outbox(&section);
-        let section = self.section(root, "ingress");
-        let ingress = self.ingress(&section);
+        let ingress_section = self.section(root, "ingress");
+        let ingress = self.ingress(&ingress_section);
+        if let Some(mode @ (Mode::Hub | Mode::Root)) = mode {
+            let (onward, link) = match mode {
+                Mode::Root => ("local", local.as_ref()),
+                _ => ("uplink", uplink.as_ref()),
+            };
+            if let Some(link) = link {
+                self.redelivery_window(&ingress_section, &ingress, onward, link);
+            }
+        }
         let section = self.section(root, "dead_letter");
         let dead_letter = self.dead_letter(&section);
         let acl = self.acl(root);
@@ -500,7 +509,7 @@ impl Reader<'_> {
         s.dict?;
         let id = self
             .required_text(s, "id", "id = \"edge-msk-01\"")
-            .and_then(|g| self.id(g));
+            .and_then(|g| self.node_id(g));
         let mode = self
             .required_text(s, "mode", "mode = \"member\" (or hub, root)")
             .and_then(|g| self.mode(g));
@@ -1218,6 +1227,43 @@ impl Reader<'_> {
         }
     }
 
+    /// A copy of an event this node forwarded but could not record as done (a crash, a lost
+    /// acknowledgement) is delivered again and must reach the next stream while it still
+    /// drops the repeated event_id: `ingress.duplicate_window` must cover what
+    /// [`IngressConfig::ack_wait`] and the onward link's `request_timeout` add up to.
+    fn redelivery_window(
+        &mut self,
+        s: &Section<'_>,
+        ingress: &IngressConfig,
+        onward: &str,
+        link: &LinkConfig,
+    ) {
+        let needed = IngressConfig::min_duplicate_window(link.request_timeout);
+        if ingress.duplicate_window >= needed
+            || self.reported(&format!("{}.duplicate_window", s.name))
+        {
+            return;
+        }
+        let origin = self.origin_or_fallback(s, "duplicate_window");
+        self.push(
+            ErrorKind::InvalidValue,
+            origin,
+            &format!("{}.duplicate_window", s.name),
+            format!(
+                "{} is shorter than a redelivery needs: a message forwarded but not yet \
+                 acknowledged when the agent crashed (or whose acknowledgement was lost) comes \
+                 back after the consumer's ack wait (a quarter of the window, at most 30s) plus up to \
+                 {onward}.request_timeout ({}), and must still be inside the window to be \
+                 dropped as a copy. Set duplicate_window to at least {} ({} x \
+                 {onward}.request_timeout), or lower {onward}.request_timeout",
+                humantime::format_duration(ingress.duplicate_window),
+                humantime::format_duration(link.request_timeout),
+                humantime::format_duration(needed),
+                IngressConfig::WINDOW_PER_REQUEST_TIMEOUT,
+            ),
+        );
+    }
+
     /// `[iot]` and its `[[iot.sensors]]` (member only, with a tenant).
     fn iot(&mut self, s: &Section<'_>, node: Option<&PartialNode>) -> Option<IotConfig> {
         if !s.present {
@@ -1509,26 +1555,26 @@ impl Reader<'_> {
         s.dict?;
         let topic = self
             .required_text(s, "topic", "topic = \"zigbee2mqtt/{sensor_id}\"")
-            .and_then(|g| match topic_template_problem(&g.value) {
-                None => Some(g.value),
-                Some(problem) => {
+            .and_then(|g| match TopicTemplate::parse(&g.value) {
+                Ok(template) => Some((g.value, template.has_metric())),
+                Err(problem) => {
                     self.push(
                         ErrorKind::InvalidValue,
                         g.origin,
                         &g.path,
                         format!(
-                            "{:?} is not a topic template: {problem} (segments are literals, \
-                             `+`, `{{sensor_id}}` once, `{{metric}}` at most once, and a last \
-                             `#`)",
-                            truncate(&g.value)
+                            "{:?} is not a topic template: {problem} (at most {} segments: \
+                             literals, `+`, `{{sensor_id}}` once, `{{metric}}` at most once, \
+                             and a last `#`)",
+                            truncate(&g.value),
+                            MAX_TOPIC_SEGMENTS,
                         ),
                     );
                     None
                 }
             });
-        let has_metric = topic
-            .as_deref()
-            .is_some_and(|t| t.split('/').any(|seg| seg == "{metric}"));
+        let has_metric = topic.as_ref().is_some_and(|(_, has_metric)| *has_metric);
+        let topic = topic.map(|(topic, _)| topic);
         let payload = match self.optional_text(s, "payload") {
             None if has_metric => Some(PayloadFormat::Number),
             None => Some(PayloadFormat::Json),
@@ -1947,10 +1993,10 @@ impl Reader<'_> {
         let first = tokens.first().copied().unwrap_or_default();
         let bad_token = tokens
             .iter()
-            .find(|t| !matches!(**t, "*" | ">") && !valid_id(t));
+            .find(|t| !matches!(**t, "*" | ">") && ids::check_id(t).is_err());
         let problem = if let Some(token) = bad_token {
             format!(
-                "token {:?} is not 1-{ID_MAX_LEN} chars of [a-z0-9_-] (or a wildcard `*`, `>`)",
+                "token {:?} is not 1-{MAX_ID_LEN} chars of [a-z0-9_-] (or a wildcard `*`, `>`)",
                 truncate(token)
             )
         } else if tokens.len() < 2 {
@@ -2482,9 +2528,10 @@ impl Reader<'_> {
 
     // ---- value checks --------------------------------------------------------------
 
-    /// A subject token: node id or tenant.
+    /// A subject token: a tenant, or a node id ([`Self::node_id`]); the rule is
+    /// [`ids::check_id`], the one tokens and ACLs are checked with.
     fn id(&mut self, got: Got<String>) -> Option<String> {
-        if valid_id(&got.value) {
+        if ids::check_id(&got.value).is_ok() {
             return Some(got.value);
         }
         self.push(
@@ -2492,11 +2539,32 @@ impl Reader<'_> {
             got.origin,
             &got.path,
             format!(
-                "{:?} is not a valid id: use 1-{ID_MAX_LEN} chars of [a-z0-9_-]",
+                "{:?} is not a valid id: use 1-{MAX_ID_LEN} chars of [a-z0-9_-]",
                 got.value
             ),
         );
         None
+    }
+
+    /// `node.id`: an id ([`Self::id`]) that is not reserved ([`ids::check_node_id`]: `local`
+    /// names the apps on the node in `[[acl]]`, and no token is issued to it).
+    fn node_id(&mut self, got: Got<String>) -> Option<String> {
+        if ids::check_id(&got.value).is_ok() {
+            if let Err(reason) = ids::check_node_id(&got.value) {
+                self.push(
+                    ErrorKind::BadId,
+                    got.origin,
+                    &got.path,
+                    format!(
+                        "{:?} cannot be a node id: {reason}. Choose another id, e.g. \
+                         id = \"edge-msk-01\"",
+                        got.value
+                    ),
+                );
+                return None;
+            }
+        }
+        self.id(got)
     }
 
     fn mode(&mut self, got: Got<String>) -> Option<Mode> {
@@ -2657,37 +2725,6 @@ enum Flow {
     Down,
 }
 
-/// What is wrong with an `[[iot.sensors]]` topic template, if anything.
-pub(crate) fn topic_template_problem(template: &str) -> Option<String> {
-    if template.is_empty() {
-        return Some("it is empty".to_owned());
-    }
-    let segments: Vec<&str> = template.split('/').collect();
-    let mut sensor = 0;
-    let mut metric = 0;
-    for (index, segment) in segments.iter().enumerate() {
-        match *segment {
-            "{sensor_id}" => sensor += 1,
-            "{metric}" => metric += 1,
-            "+" => {}
-            "#" if index + 1 == segments.len() => {}
-            "#" => return Some("`#` may only be the last segment".to_owned()),
-            literal if literal.contains(['+', '#', '{', '}']) => {
-                return Some(format!(
-                    "segment {literal:?} mixes text with `+`, `#` or a placeholder"
-                ))
-            }
-            _ => {}
-        }
-    }
-    match (sensor, metric) {
-        (0, _) => Some("it has no `{sensor_id}` segment".to_owned()),
-        (2.., _) => Some("`{sensor_id}` appears more than once".to_owned()),
-        (_, 2..) => Some("`{metric}` appears more than once".to_owned()),
-        _ => None,
-    }
-}
-
 /// A metric name: 1-64 chars of `[A-Za-z0-9_.-]`.
 fn valid_metric_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -2772,14 +2809,6 @@ fn valid_server_name(name: &str) -> bool {
         && !name.starts_with(['.', '-'])
 }
 
-/// A subject token: 1..=64 of `[a-z0-9_-]`.
-pub(crate) fn valid_id(id: &str) -> bool {
-    (1..=ID_MAX_LEN).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 /// What is wrong with a comma-separated NATS URL list, if anything.
 fn url_problem(list: &str) -> Option<String> {
     for entry in list.split(',').map(str::trim) {
@@ -2838,18 +2867,6 @@ fn valid_jetstream_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_are_subject_tokens_of_at_most_64_chars() {
-        assert!(valid_id("edge-msk-01"));
-        assert!(valid_id("salon_001"));
-        assert!(valid_id(&"a".repeat(64)));
-        assert!(!valid_id(&"a".repeat(65)));
-        assert!(!valid_id(""));
-        assert!(!valid_id("Edge-01"));
-        assert!(!valid_id("edge.01"));
-        assert!(!valid_id("edge 01"));
-    }
 
     #[test]
     fn url_lists_accept_the_four_nats_schemes_only() {

@@ -361,3 +361,73 @@ local = \"app.booking\"
         assert!(line.contains(error.key.as_deref().unwrap_or("?")), "{line}");
     }
 }
+
+/// The config warns (it does not refuse) when a down rule delivers commands where an up
+/// rule takes messages, and says how to separate them; disjoint subjects give no warning.
+#[test]
+fn a_down_target_that_an_up_rule_takes_is_warned_about() {
+    let overlapping = format!(
+        "{MEMBER}
+[[bridge.up]]
+local = \"app.booking.*\"
+event = \"booking.*\"
+
+[[bridge.down]]
+command = \"shop.close\"
+local = \"app.shop.close\"
+
+[[bridge.down]]
+command = \"booking.*\"
+local = \"app.booking.*\"
+"
+    );
+    Jail::expect_with(|jail| {
+        setup(jail, &overlapping)?;
+        let config = load(Path::new("member.toml")).expect("valid: only warned about");
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].key, "bridge.down[1].local");
+        assert!(
+            warnings[0].message.contains("bridge.up[0]"),
+            "{}",
+            warnings[0]
+        );
+        assert!(
+            warnings[0].message.contains("app.cmd.booking.*"),
+            "{}",
+            warnings[0]
+        );
+
+        let separate = overlapping.replace(
+            "command = \"booking.*\"\nlocal = \"app.booking.*\"",
+            "command = \"booking.*\"\nlocal = \"app.cmd.booking.*\"",
+        );
+        assert_ne!(separate, overlapping);
+        setup(jail, &separate)?;
+        let config = load(Path::new("member.toml")).expect("valid");
+        assert_eq!(config.warnings(), Vec::new());
+        Ok(())
+    });
+}
+
+/// An empty `[uplink.tls]` requires TLS of a nats:// server: valid, but warned about; with
+/// a tls:// URL or a setting in it, it is what was meant.
+#[test]
+fn an_empty_tls_table_on_clear_text_urls_is_warned_about() {
+    Jail::expect_with(|jail| {
+        let empty = MEMBER.replace(
+            "url = \"nats://hub.example:4222\"\n",
+            "url = \"nats://hub.example:4222\"\n\n[uplink.tls]\n",
+        );
+        setup(jail, &empty)?;
+        let config = load(Path::new("member.toml")).expect("valid");
+        let keys: Vec<String> = config.warnings().into_iter().map(|w| w.key).collect();
+        assert_eq!(keys, ["uplink.tls"]);
+
+        let tls_url = empty.replace("nats://hub.example", "tls://hub.example");
+        setup(jail, &tls_url)?;
+        let config = load(Path::new("member.toml")).expect("valid");
+        assert_eq!(config.warnings(), Vec::new());
+        Ok(())
+    });
+}

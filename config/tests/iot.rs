@@ -134,6 +134,42 @@ fn every_iot_problem_is_reported_at_once() {
     });
 }
 
+/// A topic template has at most 16 segments, the bridge's fixed capacity: `check` refuses
+/// a 17th on its key, with the same rule the bridge compiles templates with, so a config
+/// that `check` passes cannot fail to start the bridge.
+#[test]
+fn a_topic_template_over_16_segments_is_refused() {
+    Jail::expect_with(|jail| {
+        let template = |segments: usize| {
+            let mut parts = vec!["x"; segments - 1];
+            parts.push("{sensor_id}");
+            parts.join("/")
+        };
+        let config = |topic: &str| {
+            format!(
+                "{MEMBER}\n[iot]\nurl = \"mqtt://127.0.0.1\"\n\n[[iot.sensors]]\ntopic = \"{topic}\"\nmetrics = {{ temperature = \"°C\" }}\n"
+            )
+        };
+        setup(jail, &config(&template(16)))?;
+        let config16 = load(Path::new("member.toml")).expect("16 segments are fine");
+        assert_eq!(config16.iot.expect("iot").sensors[0].topic, template(16));
+
+        jail.create_file("member.toml", &config(&template(17)))?;
+        let errors = load(Path::new("member.toml")).expect_err("17 segments are refused");
+        assert_eq!(errors.kinds(), vec![ErrorKind::InvalidValue]);
+        let error = errors
+            .find("iot.sensors[0].topic")
+            .expect("an error about iot.sensors[0].topic");
+        assert!(
+            error
+                .message
+                .contains("it has 17 segments, more than 16 (end it with `#` to match deeper"),
+            "{error}"
+        );
+        Ok(())
+    });
+}
+
 /// `[iot]` belongs to members: a hub or root with one is refused.
 #[test]
 fn iot_is_refused_outside_a_member() {

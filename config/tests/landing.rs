@@ -403,3 +403,53 @@ max_age = \"1d\"
         assert!(line.contains("agent.toml"), "{line}");
     }
 }
+
+/// A copy forwarded but not recorded comes back after the consumer's ack wait (a quarter of
+/// the window) plus up to the onward link's request_timeout, and must still be inside
+/// duplicate_window: shorter windows are refused at a root (onward: [local]) and a hub
+/// (onward: [uplink]), naming the key and the least that works; the ack wait follows the
+/// window.
+#[test]
+fn a_duplicate_window_shorter_than_a_redelivery_is_refused() {
+    for (config, link) in [(ROOT, "local"), (HUB, "uplink")] {
+        let errors = refused(&format!("{config}\n[ingress]\nduplicate_window = \"2s\"\n"));
+        assert!(
+            has(
+                &errors,
+                "ingress.duplicate_window",
+                &ErrorKind::InvalidValue
+            ),
+            "{errors}"
+        );
+        let message = &errors
+            .find("ingress.duplicate_window")
+            .expect("on its key")
+            .message;
+        assert!(message.contains("at least 20s"), "{message}");
+        assert!(
+            message.contains(&format!("{link}.request_timeout")),
+            "{message}"
+        );
+
+        // A faster onward link allows a shorter window: 4 x 250ms.
+        let fast = config.replace(
+            &format!("[{link}]\n"),
+            &format!("[{link}]\nrequest_timeout = \"250ms\"\n"),
+        );
+        let short = format!("{fast}\n[ingress]\nduplicate_window = \"1s\"\n");
+        Jail::expect_with(|jail| {
+            setup(jail, &short)?;
+            let config = load(Path::new("agent.toml")).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(config.ingress.ack_wait(), Duration::from_millis(250));
+            assert_eq!(config.ingress.max_retry_delay(), Duration::from_millis(250));
+            Ok(())
+        });
+    }
+    // The default window (2 min) with the default request_timeout (5s): 30s ack wait.
+    Jail::expect_with(|jail| {
+        setup(jail, ROOT)?;
+        let config = load(Path::new("agent.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.ingress.ack_wait(), Duration::from_secs(30));
+        Ok(())
+    });
+}

@@ -408,6 +408,33 @@ fn a_bad_node_id_is_refused() {
     });
 }
 
+/// `local` names the apps on the node itself (the ACL principal; policies never let a
+/// token be issued to it): as `node.id` it is refused on its key, with the fix, from the
+/// file and from the environment alike.
+#[test]
+fn the_reserved_node_id_local_is_refused() {
+    Jail::expect_with(|jail| {
+        setup(jail, &member_with("\"edge-01\"", "\"local\""))?;
+        let errors = load_err();
+        assert_eq!(errors.kinds(), vec![ErrorKind::BadId]);
+        assert_eq!(
+            errors.to_string(),
+            "member.toml: node.id: \"local\" cannot be a node id: `local` is reserved: it is the \
+             ACL principal of the apps on the node itself. Choose another id, e.g. \
+             id = \"edge-msk-01\""
+        );
+
+        jail.create_file("member.toml", MEMBER)?;
+        jail.set_env("NEXUS_NODE__ID", "local");
+        let errors = load_err();
+        let error = errors.find("node.id").expect("an error about node.id");
+        assert_eq!(error.kind, ErrorKind::BadId);
+        assert_eq!(error.origin, Origin::Env("NEXUS_NODE__ID".to_owned()));
+        assert!(error.message.contains("Choose another id"), "{error}");
+        Ok(())
+    });
+}
+
 /// A tenant follows the same rules as a node id.
 #[test]
 fn a_bad_tenant_is_refused() {
@@ -789,9 +816,11 @@ fn every_example_config_passes_validation() {
                 );
                 assert_eq!(
                     bridge.down[0].rewrite.apply("booking.cancel").as_deref(),
-                    Some("app.booking.cancel")
+                    Some("app.cmd.booking.cancel")
                 );
             }
+            // The examples are what `check` takes without a warning.
+            assert_eq!(config.warnings(), Vec::new(), "{file}");
             if mode == Mode::Root {
                 let names: Vec<&str> = config
                     .landing

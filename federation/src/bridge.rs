@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::command;
 use crate::deadletter::STAGE_BRIDGE;
 use crate::envelope::{Encoding, Envelope};
 use crate::ingress::RejectedMessage;
@@ -178,6 +179,13 @@ impl UpBridge {
             let mut work = Vec::with_capacity(chunk.len());
             for (index, message) in chunk {
                 if self.first_rule(message.subject.as_str()) != Some(index) {
+                    continue;
+                }
+                if command::is_own_delivery(message.reply.as_ref().map(|r| r.as_str())) {
+                    // A command this agent delivered to an app on a subject an up rule also
+                    // takes: the app answers it; bridging it would send the command back up
+                    // as an event and race the app's reply with an acknowledgement.
+                    debug!(subject = %message.subject, "Own command delivery; left to the app.");
                     continue;
                 }
                 self.counters.received.fetch_add(1, Ordering::Relaxed);

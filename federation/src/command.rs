@@ -51,6 +51,35 @@ pub const MAX_COMMAND_BYTES: usize = MAX_ENVELOPE_BYTES;
 /// The reply suffix of a command's event name.
 pub const RESULT_SUFFIX: &str = "result";
 
+/// The reply subject of every command this process delivers to a local app
+/// (`_INBOX.nexus-cmd.{random}.{request}`), fixed for the process' life. A `[[bridge.up]]`
+/// rule whose pattern also takes the delivery subject sees the delivered request too: the
+/// up-bridge recognises the agent's own deliveries by this reply prefix and leaves them to
+/// the app, so a command never comes back up as an event and its reply is the app's.
+pub fn delivery_inbox_prefix() -> &'static str {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| format!("_INBOX.nexus-cmd.{}", uuid::Uuid::now_v7().simple()))
+}
+
+/// A fresh reply subject for one delivery to a local app, under
+/// [`delivery_inbox_prefix`].
+pub fn delivery_inbox() -> String {
+    format!(
+        "{}.{}",
+        delivery_inbox_prefix(),
+        uuid::Uuid::now_v7().simple()
+    )
+}
+
+/// Whether a local message with this reply subject is a command this process delivered.
+pub fn is_own_delivery(reply: Option<&str>) -> bool {
+    reply.is_some_and(|reply| {
+        reply
+            .strip_prefix(delivery_inbox_prefix())
+            .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
 /// A command sealed for sending.
 #[derive(Debug, Clone)]
 pub struct SealedCommand {

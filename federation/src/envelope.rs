@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use nexus_policies::ids;
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -200,18 +201,12 @@ impl Envelope {
         if parse_ts(&self.ts).is_none() {
             return invalid("ts", "not an RFC 3339 timestamp".into());
         }
-        if !subject::is_valid_id(&self.source) {
-            return invalid(
-                "source",
-                "not a valid node id ([a-z0-9_-], 1-64 chars)".into(),
-            );
+        if let Err(reason) = ids::check_node_id(&self.source) {
+            return invalid("source", format!("not a valid node id: {reason}"));
         }
         if let Some(tenant) = &self.tenant {
-            if !subject::is_valid_id(tenant) {
-                return invalid(
-                    "tenant",
-                    "not a valid tenant id ([a-z0-9_-], 1-64 chars)".into(),
-                );
+            if let Err(reason) = ids::check_id(tenant) {
+                return invalid("tenant", format!("not a valid tenant id: {reason}"));
             }
         }
         for (field, value) in [
@@ -358,6 +353,16 @@ mod tests {
     fn invalid_fields_are_named() {
         let mut envelope = sample();
         envelope.source = "Edge 01".into();
+        assert!(matches!(
+            envelope.validate(),
+            Err(EnvelopeError::Invalid {
+                field: "source",
+                ..
+            })
+        ));
+        // `local` is the ACL principal of the apps on a node, never a node.
+        let mut envelope = sample();
+        envelope.source = "local".into();
         assert!(matches!(
             envelope.validate(),
             Err(EnvelopeError::Invalid {

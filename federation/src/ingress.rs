@@ -230,7 +230,9 @@ impl Ingress {
                     durable_name: Some(self.config.consumer.clone()),
                     ack_policy: AckPolicy::Explicit,
                     deliver_policy: DeliverPolicy::All,
-                    ack_wait: Duration::from_secs(30),
+                    // Derived from duplicate_window: a message forwarded just before a
+                    // crash comes back while its copy is still dropped by event_id.
+                    ack_wait: self.config.ack_wait(),
                     max_ack_pending: i64::try_from(self.config.batch * 4).unwrap_or(1024),
                     ..Default::default()
                 },
@@ -440,15 +442,20 @@ impl Ingress {
                     {
                         warn!(%error, delivered, max_deliver = self.config.max_deliver, link = destination.role(), "Forwarding failed; the message will be retried.");
                     }
-                    let delay = RETRY.delay_now(delivered.saturating_sub(1));
+                    // The failed publish may have been stored (its PubAck lost): its
+                    // retry must reach the next stream inside duplicate_window.
+                    let delay = RETRY
+                        .delay_now(delivered.saturating_sub(1))
+                        .min(self.config.max_retry_delay());
                     let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                 }
             }
         }
         if let Some(landed) = landed {
             // Remembered only after the landing's PubAck (all of the batch at once): a crash
-            // before the put leaves a redelivery to JetStream's own window (seconds later,
-            // well inside it).
+            // before the put leaves the copy to JetStream's own window, which the
+            // redelivery reaches within the consumer's ack wait (a quarter of the window;
+            // config refuses windows too short for that) once an instance consumes again.
             let puts = join_all(
                 forwarded
                     .iter()

@@ -1,10 +1,10 @@
 //! A NATS connection that starts without its server, reconnects forever with backoff,
 //! notices a dead peer within a few ping intervals, and publishes its state on a `watch`.
 //!
-//! Pitfalls designed around (see PITFALLS.md): `retry_on_initial_connect` is on, so an edge
-//! agent starts while its uplink is down; the ping interval defaults to 5 s, not NATS' 60 s;
-//! state changes are logged once, and a failing reconnect is logged once per distinct
-//! error, not on every attempt.
+//! Pitfalls designed around (see docs/pitfalls.md, "async-nats"): `retry_on_initial_connect`
+//! is on, so an edge agent starts while its uplink is down; the ping interval defaults to
+//! 5 s, not NATS' 60 s; state changes are logged once, and a failing reconnect is logged
+//! once per distinct error, not on every attempt.
 //!
 //! TLS (`[uplink.tls]`, `tls://`) is required when configured, with a `rustls::ClientConfig`
 //! built by [`crate::tls`]; a link in clear to another machine is warned about once, at start.
@@ -102,6 +102,7 @@ impl Link {
         );
 
         let (tls, cert_failures) = tls_settings(role, config, &url_for_log)?;
+        let tls_required = tls.is_some();
         let events_tx = Arc::clone(&tx);
         let events_url = url_for_log.clone();
         let options = async_nats::ConnectOptions::new()
@@ -120,7 +121,10 @@ impl Link {
                 let last_logged_error = Arc::clone(&last_logged_error);
                 let url = events_url.clone();
                 let cert_failures = cert_failures.clone();
-                async move { on_event(role, &url, event, &tx, &last_logged_error, &cert_failures) }
+                async move {
+                    let tls = tls_required.then_some(&cert_failures);
+                    on_event(role, &url, event, &tx, &last_logged_error, tls)
+                }
             });
         let options = match tls {
             Some(tls) => options.require_tls(true).tls_client_config(tls),
@@ -224,20 +228,37 @@ fn tls_settings(
     Ok((Some(tls.config), tls.failures))
 }
 
+/// Says which servers of a link that requires TLS do not offer it (the handshake with them
+/// fails with a bare "IO error").
+async fn explain_tls_failure(role: &'static str, url: String) {
+    let plain = tls::servers_without_tls(&url, std::time::Duration::from_secs(2)).await;
+    if !plain.is_empty() {
+        warn!(
+            link = role,
+            server = %plain.join(","),
+            "This server does not offer TLS, but the link requires it ([{role}.tls] is present \
+             or a URL is tls://). Remove [{role}.tls] and use nats:// URLs for a plain server, \
+             or enable TLS on the server."
+        );
+    }
+}
+
 fn on_event(
     role: &'static str,
     url: &str,
     event: async_nats::Event,
     tx: &watch::Sender<LinkState>,
     last_logged_error: &Mutex<Option<String>>,
-    cert_failures: &tls::CertFailures,
+    tls: Option<&tls::CertFailures>,
 ) {
     use async_nats::Event;
     let now = OffsetDateTime::now_utc();
     match event {
         Event::Connected => {
             info!(link = role, %url, "Link connected.");
-            cert_failures.take();
+            if let Some(cert_failures) = tls {
+                cert_failures.take();
+            }
             if let Ok(mut last) = last_logged_error.lock() {
                 *last = None;
             }
@@ -257,10 +278,12 @@ fn on_event(
         }
         Event::ClientError(error) => {
             // async-nats reports only the kind ("IO error"); add why the server's
-            // certificate was refused, when that is what happened.
-            let error = match cert_failures.take() {
-                Some(why) => format!("{error}: {why}"),
-                None => error.to_string(),
+            // certificate was refused, when that is what happened, or that this link
+            // requires TLS, which a server without TLS fails exactly like this.
+            let (error, tls_unexplained) = match tls.map(tls::CertFailures::take) {
+                Some(Some(why)) => (format!("{error}: {why}"), false),
+                Some(None) => (error.to_string(), true),
+                None => (error.to_string(), false),
             };
             let first_of_its_kind = match last_logged_error.lock() {
                 Ok(mut last) if last.as_deref() != Some(error.as_str()) => {
@@ -271,6 +294,9 @@ fn on_event(
             };
             if first_of_its_kind {
                 warn!(link = role, %url, %error, "Link cannot connect; retrying until it can.");
+                if tls_unexplained {
+                    tokio::spawn(explain_tls_failure(role, url.to_owned()));
+                }
             } else {
                 debug!(link = role, %url, %error, "Link connect attempt failed.");
             }

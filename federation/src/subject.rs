@@ -5,6 +5,10 @@
 //!   end with the source node id (`nexus._core.edge.health.edge-msk-01`);
 //! - the federation's own plumbing lives under `_nexus.>`, which local apps can never
 //!   publish to: a tier's ingress is `_nexus.ingress.{event subject}`.
+//!
+//! Ids inside subjects follow `nexus_policies::ids`, the one owner of the id rules.
+
+use nexus_policies::ids;
 
 /// The prefix of every federated event subject.
 pub const EVENT_PREFIX: &str = "nexus";
@@ -18,16 +22,10 @@ pub const INGRESS_PREFIX: &str = "_nexus.ingress";
 /// the node's parent (or the root's own NATS, for the root).
 pub const COMMAND_PREFIX: &str = "_nexus.cmd";
 
-/// The longest node id or tenant accepted.
-pub const MAX_ID_LEN: usize = 64;
-
-/// Whether `token` is a valid id (node id, tenant): 1..=64 chars of `[a-z0-9_-]`.
+/// Whether `token` is a valid id (node id, tenant, a token of an event name): the rule of
+/// [`ids::check_id`] (1..=64 chars of `[a-z0-9_-]`), as a yes or no.
 pub fn is_valid_id(token: &str) -> bool {
-    !token.is_empty()
-        && token.len() <= MAX_ID_LEN
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    ids::check_id(token).is_ok()
 }
 
 /// Whether `name` is a valid event name: two or more dot-separated tokens of
@@ -70,7 +68,7 @@ pub fn command_subject(node: &str, command: &str) -> String {
 pub fn parse_command_subject(subject: &str) -> Option<(&str, &str)> {
     let rest = subject.strip_prefix(COMMAND_PREFIX)?.strip_prefix('.')?;
     let (node, command) = rest.split_once('.')?;
-    (is_valid_id(node) && is_valid_event_name(command)).then_some((node, command))
+    (ids::check_node_id(node).is_ok() && is_valid_event_name(command)).then_some((node, command))
 }
 
 #[cfg(test)]
@@ -132,6 +130,7 @@ mod tests {
             "_nexus.cmd.edge-01",
             "_nexus.cmd.edge-01.ping",
             "_nexus.cmd.Edge.agent.ping",
+            "_nexus.cmd.local.agent.ping",
             "_nexus.cmdx.edge-01.agent.ping",
             "nexus.cmd.edge-01.agent.ping",
         ] {

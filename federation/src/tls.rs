@@ -17,7 +17,7 @@
 //! The files are read once, when the link is set up: a rotated certificate or key takes
 //! effect at the agent's next start.
 //!
-//! Crypto provider (see PITFALLS.md, "rustls crypto provider"): exactly one, ring, in the
+//! Crypto provider (see docs/pitfalls.md, "rustls crypto provider"): exactly one, ring, in the
 //! whole binary. [`install_crypto_provider`] makes it the process default at start; the
 //! configs built here name it explicitly as well, so they never depend on that call.
 
@@ -407,6 +407,78 @@ pub fn url_host(url: &str) -> Option<&str> {
         host_port.split(':').next().unwrap_or_default()
     };
     (!host.is_empty()).then_some(host)
+}
+
+/// The servers of `urls` (`nats://` or `tls://`) that answer in clear with an `INFO` that
+/// offers no TLS (`tls_required` and `tls_available` both absent or false), as `host:port`.
+/// A link that requires TLS never gets past such a server's handshake, and async-nats says
+/// only "IO error": this tells why. A server that cannot be reached, or answers anything
+/// else, is not listed (the connect error already says what is wrong).
+pub async fn servers_without_tls(urls: &str, timeout: std::time::Duration) -> Vec<String> {
+    let mut plain = Vec::new();
+    for url in urls.split(',').map(str::trim) {
+        if !matches!(scheme(url), Some(s) if s.eq_ignore_ascii_case("nats") || s.eq_ignore_ascii_case("tls"))
+        {
+            continue;
+        }
+        let Some(host) = url_host(url) else { continue };
+        let port = url_port(url).unwrap_or(4222);
+        let address = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let info = tokio::time::timeout(timeout, first_line(&address)).await;
+        if let Ok(Some(line)) = info {
+            if offers_no_tls(&line) {
+                plain.push(address);
+            }
+        }
+    }
+    plain
+}
+
+/// The first line a server sends (at most 4 KiB), if it can be read.
+async fn first_line(address: &str) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let mut line = Vec::with_capacity(512);
+    let mut buffer = [0u8; 512];
+    while !line.contains(&b'\n') && line.len() < 4096 {
+        let n = stream.read(&mut buffer).await.ok()?;
+        if n == 0 {
+            break;
+        }
+        line.extend_from_slice(&buffer[..n]);
+    }
+    let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    String::from_utf8(line[..end].to_vec()).ok()
+}
+
+/// Whether a NATS `INFO {…}` line offers no TLS at all.
+fn offers_no_tls(line: &str) -> bool {
+    let Some(json) = line.trim_end().strip_prefix("INFO ") else {
+        return false;
+    };
+    let Ok(info) = serde_json::from_str::<serde_json::Value>(json) else {
+        return false;
+    };
+    let flag = |key: &str| info.get(key).and_then(serde_json::Value::as_bool) == Some(true);
+    !flag("tls_required") && !flag("tls_available")
+}
+
+/// The port of one URL, if written: `nats://user:pw@[::1]:4223/x` → 4223.
+fn url_port(url: &str) -> Option<u16> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let port = match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once("]:")?.1,
+        None => host_port.rsplit_once(':')?.1,
+    };
+    port.parse().ok()
 }
 
 /// Whether `host` is this machine: `localhost` (and `*.localhost`, RFC 6761), 127.0.0.0/8,

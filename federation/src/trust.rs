@@ -112,6 +112,93 @@ struct KnownChain {
     confirmed: bool,
 }
 
+/// What a payload field of one of the agent's own events names about the node that created
+/// it, and so must agree with its verified token.
+#[derive(Debug, Clone, Copy)]
+enum OriginField {
+    /// The node's id.
+    NodeId,
+    /// The node's tier (`member`, `hub`, `root`): the token's role.
+    Mode,
+    /// The signer's public key (`ed25519:…`).
+    SignerKey,
+}
+
+/// The agent's own events, and the payload fields in which they name their origin. Other
+/// node-naming fields are about someone else on purpose: `audit.rejected`'s `signer` is the
+/// refused message's, `audit.cap_token_issued`'s `node_id` the new token's holder.
+const ORIGIN_FIELDS: &[(&str, &[(&str, OriginField)])] = &[
+    (
+        "edge.health",
+        &[
+            ("node_id", OriginField::NodeId),
+            ("mode", OriginField::Mode),
+        ],
+    ),
+    (
+        "agent.ping.result",
+        &[
+            ("node_id", OriginField::NodeId),
+            ("mode", OriginField::Mode),
+        ],
+    ),
+    (
+        "agent.health.result",
+        &[
+            ("node_id", OriginField::NodeId),
+            ("mode", OriginField::Mode),
+        ],
+    ),
+    ("audit.rejected", &[("node_id", OriginField::NodeId)]),
+    ("audit.outbox_loss", &[("node_id", OriginField::NodeId)]),
+    (
+        "audit.cap_token_issued",
+        &[("issuer_key", OriginField::SignerKey)],
+    ),
+];
+
+/// A node may speak only for itself: every payload field of its own kind of event that
+/// names the node that created it must be the verified signer's, as `source` must be (a
+/// heartbeat from `edge-01` whose `node_id` says `edge-02` would fool any consumer that
+/// reads the payload). A field that is absent names no one and is not required here.
+fn payload_names_origin(
+    envelope: &Envelope,
+    grant: &VerifiedGrant,
+    signer: &PublicKey,
+) -> Result<(), Rejection> {
+    let Some((_, fields)) = ORIGIN_FIELDS
+        .iter()
+        .find(|(name, _)| *name == envelope.event_name)
+    else {
+        return Ok(());
+    };
+    for (field, names) in *fields {
+        let Some(value) = envelope.payload.get(*field) else {
+            continue;
+        };
+        let expected = match names {
+            OriginField::NodeId => grant.node_id().to_owned(),
+            OriginField::Mode => grant.role().to_string(),
+            OriginField::SignerKey => signer.to_string(),
+        };
+        if value.as_str() != Some(expected.as_str()) {
+            return Err(Rejection::new(
+                "source_spoofing",
+                format!(
+                    "{} payload.{field} is {value} but the signer's token is for {} `{expected}`",
+                    envelope.event_name,
+                    match names {
+                        OriginField::NodeId => "node",
+                        OriginField::Mode => "role",
+                        OriginField::SignerKey => "key",
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// How long a refused chain is trusted to still be the current one before the registry is
 /// asked again (so a rotated token is picked up, without a lookup per refused message).
 const REFETCH_AFTER: Duration = Duration::from_secs(5);
@@ -228,6 +315,7 @@ impl Gatekeeper {
             return Ok(Admitted::Anchor);
         }
         let grant = self.signer_grant(event, envelope, chain)?;
+        payload_names_origin(envelope, &grant, &event.signer)?;
         if let (Some(tenant), Some(granted)) = (envelope.tenant.as_deref(), grant.tenant()) {
             if tenant != granted {
                 return Err(Rejection::new(
@@ -863,6 +951,93 @@ mod tests {
         assert_eq!(
             admit(&gatekeeper, &key(9), "hub-9", None, t1).err(),
             Some("token_unknown")
+        );
+    }
+
+    #[test]
+    fn the_agents_own_events_speak_only_for_their_signer() {
+        let (root, hub, member) = (key(1), key(2), key(3));
+        let gatekeeper = gatekeeper(&root);
+        let hub_token = token(1, &root, None, "hub-1", &hub, None, Role::Hub, &["nexus.>"]);
+        let chain = Chain::new(vec![
+            token(
+                2,
+                &hub,
+                Some(&hub_token),
+                "edge-01",
+                &member,
+                None,
+                Role::Member,
+                &["nexus._core.>"],
+            ),
+            hub_token,
+        ])
+        .expect("chain");
+        let check = |name: &str, payload: serde_json::Value| {
+            let serde_json::Value::Object(payload) = payload else {
+                panic!("an object")
+            };
+            let envelope = Envelope::new(name, "edge-01", None, payload, OffsetDateTime::now_utc());
+            let event = SignedEvent::seal(&envelope, crate::envelope::Encoding::Json, &member)
+                .expect("seal");
+            gatekeeper
+                .check(&event, &envelope, Some(&chain))
+                .map(|_| ())
+                .map_err(|r| r.reason)
+        };
+        let me = serde_json::json!({"node_id": "edge-01", "mode": "member"});
+        assert_eq!(check("edge.health", me.clone()), Ok(()));
+        assert_eq!(check("agent.ping.result", me), Ok(()));
+        // A field that is absent names no one.
+        assert_eq!(
+            check("edge.health", serde_json::json!({"status": "healthy"})),
+            Ok(())
+        );
+        for (name, payload) in [
+            (
+                "edge.health",
+                serde_json::json!({"node_id": "edge-02", "mode": "member"}),
+            ),
+            (
+                "edge.health",
+                serde_json::json!({"node_id": "edge-01", "mode": "hub"}),
+            ),
+            ("edge.health", serde_json::json!({"node_id": 7})),
+            (
+                "agent.health.result",
+                serde_json::json!({"node_id": "hub-1"}),
+            ),
+            ("audit.rejected", serde_json::json!({"node_id": "root"})),
+            (
+                "audit.outbox_loss",
+                serde_json::json!({"node_id": "edge-02"}),
+            ),
+            (
+                "audit.cap_token_issued",
+                serde_json::json!({"node_id": "edge-01", "issuer_key": hub.public().to_string()}),
+            ),
+        ] {
+            assert_eq!(
+                check(name, payload.clone()),
+                Err("source_spoofing"),
+                "{name} {payload}"
+            );
+        }
+        // Fields about someone else on purpose: the refused message's signer, the holder of
+        // a token this node issued.
+        assert_eq!(
+            check(
+                "audit.rejected",
+                serde_json::json!({"node_id": "edge-01", "signer": hub.public().to_string()})
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                "audit.cap_token_issued",
+                serde_json::json!({"node_id": "edge-09", "issuer_key": member.public().to_string()})
+            ),
+            Ok(())
         );
     }
 

@@ -8,7 +8,7 @@
 //!             resubscribe on ConnAck)          acked in arrival order
 //! ```
 //!
-//! # What rumqttc is told, and why (PITFALLS.md, "rumqttc 0.25")
+//! # What rumqttc is told, and why (docs/pitfalls.md, "rumqttc")
 //! The same for MQTT 3.1.1 and MQTT 5 (`iot.protocol`): the version-specific client is
 //! behind [`crate::mqtt::Mqtt`], and everything here is generic over it. MQTT 5's own
 //! needs (a session expiry interval, Receive Maximum, bytes topics) are listed there.
@@ -523,7 +523,7 @@ impl<P: Mqtt> Poller<P> {
                     if refused {
                         error!(filters = ?self.filters, %codes, "The MQTT broker refused a subscription; those sensors are not read.");
                     } else {
-                        debug!(%codes, "MQTT subscriptions confirmed.");
+                        info!(filters = ?self.filters, "MQTT subscriptions confirmed.");
                     }
                 }
                 Ok(Incoming::Disconnect { reason }) => {

@@ -6,7 +6,8 @@
 //! outbox and refused messages to the dead-letter store.
 //!
 //! # Layout
-//! - `template`: topic templates (`zigbee2mqtt/{sensor_id}`), compiled once, matched
+//! - `template`: topic templates (`zigbee2mqtt/{sensor_id}`), compiled once from the
+//!   config's parse (`nexus_config::TopicTemplate`, the rule `check` applies), matched
 //!   without allocation.
 //! - `mapping`: the `[[iot.sensors]]` rules: topic + payload → readings, or a [`Reason`]
 //!   to refuse. Pure (no I/O, no clock).

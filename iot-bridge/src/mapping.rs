@@ -11,18 +11,21 @@
 
 use heapless::Vec as HVec;
 use nexus_config::{PayloadFormat, SensorRule, MAX_METRICS_PER_RULE};
-use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
+use self::json::{Found, Json};
 use crate::template::{Template, TemplateError};
+
+mod json;
 
 /// The deepest JSON nesting accepted (objects and arrays), checked before parsing.
 pub const MAX_JSON_DEPTH: usize = 16;
 /// The longest sensor id accepted (the topic segment).
 pub const MAX_SENSOR_ID_LEN: usize = 128;
-/// Unix timestamps at or above this are milliseconds (1e11 s is the year 5138).
-const MILLIS_THRESHOLD: f64 = 1e11;
+/// Unix timestamps with this many digits before the point or more (≥ 10¹¹) are
+/// milliseconds (10¹¹ s is the year 5138).
+const MILLIS_FROM_DIGITS: i64 = 12;
 
 /// Why a message was refused: a stable code for counters, logs and the dead-letter store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -265,12 +268,7 @@ impl Rules {
             }
             PayloadFormat::Json => {
                 check_depth(text.as_bytes())?;
-                let doc: Value = serde_json::from_str(text).map_err(|e| {
-                    Reject::new(
-                        Reason::MalformedJson,
-                        format!("payload is not JSON: {}", truncate(&e.to_string(), 200)),
-                    )
-                })?;
+                let doc = Json::parse(text).map_err(malformed)?;
                 let at = match &config.time {
                     Some(pointer) => match doc.pointer(pointer) {
                         Some(value) => parse_time(value)?,
@@ -339,65 +337,127 @@ fn parse_number(text: &str) -> Result<f64, Reject> {
     Ok(value)
 }
 
-/// A JSON value as a number: a number, or a string holding one (some firmwares quote them).
-fn json_number(value: &Value) -> Result<f64, Reject> {
-    match value {
-        // serde_json never yields NaN/Inf from JSON text, but an f64 can overflow to none.
-        Value::Number(n) => n
-            .as_f64()
-            .filter(|v| v.is_finite())
-            .ok_or_else(|| Reject::new(Reason::NonFinite, "not a finite number")),
-        Value::String(text) => parse_number(text.trim()),
+fn malformed(error: serde_json::Error) -> Reject {
+    Reject::new(
+        Reason::MalformedJson,
+        format!("payload is not JSON: {}", truncate(&error.to_string(), 200)),
+    )
+}
+
+/// A JSON value as a number: a number (its text converted here, so that one out of an
+/// `f64`'s range is `non_finite`), or a string holding one (some firmwares quote them).
+fn json_number(value: Json<'_>) -> Result<f64, Reject> {
+    match value.value().map_err(malformed)? {
+        Found::Number(text) => parse_number(text),
+        Found::String(text) => parse_number(text.trim()),
         other => Err(Reject::new(
             Reason::WrongType,
-            format!("expected a number, found {}", json_type(other)),
+            format!("expected a number, found {}", json_type(&other)),
         )),
     }
 }
 
-fn json_type(value: &Value) -> &'static str {
+fn json_type(value: &Found<'_>) -> &'static str {
     match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        Found::Null => "null",
+        Found::Bool => "a boolean",
+        Found::Number(_) => "a number",
+        Found::String(_) => "a string",
+        Found::Array => "an array",
+        Found::Object => "an object",
     }
 }
 
 /// The reading's time: unix seconds or milliseconds (a number), or an RFC 3339 string (a
 /// string without offset, as Tasmota sends, is taken as UTC).
-fn parse_time(value: &Value) -> Result<OffsetDateTime, Reject> {
+fn parse_time(value: Json<'_>) -> Result<OffsetDateTime, Reject> {
     let bad = |what: String| Reject::new(Reason::BadTimestamp, what);
-    match value {
-        Value::Number(n) => {
-            let v = n
-                .as_f64()
-                .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| bad(format!("{n} is not a unix time")))?;
-            let nanos = if v >= MILLIS_THRESHOLD {
-                v * 1e6
-            } else {
-                v * 1e9
-            };
-            // `as` saturates; the range check below refuses what saturated.
-            OffsetDateTime::from_unix_timestamp_nanos(nanos as i128)
-                .map_err(|_| bad(format!("{n} is out of range")))
-        }
-        Value::String(text) => OffsetDateTime::parse(text, &Rfc3339)
+    match value.value().map_err(malformed)? {
+        Found::Number(text) => unix_millis(text)
+            .and_then(|millis| millis.checked_mul(1_000_000))
+            .and_then(|nanos| OffsetDateTime::from_unix_timestamp_nanos(nanos).ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "{} is not a unix time (seconds, or milliseconds from 10^11) in range",
+                    truncate(text, 64)
+                ))
+            }),
+        Found::String(text) => OffsetDateTime::parse(&text, &Rfc3339)
             .or_else(|_| {
                 PrimitiveDateTime::parse(
-                    text,
+                    &text,
                     time::macros::format_description!(
                         "[year]-[month]-[day]T[hour]:[minute]:[second]"
                     ),
                 )
                 .map(PrimitiveDateTime::assume_utc)
             })
-            .map_err(|_| bad(format!("{:?} is not an RFC 3339 time", truncate(text, 64)))),
-        other => Err(bad(format!("expected a time, found {}", json_type(other)))),
+            .map_err(|_| bad(format!("{:?} is not an RFC 3339 time", truncate(&text, 64)))),
+        other => Err(bad(format!("expected a time, found {}", json_type(&other)))),
     }
+}
+
+/// A JSON number (its text) as unix milliseconds, computed exactly from the decimal digits,
+/// never through a float: seconds, or milliseconds when it is 10¹¹ or more, rounded to the
+/// millisecond (the envelope's precision; a half rounds up). `None` when negative or far
+/// out of range.
+fn unix_millis(text: &str) -> Option<i128> {
+    // An i128 holds 38 digits; 30 is well past any time the `time` crate accepts.
+    const MAX_DIGITS: usize = 30;
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i64>().ok()?),
+        None => (text, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    // The value is `digits` × 10^`exponent`, `digits` without leading zeros.
+    let digits: String = whole
+        .chars()
+        .chain(fraction.chars())
+        .skip_while(|c| *c == '0')
+        .collect();
+    if digits.is_empty() {
+        return Some(0);
+    }
+    if negative {
+        return None;
+    }
+    let exponent = exponent.checked_sub(i64::try_from(fraction.len()).ok()?)?;
+    let whole_digits = i64::try_from(digits.len()).ok()?.checked_add(exponent)?;
+    let scale = if whole_digits >= MILLIS_FROM_DIGITS {
+        0
+    } else {
+        3
+    };
+    // Milliseconds = `digits` × 10^`shift`.
+    let shift = exponent.checked_add(scale)?;
+    if let Ok(shift) = u32::try_from(shift) {
+        if whole_digits.checked_add(scale)? > MAX_DIGITS as i64 {
+            return None;
+        }
+        let digits: i128 = digits.parse().ok()?;
+        return digits.checked_mul(10_i128.checked_pow(shift)?);
+    }
+    let dropped = usize::try_from(shift.unsigned_abs()).ok()?;
+    let kept = digits.len().saturating_sub(dropped);
+    if kept > MAX_DIGITS {
+        return None;
+    }
+    let whole_millis: i128 = match kept {
+        0 => 0,
+        _ => digits.get(..kept)?.parse().ok()?,
+    };
+    // The first digit dropped decides; it is an implicit zero when all of them are dropped
+    // and more.
+    let first_dropped = if dropped <= digits.len() {
+        digits.as_bytes().get(kept).copied().unwrap_or(b'0')
+    } else {
+        b'0'
+    };
+    Some(whole_millis + i128::from(first_dropped >= b'5'))
 }
 
 /// Refuses JSON nested deeper than [`MAX_JSON_DEPTH`] without parsing it (serde_json's own

@@ -1,32 +1,16 @@
 //! Topic templates: `zigbee2mqtt/{sensor_id}`, `sensors/{sensor_id}/{metric}`.
 //!
-//! A template is compiled once from the config into segments; matching a topic walks both
-//! without allocating (the captures borrow from the topic).
+//! What a valid template is belongs to the config crate ([`TopicTemplate`]: the validation
+//! refuses exactly what would fail here). This module compiles a parsed template into its
+//! subscription filter, and matches topics against its segments without allocating (the
+//! captures borrow from the topic).
 
-use heapless::Vec as HVec;
-
-/// The most segments a template may have (deeper topics still match a trailing `#`).
-pub const MAX_SEGMENTS: usize = 16;
-
-/// One segment of a template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    /// Must equal the topic's segment.
-    Literal(String),
-    /// `+`: any one segment.
-    Any,
-    /// `{sensor_id}`.
-    SensorId,
-    /// `{metric}`.
-    Metric,
-    /// `#` (last): the rest, possibly nothing.
-    Rest,
-}
+use nexus_config::{TopicSegment, TopicTemplate, TopicTemplateError};
 
 /// A compiled topic template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
-    segments: HVec<Segment, MAX_SEGMENTS>,
+    template: TopicTemplate,
     /// The MQTT subscription filter: placeholders become `+`.
     filter: String,
 }
@@ -40,64 +24,34 @@ pub struct Captures<'t> {
     pub metric: Option<&'t str>,
 }
 
-/// Why a template was refused (the config validation reports the same problems first).
+/// Why a template was refused (the config validation reports the same problem first).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid topic template {template:?}: {reason}")]
 pub struct TemplateError {
     /// The template.
     pub template: String,
     /// What is wrong.
-    pub reason: &'static str,
+    pub reason: TopicTemplateError,
 }
 
 impl Template {
     /// Compiles a template.
     pub fn parse(template: &str) -> Result<Self, TemplateError> {
-        let error = |reason| TemplateError {
+        let template = TopicTemplate::parse(template).map_err(|reason| TemplateError {
             template: template.to_owned(),
             reason,
-        };
-        let parts: Vec<&str> = template.split('/').collect();
-        let mut segments = HVec::new();
-        let (mut sensor, mut metric) = (0, 0);
-        for (index, part) in parts.iter().enumerate() {
-            let segment = match *part {
-                "{sensor_id}" => {
-                    sensor += 1;
-                    Segment::SensorId
-                }
-                "{metric}" => {
-                    metric += 1;
-                    Segment::Metric
-                }
-                "+" => Segment::Any,
-                "#" if index + 1 == parts.len() => Segment::Rest,
-                "#" => return Err(error("`#` may only be the last segment")),
-                literal if literal.contains(['+', '#', '{', '}']) => {
-                    return Err(error("a segment mixes text with `+`, `#` or a placeholder"))
-                }
-                literal => Segment::Literal(literal.to_owned()),
-            };
-            segments
-                .push(segment)
-                .map_err(|_| error("more than 16 segments"))?;
-        }
-        if sensor != 1 {
-            return Err(error("it needs exactly one `{sensor_id}` segment"));
-        }
-        if metric > 1 {
-            return Err(error("`{metric}` appears more than once"));
-        }
-        let filter = segments
+        })?;
+        let filter = template
+            .segments()
             .iter()
             .map(|s| match s {
-                Segment::Literal(text) => text.as_str(),
-                Segment::Any | Segment::SensorId | Segment::Metric => "+",
-                Segment::Rest => "#",
+                TopicSegment::Literal(text) => text.as_str(),
+                TopicSegment::Any | TopicSegment::SensorId | TopicSegment::Metric => "+",
+                TopicSegment::Rest => "#",
             })
             .collect::<Vec<_>>()
             .join("/");
-        Ok(Self { segments, filter })
+        Ok(Self { template, filter })
     }
 
     /// The MQTT topic filter to subscribe to.
@@ -107,7 +61,7 @@ impl Template {
 
     /// Whether the template captures `{metric}`.
     pub fn has_metric(&self) -> bool {
-        self.segments.contains(&Segment::Metric)
+        self.template.has_metric()
     }
 
     /// Matches a topic; placeholders never match an empty segment.
@@ -115,17 +69,17 @@ impl Template {
         let mut parts = topic.split('/');
         let mut sensor_id = None;
         let mut metric = None;
-        for segment in &self.segments {
-            if *segment == Segment::Rest {
+        for segment in self.template.segments() {
+            if *segment == TopicSegment::Rest {
                 return sensor_id.map(|sensor_id| Captures { sensor_id, metric });
             }
             let part = parts.next()?;
             match segment {
-                Segment::Literal(text) if text != part => return None,
-                Segment::SensorId if part.is_empty() => return None,
-                Segment::SensorId => sensor_id = Some(part),
-                Segment::Metric if part.is_empty() => return None,
-                Segment::Metric => metric = Some(part),
+                TopicSegment::Literal(text) if text != part => return None,
+                TopicSegment::SensorId if part.is_empty() => return None,
+                TopicSegment::SensorId => sensor_id = Some(part),
+                TopicSegment::Metric if part.is_empty() => return None,
+                TopicSegment::Metric => metric = Some(part),
                 _ => {}
             }
         }
@@ -169,17 +123,14 @@ mod tests {
         assert_eq!(t.matches("esp/other/s1"), None);
     }
 
+    /// The config's rule, deeper topics included: what `check` refuses is refused here.
     #[test]
-    fn bad_templates_are_refused() {
-        for bad in [
-            "sensors/+x",
-            "a/#/b",
-            "a/{metric}",
-            "a/{sensor_id}/{sensor_id}",
-            "a/{sensor_id}/{metric}/{metric}",
-            "a/x{sensor_id}",
-        ] {
-            assert!(Template::parse(bad).is_err(), "{bad}");
+    fn bad_templates_are_refused_by_the_config_rule() {
+        for bad in ["sensors/+x", "a/#/b", "a/{metric}", ""] {
+            let error = Template::parse(bad).expect_err(bad);
+            assert_eq!(Err(error.reason), TopicTemplate::parse(bad), "{bad}");
         }
+        let seventeen = format!("{}/{{sensor_id}}", ["x"; 16].join("/"));
+        assert!(Template::parse(&seventeen).is_err());
     }
 }

@@ -1,6 +1,11 @@
 //! Node ids and tenant ids: the names that end up inside subjects
 //! (`nexus.{tenant}.…`, `nexus._core.edge.health.{node_id}`), so they are checked wherever
-//! they enter: tokens, ACL principals.
+//! they enter: tokens, ACL principals, the config (`node.id`, `node.tenant`), envelopes and
+//! command subjects.
+//!
+//! The one owner of these rules: the config and federation crates call the functions
+//! below rather than keep their own copies, so `check` refuses exactly what the runtime
+//! would.
 
 /// Longest node or tenant id, in bytes.
 pub const MAX_ID_LEN: usize = 64;
@@ -29,7 +34,7 @@ pub fn check_id(id: &str) -> Result<(), &'static str> {
 pub fn check_node_id(id: &str) -> Result<(), &'static str> {
     check_id(id)?;
     if id == LOCAL {
-        return Err("`local` is reserved for apps on the node itself");
+        return Err("`local` is reserved: it is the ACL principal of the apps on the node itself");
     }
     Ok(())
 }

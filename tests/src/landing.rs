@@ -12,35 +12,75 @@ use futures::StreamExt as _;
 use nexus_federation::{subject, SignedEvent};
 use tokio::time::Instant;
 
+use crate::wait::POLL_INTERVAL;
+
 /// The root's landing stream.
 pub const LANDING: &str = "NEXUS_EVENTS";
 /// Events sent before their PubAcks are awaited.
 pub const BATCH: usize = 256;
+
+/// How long [`member_uplink`] goes on without a single PubAck before it gives up: longer
+/// than any outage a test stages (the longest is 20 s), shorter than the test runner's
+/// 2-minute limit, so a stuck uplink fails with what it saw instead of being killed.
+pub const UPLINK_STALL_DEADLINE: Duration = Duration::from_secs(90);
 
 /// The member's uplink, played by the test: a batch of JetStream publishes into the hub's
 /// ingress, then every PubAck; what was not acked is sent again after a short backoff.
 /// While the client is disconnected it waits for the link instead of queueing into the
 /// client. `acked` counts acknowledged events; returns the publish attempts beyond one per
 /// event.
+///
+/// Panics, with the counts and the last publish error, once [`UPLINK_STALL_DEADLINE`]
+/// passes without an acknowledgement (the link down all that time, or every publish
+/// failing).
 pub async fn member_uplink(
     client: async_nats::Client,
     js: jetstream::Context,
     events: Vec<SignedEvent>,
     acked: Arc<AtomicUsize>,
 ) -> usize {
+    let total = events.len();
     let mut resent = 0;
+    let mut stalled_since = Instant::now();
+    let mut last_error: Option<String> = None;
     for chunk in events.chunks(BATCH) {
         let mut pending: Vec<&SignedEvent> = chunk.iter().collect();
         let mut first = true;
         while !pending.is_empty() {
+            let state = |last_error: &Option<String>| {
+                format!(
+                    "{} of {total} events acknowledged, {} of this batch waiting, no PubAck \
+                     for {UPLINK_STALL_DEADLINE:?}; last publish error: {}",
+                    acked.load(Ordering::SeqCst),
+                    pending.len(),
+                    last_error.as_deref().unwrap_or("none"),
+                )
+            };
+            let remaining = UPLINK_STALL_DEADLINE.saturating_sub(stalled_since.elapsed());
             if !first {
+                assert!(
+                    !remaining.is_zero(),
+                    "the test's member uplink gets no PubAck from the hub's ingress ({})",
+                    state(&last_error)
+                );
                 resent += pending.len();
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(200).min(remaining)).await;
             }
             first = false;
-            while client.connection_state() != async_nats::connection::State::Connected {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let remaining = UPLINK_STALL_DEADLINE.saturating_sub(stalled_since.elapsed());
+            // A plain loop under a timeout, not `wait_until`: its async closure would borrow
+            // the client in a way `tokio::spawn` (which runs this) does not accept as Send.
+            let reconnected = tokio::time::timeout(remaining, async {
+                while client.connection_state() != async_nats::connection::State::Connected {
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                }
+            })
+            .await;
+            assert!(
+                reconnected.is_ok(),
+                "the test's member uplink stays disconnected from the hub's server ({})",
+                state(&last_error)
+            );
             let mut acks = Vec::with_capacity(pending.len());
             for event in &pending {
                 let message = PublishMessage::build()
@@ -53,17 +93,23 @@ pub async fn member_uplink(
             }
             let results = futures::future::join_all(acks.into_iter().map(|sent| async move {
                 match sent {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
+                    Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
                 }
             }))
             .await;
             let before = pending.len();
-            pending = pending
-                .into_iter()
-                .zip(results)
-                .filter_map(|(event, ok)| (!ok).then_some(event))
-                .collect();
+            let mut failed = Vec::new();
+            for (event, result) in pending.into_iter().zip(results) {
+                if let Err(error) = result {
+                    last_error = Some(error);
+                    failed.push(event);
+                }
+            }
+            pending = failed;
+            if pending.len() < before {
+                stalled_since = Instant::now();
+            }
             acked.fetch_add(before - pending.len(), Ordering::SeqCst);
         }
     }

@@ -156,7 +156,7 @@ impl Mosquitto {
              persistence_location {persistence_dir}\n\
              # mosquitto 2.0 queues at most 1000 QoS>0 messages per client by default and DROPS the\n\
              # rest: a subscriber (our agent) slower than a burst of sensors would silently lose\n\
-             # QoS 1 messages (see PITFALLS.md, rumqttc). Size the queue on purpose.\n\
+             # QoS 1 messages (see docs/pitfalls.md, \"mosquitto\"). Size the queue on purpose.\n\
              max_queued_messages 100000\n\
              log_dest stderr\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\

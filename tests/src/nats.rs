@@ -63,7 +63,8 @@ impl NatsServerBuilder {
     }
 
     /// `jetstream { sync_interval: always }`: fsync before every PubAck, as the configs we ship
-    /// for hub/root ingress do (see PITFALLS: a PubAck otherwise precedes the fsync).
+    /// for hub/root ingress do; a PubAck otherwise precedes the fsync (see
+    /// docs/pitfalls.md, "JetStream and nats-server").
     pub fn sync_always(self) -> Self {
         self.jetstream_option("sync_interval: always")
     }

@@ -13,6 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt as _;
+use nexus_e2e::landing::{landed_count, wait_landed};
 use nexus_e2e::{
     agent_bin, collect_until, fleet, keygen, payload_json, wait_until, AgentProcess, Fleet,
 };
@@ -109,8 +110,12 @@ fn reply_of(out: &Output) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn commands_from_the_root_reach_local_apps_and_built_ins_through_the_hub() {
+    // The up rule also takes the command's local subject (a pair `check` warns about):
+    // the agent must leave its own delivery to the app, so the reply is the app's and no
+    // `booking.cancel` event goes up.
     let fed = Federation::start(
-        "[bridge]\n[[bridge.down]]\ncommand = \"booking.cancel\"\nlocal = \"app.booking.cancel\"\n",
+        "[bridge]\n[[bridge.up]]\nlocal = \"app.booking.*\"\nevent = \"booking.*\"\n\
+         [[bridge.down]]\ncommand = \"booking.cancel\"\nlocal = \"app.booking.cancel\"\n",
     )
     .await;
     let mut results = fed
@@ -138,6 +143,9 @@ async fn commands_from_the_root_reach_local_apps_and_built_ins_through_the_hub()
                 .and_then(|h| h.get("Nexus-Correlation-Id"))
                 .map(|v| v.as_str().to_owned());
             let _ = seen_tx.send(correlation);
+            // A slow app (scenario, not synchronisation): an echo of the agent's own would
+            // answer first.
+            tokio::time::sleep(Duration::from_millis(300)).await;
             let answer = json!({"cancelled": true, "booking": asked["id"]});
             if let Some(reply) = request.reply {
                 app.publish(reply, answer.to_string().into())
@@ -204,6 +212,34 @@ async fn commands_from_the_root_reach_local_apps_and_built_ins_through_the_hub()
     let event = payload_json(&landed[0]);
     assert_eq!(event["correlation_id"], correlation.as_str());
     assert_eq!(event["event_id"], reply["event_id"]);
+    assert_eq!(
+        event["payload"],
+        json!({"cancelled": true, "booking": "b-7"})
+    );
+
+    // The command did not go back up as an event: an app event published after it lands,
+    // and the journal holds no `booking.cancel` (it would have been queued before it).
+    let marker = fed
+        .app
+        .request(
+            "app.booking.created",
+            json!({"booking_id": "b-8"}).to_string().into(),
+        )
+        .await
+        .expect("the up-bridge answers");
+    let marker: Value = serde_json::from_slice(&marker.payload).expect("JSON answer");
+    assert_eq!(marker["ok"], true, "{marker}");
+    let root_js = async_nats::jetstream::new(fed.root_client.clone());
+    let created = wait_landed(&root_js, "nexus.salon-001.booking.created", 1, DEADLINE).await;
+    assert_eq!(
+        created, 1,
+        "the app event published after the command lands"
+    );
+    assert_eq!(
+        landed_count(&root_js, "nexus.salon-001.booking.cancel").await,
+        0,
+        "a delivered command came back up as an event"
+    );
 
     // A command no rule takes, and a built-in that does not exist: clear errors, exit 1.
     for command in ["shop.close", "agent.reboot"] {

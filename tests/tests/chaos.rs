@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use bytes::Bytes;
 use nexus_e2e::landing::{landed_count, member_uplink, read_landed, LANDING};
-use nexus_e2e::{fleet, wait_until, AgentProcess, Fleet, NatsServer};
+use nexus_e2e::{fleet, wait_until, AgentProcess, Fleet, Launch, NatsServer};
 use nexus_federation::trust::{key_id, CHAINS_BUCKET};
 use nexus_federation::{subject, Encoding, Envelope, Outbox, OutboxOptions, SignedEvent};
 use nexus_policies::SecretKey;
@@ -64,8 +64,22 @@ impl Chaos {
 
     /// [`Self::start`] with `root_extra` and `hub_extra` appended to their configs.
     async fn start_with(fleet: Fleet, root_extra: &str, hub_extra: &str) -> Self {
-        let root = fleet.spawn(fleet::ROOT, root_extra);
-        let hub = fleet.spawn(fleet::HUB, hub_extra);
+        Self::start_env(fleet, (root_extra, &[]), (hub_extra, &[])).await
+    }
+
+    /// [`Self::start_with`], with config overrides from the environment too (`NEXUS_…`),
+    /// for keys the fleet's config already sets.
+    async fn start_env(
+        fleet: Fleet,
+        (root_extra, root_env): (&str, &[(&str, &str)]),
+        (hub_extra, hub_env): (&str, &[(&str, &str)]),
+    ) -> Self {
+        let launch = |env: &[(&str, &str)]| Launch {
+            env: env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            ..Launch::default()
+        };
+        let root = fleet.spawn_with(fleet::ROOT, root_extra, &launch(root_env));
+        let hub = fleet.spawn_with(fleet::HUB, hub_extra, &launch(hub_env));
         let hub_client = fleet.hub_nats.client().await;
         let hub_js = jetstream::new(hub_client.clone());
         let root_js = jetstream::new(fleet.root_nats.client().await);
@@ -499,13 +513,65 @@ async fn a_message_failing_onward_max_deliver_times_is_dead_lettered() {
     assert!(chaos.root.is_running(), "the root survives");
 }
 
+/// The root agent is SIGKILLed three times while 5,000 events flow, with a short
+/// `duplicate_window` (8 s; its onward PubAcks awaited at most 1 s): what it had landed but
+/// not yet recorded as landed comes back after the consumer's ack wait, derived from the
+/// window (2 s), and is dropped by the journal's dedup. With the ack wait of 30 s the root
+/// had before, those copies came back after the window and were stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_killed_mid_stream_with_a_short_window_lands_each_event_once() {
+    let chaos = Chaos::start_env(
+        durable_fleet(),
+        (
+            "[ingress]\nduplicate_window = \"8s\"\n",
+            &[("NEXUS_LOCAL__REQUEST_TIMEOUT", "1s")],
+        ),
+        ("", &[]),
+    )
+    .await;
+    let events = chaos.events(EVENTS);
+    let sent = ids(&events);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let sender = chaos.send(events, Arc::clone(&acked));
+    for kill in 1..=3 {
+        let before = chaos
+            .wait_landed(CHAOS_SUBJECT, kill * EVENTS / 5, SETTLE)
+            .await;
+        assert!(
+            before >= kill * EVENTS / 5,
+            "only {before} landed before kill {kill}"
+        );
+        chaos.root.kill();
+        chaos.root.restart();
+    }
+    tokio::time::timeout(SETTLE, sender)
+        .await
+        .expect("every event is acknowledged by the hub's server")
+        .expect("the sender does not panic");
+    let landed = chaos.wait_landed(CHAOS_SUBJECT, EVENTS, SETTLE).await;
+    eprintln!("landed in the end: {landed}");
+    let report = chaos
+        .assert_all_landed("root agent SIGKILL x3, 8 s window", &sent, CHAOS_SUBJECT)
+        .await;
+    assert_eq!(
+        report.duplicates_in_stream, 0,
+        "copies stored twice in the journal: {report:?}"
+    );
+}
+
 /// An event resent after an outage longer than every JetStream `duplicate_window` on its way
 /// (1 s here, at the hub's ingress, the root's ingress and the landing) passes every stream's
 /// dedup, and is still dropped at the root by the `NEXUS_LANDED` bucket of landed event_ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_resent_after_the_duplicate_window_lands_once() {
+    // The shortest window the config allows with onward PubAcks awaited 250 ms.
     let short = "[ingress]\nduplicate_window = \"1s\"\n";
-    let chaos = Chaos::start_with(durable_fleet(), short, short).await;
+    let chaos = Chaos::start_env(
+        durable_fleet(),
+        (short, &[("NEXUS_LOCAL__REQUEST_TIMEOUT", "250ms")]),
+        (short, &[("NEXUS_UPLINK__REQUEST_TIMEOUT", "250ms")]),
+    )
+    .await;
     let mut events = chaos.events(2);
     let later = events.pop().expect("two");
     let first = events.pop().expect("two");

@@ -285,7 +285,7 @@ fn readings(messages: &[async_nats::Message]) -> BTreeMap<(String, String), f64>
 /// Messages from `mosquitto_pub` (a zigbee2mqtt object with three metrics, a Tasmota
 /// SENSOR object, a plain number) and from a rumqttc publisher reach the root as signed
 /// `iot.sensor_data@1` envelopes from the member, with the payload's own time when it has
-/// one.
+/// one, to the millisecond (zigbee2mqtt's epoch milliseconds included).
 #[tokio::test(flavor = "multi_thread")]
 async fn sensor_messages_arrive_at_the_root_as_signed_typed_envelopes() {
     sensor_messages_arrive(Protocol::V311).await;
@@ -316,14 +316,18 @@ async fn sensor_messages_arrive(protocol: Protocol) {
         "tele/plug-1/SENSOR",
         r#"{"Time":"2025-06-15T16:13:20","ENERGY":{"Total":1.5,"Power":42,"Voltage":231}}"#,
     );
+    site.publish(
+        "zigbee2mqtt/0x00158d0001a2b3c5",
+        r#"{"temperature":20.5,"last_seen":1749996800365}"#,
+    );
     site.publish("sensors/esp32-01/temperature", "23.5");
     rumqttc_publish(
         &site.broker,
         vec![("sensors/esp32-02/co2".to_owned(), b"612".to_vec())],
     )
     .await;
-    let landed = collect_until("six sensor envelopes", &mut site.landed, DEADLINE, |m| {
-        m.len() >= 6
+    let landed = collect_until("seven sensor envelopes", &mut site.landed, DEADLINE, |m| {
+        m.len() >= 7
     })
     .await;
     let member_key = site.fleet.member_key.public.clone();
@@ -371,6 +375,10 @@ async fn sensor_messages_arrive(protocol: Protocol) {
         "2025-06-15T14:13:20.123Z"
     );
     assert_eq!(by_metric[&format!("{z}/humidity")].0["value"], 45.5);
+    // Epoch milliseconds, exact (not `…20.364Z` through a truncated float).
+    let (payload, ts) = &by_metric["0x00158d0001a2b3c5/temperature"];
+    assert_eq!(ts, "2025-06-15T14:13:20.365Z");
+    assert_eq!(payload["timestamp_unix"], 1_749_996_800);
     assert_eq!(by_metric[&format!("{z}/battery")].0["unit"], "%");
     assert_eq!(by_metric["plug-1/power"].0["value"], 42.0);
     assert_eq!(by_metric["plug-1/power"].0["timestamp_unix"], 1_750_004_000);
@@ -445,7 +453,18 @@ async fn mixed_stream(protocol: Protocol) {
         // Inside the subscription `sensors/+/+` but outside its template: an empty
         // `{sensor_id}` matches no rule.
         ("sensors//temperature", b"1".to_vec(), "no_rule"),
+        // Valid JSON with a reading beyond an f64's range: the whole message is refused,
+        // its good humidity with it.
+        (
+            "zigbee2mqtt/bad-10",
+            br#"{"humidity":45,"temperature":1e999}"#.to_vec(),
+            "non_finite",
+        ),
     ];
+    let mut per_reason: BTreeMap<&str, u64> = BTreeMap::new();
+    for (_, _, reason) in &bad {
+        *per_reason.entry(reason).or_default() += 1;
+    }
     let mut messages = Vec::new();
     let good = 60;
     for i in 0..good {
@@ -482,18 +501,19 @@ async fn mixed_stream(protocol: Protocol) {
     let store = site.dead_letters();
     let letters = wait_until("every bad message is dead-lettered", DEADLINE, async || {
         let letters = store.list(&Filter::default()).expect("list");
-        let reasons: BTreeSet<String> = letters.iter().map(|l| l.reason.clone()).collect();
-        let wanted: BTreeSet<String> = bad.iter().map(|(_, _, r)| (*r).to_owned()).collect();
-        (reasons == wanted).then_some(letters)
+        let topics: BTreeSet<&str> = letters.iter().map(|l| l.subject.as_str()).collect();
+        let wanted: BTreeSet<&str> = bad.iter().map(|(t, _, _)| *t).collect();
+        (topics == wanted).then_some(letters)
     })
     .await;
+    assert_eq!(letters.len(), bad.len());
     for letter in &letters {
         assert_eq!(letter.stage, STAGE_IOT);
-        let (topic, payload, _) = bad
+        let (_, payload, reason) = bad
             .iter()
-            .find(|(_, _, r)| *r == letter.reason)
+            .find(|(t, _, _)| *t == letter.subject)
             .expect("a bad case");
-        assert_eq!(&letter.subject, topic);
+        assert_eq!(&letter.reason, reason, "{}", letter.subject);
         assert_eq!(letter.body_size, payload.len() as u64);
     }
     assert!(
@@ -505,7 +525,8 @@ async fn mixed_stream(protocol: Protocol) {
     // good ones forwarded, the bad ones dead-lettered under their reason.
     let iot = heartbeat_iot_until(heartbeats, |iot| {
         iot["forwarded"].as_u64() == Some(good as u64)
-            && iot["dead_lettered"].as_object().map(|d| d.len()) == Some(bad.len())
+            && iot["dead_lettered"].as_object().map(|d| d.len()) == Some(per_reason.len())
+            && iot["dead_lettered"]["non_finite"] == per_reason["non_finite"]
     })
     .await;
     assert_eq!(iot["connected"], true);
@@ -518,8 +539,8 @@ async fn mixed_stream(protocol: Protocol) {
     );
     assert_eq!(iot["received"], (good + bad.len()) as u64);
     assert_eq!(iot["dropped_qos0"], 0);
-    for (_, _, reason) in &bad {
-        assert_eq!(iot["dead_lettered"][*reason], 1, "{reason}: {iot}");
+    for (reason, count) in &per_reason {
+        assert_eq!(iot["dead_lettered"][*reason], *count, "{reason}: {iot}");
     }
 }
 

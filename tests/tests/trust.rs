@@ -422,6 +422,26 @@ async fn source_spoofing_is_refused() {
     .await;
 }
 
+/// The member's own heartbeat (its source, its subject, its token) whose payload speaks
+/// for another node: a consumer reading `payload.node_id` would be fooled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_heartbeat_speaking_for_another_node_is_refused() {
+    let mut hub = Hub::start("").await;
+    let mut envelope = hub.event(fleet::MEMBER, None, "edge.health");
+    envelope
+        .payload
+        .insert("node_id".into(), "edge-msk-02".into());
+    envelope.payload.insert("mode".into(), "member".into());
+    envelope.payload.insert("status".into(), "healthy".into());
+    let bad = SignedEvent::seal(&envelope, Encoding::Json, &hub.member.clone()).expect("seal");
+    hub.assert_refused(
+        async |h| h.send(&bad).await,
+        &bad.event_id,
+        "source_spoofing",
+    )
+    .await;
+}
+
 /// Garbage bytes, signed with a valid member signature so that only decoding fails.
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_bytes_are_refused() {

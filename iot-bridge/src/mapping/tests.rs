@@ -274,6 +274,121 @@ fn every_bad_payload_has_its_own_reason() {
     }
 }
 
+/// The time of the one reading of a zigbee2mqtt message with this `last_seen`.
+fn seen_at(last_seen: &str) -> Result<OffsetDateTime, Reason> {
+    let payload = format!(r#"{{"temperature":21,"last_seen":{last_seen}}}"#);
+    let rules = rules();
+    let readings = rules
+        .map("zigbee2mqtt/a", payload.as_bytes(), received())
+        .map_err(|reject| reject.reason)?;
+    Ok(readings[0].at)
+}
+
+fn unix_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).expect("in range")
+}
+
+/// A numeric time is exact to the millisecond: integers by integer arithmetic (seconds, or
+/// milliseconds from 10^11), decimals rounded to the nearest millisecond, never truncated
+/// through a float (1749996800365 once landed as `…20.364Z`).
+#[test]
+fn numeric_times_are_exact_to_the_millisecond() {
+    for (last_seen, ms) in [
+        ("1749996800365", 1_749_996_800_365),
+        ("1749996800.365", 1_749_996_800_365),
+        ("1.749996800365e12", 1_749_996_800_365),
+        ("1749996800365.0", 1_749_996_800_365),
+        ("1749996800", 1_749_996_800_000),
+        ("1749996800.3645", 1_749_996_800_365),
+        ("1749996800.36449999", 1_749_996_800_364),
+        ("1749996800.9996", 1_749_996_801_000),
+        ("1749996800365.5", 1_749_996_800_366),
+        ("1749996800365.49", 1_749_996_800_365),
+        ("17499968.00365E2", 1_749_996_800_365),
+        ("99999999999", 99_999_999_999_000),
+        ("1e11", 100_000_000_000),
+        ("0.0005", 1),
+        ("0.00049", 0),
+        ("0", 0),
+        ("-0.0", 0),
+    ] {
+        assert_eq!(seen_at(last_seen), Ok(unix_ms(ms)), "{last_seen}");
+    }
+    // Every millisecond of a second, as epoch milliseconds and as decimal seconds.
+    for ms in 1_749_996_800_000..1_749_996_801_000_i64 {
+        assert_eq!(seen_at(&ms.to_string()), Ok(unix_ms(ms)), "{ms}");
+        let seconds = format!("{}.{:03}", ms / 1000, ms % 1000);
+        assert_eq!(seen_at(&seconds), Ok(unix_ms(ms)), "{seconds}");
+    }
+    // The envelope carries it to the millisecond.
+    let rules = rules();
+    let readings = rules
+        .map(
+            "zigbee2mqtt/a",
+            br#"{"temperature":21,"last_seen":1749996800365}"#,
+            received(),
+        )
+        .expect("mapped");
+    let envelope =
+        crate::sensor_data::envelope(&readings[0], "edge-01", "salon-001").expect("valid");
+    assert_eq!(envelope.ts, "2025-06-15T14:13:20.365Z");
+    for bad in [
+        "-5",
+        "-0.5",
+        "1e999",
+        "1e20",
+        "-1e999",
+        "1e99999999999999999999",
+    ] {
+        assert_eq!(seen_at(bad), Err(Reason::BadTimestamp), "{bad}");
+    }
+}
+
+/// A number beyond an f64's range is valid JSON: as a metric it is `non_finite` (and, one
+/// metric bad, the whole message is refused); elsewhere it costs nothing.
+#[test]
+fn numbers_out_of_range_are_non_finite_not_malformed() {
+    for payload in [
+        &br#"{"temperature":1e999}"#[..],
+        br#"{"temperature":-1e999}"#,
+        br#"{"temperature":1E+400,"humidity":45}"#,
+        br#"{"humidity":45,"temperature":-123456789e999}"#,
+    ] {
+        let reject = rules()
+            .map("zigbee2mqtt/a", payload, received())
+            .expect_err("refused");
+        assert_eq!(
+            reject.reason,
+            Reason::NonFinite,
+            "{}",
+            String::from_utf8_lossy(payload)
+        );
+        assert!(
+            reject.detail.starts_with("temperature at /temperature: "),
+            "{reject:?}"
+        );
+    }
+    assert_eq!(
+        mapped(
+            "zigbee2mqtt/a",
+            br#"{"humidity":45,"pressure":1e999,"x":[-1e999]}"#
+        ),
+        vec![r("humidity", 45.0, "%", 1_750_000_000)]
+    );
+    assert_eq!(
+        refused(
+            "tele/plug/SENSOR",
+            br#"{"ENERGY":{"Power":42,"Voltage":1e999}}"#
+        ),
+        Reason::NonFinite
+    );
+    // The smallest numbers underflow to zero, as JSON parsers do.
+    assert_eq!(
+        mapped("zigbee2mqtt/a", br#"{"humidity":1e-999}"#),
+        vec![r("humidity", 0.0, "%", 1_750_000_000)]
+    );
+}
+
 #[test]
 fn deep_nesting_is_refused_before_parsing_but_brackets_in_strings_do_not_count() {
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
