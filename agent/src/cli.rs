@@ -1,8 +1,17 @@
-//! The command line.
+//! The command line. Every value is parsed by clap (the parsers are in [`parse`]), so a
+//! bad one is a usage error: exit 2 with a message naming the flag.
+
+pub mod parse;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
+use nexus_policies::{SubjectPattern, TokenId};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use self::parse::{PublicKeyArg, PublicKeyParser, RoleArg, Ttl};
 
 /// nexus-agent: one binary for every tier of a Nexus edge fleet (member, hub, root).
 #[derive(Debug, Parser)]
@@ -41,7 +50,7 @@ pub enum Command {
     /// public key.
     Keygen {
         /// Where to write the secret key.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", value_parser = parse::file_path)]
         out: PathBuf,
         /// Replace existing key files.
         #[arg(long)]
@@ -50,15 +59,21 @@ pub enum Command {
     /// Print the envelopes published on a subject pattern, one line each, until Ctrl-C.
     Tail {
         /// A NATS subject pattern, e.g. `nexus.>` or `nexus._core.edge.health.*`.
-        pattern: String,
+        #[arg(value_parser = parse::subject_pattern)]
+        pattern: SubjectPattern,
         /// The NATS server to subscribe on.
-        #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+        #[arg(
+            long,
+            value_name = "URL",
+            default_value = "nats://127.0.0.1:4222",
+            value_parser = parse::nats_url
+        )]
         server: String,
         /// Print each envelope as one JSON object per line instead.
         #[arg(long)]
         json: bool,
-        /// Stop after this many envelopes.
-        #[arg(long, value_name = "N")]
+        /// Stop after this many envelopes (at least 1).
+        #[arg(long, value_name = "N", value_parser = parse::count)]
         count: Option<u64>,
     },
     /// Send a command to a node and print its reply (from the root or a hub, with its
@@ -69,16 +84,23 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// The node the command is for.
+        #[arg(value_parser = parse::node_id)]
         node: String,
         /// The command: a built-in (agent.ping, agent.health, agent.token.rotate) or one a
         /// [[bridge.down]] rule of the node maps to a local app.
+        #[arg(value_parser = parse::event_name)]
         command: String,
         /// The command's data: a JSON object.
-        #[arg(long, value_name = "JSON")]
-        data: Option<String>,
-        /// How long to wait for the reply (the command expires then, too).
-        #[arg(long, value_name = "DURATION", default_value = "5s")]
-        timeout: String,
+        #[arg(long, value_name = "JSON", value_parser = parse::json_object)]
+        data: Option<Map<String, Value>>,
+        /// How long to wait for the reply (the command expires then, too), at most 5m.
+        #[arg(
+            long,
+            value_name = "DURATION",
+            default_value = "5s",
+            value_parser = parse::command_timeout
+        )]
+        timeout: Duration,
         /// Print the whole reply envelope as JSON instead of its payload.
         #[arg(long)]
         json: bool,
@@ -90,10 +112,11 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// The event name, e.g. booking.created (a tenant event if the node has a tenant).
+        #[arg(value_parser = parse::event_name)]
         event: String,
         /// The payload: a JSON object.
-        #[arg(long, value_name = "JSON")]
-        data: Option<String>,
+        #[arg(long, value_name = "JSON", value_parser = parse::json_object)]
+        data: Option<Map<String, Value>>,
         /// Encode the envelope as CBOR instead of JSON.
         #[arg(long)]
         cbor: bool,
@@ -131,26 +154,32 @@ pub enum TokenCommand {
         /// The token chain file.
         file: PathBuf,
         /// A trusted root public key (`ed25519:…` or a .pub file); repeatable.
-        #[arg(long, value_name = "ROOT_PUBKEY", required = true)]
-        trust: Vec<String>,
+        #[arg(long, value_name = "ROOT_PUBKEY", required = true, value_parser = PublicKeyParser)]
+        trust: Vec<PublicKeyArg>,
         /// Verify at this time (RFC 3339) instead of now.
-        #[arg(long, value_name = "RFC3339")]
-        at: Option<String>,
+        #[arg(long, value_name = "RFC3339", value_parser = parse::rfc3339)]
+        at: Option<OffsetDateTime>,
     },
     /// Revoke tokens fleet-wide: add their ids to the signed revocation list in the root's
     /// NATS (`NEXUS_TRUST` bucket), which every hub and member watches and persists.
+    #[command(group(ArgGroup::new("target").args(["server", "out"]).required(true).multiple(true)))]
     Revoke {
         /// A trust anchor's secret key (the root key); it signs the list.
         #[arg(long, value_name = "ROOT.key")]
         key: PathBuf,
         /// A token id to revoke (as printed by `token issue` / `token inspect`); repeatable.
-        #[arg(long = "id", value_name = "TOKEN_ID", required = true)]
-        ids: Vec<String>,
+        #[arg(
+            long = "id",
+            value_name = "TOKEN_ID",
+            required = true,
+            value_parser = parse::token_id
+        )]
+        ids: Vec<TokenId>,
         /// The root's NATS server, where the list is published.
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", value_parser = parse::nats_url)]
         server: Option<String>,
         /// Also write the signed list to this file.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", value_parser = parse::file_path)]
         out: Option<PathBuf>,
     },
 }
@@ -167,41 +196,41 @@ pub struct IssueArgs {
     #[arg(long, value_name = "ISSUER.token")]
     pub parent: Option<PathBuf>,
     /// The node the token is for (1-64 chars of [a-z0-9_-]).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = parse::node_id)]
     pub node: String,
     /// The node's public key: the `ed25519:…` text or the path of its .pub file.
-    #[arg(long, value_name = "PUBKEY")]
-    pub node_key: String,
+    #[arg(long, value_name = "PUBKEY", value_parser = PublicKeyParser)]
+    pub node_key: PublicKeyArg,
     /// The tenant the node is bound to; omit for a node serving every tenant (required
     /// under a parent bound to a tenant).
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", value_parser = parse::tenant_id)]
     pub tenant: Option<String>,
     /// The node's tier.
-    #[arg(long, value_parser = ["member", "hub", "root"])]
-    pub role: String,
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
     /// Subject patterns the node may publish (`*` one token, `>` the rest); repeatable.
-    #[arg(long, value_name = "PATTERN", num_args = 1..)]
-    pub publish: Vec<String>,
+    #[arg(long, value_name = "PATTERN", num_args = 1.., value_parser = parse::subject_pattern)]
+    pub publish: Vec<SubjectPattern>,
     /// Subject patterns the node may receive; repeatable.
-    #[arg(long, value_name = "PATTERN", num_args = 1..)]
-    pub receive: Vec<String>,
+    #[arg(long, value_name = "PATTERN", num_args = 1.., value_parser = parse::subject_pattern)]
+    pub receive: Vec<SubjectPattern>,
     /// How long the token is valid, from --not-before (e.g. 30d, 12h, 90m).
-    #[arg(long, value_name = "DURATION", default_value = "30d")]
-    pub ttl: String,
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse::ttl)]
+    pub ttl: Ttl,
     /// When the token becomes valid (RFC 3339); default now.
-    #[arg(long, value_name = "RFC3339")]
-    pub not_before: Option<String>,
+    #[arg(long, value_name = "RFC3339", value_parser = parse::rfc3339)]
+    pub not_before: Option<OffsetDateTime>,
     /// Where to write the chain.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse::file_path)]
     pub out: PathBuf,
     /// Replace an existing file.
     #[arg(long)]
     pub force: bool,
     /// After writing, record a `nexus._core.audit.cap_token_issued` event on this NATS
     /// server's ingress stream (a hub's or the root's) and wait for its ack.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = parse::nats_url)]
     pub server: Option<String>,
     /// The node id the audit event comes from (its `source`).
-    #[arg(long, value_name = "ID", default_value = "root")]
+    #[arg(long, value_name = "ID", default_value = "root", value_parser = parse::node_id)]
     pub issuer_id: String,
 }

@@ -22,7 +22,6 @@ use nexus_federation::deadletter::{
 use nexus_federation::envelope::format_ts;
 use nexus_federation::Link;
 use serde_json::json;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -44,8 +43,8 @@ pub enum DlqCommand {
         reason: Option<String>,
         /// Only entries that failed since then: a duration back from now (30m, 1h, 7d) or an
         /// RFC 3339 time.
-        #[arg(long, value_name = "1h|RFC3339")]
-        since: Option<String>,
+        #[arg(long, value_name = "1h|RFC3339", value_parser = crate::cli::parse::time_or_ago)]
+        since: Option<OffsetDateTime>,
         /// One JSON object per line instead.
         #[arg(long)]
         json: bool,
@@ -82,8 +81,8 @@ pub enum DlqCommand {
         store: StoreArgs,
         /// Only entries that last failed before then: a duration back from now (7d) or an
         /// RFC 3339 time.
-        #[arg(long, value_name = "7d|RFC3339")]
-        before: Option<String>,
+        #[arg(long, value_name = "7d|RFC3339", value_parser = crate::cli::parse::time_or_ago)]
+        before: Option<OffsetDateTime>,
     },
 }
 
@@ -119,12 +118,9 @@ pub fn main(command: DlqCommand) -> ExitCode {
             since,
             json,
             ..
-        } => parse_time("--since", since.as_deref())
-            .and_then(|since| list(&path, reason, since, json)),
+        } => list(&path, reason, since, json),
         DlqCommand::Show { id, .. } => show(&path, id),
-        DlqCommand::Purge { before, .. } => {
-            parse_time("--before", before.as_deref()).and_then(|before| purge(&path, before))
-        }
+        DlqCommand::Purge { before, .. } => purge(&path, before),
         DlqCommand::Replay { ids, all, .. } => {
             return crate::runtime(async move { replay(&config, &path, ids, all).await })
         }
@@ -142,27 +138,6 @@ pub fn store_path(config: &Config) -> PathBuf {
 
 fn open(path: &std::path::Path) -> anyhow::Result<DeadLetters> {
     DeadLetters::open_existing(path).map_err(|e| anyhow!("{e}"))
-}
-
-/// `1h` (back from now) or an RFC 3339 time.
-fn parse_time(flag: &str, text: Option<&str>) -> anyhow::Result<Option<OffsetDateTime>> {
-    let Some(text) = text.map(str::trim) else {
-        return Ok(None);
-    };
-    if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
-        return Ok(Some(at));
-    }
-    match humantime::parse_duration(text) {
-        Ok(back) => {
-            let back = time::Duration::try_from(back)
-                .map_err(|_| anyhow!("{flag} `{text}` is too far back"))?;
-            Ok(Some(OffsetDateTime::now_utc() - back))
-        }
-        Err(_) => bail!(
-            "{flag} `{text}` is neither a duration back from now (30m, 1h, 7d) nor an RFC 3339 \
-             time (2026-05-01T10:00:00Z)"
-        ),
-    }
 }
 
 fn summary_line(entry: &DeadLetterSummary) -> String {
@@ -388,7 +363,9 @@ async fn replay_one(store: &DeadLetters, link: &Link, id: u64) -> anyhow::Result
     }
     if entry.stage == STAGE_BRIDGE {
         bail!(
-            "it is a local app's message on `{}` that the subject bridge refused (see its reason);              fix the [[bridge.up]] rule, the [[acl]] or the token, have the app publish it again              (`nexus-agent dlq show {id}` prints it), then purge it",
+            "it is a local app's message on `{}` that the subject bridge refused (see its reason); \
+             fix the [[bridge.up]] rule, the [[acl]] or the token, have the app publish it again \
+             (`nexus-agent dlq show {id}` prints it), then purge it",
             entry.subject
         );
     }
@@ -441,22 +418,6 @@ async fn replay_one(store: &DeadLetters, link: &Link, id: u64) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_are_durations_back_or_rfc3339() {
-        let at = parse_time("--since", Some("2026-05-01T10:00:00Z"))
-            .expect("parses")
-            .expect("some");
-        assert_eq!(at.unix_timestamp(), 1_777_629_600);
-        let back = parse_time("--since", Some("1h"))
-            .expect("parses")
-            .expect("some");
-        let age = OffsetDateTime::now_utc() - back;
-        assert!(age >= time::Duration::minutes(59) && age <= time::Duration::minutes(61));
-        assert!(parse_time("--since", None).expect("none").is_none());
-        let error = parse_time("--since", Some("yesterday")).expect_err("refused");
-        assert!(error.to_string().contains("--since"), "{error}");
-    }
 
     #[test]
     fn a_binary_body_is_shown_as_a_hex_prefix_and_text_as_text() {

@@ -40,13 +40,21 @@ use clap::Parser as _;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    nexus_federation::tls::install_crypto_provider(); // ring, before any TLS: see PITFALLS.
+    nexus_federation::tls::install_crypto_provider(); // docs/pitfalls.md, "rustls crypto provider"
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match nexus_config::load(&config) {
             Ok(config) => {
                 println!("{}", config.redacted());
-                eprintln!("{}: OK", display_source(&config));
+                let warnings = config.warnings();
+                let source = display_source(&config);
+                for warning in &warnings {
+                    eprintln!("{source}: warning: {warning}");
+                }
+                match warnings.len() {
+                    0 => eprintln!("{source}: OK"),
+                    n => eprintln!("{source}: OK, with {n} warning(s) above"),
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => config_failed(&errors),
@@ -76,13 +84,7 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(errors) => return config_failed(&errors),
             };
-            let (data, timeout) = match (
-                request_cmd::parse_data(data.as_deref()),
-                request_cmd::parse_timeout(&timeout),
-            ) {
-                (Ok(data), Ok(timeout)) => (data, timeout),
-                (Err(error), _) | (_, Err(error)) => return usage_failed(&error),
-            };
+            let data = data.unwrap_or_default();
             runtime(async move {
                 request_cmd::request(&config, &node, &command, data, timeout, json).await
             })
@@ -97,10 +99,7 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(errors) => return config_failed(&errors),
             };
-            let data = match request_cmd::parse_data(data.as_deref()) {
-                Ok(data) => data,
-                Err(error) => return usage_failed(&error),
-            };
+            let data = data.unwrap_or_default();
             runtime(async move { request_cmd::publish(&config, &event, data, cbor).await })
         }
         Command::Token { command } => match token_cmd::run(command) {
@@ -155,11 +154,6 @@ where
 fn failed(error: &anyhow::Error) -> ExitCode {
     eprintln!("error: {error:#}");
     ExitCode::FAILURE
-}
-
-fn usage_failed(error: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {error:#}");
-    ExitCode::from(2)
 }
 
 fn config_failed(errors: &nexus_config::ConfigErrors) -> ExitCode {

@@ -29,31 +29,6 @@ use crate::keygen::load_secret;
 /// How long to wait for the NATS server before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Parses `--data`: a JSON object (default `{}`).
-pub fn parse_data(data: Option<&str>) -> anyhow::Result<Map<String, Value>> {
-    let Some(text) = data else {
-        return Ok(Map::new());
-    };
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => bail!("--data must be a JSON object, e.g. --data '{{\"reason\": \"test\"}}'"),
-        Err(error) => bail!("--data is not JSON: {error}"),
-    }
-}
-
-/// Parses `--timeout` (e.g. `5s`, `500ms`), at most [`command::MAX_TIMEOUT`].
-pub fn parse_timeout(text: &str) -> anyhow::Result<Duration> {
-    let timeout = humantime::parse_duration(text.trim())
-        .map_err(|e| anyhow!("--timeout {text:?} is not a duration ({e}); use e.g. 5s or 500ms"))?;
-    if timeout < Duration::from_millis(1) || timeout > command::MAX_TIMEOUT {
-        bail!(
-            "--timeout must be between 1ms and {}",
-            humantime::format_duration(command::MAX_TIMEOUT)
-        );
-    }
-    Ok(timeout)
-}
-
 async fn connect(role: &'static str, link: &LinkConfig, name: &str) -> anyhow::Result<Link> {
     let url = nexus_config::redact_url(&link.url);
     let connected = Link::connect(role, link, name)

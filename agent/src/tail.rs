@@ -8,11 +8,11 @@ use futures::StreamExt as _;
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
 use nexus_federation::provenance::{HDR_CONTENT_TYPE, HDR_SIGNATURE, HDR_SIGNER};
 use nexus_federation::{Encoding, Envelope};
-use nexus_policies::{PublicKey, Signature};
+use nexus_policies::{PublicKey, Signature, SubjectPattern};
 
 /// Subscribes to `pattern` on `server` and prints until Ctrl-C (or `count` envelopes).
 pub async fn tail(
-    pattern: &str,
+    pattern: &SubjectPattern,
     server: &str,
     json: bool,
     count: Option<u64>,
@@ -24,7 +24,7 @@ pub async fn tail(
         .await
         .with_context(|| format!("cannot connect to {server}"))?;
     let mut subscription = client
-        .subscribe(pattern.to_owned())
+        .subscribe(pattern.as_str().to_owned())
         .await
         .with_context(|| format!("cannot subscribe to `{pattern}`"))?;
     client

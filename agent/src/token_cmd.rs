@@ -12,16 +12,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use nexus_federation::subject::{ingress_subject, is_valid_id};
+use nexus_federation::subject::ingress_subject;
 use nexus_federation::{Encoding, Envelope, SignedEvent};
 use nexus_policies::token::{MAX_CHAIN_BYTES, MAX_CHAIN_DEPTH};
 use nexus_policies::{
-    Chain, Claims, PublicKey, Role, SecretKey, SubjectPattern, Token, TokenError, TokenId,
-    UnixTime, Verifier,
+    Chain, Claims, PublicKey, SecretKey, SubjectPattern, Token, TokenError, TokenId, UnixTime,
+    Verifier,
 };
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::cli::parse::PublicKeyArg;
 use crate::cli::{IssueArgs, TokenCommand};
 use crate::keygen::load_secret;
 
@@ -41,7 +42,7 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Issue(args) => issue(&args),
         TokenCommand::Inspect { file } => inspect(&file),
-        TokenCommand::Verify { file, trust, at } => verify(&file, &trust, at.as_deref()),
+        TokenCommand::Verify { file, trust, at } => verify(&file, &trust, at),
         TokenCommand::Revoke {
             key,
             ids,
@@ -70,25 +71,13 @@ fn issue(args: &IssueArgs) -> anyhow::Result<()> {
             args.out.display()
         );
     }
-    if args.server.is_some() && !is_valid_id(&args.issuer_id) {
-        bail!(
-            "--issuer-id {:?} is not a node id: use 1-64 chars of [a-z0-9_-]",
-            args.issuer_id
-        );
-    }
-    let role = parse_role(&args.role)?;
-    let publish = parse_patterns("--publish", &args.publish)?;
-    let receive = parse_patterns("--receive", &args.receive)?;
-    let ttl = parse_ttl(&args.ttl)?;
     let now = now_secs();
-    let not_before = match &args.not_before {
-        Some(text) => parse_time("--not-before", text)?,
-        None => now,
-    };
-    let expires = not_before
-        .checked_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
+    let not_before = args.not_before.map_or(now, OffsetDateTime::unix_timestamp);
+    let expires = i64::try_from(args.ttl.duration.as_secs())
+        .ok()
+        .and_then(|ttl| not_before.checked_add(ttl))
         .ok_or_else(|| anyhow!("--ttl {} is too long", args.ttl))?;
-    let node_key = parse_public_arg("--node-key", &args.node_key)?;
+    let node_key = load_public("--node-key", &args.node_key)?;
     let issuer = load_secret(&args.key)?;
     let parent = args.parent.as_deref().map(read_chain).transpose()?;
     let mut capped = None;
@@ -113,9 +102,9 @@ fn issue(args: &IssueArgs) -> anyhow::Result<()> {
         node_id: args.node.clone(),
         node_key,
         tenant: args.tenant.clone(),
-        role,
-        publish,
-        receive,
+        role: args.role.into(),
+        publish: args.publish.clone(),
+        receive: args.receive.clone(),
         not_before: UnixTime(not_before),
         expires: UnixTime(expires),
     };
@@ -239,7 +228,7 @@ fn refusal(error: TokenError, parent: Option<&Chain>) -> anyhow::Error {
 }
 
 /// The one-paragraph summary printed on stderr.
-fn summary(token: &Token, depth: usize, out: &Path, ttl: &str) -> String {
+fn summary(token: &Token, depth: usize, out: &Path, ttl: &crate::cli::parse::Ttl) -> String {
     let c = token.claims();
     let tenant = c
         .tenant
@@ -421,15 +410,12 @@ fn describe(token: &Token, number: usize, count: usize, position: &str, now: i64
 
 // ---- verify ---------------------------------------------------------------------------
 
-fn verify(file: &Path, trust: &[String], at: Option<&str>) -> anyhow::Result<()> {
+fn verify(file: &Path, trust: &[PublicKeyArg], at: Option<OffsetDateTime>) -> anyhow::Result<()> {
     let anchors = trust
         .iter()
-        .map(|text| parse_public_arg("--trust", text))
+        .map(|arg| load_public("--trust", arg))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let now = match at {
-        Some(text) => parse_time("--at", text)?,
-        None => now_secs(),
-    };
+    let now = at.map_or_else(now_secs, OffsetDateTime::unix_timestamp);
     let chain = read_chain(file)?;
     let verifier = Verifier::new(anchors);
     match verifier.verify_chain(chain.tokens(), UnixTime(now)) {
@@ -484,19 +470,17 @@ fn read_chain(path: &Path) -> anyhow::Result<Chain> {
     Chain::decode(&bytes).map_err(|e| anyhow!("{} is not a token chain: {e}", path.display()))
 }
 
-/// An `ed25519:…` public key given as text, or as the path of a .pub file.
-fn parse_public_arg(flag: &str, arg: &str) -> anyhow::Result<PublicKey> {
-    let arg = arg.trim();
-    if arg.starts_with(PUBLIC_PREFIX) {
-        return PublicKey::parse(arg)
-            .map_err(|e| anyhow!("{flag} {arg:?} is not an Ed25519 public key: {e}"));
-    }
-    if arg.starts_with(SECRET_PREFIX) {
-        bail!("{flag} was given a SECRET key: give the public key (the .pub file) instead");
-    }
-    let path = Path::new(arg);
+/// A public key given as text (parsed by clap), or read from the .pub file named.
+fn load_public(flag: &str, arg: &PublicKeyArg) -> anyhow::Result<PublicKey> {
+    let path = match arg {
+        PublicKeyArg::Key(key) => return Ok(*key),
+        PublicKeyArg::File(path) => path,
+    };
     let bytes = nexus_config::read_capped(path, PUBLIC_FILE_MAX_BYTES).with_context(|| {
-        format!("{flag} {arg:?} is neither an `ed25519:…` public key nor a readable .pub file")
+        format!(
+            "{flag} {:?} is neither an `ed25519:…` public key nor a readable .pub file",
+            path.display()
+        )
     })?;
     if bytes.starts_with(SECRET_PREFIX.as_bytes()) {
         bail!(
@@ -508,46 +492,6 @@ fn parse_public_arg(flag: &str, arg: &str) -> anyhow::Result<PublicKey> {
         .map_err(|_| anyhow!("{flag} {} is not a public key file", path.display()))?;
     PublicKey::parse(text.trim())
         .map_err(|e| anyhow!("{flag} {} is not a public key file: {e}", path.display()))
-}
-
-fn parse_role(text: &str) -> anyhow::Result<Role> {
-    match text {
-        "member" => Ok(Role::Member),
-        "hub" => Ok(Role::Hub),
-        "root" => Ok(Role::Root),
-        other => bail!("--role {other:?}: use member, hub or root"),
-    }
-}
-
-fn parse_patterns(flag: &str, texts: &[String]) -> anyhow::Result<Vec<SubjectPattern>> {
-    texts
-        .iter()
-        .map(|text| {
-            SubjectPattern::parse(text).map_err(|e| {
-                anyhow!(
-                    "{flag} `{text}` is not a subject pattern: {e} (tokens are separated by `.`; \
-                     `*` stands for one token, `>` for the rest)"
-                )
-            })
-        })
-        .collect()
-}
-
-fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
-    match humantime::parse_duration(text.trim()) {
-        Ok(ttl) if ttl.as_secs() > 0 => Ok(ttl),
-        Ok(_) => bail!("--ttl {text:?} is shorter than a second: tokens count whole seconds"),
-        Err(e) => bail!("--ttl {text:?} is not a duration ({e}): use e.g. 30d, 12h, 90m"),
-    }
-}
-
-/// RFC 3339 text → unix seconds.
-fn parse_time(flag: &str, text: &str) -> anyhow::Result<i64> {
-    OffsetDateTime::parse(text.trim(), &Rfc3339)
-        .map(OffsetDateTime::unix_timestamp)
-        .map_err(|e| {
-            anyhow!("{flag} {text:?} is not an RFC 3339 time ({e}): use e.g. 2026-03-01T00:00:00Z")
-        })
 }
 
 /// 16 random bytes from the OS.
@@ -622,17 +566,6 @@ mod tests {
     }
 
     #[test]
-    fn ttls_parse_as_humantime_and_refuse_nonsense() {
-        assert_eq!(
-            parse_ttl("30d").expect("valid"),
-            Duration::from_secs(30 * 86_400)
-        );
-        assert!(parse_ttl("0s").is_err());
-        assert!(parse_ttl("500ms").is_err());
-        assert!(parse_ttl("forever").is_err());
-    }
-
-    #[test]
     fn public_keys_are_taken_as_text_or_pub_file_never_a_secret() {
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = SecretKey::from_seed(&[3; 32]).expect("key");
@@ -643,19 +576,18 @@ mod tests {
         std::fs::write(&secret_file, secret.to_file_text().as_bytes()).expect("write");
 
         assert_eq!(
-            parse_public_arg("--node-key", &public.to_string()).expect("text"),
+            load_public("--node-key", &PublicKeyArg::Key(public)).expect("text"),
             public
         );
         assert_eq!(
-            parse_public_arg("--node-key", pub_file.to_str().expect("utf-8")).expect("file"),
+            load_public("--node-key", &PublicKeyArg::File(pub_file)).expect("file"),
             public
         );
-        let refused = parse_public_arg("--node-key", secret_file.to_str().expect("utf-8"))
+        let refused = load_public("--node-key", &PublicKeyArg::File(secret_file))
             .expect_err("a secret key file is refused");
         assert!(refused.to_string().contains("secret key file"), "{refused}");
-        let text = secret.to_file_text();
-        let refused = parse_public_arg("--node-key", text.trim()).expect_err("secret text");
-        let body = text.trim().rsplit(':').next().expect("body");
+        let body = secret.to_file_text();
+        let body = body.trim().rsplit(':').next().expect("body");
         assert!(!format!("{refused:#}").contains(body), "{refused:#}");
     }
 }

@@ -152,3 +152,371 @@ fn unknown_subcommands_are_usage_errors() {
     let out = agent(&["frobnicate"], &[]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A root config that `check` accepts (a real key, a NATS that is not there), so that a
+/// command reaches what it does with its values instead of stopping at the config.
+fn root_config(dir: &Path) -> std::path::PathBuf {
+    let (key, public) = keygen(dir, "root");
+    let file = dir.join("root.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[node]\nid = \"root\"\nmode = \"root\"\nkey = \"{}\"\ndata_dir = \"{}\"\n\n\
+             [trust]\nroot_keys = [\"{public}\"]\n\n[local]\nurl = \"nats://127.0.0.1:1\"\n",
+            key.display(),
+            dir.join("data").display()
+        ),
+    )
+    .expect("write config");
+    file
+}
+
+/// The verbs `nexus-agent help` and `nexus-agent help VERB` list, e.g. `token issue`.
+fn verbs() -> Vec<String> {
+    fn listed(args: &[&str]) -> Vec<String> {
+        let out = agent(args, &[]);
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        help.lines()
+            .skip_while(|line| !line.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|line| !line.trim().is_empty())
+            .filter_map(|line| line.split_whitespace().next())
+            .filter(|name| *name != "help")
+            .map(str::to_owned)
+            .collect()
+    }
+    let mut verbs = Vec::new();
+    for verb in listed(&["help"]) {
+        match listed(&["help", &verb]).as_slice() {
+            [] => verbs.push(verb),
+            subverbs => verbs.extend(subverbs.iter().map(|sub| format!("{verb} {sub}"))),
+        }
+    }
+    verbs
+}
+
+/// `token issue` with a valid command line, except `flag` set to `value`.
+fn issue(key: &str, public: &str, out: &str, flag: &str, value: &str) -> Vec<String> {
+    let mut pairs = vec![
+        ("--key", key),
+        ("--node", "edge-01"),
+        ("--node-key", public),
+        ("--role", "member"),
+        ("--publish", "nexus.>"),
+        ("--out", out),
+    ];
+    match pairs.iter_mut().find(|(name, _)| *name == flag) {
+        Some(pair) => pair.1 = value,
+        None => pairs.push((flag, value)),
+    }
+    let mut args = vec!["token".to_owned(), "issue".to_owned(), "--force".to_owned()];
+    for (name, value) in pairs {
+        args.push(name.to_owned());
+        args.push(value.to_owned());
+    }
+    args
+}
+
+/// Every verb refuses a bad value — a duration, time, id, pattern, URL, JSON, path — as a
+/// usage error: exit 2, before anything runs, with clap's message naming the flag or
+/// argument. (Until these were clap value parsers, most of them exited 1.)
+#[test]
+fn every_verb_refuses_a_bad_value_with_exit_2_naming_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = root_config(dir.path());
+    let config = config.to_str().expect("utf-8 path");
+    let (key, public) = keygen(dir.path(), "node");
+    let key = key.to_str().expect("utf-8 path");
+    let token = dir.path().join("node.token");
+    let token = token.to_str().expect("utf-8 path");
+    let id = "0123456789abcdef0123456789abcdef";
+    let unreachable = "nats://127.0.0.1:1";
+    let issue = |flag: &str, value: &str| issue(key, &public, token, flag, value);
+    let line = |args: &[&str]| -> Vec<String> { args.iter().map(|a| (*a).to_owned()).collect() };
+    // A bad value is "invalid value '{value}' for '{flag} <VALUE_NAME>"; a missing one is
+    // named too.
+    let invalid = |value: &str, flag: &str| format!("invalid value '{value}' for '{flag}");
+
+    // (verb, command line, what stderr must say)
+    let cases: Vec<(&str, Vec<String>, String)> = vec![
+        (
+            "check",
+            line(&["check", "-c", ""]),
+            "a value is required for '--config <FILE>'".to_owned(),
+        ),
+        (
+            "run",
+            line(&["run", "--config"]),
+            "a value is required for '--config <FILE>'".to_owned(),
+        ),
+        (
+            "keygen",
+            line(&["keygen", "--out", "keys/"]),
+            invalid("keys/", "--out"),
+        ),
+        (
+            "tail",
+            line(&["tail", "a..b", "--server", unreachable]),
+            invalid("a..b", "<PATTERN>"),
+        ),
+        (
+            "tail",
+            line(&["tail", "nexus.>", "--server", "nats://127.0.0.1:99999"]),
+            invalid("nats://127.0.0.1:99999", "--server"),
+        ),
+        (
+            "tail",
+            line(&["tail", "nexus.>", "--server", unreachable, "--count", "0"]),
+            invalid("0", "--count"),
+        ),
+        (
+            "request",
+            line(&["request", "-c", config, "Edge.01", "agent.ping"]),
+            invalid("Edge.01", "<NODE>"),
+        ),
+        (
+            "request",
+            line(&["request", "-c", config, "edge-01", "ping"]),
+            invalid("ping", "<COMMAND>"),
+        ),
+        (
+            "request",
+            line(&[
+                "request",
+                "-c",
+                config,
+                "edge-01",
+                "agent.ping",
+                "--timeout",
+                "soon",
+            ]),
+            invalid("soon", "--timeout"),
+        ),
+        (
+            "request",
+            line(&[
+                "request",
+                "-c",
+                config,
+                "edge-01",
+                "agent.ping",
+                "--data",
+                "[1]",
+            ]),
+            invalid("[1]", "--data"),
+        ),
+        (
+            "publish",
+            line(&["publish", "-c", config, "Booking.Created"]),
+            invalid("Booking.Created", "<EVENT>"),
+        ),
+        (
+            "publish",
+            line(&["publish", "-c", config, "booking.created", "--data", "{"]),
+            invalid("{", "--data"),
+        ),
+        (
+            "dlq list",
+            line(&["dlq", "list", "-c", config, "--since", "yesterday"]),
+            invalid("yesterday", "--since"),
+        ),
+        (
+            "dlq show",
+            line(&["dlq", "show", "-c", config, "first"]),
+            invalid("first", "<ID>"),
+        ),
+        (
+            "dlq replay",
+            line(&["dlq", "replay", "-c", config, "first"]),
+            invalid("first", "[ID]"),
+        ),
+        (
+            "dlq purge",
+            line(&["dlq", "purge", "-c", config, "--before", "last-week"]),
+            invalid("last-week", "--before"),
+        ),
+        (
+            // Further back than a time can hold: this used to panic.
+            "dlq purge",
+            line(&["dlq", "purge", "-c", config, "--before", "20000y"]),
+            invalid("20000y", "--before"),
+        ),
+        (
+            "token issue",
+            issue("--ttl", "forever"),
+            invalid("forever", "--ttl"),
+        ),
+        ("token issue", issue("--ttl", "0s"), invalid("0s", "--ttl")),
+        (
+            "token issue",
+            issue("--not-before", "tomorrow"),
+            invalid("tomorrow", "--not-before"),
+        ),
+        (
+            "token issue",
+            issue("--node", "a.b"),
+            invalid("a.b", "--node"),
+        ),
+        (
+            "token issue",
+            issue("--node", "local"),
+            invalid("local", "--node"),
+        ),
+        (
+            "token issue",
+            issue("--tenant", "Salon 1"),
+            invalid("Salon 1", "--tenant"),
+        ),
+        (
+            "token issue",
+            issue("--role", "king"),
+            invalid("king", "--role"),
+        ),
+        (
+            "token issue",
+            issue("--publish", "a..b"),
+            invalid("a..b", "--publish"),
+        ),
+        (
+            "token issue",
+            issue("--receive", "a.>.b"),
+            invalid("a.>.b", "--receive"),
+        ),
+        (
+            "token issue",
+            issue("--node-key", "ed25519:short"),
+            "invalid value for '--node-key".to_owned(),
+        ),
+        (
+            "token issue",
+            issue("--out", "tokens/"),
+            invalid("tokens/", "--out"),
+        ),
+        (
+            "token issue",
+            issue("--server", "http://example.com"),
+            invalid("http://example.com", "--server"),
+        ),
+        (
+            "token issue",
+            issue("--issuer-id", "Hub 1"),
+            invalid("Hub 1", "--issuer-id"),
+        ),
+        (
+            "token inspect",
+            line(&["token", "inspect"]),
+            "required arguments were not provided:\n  <FILE>".to_owned(),
+        ),
+        (
+            "token verify",
+            line(&["token", "verify", token, "--trust", &public, "--at", "now"]),
+            invalid("now", "--at"),
+        ),
+        (
+            "token verify",
+            line(&["token", "verify", token, "--trust", "ed25519:short"]),
+            "invalid value for '--trust".to_owned(),
+        ),
+        (
+            "token revoke",
+            line(&["token", "revoke", "--key", key, "--id", "x", "--out", token]),
+            invalid("x", "--id"),
+        ),
+        (
+            "token revoke",
+            line(&["token", "revoke", "--key", key, "--id", id]),
+            "required arguments were not provided:\n  <--server <URL>|--out <FILE>>".to_owned(),
+        ),
+        (
+            "token revoke",
+            line(&[
+                "token",
+                "revoke",
+                "--key",
+                key,
+                "--id",
+                id,
+                "--server",
+                "nats://:1:2",
+            ]),
+            invalid("nats://:1:2", "--server"),
+        ),
+    ];
+
+    let mut failures = Vec::new();
+    for (verb, args, expected) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = agent(&args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(2) || !stderr.contains(expected.as_str()) {
+            failures.push(format!(
+                "{verb}: {args:?} exited {:?}, want 2 and `{expected}`:\n{stderr}",
+                out.status.code()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // A secret key given where a public one belongs is refused without being repeated.
+    let secret = std::fs::read_to_string(key).expect("key file");
+    let secret = secret.trim();
+    let args = issue("--node-key", secret);
+    let out = agent(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let body = secret.rsplit(':').next().expect("key body");
+    assert!(
+        stderr.contains("SECRET") && !stderr.contains(body),
+        "{stderr}"
+    );
+
+    let covered: std::collections::BTreeSet<&str> = cases.iter().map(|(verb, ..)| *verb).collect();
+    let verbs = verbs();
+    assert!(verbs.len() >= 14, "the help lists the verbs: {verbs:?}");
+    for verb in &verbs {
+        assert!(
+            covered.contains(verb.as_str()),
+            "no usage-error case for `{verb}`"
+        );
+    }
+}
+
+/// What fails while running — an unreachable server, a missing file, an empty store — is
+/// a runtime failure: exit 1, not 2.
+#[test]
+fn runtime_failures_still_exit_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = root_config(dir.path());
+    let config = config.to_str().expect("utf-8 path");
+    let (key, public) = keygen(dir.path(), "node");
+    let key = key.to_str().expect("utf-8 path");
+    let id = "0123456789abcdef0123456789abcdef";
+    for args in [
+        &["dlq", "list", "-c", config, "--since", "1h"][..],
+        &[
+            "request",
+            "-c",
+            config,
+            "edge-01",
+            "agent.ping",
+            "--timeout",
+            "1s",
+        ],
+        &["token", "verify", "/nonexistent.token", "--trust", &public],
+        &[
+            "token",
+            "revoke",
+            "--key",
+            key,
+            "--id",
+            id,
+            "--server",
+            "nats://127.0.0.1:1",
+        ],
+    ] {
+        let out = agent(args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -1,12 +1,14 @@
 //! `nexus-agent token …` as an operator meets it: root → hub → member chains issued with the
 //! real binary, attenuation refused by name, `inspect` without secrets, `verify` against
-//! trust anchors, and the audit event `issue --server` records on a real nats-server.
+//! trust anchors, the audit event `issue --server` records on a real nats-server, and
+//! concurrent `revoke`s that lose no id.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use async_nats::jetstream;
 use nexus_e2e::{agent_bin, keygen, NatsServer};
+use nexus_policies::token::{RevocationList, TokenId};
 
 const TENANT: &str = "salon-001";
 
@@ -40,9 +42,18 @@ fn ok(args: &[&str]) -> String {
 
 /// Runs the command, expects exit 1, returns stdout + stderr; never a panic.
 fn fails(args: &[&str]) -> String {
+    exits(1, args)
+}
+
+/// Runs the command, expects exit `code`, returns stdout + stderr; never a panic.
+fn exits(code: i32, args: &[&str]) -> String {
     let out = agent(args);
     let text = format!("{}{}", stdout(&out), stderr(&out));
-    assert_eq!(out.status.code(), Some(1), "nexus-agent {args:?}:\n{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "nexus-agent {args:?}:\n{text}"
+    );
     assert!(!text.contains("panicked"), "{text}");
     text
 }
@@ -354,7 +365,7 @@ fn an_expired_token_fails_verification() {
 }
 
 /// Missing files, garbage files, bad patterns and ttls, overwriting: a clear error each,
-/// exit 1 (2 for what clap refuses), never a panic.
+/// exit 2 for a bad value on the command line, 1 for what fails when running, never a panic.
 #[test]
 fn bad_inputs_get_clear_errors() {
     let setup = Setup::new();
@@ -365,15 +376,15 @@ fn bad_inputs_get_clear_errors() {
     for (extra, expected) in [
         (
             vec!["--ttl", "forever"],
-            "--ttl \"forever\" is not a duration",
+            "invalid value 'forever' for '--ttl <DURATION>': not a duration",
         ),
         (
             vec!["--receive", "a..b"],
-            "--receive `a..b` is not a subject pattern",
+            "invalid value 'a..b' for '--receive <PATTERN>...': not a subject pattern",
         ),
         (vec!["--not-before", "yesterday"], "not an RFC 3339 time"),
     ] {
-        let text = fails(&setup.member_args(&out, "nexus.salon-001.iot.>", &extra));
+        let text = exits(2, &setup.member_args(&out, "nexus.salon-001.iot.>", &extra));
         assert!(text.contains(expected), "{extra:?}: {text}");
     }
 
@@ -396,7 +407,7 @@ fn bad_inputs_get_clear_errors() {
     let mut args = setup.member_args(&out, "nexus.salon-001.iot.>", &[]);
     let at = args.iter().position(|a| *a == "--node-key").expect("flag") + 1;
     args[at] = "ed25519:short";
-    assert!(fails(&args).contains("--node-key"));
+    assert!(exits(2, &args).contains("--node-key"));
 
     // Refuses to overwrite without --force; --force replaces.
     ok(&setup.member_args(&out, "nexus.salon-001.iot.>", &[]));
@@ -407,6 +418,7 @@ fn bad_inputs_get_clear_errors() {
     assert!(fails(&["token", "inspect", s(&garbage)]).contains("is not a token chain"));
     assert!(fails(&["token", "inspect", "/nonexistent.token"]).contains("cannot read"));
     assert!(fails(&["token", "verify", s(&out), "--trust", "nope"]).contains("--trust"));
+    assert!(exits(2, &["token", "verify", s(&out), "--trust", "ed25519:x"]).contains("--trust"));
 
     let out = agent(&["token", "issue", "--role", "king"]);
     assert_eq!(out.status.code(), Some(2), "clap refuses: {}", stderr(&out));
@@ -521,4 +533,83 @@ fn issue_with_server_fails_when_nothing_acks() {
         &["--server", "nats://127.0.0.1:1"],
     ));
     assert!(text.contains("nats://127.0.0.1:1"), "{text}");
+}
+
+/// Several `token revoke` processes at once against the root's NATS, each adding its own
+/// ids: every id ends up in the signed list. (Each writes with the KV store's revision
+/// check and merges again when another got in between; a plain read-then-put kept only
+/// some of them.)
+#[tokio::test]
+async fn concurrent_revocations_keep_every_id() {
+    const WRITERS: usize = 8;
+    let server = NatsServer::start();
+    let js = jetstream::new(server.client().await);
+    // As the root agent creates it at start.
+    let store = js
+        .create_key_value(jetstream::kv::Config {
+            bucket: "NEXUS_TRUST".to_owned(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .expect("create the trust bucket");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (root_key, root_public) = keygen(dir.path(), "root");
+    let url = server.url();
+
+    // Two ids per writer, all distinct.
+    let ids: Vec<[String; 2]> = (0..WRITERS)
+        .map(|n| [format!("{:032x}", 2 * n + 1), format!("{:032x}", 2 * n + 2)])
+        .collect();
+    // All started before any is waited for, so that they overlap.
+    let children: Vec<_> = ids
+        .iter()
+        .map(|[a, b]| {
+            Command::new(agent_bin())
+                .args(["token", "revoke", "--key", s(&root_key), "--server", &url])
+                .args(["--id", a, "--id", b])
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("token revoke starts")
+        })
+        .collect();
+    let outputs = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|child| child.wait_with_output().expect("token revoke ends"))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("waited");
+    for output in &outputs {
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(output));
+    }
+
+    let bytes = store
+        .get("revocations")
+        .await
+        .expect("read the list")
+        .expect("a list was written");
+    let list = RevocationList::decode(&bytes).expect("a revocation list");
+    let anchor = nexus_policies::PublicKey::parse(&root_public).expect("root key");
+    list.verify(&[anchor]).expect("signed by the root key");
+    let missing: Vec<&String> = ids
+        .iter()
+        .flatten()
+        .filter(|id| {
+            let id: TokenId = id.parse().expect("a token id");
+            !list.ids().contains(&id)
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} revoked ids were lost: {missing:?}",
+        missing.len(),
+        2 * WRITERS
+    );
+    assert_eq!(list.ids().len(), 2 * WRITERS);
 }
