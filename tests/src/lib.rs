@@ -19,6 +19,7 @@
 //! - [`agent`]: [`AgentProcess`] (`nexus-agent run`) and [`keygen`].
 //! - [`fleet`]: [`Fleet`], root + hub + member with keys and CLI-issued tokens.
 //! - [`landing`]: a member-like uplink into a hub's ingress; readers of the root's landing.
+//! - [`proxy`]: [`Proxy`], a TCP proxy that can be frozen (a half-open link, lost acks).
 //! - [`wait`]: [`wait_until`], [`assert_eventually!`], [`collect_until`], [`payload_json`].
 //! - `process`: the owned-child plumbing all of them share (signals, bounded waits, logs).
 
@@ -29,6 +30,7 @@ pub mod landing;
 pub mod mosquitto;
 pub mod nats;
 mod process;
+pub mod proxy;
 pub mod wait;
 
 pub use agent::{keygen, AgentProcess, Launch};
@@ -37,4 +39,5 @@ pub use fleet::{Fleet, NodeKey};
 pub use mosquitto::Mosquitto;
 pub use nats::{NatsServer, NatsServerBuilder};
 pub use process::pid_exists;
+pub use proxy::Proxy;
 pub use wait::{collect_until, payload_json, wait_until, Outcome, DEFAULT_DEADLINE};
