@@ -44,8 +44,8 @@ use crate::ratelog::RateLimitedLog;
 use crate::subject;
 use crate::trust::{OwnChain, Rejection};
 
-/// The principal of local apps in `[[acl]]` rules.
-pub const LOCAL_PRINCIPAL: &str = "local";
+/// The principal of local apps in `[[acl]]` rules (the id no node may have).
+pub const LOCAL_PRINCIPAL: &str = nexus_policies::ids::LOCAL;
 /// Messages taken from the local NATS per round (their outbox appends share fsyncs).
 const CHUNK: usize = 256;
 

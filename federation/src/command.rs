@@ -113,10 +113,8 @@ pub fn seal(
     timeout: Duration,
     now: OffsetDateTime,
 ) -> Result<SealedCommand, String> {
-    if !subject::is_valid_id(target) {
-        return Err(format!(
-            "{target:?} is not a node id (1-64 chars of [a-z0-9_-])"
-        ));
+    if let Err(why) = nexus_policies::ids::check_node_id(target) {
+        return Err(format!("{target:?} is not a node id: {why}"));
     }
     if !subject::is_valid_event_name(command) {
         return Err(format!(
@@ -436,6 +434,42 @@ mod tests {
         assert!(opened.chain.is_none());
         check_fresh(&opened, now, Duration::ZERO).expect("fresh");
         assert!(opened.remaining(now) <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_command_is_sealed_only_for_a_valid_node_id() {
+        let key = key(1);
+        let issuer = Issuer {
+            node_id: "root",
+            key: &key,
+            chain: None,
+        };
+        for target in ["local", "Edge-01", "a.b", ""] {
+            let sealed = seal(
+                &issuer,
+                target,
+                "agent.ping",
+                Map::new(),
+                Duration::from_secs(5),
+                OffsetDateTime::now_utc(),
+            );
+            assert!(sealed.is_err(), "{target:?}");
+        }
+    }
+
+    #[test]
+    fn own_deliveries_are_recognised_by_their_reply_subject() {
+        let inbox = delivery_inbox();
+        assert!(is_own_delivery(Some(&inbox)));
+        assert_ne!(inbox, delivery_inbox(), "one reply subject per delivery");
+        assert!(!is_own_delivery(None));
+        assert!(!is_own_delivery(Some("_INBOX.abc.def")));
+        // The prefix alone, or a longer token that merely starts with it, is not ours.
+        assert!(!is_own_delivery(Some(delivery_inbox_prefix())));
+        assert!(!is_own_delivery(Some(&format!(
+            "{}x.1",
+            delivery_inbox_prefix()
+        ))));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_config::{ClientCert, LinkConfig, TlsConfig};
-use nexus_e2e::{collect_until, wait_until, NatsServer};
+use nexus_e2e::{agent_bin, collect_until, fleet, wait_until, Fleet, NatsServer};
 use nexus_federation::link::LinkError;
 use nexus_federation::tls::TlsError;
 use nexus_federation::Link;
@@ -346,6 +346,55 @@ async fn a_tls_link_refuses_a_plain_server() {
     );
     let link = connect(&config).await;
     refused(&link, "the link refuses to talk in clear").await;
+}
+
+/// Which servers of a URL list offer no TLS, read from their INFO line: the plain one is
+/// named; a TLS one and a port nobody listens on are not (their errors say what is wrong).
+#[tokio::test]
+async fn servers_without_tls_are_told_apart_from_tls_and_dead_ones() {
+    let pki = Pki::new();
+    let plain = NatsServer::builder().jetstream(false).start();
+    let secure = pki.server(&["localhost", "127.0.0.1"]);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let urls = format!(
+        "{},{},nats://127.0.0.1:{dead}",
+        plain.url(),
+        secure.tls_url()
+    );
+    let found = nexus_federation::tls::servers_without_tls(&urls, DEADLINE).await;
+    assert_eq!(found, [format!("127.0.0.1:{}", plain.port())], "{urls}");
+}
+
+/// An agent whose config has an empty `[local.tls]` (TLS required) and a plain server: its
+/// log says which server offers no TLS and what to change, not only "IO error"; `check`
+/// warns about the empty table before it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_requiring_tls_of_a_plain_server_says_so() {
+    let fleet = Fleet::new();
+    let root = fleet.spawn(fleet::ROOT, "[local.tls]\n");
+    let check = std::process::Command::new(agent_bin())
+        .args(["check", "-c"])
+        .arg(root.config_path())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("check runs");
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{said}");
+    assert!(said.contains("warning: local.tls:"), "{said}");
+    let port = fleet.root_nats.port();
+    wait_until(
+        "the agent names the server without TLS",
+        DEADLINE,
+        async || {
+            let log = root.log();
+            log.contains("This server does not offer TLS")
+                && log.contains(&format!("127.0.0.1:{port}"))
+        },
+    )
+    .await;
 }
 
 fn tls_error(result: Result<Link, LinkError>) -> TlsError {
