@@ -19,8 +19,11 @@
 //! - **raw**: the same payloads JetStream-published straight into a file stream on a
 //!   `sync_interval: always` nats-server (the same three phases), seen by a subscriber
 //!   there.
-//! - **agent.ping**: signed commands from the root key, requested on the root's NATS one
-//!   after another, routed by the hub to the member and answered (signed) by it.
+//! - **agent.ping** and **booking.cancel**: signed commands from the root key, requested
+//!   on the root's NATS one after another, routed by the hub to the member and answered
+//!   (signed) by it: `agent.ping` by the agent itself, `booking.cancel` by a local app the
+//!   member requests it from (with a reply subject of the agent's own, so that an up rule
+//!   can tell the delivery apart).
 //! - **backlog after an outage**: on each fleet, the hub's nats-server is stopped, the app
 //!   requests `BACKLOG` more messages (each answered once fsynced in the member's outbox),
 //!   the server is started again; timed from then until the root saw every backlog event,
@@ -286,7 +289,8 @@ async fn bridge(durable: bool) -> (Option<String>, String) {
     let _hub = fleet.spawn(fleet::HUB, "");
     let _member = fleet.spawn(
         fleet::MEMBER,
-        "[bridge]\n[[bridge.up]]\nlocal = \"app.bench.*\"\nevent = \"bench.*\"\n",
+        "[bridge]\n[[bridge.up]]\nlocal = \"app.bench.*\"\nevent = \"bench.*\"\n\
+         [[bridge.down]]\ncommand = \"booking.cancel\"\nlocal = \"app.cmd.booking.cancel\"\n",
     );
     tokio::time::timeout(SETUP, beats.next())
         .await
@@ -310,7 +314,7 @@ async fn bridge(durable: bool) -> (Option<String>, String) {
     )
     .await;
     let ping = if durable {
-        Some(ping(&fleet, &root_client).await)
+        Some(commands(&fleet, &root_client, app).await)
     } else {
         None
     };
@@ -352,8 +356,37 @@ async fn raw() {
     .await;
 }
 
-/// agent.ping: root → hub → member → back, one at a time; its table row.
-async fn ping(fleet: &Fleet, root_client: &async_nats::Client) -> String {
+/// The command rows: `agent.ping` (answered by the member agent itself) and
+/// `booking.cancel` (delivered to a local app on the member's NATS, which answers at once),
+/// root → hub → member → back, one at a time.
+async fn commands(
+    fleet: &Fleet,
+    root_client: &async_nats::Client,
+    app: &async_nats::Client,
+) -> String {
+    let mut requests = app
+        .subscribe("app.cmd.booking.cancel")
+        .await
+        .expect("subscribe");
+    app.flush().await.expect("flush");
+    let answerer = app.clone();
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            if let Some(reply) = request.reply {
+                let _ = answerer.publish(reply, "{\"cancelled\":true}".into()).await;
+            }
+        }
+    });
+    let ping = round_trips(fleet, root_client, "agent.ping").await;
+    let cancel = round_trips(fleet, root_client, "booking.cancel").await;
+    format!(
+        "| `agent.ping` root → hub → member → root (signed both ways, verified at hub and member) | {ping}\n\
+         | `booking.cancel` root → hub → member → local app (a NATS request with the agent's own reply subject) → root | {cancel}"
+    )
+}
+
+/// `command` from the root key to the member, one at a time: the row's figures.
+async fn round_trips(fleet: &Fleet, root_client: &async_nats::Client, name: &str) -> String {
     let root_key =
         SecretKey::parse(&std::fs::read_to_string(&fleet.root_key.secret).expect("root key file"))
             .expect("root key");
@@ -362,11 +395,11 @@ async fn ping(fleet: &Fleet, root_client: &async_nats::Client) -> String {
         key: &root_key,
         chain: None,
     };
-    let ping = async || {
+    let once = async || {
         let sealed = command::seal(
             &issuer,
             fleet::MEMBER,
-            "agent.ping",
+            name,
             serde_json::Map::new(),
             Duration::from_secs(5),
             time::OffsetDateTime::now_utc(),
@@ -380,19 +413,19 @@ async fn ping(fleet: &Fleet, root_client: &async_nats::Client) -> String {
         let answer = root_client.send_request(sealed.subject, request).await;
         answer.ok().map(|_| started.elapsed())
     };
-    wait_until("the member answers agent.ping", SETUP, async || {
-        ping().await
+    wait_until(&format!("the member answers {name}"), SETUP, async || {
+        once().await
     })
     .await;
     let mut rtts = Vec::with_capacity(PINGS);
     for _ in 0..PINGS {
-        if let Some(rtt) = ping().await {
+        if let Some(rtt) = once().await {
             rtts.push(rtt);
         }
     }
     rtts.sort_unstable();
     format!(
-        "| `agent.ping` root → hub → member → root (signed both ways, verified at hub and member) | {} of {PINGS} | {:.2} | {:.2} | {:.2} |",
+        "{} of {PINGS} | {:.2} | {:.2} | {:.2} |",
         rtts.len(),
         ms(pct(&rtts, 0.5)),
         ms(pct(&rtts, 0.99)),
