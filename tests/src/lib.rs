@@ -17,6 +17,7 @@
 //! - [`nats`]: [`NatsServer`], a JetStream-enabled nats-server on a port it chose.
 //! - [`mosquitto`]: [`Mosquitto`], a persistent mosquitto broker on a free port.
 //! - [`agent`]: [`AgentProcess`] (`nexus-agent run`) and [`keygen`].
+//! - [`examples`]: [`examples::ExampleFleet`], the fleet of `config/examples/*.toml` as shipped.
 //! - [`fleet`]: [`Fleet`], root + hub + member with keys and CLI-issued tokens.
 //! - [`landing`]: a member-like uplink into a hub's ingress; readers of the root's landing.
 //! - [`proxy`]: [`Proxy`], a TCP proxy that can be frozen (a half-open link, lost acks).
@@ -25,6 +26,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod examples;
 pub mod fleet;
 pub mod landing;
 pub mod mosquitto;

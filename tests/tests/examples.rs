@@ -1,247 +1,19 @@
-//! The shipped example configs, as shipped: root, hub and member run from
-//! `config/examples/{root,hub,member}.toml` copied byte for byte, with only what a deployer
-//! must fill in given as `NEXUS_…` environment overrides (keys, tokens, trust anchor, URLs,
-//! data_dir). A mosquitto with the sensors of the member example's rules, a local app on the
-//! member's NATS answering the example's command, and the real CLI (`check`, `request`,
-//! `dlq`) on the same files.
+//! The shipped example configs carry a whole fleet: root, hub and member from
+//! `config/examples/*.toml` as shipped (see `nexus_e2e::examples`), a mosquitto with the
+//! sensors of the member example's rules, a local app on the member's NATS answering the
+//! example's command, and the real CLI (`check`, `request`, `dlq`) on the same files.
 //!
 //! What lands at the root's streams: every node's heartbeat, every sensor reading, a bridged
 //! app event, a command's reply from the app, and the member's refusal audit; nothing is
-//! dead-lettered at the hub or the root. `./dev demo` runs the same files the same way, so
-//! the examples, the demo and this test cannot drift apart.
+//! dead-lettered at the hub or the root. The demo runs the same fleet; it is run here
+//! briefly too, so that it cannot rot.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
-use nexus_e2e::{
-    agent_bin, fleet, mosquitto_client_bin, wait_until, AgentProcess, Fleet, Launch, Mosquitto,
-    NatsServer,
-};
+use nexus_e2e::examples::{text, ExampleFleet, DEADLINE};
+use nexus_e2e::{fleet, wait_until};
 use serde_json::{json, Value};
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// The repository's example of `mode`.
-fn example(mode: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../config/examples")
-        .join(format!("{mode}.toml"))
-}
-
-/// A root, a hub and a member on the example files, and the parts around them.
-struct ExampleFleet {
-    fleet: Fleet,
-    broker: Mosquitto,
-    root: AgentProcess,
-    hub: AgentProcess,
-    member: AgentProcess,
-    /// JetStream on the root's NATS, where events land.
-    root_js: jetstream::Context,
-    /// A local app's connection to the member's NATS.
-    app: async_nats::Client,
-}
-
-impl ExampleFleet {
-    async fn start() -> Self {
-        let durable = || NatsServer::builder().sync_always().start();
-        let fleet = Fleet::with_servers(durable(), durable(), NatsServer::start());
-        let broker = Mosquitto::start();
-        let spawn = |node: &str, mode: &str| {
-            let text = std::fs::read_to_string(example(mode)).expect("the example config");
-            let launch = Launch {
-                env: overrides(&fleet, &broker, node)
-                    .into_iter()
-                    .map(|(k, v)| (k.into(), v.into()))
-                    .collect(),
-                ..Launch::default()
-            };
-            AgentProcess::spawn_with(&launch, node, &text, fleet.path())
-        };
-        let root = spawn(fleet::ROOT, "root");
-        let hub = spawn(fleet::HUB, "hub");
-        let member = spawn(fleet::MEMBER, "member");
-        let root_js = jetstream::new(fleet.root_nats.client().await);
-        let app = fleet.member_nats.client().await;
-        let subscribed = tokio::time::timeout(
-            DEADLINE,
-            wait_until(
-                "the member's MQTT bridge is subscribed",
-                DEADLINE + Duration::from_secs(1),
-                async || member.log().contains("MQTT subscriptions confirmed"),
-            ),
-        )
-        .await;
-        assert!(
-            subscribed.is_ok(),
-            "the member's MQTT bridge is not subscribed:\n{}",
-            tail(&member.log())
-        );
-        Self {
-            fleet,
-            broker,
-            root,
-            hub,
-            member,
-            root_js,
-            app,
-        }
-    }
-
-    /// The CLI on a node's example config (its copy in the fleet's dir), with the node's
-    /// overrides.
-    async fn cli(&self, node: &str, args: &[&str]) -> Output {
-        let config = self.fleet.path().join(format!("{node}.toml"));
-        let (verb, rest) = args.split_first().expect("a verb");
-        let mut command = tokio::process::Command::new(agent_bin());
-        command.arg(verb);
-        if *verb == "dlq" {
-            command
-                .args(&rest[..1])
-                .arg("-c")
-                .arg(&config)
-                .args(&rest[1..]);
-        } else {
-            command.arg("-c").arg(&config).args(rest);
-        }
-        command
-            .envs(overrides(&self.fleet, &self.broker, node))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .expect("nexus-agent runs")
-    }
-
-    /// A sensor's message, as the sensor sends it (`mosquitto_pub -q 1`).
-    fn sensor(&self, topic: &str, message: &str) {
-        let out = Command::new(mosquitto_client_bin("mosquitto_pub"))
-            .args(["-h", "127.0.0.1", "-p", &self.broker.port().to_string()])
-            .args(["-q", "1", "-t", topic, "-m", message])
-            .output()
-            .expect("mosquitto_pub runs");
-        assert!(out.status.success(), "mosquitto_pub: {}", text(&out));
-    }
-
-    /// Every message of `stream` on `filter`, decoded, once at least `n` are there.
-    async fn landed(&self, stream: &str, filter: &str, n: usize) -> Vec<Value> {
-        let end = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let found = read_stream(&self.root_js, stream, filter).await;
-            if found.len() >= n {
-                return found;
-            }
-            assert!(
-                tokio::time::Instant::now() < end,
-                "{n} message(s) on {filter} in {stream} within {DEADLINE:?}; found {}: \
-                 {found:?}\n{}",
-                found.len(),
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "root:\n{}\nhub:\n{}\nmember:\n{}",
-            tail(&self.root.log()),
-            tail(&self.hub.log()),
-            tail(&self.member.log())
-        )
-    }
-}
-
-/// What a deployer fills in for `node`: its key, token, data_dir, the trust anchor and the
-/// URLs of this machine's servers. Nothing else of the example is changed.
-fn overrides(fleet: &Fleet, broker: &Mosquitto, node: &str) -> Vec<(String, String)> {
-    let key = match node {
-        fleet::ROOT => &fleet.root_key,
-        fleet::HUB => &fleet.hub_key,
-        _ => &fleet.member_key,
-    };
-    let mut env = vec![
-        ("NEXUS_NODE__KEY", key.secret.display().to_string()),
-        (
-            "NEXUS_NODE__DATA_DIR",
-            fleet.data_dir(node).display().to_string(),
-        ),
-        ("NEXUS_TRUST__ROOT_KEYS", fleet.root_key.public.clone()),
-    ];
-    match node {
-        fleet::ROOT => env.push(("NEXUS_LOCAL__URL", fleet.root_nats.url())),
-        fleet::HUB => env.extend([
-            ("NEXUS_NODE__TOKEN", token(fleet, node)),
-            ("NEXUS_UPLINK__URL", fleet.root_nats.url()),
-            ("NEXUS_LOCAL__URL", fleet.hub_nats.url()),
-        ]),
-        _ => env.extend([
-            ("NEXUS_NODE__TOKEN", token(fleet, node)),
-            ("NEXUS_UPLINK__URL", fleet.hub_nats.url()),
-            ("NEXUS_LOCAL__URL", fleet.member_nats.url()),
-            ("NEXUS_IOT__URL", broker.url()),
-        ]),
-    }
-    env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
-}
-
-fn token(fleet: &Fleet, node: &str) -> String {
-    fleet.token_path(node).display().to_string()
-}
-
-/// Every message of `stream` on `filter`, as JSON (none if the stream is not there yet).
-async fn read_stream(js: &jetstream::Context, stream: &str, filter: &str) -> Vec<Value> {
-    let Ok(mut stream) = js.get_stream(stream).await else {
-        return Vec::new();
-    };
-    let Ok(info) = stream.info().await else {
-        return Vec::new();
-    };
-    if info.state.messages == 0 {
-        return Vec::new();
-    }
-    let Ok(consumer) = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter.to_owned(),
-            ..Default::default()
-        })
-        .await
-    else {
-        return Vec::new();
-    };
-    let Ok(messages) = consumer.messages().await else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    let mut messages =
-        std::pin::pin!(messages.take_until(tokio::time::sleep(Duration::from_millis(500))));
-    while let Some(Ok(message)) = messages.next().await {
-        let pending = message.info().map(|i| i.pending).unwrap_or(0);
-        if let Ok(value) = serde_json::from_slice::<Value>(&message.payload) {
-            found.push(value);
-        }
-        if pending == 0 {
-            break;
-        }
-    }
-    found
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_examples_carry_a_whole_fleet() {
@@ -432,4 +204,44 @@ async fn the_shipped_examples_carry_a_whole_fleet() {
         .collect();
     stages.sort_unstable();
     assert_eq!(stages, ["bridge", "iot"], "{}", text(&out));
+}
+
+/// The demo (`./dev demo`) runs the same fleet for a person: briefly here, so that it
+/// cannot rot. It pings the member through the hub and prints what lands at the root:
+/// every node's heartbeat and the simulated sensors' readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_on_the_examples_and_shows_the_fleet() {
+    let kept = tempfile::tempdir().expect("tempdir");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_demo"))
+        .args(["--for", "12"])
+        .env("DEMO_KEEP_DIR", kept.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .expect("the demo runs");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut expected = vec![
+        "agent.ping root → hub → member".to_owned(),
+        "nexus.salon-001.iot.sensor_data".to_owned(),
+        "\"sensor_id\":\"aqara-livingroom\"".to_owned(),
+        "\"sensor_id\":\"esp32-kitchen\"".to_owned(),
+    ];
+    for node in [fleet::ROOT, fleet::HUB, fleet::MEMBER] {
+        expected.push(format!("nexus._core.edge.health.{node} "));
+    }
+    for line in &expected {
+        assert!(
+            shown.contains(line.as_str()),
+            "`{line}` in:\n{}",
+            text(&out)
+        );
+    }
+    // What a person looks at afterwards: each node's config, overrides and log.
+    for node in [fleet::ROOT, fleet::HUB, fleet::MEMBER] {
+        for ext in ["toml", "env", "log"] {
+            let file = kept.path().join(format!("{node}.{ext}"));
+            assert!(file.is_file(), "{} kept", file.display());
+        }
+    }
 }

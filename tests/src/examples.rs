@@ -1,0 +1,261 @@
+//! The shipped example configs, as shipped: root, hub and member run from
+//! `config/examples/{root,hub,member}.toml` copied byte for byte, with only what a deployer
+//! must fill in given as `NEXUS_…` environment overrides (keys, tokens, trust anchor, URLs,
+//! data_dir), a mosquitto for the member's sensors, and the CLI on the same files.
+//!
+//! `tests/tests/examples.rs` proves a whole fleet works on them; the demo
+//! (`src/bin/demo.rs`, `./dev demo`) runs the same fleet for a person to watch. So the
+//! examples, the demo and the test cannot drift apart.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt as _;
+use serde_json::Value;
+
+use crate::{
+    agent_bin, fleet, mosquitto_client_bin, wait_until, AgentProcess, Fleet, Launch, Mosquitto,
+    NatsServer,
+};
+
+/// How long a step may take on a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The repository's example of `mode`.
+pub fn example(mode: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/examples")
+        .join(format!("{mode}.toml"))
+}
+
+/// A root, a hub and a member on the example files, and the parts around them.
+#[derive(Debug)]
+pub struct ExampleFleet {
+    /// The servers, keys and tokens (the agents' configs and logs are in its dir).
+    pub fleet: Fleet,
+    /// The member's MQTT broker, where sensors publish.
+    pub broker: Mosquitto,
+    /// The root agent.
+    pub root: AgentProcess,
+    /// The hub agent.
+    pub hub: AgentProcess,
+    /// The member agent.
+    pub member: AgentProcess,
+    /// JetStream on the root's NATS, where events land.
+    pub root_js: jetstream::Context,
+    /// A local app's connection to the member's NATS.
+    pub app: async_nats::Client,
+}
+
+impl ExampleFleet {
+    /// Servers (hub and root with `sync_interval: always`, as shipped), mosquitto, keys and
+    /// tokens; the three agents started on the examples; returns once the member reads its
+    /// sensors. Each node's overrides are also written as `NAME.env` (`export` lines) beside
+    /// its config, for a person to run the CLI on it.
+    pub async fn start() -> Self {
+        let durable = || NatsServer::builder().sync_always().start();
+        let fleet = Fleet::with_servers(durable(), durable(), NatsServer::start());
+        let broker = Mosquitto::start();
+        let spawn = |node: &str, mode: &str| {
+            let text = std::fs::read_to_string(example(mode)).expect("the example config");
+            let launch = Launch {
+                env: overrides(&fleet, &broker, node)
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+                ..Launch::default()
+            };
+            let exports: String = overrides(&fleet, &broker, node)
+                .iter()
+                .map(|(k, v)| format!("export {k}='{v}'\n"))
+                .collect();
+            std::fs::write(fleet.path().join(format!("{node}.env")), exports)
+                .expect("write the node's overrides");
+            AgentProcess::spawn_with(&launch, node, &text, fleet.path())
+        };
+        let root = spawn(fleet::ROOT, "root");
+        let hub = spawn(fleet::HUB, "hub");
+        let member = spawn(fleet::MEMBER, "member");
+        let root_js = jetstream::new(fleet.root_nats.client().await);
+        let app = fleet.member_nats.client().await;
+        let subscribed = tokio::time::timeout(
+            DEADLINE,
+            wait_until(
+                "the member's MQTT bridge is subscribed",
+                DEADLINE + Duration::from_secs(1),
+                async || member.log().contains("MQTT subscriptions confirmed"),
+            ),
+        )
+        .await;
+        assert!(
+            subscribed.is_ok(),
+            "the member's MQTT bridge is not subscribed:\n{}",
+            tail(&member.log())
+        );
+        Self {
+            fleet,
+            broker,
+            root,
+            hub,
+            member,
+            root_js,
+            app,
+        }
+    }
+
+    /// The CLI on a node's example config (its copy in the fleet's dir), with the node's
+    /// overrides.
+    pub async fn cli(&self, node: &str, args: &[&str]) -> Output {
+        let config = self.fleet.path().join(format!("{node}.toml"));
+        let (verb, rest) = args.split_first().expect("a verb");
+        let mut command = tokio::process::Command::new(agent_bin());
+        command.arg(verb);
+        if *verb == "dlq" {
+            command
+                .args(&rest[..1])
+                .arg("-c")
+                .arg(&config)
+                .args(&rest[1..]);
+        } else {
+            command.arg("-c").arg(&config).args(rest);
+        }
+        command
+            .envs(overrides(&self.fleet, &self.broker, node))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("nexus-agent runs")
+    }
+
+    /// A sensor's message, as the sensor sends it (`mosquitto_pub -q 1`).
+    pub fn sensor(&self, topic: &str, message: &str) {
+        let out = Command::new(mosquitto_client_bin("mosquitto_pub"))
+            .args(["-h", "127.0.0.1", "-p", &self.broker.port().to_string()])
+            .args(["-q", "1", "-t", topic, "-m", message])
+            .output()
+            .expect("mosquitto_pub runs");
+        assert!(out.status.success(), "mosquitto_pub: {}", text(&out));
+    }
+
+    /// Every message of `stream` on `filter`, decoded, once at least `n` are there.
+    pub async fn landed(&self, stream: &str, filter: &str, n: usize) -> Vec<Value> {
+        let end = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let found = read_stream(&self.root_js, stream, filter).await;
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "{n} message(s) on {filter} in {stream} within {DEADLINE:?}; found {}: \
+                 {found:?}\n{}",
+                found.len(),
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The end of each agent's log.
+    pub fn logs(&self) -> String {
+        format!(
+            "root:\n{}\nhub:\n{}\nmember:\n{}",
+            tail(&self.root.log()),
+            tail(&self.hub.log()),
+            tail(&self.member.log())
+        )
+    }
+}
+
+/// What a deployer fills in for `node`: its key, token, data_dir, the trust anchor and the
+/// URLs of this machine's servers. Nothing else of the example is changed.
+pub fn overrides(fleet: &Fleet, broker: &Mosquitto, node: &str) -> Vec<(String, String)> {
+    let key = match node {
+        fleet::ROOT => &fleet.root_key,
+        fleet::HUB => &fleet.hub_key,
+        _ => &fleet.member_key,
+    };
+    let mut env = vec![
+        ("NEXUS_NODE__KEY", key.secret.display().to_string()),
+        (
+            "NEXUS_NODE__DATA_DIR",
+            fleet.data_dir(node).display().to_string(),
+        ),
+        ("NEXUS_TRUST__ROOT_KEYS", fleet.root_key.public.clone()),
+    ];
+    match node {
+        fleet::ROOT => env.push(("NEXUS_LOCAL__URL", fleet.root_nats.url())),
+        fleet::HUB => env.extend([
+            ("NEXUS_NODE__TOKEN", token(fleet, node)),
+            ("NEXUS_UPLINK__URL", fleet.root_nats.url()),
+            ("NEXUS_LOCAL__URL", fleet.hub_nats.url()),
+        ]),
+        _ => env.extend([
+            ("NEXUS_NODE__TOKEN", token(fleet, node)),
+            ("NEXUS_UPLINK__URL", fleet.hub_nats.url()),
+            ("NEXUS_LOCAL__URL", fleet.member_nats.url()),
+            ("NEXUS_IOT__URL", broker.url()),
+        ]),
+    }
+    env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+fn token(fleet: &Fleet, node: &str) -> String {
+    fleet.token_path(node).display().to_string()
+}
+
+/// Every message of `stream` on `filter`, as JSON (none if the stream is not there yet).
+pub async fn read_stream(js: &jetstream::Context, stream: &str, filter: &str) -> Vec<Value> {
+    let Ok(mut stream) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let Ok(info) = stream.info().await else {
+        return Vec::new();
+    };
+    if info.state.messages == 0 {
+        return Vec::new();
+    }
+    let Ok(consumer) = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            ..Default::default()
+        })
+        .await
+    else {
+        return Vec::new();
+    };
+    let Ok(messages) = consumer.messages().await else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    let mut messages =
+        std::pin::pin!(messages.take_until(tokio::time::sleep(Duration::from_millis(500))));
+    while let Some(Ok(message)) = messages.next().await {
+        let pending = message.info().map(|i| i.pending).unwrap_or(0);
+        if let Ok(value) = serde_json::from_slice::<Value>(&message.payload) {
+            found.push(value);
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    found
+}
+
+/// A process' exit code, stdout and stderr, for failure messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
