@@ -25,21 +25,20 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use nexus_config::{DownRule, Mode};
-use nexus_federation::bridge::{decode_object, header_pairs};
+use nexus_federation::bridge::decode_object;
 use nexus_federation::command::{self, OpenedCommand, ReplayGuard};
-use nexus_federation::deadletter::STAGE_COMMAND;
 use nexus_federation::envelope::Envelope;
-use nexus_federation::ingress::RejectedMessage;
 use nexus_federation::outbox::Priority;
 use nexus_federation::ratelog::RateLimitedLog;
+use nexus_federation::refusal::{Reason, RefusalSink, Rejection};
 use nexus_federation::subject;
-use nexus_federation::trust::{self, Admitted, Gatekeeper, OwnChain, Rejection};
+use nexus_federation::trust::{self, Admitted, Gatekeeper, OwnChain};
 use nexus_federation::uplink::{Presentation, PresentationSlot};
 use nexus_federation::{Link, Outbox};
 use nexus_policies::{Chain, Role, SecretKey};
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -102,8 +101,9 @@ pub struct CommandService {
     pub down: Vec<DownRule>,
     /// Where app replies are queued to travel up.
     pub outbox: Outbox,
-    /// Where refusals go.
-    pub rejections: Option<mpsc::Sender<RejectedMessage>>,
+    /// Where refusals go: logged, dead letters, audit (`Stage::Command`; shared by every
+    /// listener).
+    pub refusals: RefusalSink,
     /// The watch over children (hub: routing).
     pub children: Option<Children>,
     /// Answers `agent.ping` and `agent.health`.
@@ -112,7 +112,7 @@ pub struct CommandService {
     pub rotation: Rotation,
     /// Commands seen (shared by every listener).
     pub replay: Arc<Mutex<ReplayGuard>>,
-    /// Quiet logs (shared).
+    /// Quiet logs (shared): commands dropped unanswered.
     pub log: Arc<Mutex<RateLimitedLog>>,
     /// When this agent started: commands issued earlier are refused (the replay guard is
     /// in memory, so a restart must not reopen the window of older commands).
@@ -336,7 +336,7 @@ impl CommandService {
         let (headers, body) = match self.answer(&message).await {
             Ok(reply) => reply,
             Err((rejection, envelope)) => {
-                self.refuse(&message, &rejection);
+                self.refusals.refuse(&message, &rejection);
                 match envelope {
                     Some(command) => self.error_reply(&command, &rejection),
                     None => plain_error(&rejection),
@@ -357,7 +357,7 @@ impl CommandService {
             HEALTH => Ok(self.heartbeat.snapshot()),
             ROTATE => self.rotate(&command.envelope.payload).await,
             name if name.starts_with("agent.") => Err(Rejection::new(
-                "unknown_command",
+                Reason::UnknownCommand,
                 format!("`{name}` is not a built-in command (agent.ping, agent.health, agent.token.rotate)"),
             )),
             _ => return Ok(self.deliver(&command).await),
@@ -366,7 +366,7 @@ impl CommandService {
             &command.envelope,
             &self.node_id,
             None,
-            outcome.map_err(|r| (r.reason, r.detail)),
+            outcome.map_err(|r| (r.reason.as_str(), r.detail)),
             OffsetDateTime::now_utc(),
         );
         Ok(self.sign(&reply))
@@ -395,7 +395,7 @@ impl CommandService {
             .is_some_and(|t| t < self.started_wall)
         {
             return Err(with(Rejection::new(
-                "command_stale",
+                Reason::CommandStale,
                 "issued before this agent started; send it again",
             )));
         }
@@ -414,7 +414,7 @@ impl CommandService {
         if let Admitted::Node(grant) = &admitted {
             if grant.role() != Role::Root && !self.rotation.own.has_ancestor(grant.node_key()) {
                 return Err(with(Rejection::new(
-                    "command_not_allowed",
+                    Reason::CommandNotAllowed,
                     format!(
                         "node `{}` is not above node `{}` in the tree",
                         grant.node_id(),
@@ -450,7 +450,7 @@ impl CommandService {
     async fn rotate(&self, payload: &Map<String, Value>) -> Result<Map<String, Value>, Rejection> {
         let Some(path) = &self.rotation.path else {
             return Err(Rejection::new(
-                "no_token",
+                Reason::NoToken,
                 "this node runs without node.token (a trust anchor): nothing to rotate",
             ));
         };
@@ -459,13 +459,15 @@ impl CommandService {
             .and_then(Value::as_str)
             .ok_or_else(|| {
                 Rejection::new(
-                    "malformed",
+                    Reason::Malformed,
                     "expected {\"token\": \"<token chain file, base64url>\"}",
                 )
             })?;
         let bytes = URL_SAFE_NO_PAD
             .decode(text.trim_end_matches('='))
-            .map_err(|e| Rejection::new("malformed", format!("token is not base64url: {e}")))?;
+            .map_err(|e| {
+                Rejection::new(Reason::Malformed, format!("token is not base64url: {e}"))
+            })?;
         let chain = Chain::decode(&bytes).map_err(|e| Rejection::from(&e))?;
         let grant = self.gatekeeper.verify_now(&chain)?;
         let own_key = self.key.public();
@@ -501,11 +503,11 @@ impl CommandService {
             None
         };
         if let Some(problem) = problem {
-            return Err(Rejection::new("token_not_mine", problem));
+            return Err(Rejection::new(Reason::TokenNotMine, problem));
         }
         nexus_federation::fsutil::write_atomically(path, &bytes, 0o644).map_err(|e| {
             Rejection::new(
-                "io",
+                Reason::Io,
                 format!("cannot write node.token {}: {e}", path.display()),
             )
         })?;
@@ -545,7 +547,7 @@ impl CommandService {
             &command.envelope,
             &self.node_id,
             if ok { self.tenant.as_deref() } else { None },
-            outcome.map_err(|r| (r.reason, r.detail)),
+            outcome.map_err(|r| (r.reason.as_str(), r.detail)),
             OffsetDateTime::now_utc(),
         );
         match command::reply_message(&reply, &self.key) {
@@ -560,7 +562,7 @@ impl CommandService {
                 }
                 (headers, body)
             }
-            Err(error) => plain_error(&Rejection::new("internal", error)),
+            Err(error) => plain_error(&Rejection::new(Reason::Internal, error)),
         }
     }
 
@@ -575,7 +577,7 @@ impl CommandService {
             .find_map(|rule| rule.rewrite.apply(&command.name).map(|s| (rule, s)))
             .ok_or_else(|| {
                 Rejection::new(
-                    "unknown_command",
+                    Reason::UnknownCommand,
                     format!(
                         "no [[bridge.down]] rule on node `{}` takes `{}`",
                         self.node_id, command.name
@@ -584,14 +586,14 @@ impl CommandService {
             })?;
         let Some(local) = &self.local else {
             return Err(Rejection::new(
-                "unknown_command",
+                Reason::UnknownCommand,
                 "this node has no [local] NATS",
             ));
         };
         let timeout = rule.timeout.min(command.remaining(now));
         if timeout.is_zero() {
             return Err(Rejection::new(
-                "command_expired",
+                Reason::CommandExpired,
                 "no time left to ask the app",
             ));
         }
@@ -602,7 +604,7 @@ impl CommandService {
         headers.insert("Nexus-Command-Id", command.envelope.event_id.as_str());
         headers.insert("Nexus-Issuer", command.envelope.source.as_str());
         let body = serde_json::to_vec(&command.envelope.payload)
-            .map_err(|e| Rejection::new("internal", e.to_string()))?;
+            .map_err(|e| Rejection::new(Reason::Internal, e.to_string()))?;
         // The reply subject marks the request as the agent's own delivery: an up rule
         // taking the same subject leaves it to the app (command::is_own_delivery).
         let request = async_nats::Request::new()
@@ -616,34 +618,32 @@ impl CommandService {
             .await
             .map_err(|error| match error.kind() {
                 async_nats::client::RequestErrorKind::NoResponders => Rejection::new(
-                    "no_local_responder",
+                    Reason::NoLocalResponder,
                     format!("no local app answers on `{local_subject}`"),
                 ),
                 async_nats::client::RequestErrorKind::TimedOut => Rejection::new(
-                    "timeout",
+                    Reason::Timeout,
                     format!(
                         "the local app on `{local_subject}` did not answer within {} ms",
                         timeout.as_millis()
                     ),
                 ),
-                _ => Rejection::new("local_unavailable", error.to_string()),
+                _ => Rejection::new(Reason::LocalUnavailable, error.to_string()),
             })?;
         if let Some(error) = answer
             .headers
             .as_ref()
             .and_then(|h| h.get("Nats-Service-Error"))
         {
-            return Err(Rejection::new("app_error", error.as_str().to_owned()));
+            return Err(Rejection::new(Reason::AppError, error.as_str().to_owned()));
         }
         let content_type = answer
             .headers
             .as_ref()
             .and_then(|h| h.get("Content-Type"))
             .map(|v| v.as_str().trim().to_owned());
-        decode_object(&answer.payload, content_type.as_deref()).map_err(|r| Rejection {
-            reason: "bad_app_reply",
-            detail: r.detail,
-        })
+        decode_object(&answer.payload, content_type.as_deref())
+            .map_err(|r| Rejection::new(Reason::BadAppReply, r.detail))
     }
 
     /// Hub: a command for a child. Unknown children are someone else's (silence); a child
@@ -666,7 +666,7 @@ impl CommandService {
         let command = match self.verify(message, None) {
             Ok(command) => command,
             Err((rejection, envelope)) => {
-                self.refuse(message, &rejection);
+                self.refusals.refuse(message, &rejection);
                 let (headers, body) = match envelope {
                     Some(envelope) => self.error_reply(&envelope, &rejection),
                     None => plain_error(&rejection),
@@ -677,7 +677,7 @@ impl CommandService {
         };
         if !online {
             let offline = Rejection::new(
-                "node_offline",
+                Reason::NodeOffline,
                 format!(
                     "node `{target}` is offline: hub `{}` has not heard its heartbeat lately",
                     self.node_id
@@ -706,20 +706,20 @@ impl CommandService {
             Err(error) => {
                 let failure = match error.kind() {
                     async_nats::client::RequestErrorKind::NoResponders => Rejection::new(
-                        "node_unreachable",
+                        Reason::NodeUnreachable,
                         format!(
                             "node `{target}` is not listening for commands on hub `{}`",
                             self.node_id
                         ),
                     ),
                     async_nats::client::RequestErrorKind::TimedOut => Rejection::new(
-                        "timeout",
+                        Reason::Timeout,
                         format!(
                             "node `{target}` did not answer within {} ms",
                             remaining.as_millis()
                         ),
                     ),
-                    _ => Rejection::new("hub_unavailable", error.to_string()),
+                    _ => Rejection::new(Reason::HubUnavailable, error.to_string()),
                 };
                 self.error_reply(&command.envelope, &failure)
             }
@@ -736,7 +736,7 @@ impl CommandService {
             command,
             &self.node_id,
             None,
-            Err((failure.reason, failure.detail.clone())),
+            Err((failure.reason.as_str(), failure.detail.clone())),
             OffsetDateTime::now_utc(),
         );
         self.sign(&reply)
@@ -746,7 +746,7 @@ impl CommandService {
     fn sign(&self, reply: &Envelope) -> (async_nats::HeaderMap, Bytes) {
         match command::reply_message(reply, &self.key) {
             Ok((headers, body, _)) => (self.with_chain(headers), body),
-            Err(error) => plain_error(&Rejection::new("internal", error)),
+            Err(error) => plain_error(&Rejection::new(Reason::Internal, error)),
         }
     }
 
@@ -772,34 +772,6 @@ impl CommandService {
             debug!(%error, "Cannot send a command reply.");
         }
     }
-
-    fn refuse(&self, message: &async_nats::Message, refused: &Rejection) {
-        {
-            let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(suppressed) = log.check(refused.reason, Instant::now()) {
-                warn!(reason = refused.reason, detail = %refused.detail, subject = %message.subject, suppressed, "Command refused.");
-            }
-        }
-        let Some(sink) = &self.rejections else { return };
-        let signer = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(nexus_federation::provenance::HDR_SIGNER))
-            .map(|v| v.as_str().to_owned());
-        let letter = RejectedMessage {
-            stage: STAGE_COMMAND,
-            rejection: refused.clone(),
-            subject: message.subject.to_string(),
-            headers: header_pairs(message.headers.as_ref()),
-            body: message.payload.clone(),
-            signer,
-            attempts: 1,
-            first_at: None,
-        };
-        if sink.try_send(letter).is_err() {
-            debug!("The dead-letter writer is behind; a refused command was not stored.");
-        }
-    }
 }
 
 /// A refused command: why, and its envelope when it could be read (to reply to it).
@@ -808,8 +780,8 @@ type Refused = (Rejection, Option<Box<Envelope>>);
 /// An unsigned error reply, for a message too broken to answer with an envelope.
 fn plain_error(failure: &Rejection) -> (async_nats::HeaderMap, Bytes) {
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nexus-Error", failure.reason);
-    let body = json!({"code": failure.reason, "message": failure.detail}).to_string();
+    headers.insert("Nexus-Error", failure.reason.as_str());
+    let body = json!({"code": failure.reason.as_str(), "message": failure.detail}).to_string();
     (headers, Bytes::from(body))
 }
 

@@ -38,7 +38,7 @@ pub enum DlqCommand {
     List {
         #[command(flatten)]
         store: StoreArgs,
-        /// Only this reason code (e.g. bad_signature, malformed, not_granted).
+        /// Only this reason code (e.g. bad_signature, malformed, subject_not_granted).
         #[arg(long, value_name = "REASON")]
         reason: Option<String>,
         /// Only entries that failed since then: a duration back from now (30m, 1h, 7d) or an

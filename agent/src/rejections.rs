@@ -1,13 +1,14 @@
-//! What happens to a refused message: it is kept in the dead-letter store with its reason,
-//! and announced as a `nexus._core.audit.rejected` event — at most one per reason per
-//! minute, carrying how many refusals it stands for.
+//! What happens to a refused message once its stage's refusal sink
+//! (`nexus_federation::refusal::RefusalSink`) has counted and logged it: it is kept in the
+//! dead-letter store with its reason, and announced as a `nexus._core.audit.rejected`
+//! event — at most one per reason per minute, carrying how many refusals it stands for.
 
 use std::time::{Duration, Instant};
 
 use nexus_federation::deadletter::{DeadLetter, DeadLetters};
-use nexus_federation::ingress::RejectedMessage;
 use nexus_federation::outbox::Priority;
 use nexus_federation::ratelog::RateLimitedLog;
+use nexus_federation::refusal::RejectedMessage;
 use nexus_federation::{Encoding, Envelope, Outbox, SignedEvent};
 use nexus_policies::SecretKey;
 use serde_json::{json, Map, Value};
@@ -49,8 +50,8 @@ impl RejectionHandler {
             let Some(refused) = refused else { return };
             if let Some(store) = &self.dead_letters {
                 let mut letter = DeadLetter::new(
-                    refused.stage,
-                    refused.rejection.reason,
+                    refused.stage.as_str(),
+                    refused.rejection.reason.as_str(),
                     refused.rejection.detail.clone(),
                     &refused.subject,
                     refused.headers.clone(),
@@ -64,11 +65,13 @@ impl RejectionHandler {
                 }
                 if let Err(error) = store.record(letter).await {
                     if audits.check("dead_letter_store", Instant::now()).is_some() {
-                        error!(%error, reason = refused.rejection.reason, "Cannot store a refused message in the dead-letter store; it is lost.");
+                        error!(%error, reason = refused.rejection.reason.as_str(), "Cannot store a refused message in the dead-letter store; it is lost.");
                     }
                 }
             }
-            if let Some(suppressed) = audits.check(refused.rejection.reason, Instant::now()) {
+            if let Some(suppressed) =
+                audits.check(refused.rejection.reason.as_str(), Instant::now())
+            {
                 self.audit(&refused, suppressed).await;
             }
         }
@@ -77,8 +80,8 @@ impl RejectionHandler {
     async fn audit(&self, refused: &RejectedMessage, suppressed: u64) {
         let mut payload = Map::new();
         payload.insert("node_id".into(), json!(self.node_id));
-        payload.insert("stage".into(), json!(refused.stage));
-        payload.insert("reason".into(), json!(refused.rejection.reason));
+        payload.insert("stage".into(), json!(refused.stage.as_str()));
+        payload.insert("reason".into(), json!(refused.rejection.reason.as_str()));
         payload.insert("detail".into(), json!(refused.rejection.detail));
         payload.insert("subject".into(), json!(refused.subject));
         payload.insert(

@@ -15,6 +15,7 @@ use nexus_federation::bridge::UpBridge;
 use nexus_federation::deadletter::DeadLetters;
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
 use nexus_federation::ingress::{Destination, Ingress, Landing};
+use nexus_federation::refusal::{RefusalSink, Stage};
 use nexus_federation::revocation;
 use nexus_federation::trust::OwnChain;
 use nexus_federation::uplink::{PresentationSlot, Uplink};
@@ -179,7 +180,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     watch.heard(&envelope.source, Instant::now());
                 }
             }));
-            let ingress = ingress.with_rejections(refusals_tx.clone());
+            let ingress =
+                ingress.with_refusals(RefusalSink::new(Stage::Ingress, Some(refusals_tx.clone())));
             supervise(
                 &tracker,
                 &shutdown,
@@ -279,7 +281,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_payload: config.bridge.max_payload,
             acl: config.acl.clone(),
             grants: own.clone(),
-            rejections: Some(refusals_tx.clone()),
+            refusals: RefusalSink::new(Stage::Bridge, Some(refusals_tx.clone())),
             counters: Arc::default(),
         };
         supervise(
@@ -304,7 +306,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         local: local.clone(),
         down: config.bridge.down.clone(),
         outbox: outbox.clone(),
-        rejections: Some(refusals_tx),
+        refusals: RefusalSink::new(Stage::Command, Some(refusals_tx)),
         children,
         heartbeat: heartbeat.clone(),
         rotation: Rotation {

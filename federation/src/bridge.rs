@@ -14,12 +14,12 @@
 //!    answered `{"ok": true, "event_id": …}`.
 //!
 //! A refused message is answered `{"ok": false, "code": …, "message": …}` when it was a
-//! request, counted, and handed to the refusal handler (dead-letter store, audit event).
+//! request, and handed to the refusal sink (counted, logged, dead-letter store, audit
+//! event; outbox trouble is back-pressure and is not dead-lettered).
 //! Nothing a local app sends can crash or stall the bridge, or cost a good message.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,21 +28,19 @@ use nexus_config::{AclPolicy, BridgeEncoding, UpRule};
 use nexus_policies::{Action, SecretKey};
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::command;
-use crate::deadletter::STAGE_BRIDGE;
 use crate::envelope::{Encoding, Envelope};
-use crate::ingress::RejectedMessage;
 use crate::link::Link;
 use crate::outbox::{Outbox, OutboxError, Priority};
-use crate::provenance::{HeaderMap, SignedEvent};
+use crate::provenance::SignedEvent;
 use crate::ratelog::RateLimitedLog;
+use crate::refusal::{Reason, RefusalSink, Rejection};
 use crate::subject;
-use crate::trust::{OwnChain, Rejection};
+use crate::trust::OwnChain;
 
 /// The principal of local apps in `[[acl]]` rules (the id no node may have).
 pub const LOCAL_PRINCIPAL: &str = nexus_policies::ids::LOCAL;
@@ -56,25 +54,6 @@ pub struct BridgeCounters {
     pub received: AtomicU64,
     /// Events appended to the outbox.
     pub forwarded: AtomicU64,
-    /// Refused messages, by reason.
-    pub refused: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-impl BridgeCounters {
-    fn refuse(&self, reason: &'static str) {
-        *self
-            .refused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(reason)
-            .or_default() += 1;
-    }
-
-    /// Refusals by reason, as JSON.
-    pub fn refused_json(&self) -> Value {
-        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-        json!(*refused)
-    }
 }
 
 /// The upward subject bridge of one node.
@@ -98,9 +77,10 @@ pub struct UpBridge {
     pub acl: AclPolicy,
     /// The own token's grants.
     pub grants: OwnChain,
-    /// Where refusals go (dead letters, audit).
-    pub rejections: Option<mpsc::Sender<RejectedMessage>>,
-    /// Live counters.
+    /// Where refusals go: counted by reason, logged, dead letters, audit
+    /// (`Stage::Bridge`).
+    pub refusals: RefusalSink,
+    /// Live counters (refusals: [`RefusalSink::counts`]).
     pub counters: Arc<BridgeCounters>,
 }
 
@@ -122,7 +102,7 @@ impl UpBridge {
                 Ok(subscriptions) => {
                     attempt = 0;
                     info!(rules = self.rules.len(), "Subject bridge (up) subscribed.");
-                    self.pump(subscriptions, &shutdown, &mut log).await;
+                    self.pump(subscriptions, &shutdown).await;
                 }
                 Err(error) => {
                     if log.check("subscribe", Instant::now()).is_some() {
@@ -152,12 +132,7 @@ impl UpBridge {
         Ok(subscriptions)
     }
 
-    async fn pump(
-        &self,
-        subscriptions: Vec<async_nats::Subscriber>,
-        shutdown: &CancellationToken,
-        log: &mut RateLimitedLog,
-    ) {
+    async fn pump(&self, subscriptions: Vec<async_nats::Subscriber>, shutdown: &CancellationToken) {
         // Each subscription tagged with its rule: a subject matched by several rules'
         // patterns arrives once per subscription and is handled by the first rule only.
         let tagged = subscriptions
@@ -192,7 +167,7 @@ impl UpBridge {
                 let mapped = self.map(index, &message, OffsetDateTime::now_utc());
                 work.push((message, mapped));
             }
-            self.commit(work, log).await;
+            self.commit(work).await;
         }
     }
 
@@ -207,7 +182,7 @@ impl UpBridge {
         let rule = &self.rules[index];
         if message.payload.len() > self.max_payload {
             return Err(Rejection::new(
-                "oversized",
+                Reason::Oversized,
                 format!(
                     "{} bytes, over bridge.max_payload ({})",
                     message.payload.len(),
@@ -222,7 +197,7 @@ impl UpBridge {
             .filter(|name| subject::is_valid_event_name(name))
             .ok_or_else(|| {
                 Rejection::new(
-                    "bad_event_name",
+                    Reason::BadEventName,
                     format!(
                         "`{subject_in}` maps to no valid event name under rule {} (tokens of [a-z0-9_-])",
                         rule.rewrite
@@ -239,13 +214,13 @@ impl UpBridge {
         let subject = envelope.subject();
         if !self.acl.allows(LOCAL_PRINCIPAL, Action::Publish, &subject) {
             return Err(Rejection::new(
-                "acl_denied",
+                Reason::AclDenied,
                 format!("[[acl]] does not let local apps publish on `{subject}`"),
             ));
         }
         if !self.grants.allows(&subject) {
             return Err(Rejection::new(
-                "subject_not_granted",
+                Reason::SubjectNotGranted,
                 format!("this node's token does not grant publishing on `{subject}`"),
             ));
         }
@@ -254,7 +229,7 @@ impl UpBridge {
             BridgeEncoding::Cbor => Encoding::Cbor,
         };
         SignedEvent::seal(&envelope, encoding, &self.key)
-            .map_err(|e| Rejection::new("malformed", e.to_string()))
+            .map_err(|e| Rejection::new(Reason::Malformed, e.to_string()))
     }
 
     /// A bare object becomes a new envelope's payload; a complete envelope keeps its ids,
@@ -278,10 +253,10 @@ impl UpBridge {
             ));
         }
         let mut envelope: Envelope = serde_json::from_value(Value::Object(object))
-            .map_err(|e| Rejection::new("malformed", format!("not an envelope: {e}")))?;
+            .map_err(|e| Rejection::new(Reason::Malformed, format!("not an envelope: {e}")))?;
         if envelope.event_name != event_name {
             return Err(Rejection::new(
-                "event_name_mismatch",
+                Reason::EventNameMismatch,
                 format!(
                     "the envelope says `{}` but its subject maps to `{event_name}`",
                     envelope.event_name
@@ -292,12 +267,12 @@ impl UpBridge {
         envelope.tenant = Some(self.tenant.clone());
         envelope
             .validate()
-            .map_err(|e| Rejection::new("malformed", e.to_string()))?;
+            .map_err(|e| Rejection::new(Reason::Malformed, e.to_string()))?;
         Ok(envelope)
     }
 
     /// Appends the mapped events (their fsyncs shared), then answers every request.
-    async fn commit(&self, work: Vec<(async_nats::Message, Mapped)>, log: &mut RateLimitedLog) {
+    async fn commit(&self, work: Vec<(async_nats::Message, Mapped)>) {
         // The pushes are issued in order (each is queued at its first poll), so the outbox
         // keeps the apps' order.
         let pushes = futures::future::join_all(work.iter().map(|(_, mapped)| async move {
@@ -311,12 +286,14 @@ impl UpBridge {
             let outcome = match (mapped, pushed) {
                 (Ok(event), Some(Ok(_))) => Ok(event),
                 (Ok(_), Some(Err(error))) => Err(match error {
-                    OutboxError::Full { .. } => Rejection::new("outbox_full", error.to_string()),
-                    other => Rejection::new("outbox_unavailable", other.to_string()),
+                    OutboxError::Full { .. } => {
+                        Rejection::new(Reason::OutboxFull, error.to_string())
+                    }
+                    other => Rejection::new(Reason::OutboxUnavailable, other.to_string()),
                 }),
                 (Err(rejection), _) => Err(rejection),
                 // Every mapped event was pushed above.
-                (Ok(_), None) => Err(Rejection::new("internal", "the event was not queued")),
+                (Ok(_), None) => Err(Rejection::new(Reason::Internal, "the event was not queued")),
             };
             let reply = match outcome {
                 Ok(event) => {
@@ -324,8 +301,8 @@ impl UpBridge {
                     json!({"ok": true, "event_id": event.event_id, "subject": event.subject})
                 }
                 Err(rejection) => {
-                    self.refuse(&message, &rejection, log);
-                    json!({"ok": false, "code": rejection.reason, "message": rejection.detail})
+                    self.refusals.refuse(&message, &rejection);
+                    json!({"ok": false, "code": rejection.reason.as_str(), "message": rejection.detail})
                 }
             };
             if let Some(reply_to) = message.reply.clone() {
@@ -336,52 +313,6 @@ impl UpBridge {
             }
         }
     }
-
-    fn refuse(
-        &self,
-        message: &async_nats::Message,
-        rejection: &Rejection,
-        log: &mut RateLimitedLog,
-    ) {
-        self.counters.refuse(rejection.reason);
-        if let Some(suppressed) = log.check(rejection.reason, Instant::now()) {
-            warn!(reason = rejection.reason, detail = %rejection.detail, subject = %message.subject, suppressed, "Local message refused; it is not forwarded.");
-        }
-        // Outbox trouble is back-pressure, not a bad message: the app is told and retries.
-        if matches!(rejection.reason, "outbox_full" | "outbox_unavailable") {
-            return;
-        }
-        if let Some(sink) = &self.rejections {
-            let refused = RejectedMessage {
-                stage: STAGE_BRIDGE,
-                rejection: rejection.clone(),
-                subject: message.subject.to_string(),
-                headers: header_pairs(message.headers.as_ref()),
-                body: message.payload.clone(),
-                signer: None,
-                attempts: 1,
-                first_at: None,
-            };
-            if sink.try_send(refused).is_err()
-                && log.check("rejections_full", Instant::now()).is_some()
-            {
-                warn!("The dead-letter writer is behind; a refusal was counted but not stored.");
-            }
-        }
-    }
-}
-
-/// A message's headers as (name, value) pairs.
-pub fn header_pairs(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .flat_map(|h| h.iter())
-        .flat_map(|(name, values)| {
-            values
-                .iter()
-                .map(move |v| (name.to_string(), v.as_str().to_owned()))
-        })
-        .collect()
 }
 
 /// A local message's body as a JSON object: JSON by default, CBOR when the app says so.
@@ -391,12 +322,12 @@ pub fn decode_object(
 ) -> Result<Map<String, Value>, Rejection> {
     let value: Value = match content_type {
         Some("application/cbor") => ciborium::de::from_reader_with_recursion_limit(body, 32)
-            .map_err(|e| Rejection::new("malformed", format!("not CBOR: {e}")))?,
+            .map_err(|e| Rejection::new(Reason::Malformed, format!("not CBOR: {e}")))?,
         None | Some("application/json") | Some("") => serde_json::from_slice(body)
-            .map_err(|e| Rejection::new("malformed", format!("not JSON: {e}")))?,
+            .map_err(|e| Rejection::new(Reason::Malformed, format!("not JSON: {e}")))?,
         Some(other) => {
             return Err(Rejection::new(
-                "malformed",
+                Reason::Malformed,
                 format!(
                     "unknown Content-Type `{other}`: send application/json or application/cbor"
                 ),
@@ -406,7 +337,7 @@ pub fn decode_object(
     match value {
         Value::Object(map) => Ok(map),
         other => Err(Rejection::new(
-            "malformed",
+            Reason::Malformed,
             format!(
                 "expected a JSON object (the payload, or a whole envelope), found {}",
                 kind(&other)

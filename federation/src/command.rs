@@ -30,8 +30,8 @@ use time::OffsetDateTime;
 
 use crate::envelope::{parse_ts, Encoding, Envelope, MAX_ENVELOPE_BYTES};
 use crate::provenance::{HeaderMap, SignedEvent};
+use crate::refusal::{Reason, Rejection};
 use crate::subject;
-use crate::trust::Rejection;
 
 /// The header carrying the issuer's token chain (base64url, unpadded), when it has one.
 pub const HDR_CHAIN: &str = "Nexus-Chain";
@@ -187,7 +187,7 @@ pub fn open(
 ) -> Result<OpenedCommand, Rejection> {
     let (target, name) = subject::parse_command_subject(message_subject).ok_or_else(|| {
         Rejection::new(
-            "bad_command_subject",
+            Reason::BadCommandSubject,
             format!(
                 "`{message_subject}` is not {}.{{node}}.{{command}}",
                 subject::COMMAND_PREFIX
@@ -198,7 +198,7 @@ pub fn open(
         .map_err(|e| Rejection::from(&e))?;
     if envelope.event_name != name {
         return Err(Rejection::new(
-            "subject_mismatch",
+            Reason::SubjectMismatch,
             format!(
                 "requested as `{name}` but the body is command `{}`",
                 envelope.event_name
@@ -207,7 +207,7 @@ pub fn open(
     }
     if envelope.headers.get(TARGET).map(String::as_str) != Some(target) {
         return Err(Rejection::new(
-            "subject_mismatch",
+            Reason::SubjectMismatch,
             format!("requested for node `{target}` but the body is for another node"),
         ));
     }
@@ -219,28 +219,31 @@ pub fn open(
         .filter(|t| !t.is_zero() && *t <= MAX_TIMEOUT)
         .ok_or_else(|| {
             Rejection::new(
-                "malformed",
+                Reason::Malformed,
                 format!(
                     "envelope header `{TIMEOUT_MS}` must be 1..={} milliseconds",
                     MAX_TIMEOUT.as_millis()
                 ),
             )
         })?;
-    let ts = parse_ts(&envelope.ts).ok_or_else(|| Rejection::new("malformed", "bad ts"))?;
+    let ts = parse_ts(&envelope.ts).ok_or_else(|| Rejection::new(Reason::Malformed, "bad ts"))?;
     // Checked: a `ts` at the end of year 9999 plus the timeout must not overflow (panic).
     let deadline = ts
         .checked_add(time::Duration::try_from(timeout).unwrap_or(time::Duration::MAX))
-        .ok_or_else(|| Rejection::new("malformed", "ts + timeout_ms is out of range"))?;
+        .ok_or_else(|| Rejection::new(Reason::Malformed, "ts + timeout_ms is out of range"))?;
     let chain = match headers.and_then(|h| h.get(HDR_CHAIN)) {
         None => None,
         Some(text) => {
             let text = text.as_str();
             if text.len() > MAX_CHAIN_BYTES * 4 / 3 + 4 {
-                return Err(Rejection::new("token_malformed", "Nexus-Chain is too long"));
+                return Err(Rejection::new(
+                    Reason::TokenMalformed,
+                    "Nexus-Chain is too long",
+                ));
             }
             let bytes = URL_SAFE_NO_PAD
                 .decode(text)
-                .map_err(|e| Rejection::new("token_malformed", format!("Nexus-Chain: {e}")))?;
+                .map_err(|e| Rejection::new(Reason::TokenMalformed, format!("Nexus-Chain: {e}")))?;
             Some(Chain::decode(&bytes).map_err(|e| Rejection::from(&e))?)
         }
     };
@@ -267,7 +270,7 @@ pub fn check_fresh(
     let issued = command.issued();
     if now.checked_add(skew).is_some_and(|late| issued > late) {
         return Err(Rejection::new(
-            "command_from_future",
+            Reason::CommandFromFuture,
             format!(
                 "issued at {} but this node's clock says {}",
                 command.envelope.ts,
@@ -281,7 +284,7 @@ pub fn check_fresh(
         .is_some_and(|end| now > end)
     {
         return Err(Rejection::new(
-            "command_expired",
+            Reason::CommandExpired,
             format!(
                 "its deadline {} has passed",
                 crate::envelope::format_ts(command.deadline)
@@ -313,7 +316,7 @@ impl ReplayGuard {
     pub fn admit(&mut self, event_id: &str, until: Instant, now: Instant) -> Result<(), Rejection> {
         if self.seen.get(event_id).is_some_and(|t| *t >= now) {
             return Err(Rejection::new(
-                "command_replayed",
+                Reason::CommandReplayed,
                 format!("command {event_id} was received before"),
             ));
         }
@@ -321,7 +324,7 @@ impl ReplayGuard {
             self.seen.retain(|_, t| *t >= now);
             if self.seen.len() >= self.capacity {
                 return Err(Rejection::new(
-                    "busy",
+                    Reason::Busy,
                     format!("{} commands are in flight", self.seen.len()),
                 ));
             }
@@ -481,11 +484,11 @@ mod tests {
         ] {
             let refused =
                 open(subject, Some(&command.headers), command.body.clone()).expect_err("refused");
-            assert_eq!(refused.reason, "subject_mismatch", "{subject}");
+            assert_eq!(refused.reason.as_str(), "subject_mismatch", "{subject}");
         }
         let refused =
             open("_nexus.cmd.edge-01", Some(&command.headers), command.body).expect_err("refused");
-        assert_eq!(refused.reason, "bad_command_subject");
+        assert_eq!(refused.reason.as_str(), "bad_command_subject");
     }
 
     #[test]
@@ -496,12 +499,12 @@ mod tests {
         let skew = Duration::from_secs(1);
         let late = then + Duration::from_secs(7);
         assert_eq!(
-            check_fresh(&opened, late, skew).map_err(|r| r.reason),
+            check_fresh(&opened, late, skew).map_err(|r| r.reason.as_str()),
             Err("command_expired")
         );
         let early = then - Duration::from_secs(2);
         assert_eq!(
-            check_fresh(&opened, early, skew).map_err(|r| r.reason),
+            check_fresh(&opened, early, skew).map_err(|r| r.reason.as_str()),
             Err("command_from_future")
         );
         check_fresh(&opened, then + Duration::from_millis(5_500), skew).expect("within skew");
@@ -531,7 +534,7 @@ mod tests {
         .expect("seals");
         let refused =
             open(&command.subject, Some(&command.headers), command.body).expect_err("refused");
-        assert_eq!(refused.reason, "malformed");
+        assert_eq!(refused.reason.as_str(), "malformed");
     }
 
     #[test]
@@ -541,12 +544,12 @@ mod tests {
         let until = now + Duration::from_secs(5);
         guard.admit("a", until, now).expect("first time");
         assert_eq!(
-            guard.admit("a", until, now).map_err(|r| r.reason),
+            guard.admit("a", until, now).map_err(|r| r.reason.as_str()),
             Err("command_replayed")
         );
         guard.admit("b", until, now).expect("second command");
         assert_eq!(
-            guard.admit("c", until, now).map_err(|r| r.reason),
+            guard.admit("c", until, now).map_err(|r| r.reason.as_str()),
             Err("busy")
         );
         // Once their deadlines pass, the slots are free again.

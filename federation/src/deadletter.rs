@@ -1,7 +1,8 @@
 //! The dead-letter store: messages a node could not accept or deliver, kept with their
 //! reason so that an operator can look at them, replay them or purge them
-//! (`nexus-agent dlq …`). One per node, at `{data_dir}/deadletter.db`; written by the
-//! ingress (rejections), the IoT bridge and the uplink (poison messages).
+//! (`nexus-agent dlq …`). One per node, at `{data_dir}/deadletter.db`; written with the
+//! refusals of the ingress, the up-bridge and the command service (`crate::refusal`), and
+//! by the IoT bridge.
 //!
 //! # Invariants
 //! - Bounded: after every record, the oldest entries (lowest id) are deleted until at most
@@ -22,7 +23,7 @@
 //!     id          INTEGER PRIMARY KEY AUTOINCREMENT,
 //!     reason      TEXT    NOT NULL,  -- stable code: bad_signature, malformed, …
 //!     detail      TEXT    NOT NULL,  -- human-readable, the newest
-//!     stage       TEXT    NOT NULL,  -- ingress | uplink | iot
+//!     stage       TEXT    NOT NULL,  -- ingress | uplink | iot | bridge | command
 //!     subject     TEXT    NOT NULL,  -- the subject it arrived on (replay target)
 //!     headers     TEXT    NOT NULL,  -- JSON [[name, value], …] in arrival order
 //!     body        BLOB    NOT NULL,  -- the first MAX_BODY bytes
@@ -101,7 +102,8 @@ const SUMMARY_COLUMNS: &str =
 pub struct DeadLetter {
     /// Assigned by the store ([`DeadLetters::record`] ignores the given value).
     pub id: u64,
-    /// A stable code, e.g. `bad_signature`, `malformed`, `not_granted`.
+    /// A stable code, e.g. `bad_signature`, `malformed`, `subject_not_granted`
+    /// (docs/security.md, "Refusal reasons"; the IoT bridge's: docs/iot.md).
     pub reason: String,
     /// What exactly was wrong, for people.
     pub detail: String,

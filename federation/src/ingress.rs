@@ -9,10 +9,11 @@
 //! Failures: a failed onward publish is nak'ed with a backoff by JetStream's delivery count;
 //! on delivery `ingress.max_deliver` (while the destination is up), or at once when it can
 //! never succeed (over the destination's `max_payload`), the message is dead-lettered as
-//! [`UNDELIVERABLE`]. The ingress stream refuses new messages when full (`discard: new`):
-//! what it holds was acknowledged to the tier below. The root drops copies of events it
-//! landed before, by event_id, for `ingress.landed_ttl` ([`LANDED_BUCKET`]), beyond
-//! JetStream's `duplicate_window`. docs/delivery.md states the guarantees.
+//! [`Reason::Undeliverable`]. The ingress stream refuses new messages when full
+//! (`discard: new`): what it holds was acknowledged to the tier below. The root drops
+//! copies of events it landed before, by event_id, for `ingress.landed_ttl`
+//! ([`LANDED_BUCKET`]), beyond JetStream's `duplicate_window`. docs/delivery.md states the
+//! guarantees.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,17 +28,17 @@ use async_nats::jetstream::{AckKind, Message};
 use futures::future::join_all;
 use futures::StreamExt as _;
 use nexus_config::IngressConfig;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::envelope::Envelope;
 use crate::link::Link;
-use crate::provenance::{self, SignedEvent, VerifyError};
+use crate::provenance::{SignedEvent, VerifyError};
 use crate::ratelog::RateLimitedLog;
+use crate::refusal::{Reason, RefusalCounts, RefusalSink, Rejection, Stage};
 use crate::subject;
-use crate::trust::{self, Admitted, Gatekeeper, Rejection};
+use crate::trust::{self, Admitted, Gatekeeper};
 
 /// Where verified traffic goes next.
 #[derive(Debug, Clone)]
@@ -72,11 +73,10 @@ pub struct IngressCounters {
     pub forwarded: AtomicU64,
     /// Of those, reported as already stored (dedup hit).
     pub duplicates: AtomicU64,
-    /// Messages refused (never forwarded).
-    pub rejected: AtomicU64,
     /// Onward publish failures (retried, or dead-lettered once exhausted).
     pub failures: AtomicU64,
-    /// Messages dead-lettered as [`UNDELIVERABLE`] (also counted in `rejected`).
+    /// Messages dead-lettered as [`Reason::Undeliverable`] (also counted among the refusals,
+    /// [`Ingress::refusals`]).
     pub undeliverable: AtomicU64,
     /// Root: copies dropped because their event_id had landed before (also counted in
     /// `forwarded` and `duplicates`).
@@ -85,33 +85,6 @@ pub struct IngressCounters {
 
 /// Called with every verified envelope (e.g. to watch children's heartbeats).
 pub type Observer = Arc<dyn Fn(&Envelope) + Send + Sync>;
-
-/// A refused message, handed to whoever dead-letters, audits and counts refusals.
-#[derive(Debug, Clone)]
-pub struct RejectedMessage {
-    /// Where it was refused (a `deadletter::STAGE_*`).
-    pub stage: &'static str,
-    /// Why.
-    pub rejection: Rejection,
-    /// The subject it arrived on.
-    pub subject: String,
-    /// Its headers, as received.
-    pub headers: Vec<(String, String)>,
-    /// Its body, as received.
-    pub body: bytes::Bytes,
-    /// The `Nexus-Signer` header, if any (unverified unless the reason says otherwise).
-    pub signer: Option<String>,
-    /// How many times JetStream delivered it to this ingress (1 for a refusal at first
-    /// sight; up to `ingress.max_deliver` for an undeliverable one).
-    pub attempts: u32,
-    /// When it entered this node's ingress stream (the first attempt follows at once), if
-    /// JetStream said.
-    pub first_at: Option<time::OffsetDateTime>,
-}
-
-/// The reason code of a message that could not be forwarded `ingress.max_deliver` times,
-/// or that the destination refused for good (e.g. over its `max_payload`).
-pub const UNDELIVERABLE: &str = "undeliverable";
 
 /// The ingress pump.
 pub struct Ingress {
@@ -122,7 +95,7 @@ pub struct Ingress {
     observer: Option<Observer>,
     counters: Arc<IngressCounters>,
     gatekeeper: Arc<Gatekeeper>,
-    rejections: Option<mpsc::Sender<RejectedMessage>>,
+    refusals: RefusalSink,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -151,14 +124,14 @@ impl Ingress {
             observer: None,
             counters: Arc::default(),
             gatekeeper,
-            rejections: None,
+            refusals: RefusalSink::new(Stage::Ingress, None),
         }
     }
 
-    /// Sends every refused message to `sink` (bounded; when it is full the refusal is
-    /// still counted and logged, but not stored).
-    pub fn with_rejections(mut self, sink: mpsc::Sender<RejectedMessage>) -> Self {
-        self.rejections = Some(sink);
+    /// Hands every refused message to `refusals` (a [`Stage::Ingress`] sink); without one,
+    /// refusals are counted and logged, but not stored.
+    pub fn with_refusals(mut self, refusals: RefusalSink) -> Self {
+        self.refusals = refusals;
         self
     }
 
@@ -171,6 +144,12 @@ impl Ingress {
     /// The pump's counters (shared, live).
     pub fn counters(&self) -> Arc<IngressCounters> {
         Arc::clone(&self.counters)
+    }
+
+    /// The messages refused (never forwarded), by reason (shared, live; the counts of the
+    /// sink given to [`Ingress::with_refusals`], if any).
+    pub fn refusals(&self) -> Arc<RefusalCounts> {
+        self.refusals.counts()
     }
 
     /// Runs until `shutdown`: sets up the stream and consumer (retrying while the local
@@ -330,7 +309,7 @@ impl Ingress {
             let (event, envelope) = match opened {
                 Ok(opened) => opened,
                 Err(error) => {
-                    self.reject(&message, Rejection::from(&error), log).await;
+                    self.reject(&message, Rejection::from(&error)).await;
                     continue;
                 }
             };
@@ -345,15 +324,18 @@ impl Ingress {
                     }
                     verified.push((message, event, matches!(admitted, Admitted::Anchor)));
                 }
-                Err(rejection) if TRANSIENT.contains(&rejection.reason) => {
-                    if log.check(rejection.reason, Instant::now()).is_some() {
-                        warn!(reason = rejection.reason, detail = %rejection.detail, "Cannot decide on a message yet; it will be retried.");
+                Err(rejection) if rejection.reason.is_transient() => {
+                    if log
+                        .check(rejection.reason.as_str(), Instant::now())
+                        .is_some()
+                    {
+                        warn!(reason = rejection.reason.as_str(), detail = %rejection.detail, "Cannot decide on a message yet; it will be retried.");
                     }
                     let _ = message
                         .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
                         .await;
                 }
-                Err(rejection) => self.reject(&message, rejection, log).await,
+                Err(rejection) => self.reject(&message, rejection).await,
             }
         }
         if verified.is_empty() {
@@ -426,14 +408,14 @@ impl Ingress {
                         delivered >= self.config.max_deliver && destination.state().connected;
                     if permanent || exhausted {
                         self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
-                        let rejection = Rejection {
-                            reason: UNDELIVERABLE,
-                            detail: format!(
+                        let rejection = Rejection::new(
+                            Reason::Undeliverable,
+                            format!(
                                 "{} failed after {delivered} deliveries: {error}",
                                 destination.role()
                             ),
-                        };
-                        self.reject(&message, rejection, log).await;
+                        );
+                        self.reject(&message, rejection).await;
                         continue;
                     }
                     if log
@@ -551,46 +533,10 @@ impl Ingress {
         }
     }
 
-    async fn reject(&self, message: &Message, rejection: Rejection, log: &mut RateLimitedLog) {
-        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-        let signer = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(provenance::HDR_SIGNER))
-            .map(|v| v.as_str().to_owned());
-        if let Some(suppressed) = log.check(rejection.reason, Instant::now()) {
-            warn!(reason = rejection.reason, detail = %rejection.detail, subject = %message.subject, signer = signer.as_deref().unwrap_or("-"), suppressed, "Envelope rejected; it is not forwarded.");
-        }
-        if let Some(sink) = &self.rejections {
-            let headers = message
-                .headers
-                .iter()
-                .flat_map(|h| h.iter())
-                .flat_map(|(name, values)| {
-                    values
-                        .iter()
-                        .map(move |v| (name.to_string(), v.as_str().to_owned()))
-                })
-                .collect();
-            let info = message.info().ok();
-            let rejected = RejectedMessage {
-                stage: crate::deadletter::STAGE_INGRESS,
-                rejection,
-                subject: message.subject.to_string(),
-                headers,
-                body: message.payload.clone(),
-                signer,
-                attempts: info
-                    .as_ref()
-                    .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1)),
-                first_at: info.map(|i| i.published),
-            };
-            if sink.try_send(rejected).is_err()
-                && log.check("rejections_full", Instant::now()).is_some()
-            {
-                warn!("The dead-letter writer is behind; a refusal was counted but not stored.");
-            }
-        }
+    /// Refuses a message for good: counted, logged and dead-lettered by the sink, then
+    /// terminated in JetStream.
+    async fn reject(&self, message: &Message, rejection: Rejection) {
+        self.refusals.refuse_delivered(message, &rejection);
         // Term: never redeliver what cannot be verified.
         if let Err(error) = message.ack_with(AckKind::Term).await {
             debug!(%error, "Term of a rejected message failed; it may be redelivered and rejected again.");
@@ -600,9 +546,6 @@ impl Ingress {
 
 /// The nak delay of a failed onward publish, by delivery count: capped and jittered.
 const RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-
-/// Refusals that may resolve by themselves: the message is retried, not dead-lettered.
-const TRANSIENT: &[&str] = &["registry_unavailable", "clock_unsynced"];
 
 /// Which children's chains the parent has, on the current uplink connection.
 #[derive(Debug, Default)]

@@ -23,6 +23,8 @@
 //! - `bridge`: local apps' subjects up as signed events (`[[bridge.up]]`).
 //! - `command`: commands down the tree (seal, open, freshness, replay) and their replies.
 //! - `trust`: admission at verifying tiers (token chains, grants, ACL), chain registry.
+//! - `refusal`: why a message was refused (`Reason`, `Rejection`), and the one sink where
+//!   every stage's refusals are counted, logged and handed to the dead-letter writer.
 //! - `revocation`: signed revocation lists, watched from above, persisted, passed down.
 //! - `clock`: the trust clock of boxes without an RTC (last known good time).
 //! - `fsutil`: atomic, durable file writes.
@@ -40,6 +42,7 @@ pub mod link;
 pub mod outbox;
 pub mod provenance;
 pub mod ratelog;
+pub mod refusal;
 pub mod revocation;
 pub mod sqlite;
 pub mod subject;

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use nexus_policies::{PublicKey, SecretKey, Signature};
 
 use crate::envelope::{Encoding, Envelope, EnvelopeError};
+use crate::refusal::Reason;
 
 /// JetStream's dedup header.
 pub const HDR_MSG_ID: &str = "Nats-Msg-Id";
@@ -42,8 +43,8 @@ pub struct SignedEvent {
     pub signature: Signature,
 }
 
-/// Why a message was not accepted as a signed event. Each variant maps to a stable reason
-/// code (`reason()`) used in counters, logs and the dead-letter store.
+/// Why a message was not accepted as a signed event. Each variant maps to a stable
+/// [`Reason`] (`reason()`) used in counters, logs and the dead-letter store.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum VerifyError {
     /// A required header is absent.
@@ -77,15 +78,15 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
-    /// A stable, short reason code.
-    pub fn reason(&self) -> &'static str {
+    /// The stable reason of this failure.
+    pub fn reason(&self) -> Reason {
         match self {
-            VerifyError::MissingHeader(_) | VerifyError::BadHeader { .. } => "bad_headers",
-            VerifyError::BadSignature => "bad_signature",
-            VerifyError::Envelope(EnvelopeError::TooLarge { .. }) => "oversized",
-            VerifyError::Envelope(_) => "malformed",
-            VerifyError::SubjectMismatch { .. } => "subject_mismatch",
-            VerifyError::MsgIdMismatch => "msg_id_mismatch",
+            VerifyError::MissingHeader(_) | VerifyError::BadHeader { .. } => Reason::BadHeaders,
+            VerifyError::BadSignature => Reason::BadSignature,
+            VerifyError::Envelope(EnvelopeError::TooLarge { .. }) => Reason::Oversized,
+            VerifyError::Envelope(_) => Reason::Malformed,
+            VerifyError::SubjectMismatch { .. } => Reason::SubjectMismatch,
+            VerifyError::MsgIdMismatch => Reason::MsgIdMismatch,
         }
     }
 }
@@ -324,7 +325,10 @@ mod tests {
         headers.insert(HDR_SIGNER, signer.public().to_string().as_str());
         headers.insert(HDR_SIGNATURE, signer.sign(&body).to_string().as_str());
         let result = SignedEvent::open("nexus._core.x", Some(&headers), body, MAX_ENVELOPE_BYTES);
-        assert_eq!(result.map(|_| ()).map_err(|e| e.reason()), Err("malformed"));
+        assert_eq!(
+            result.map(|_| ()).map_err(|e| e.reason().as_str()),
+            Err("malformed")
+        );
     }
 
     #[test]

@@ -27,12 +27,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::Bytes;
 use nexus_policies::token::{Chain, ChainCache, RevocationSet, VerifiedGrant, Verifier};
-use nexus_policies::{Acl, Action, PublicKey, TokenError, UnixTime};
+use nexus_policies::{Acl, Action, PublicKey, UnixTime};
 
 use crate::clock::TrustClock;
 use crate::envelope::Envelope;
 use crate::link::Link;
-use crate::provenance::{SignedEvent, VerifyError};
+use crate::provenance::SignedEvent;
+use crate::refusal::{Reason, Rejection};
 
 /// The key-value bucket where nodes present their token chains to the tier above.
 pub const CHAINS_BUCKET: &str = "NEXUS_CHAINS";
@@ -46,55 +47,6 @@ const MAX_KNOWN_CHAINS: usize = 65_536;
 /// The key under which a node's chain is presented: its public key, base64url.
 pub fn key_id(key: &PublicKey) -> String {
     URL_SAFE_NO_PAD.encode(key.to_bytes())
-}
-
-/// Why a message was refused: a stable reason code and a human detail.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// Stable code: counters, logs, dead letters and audit events use it.
-    pub reason: &'static str,
-    /// What exactly was wrong.
-    pub detail: String,
-}
-
-impl Rejection {
-    /// A refusal with a stable `reason` code and a human `detail`.
-    pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            reason,
-            detail: detail.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.reason, self.detail)
-    }
-}
-
-impl From<&VerifyError> for Rejection {
-    fn from(error: &VerifyError) -> Self {
-        Rejection::new(error.reason(), error.to_string())
-    }
-}
-
-impl From<&TokenError> for Rejection {
-    fn from(error: &TokenError) -> Self {
-        let reason = match error {
-            TokenError::Expired { .. } => "token_expired",
-            TokenError::NotYetValid { .. } => "token_not_yet_valid",
-            TokenError::Revoked { .. } => "token_revoked",
-            TokenError::OverReaching { .. }
-            | TokenError::TenantMismatch { .. }
-            | TokenError::RoleEscalation { .. }
-            | TokenError::WiderWindow { .. } => "token_over_reaching",
-            TokenError::UntrustedRoot { .. } => "token_untrusted_root",
-            TokenError::BadSignature { .. } => "token_bad_signature",
-            _ => "token_malformed",
-        };
-        Rejection::new(reason, error.to_string())
-    }
 }
 
 /// A presented chain: decoded, its raw bytes (to present it upward unchanged), and when
@@ -183,7 +135,7 @@ fn payload_names_origin(
         };
         if value.as_str() != Some(expected.as_str()) {
             return Err(Rejection::new(
-                "source_spoofing",
+                Reason::SourceSpoofing,
                 format!(
                     "{} payload.{field} is {value} but the signer's token is for {} `{expected}`",
                     envelope.event_name,
@@ -271,7 +223,7 @@ impl Gatekeeper {
                 // A chain refused for its own sake (expired, revoked, …) may have been
                 // replaced since it was fetched (rotation): look again before refusing.
                 Err(rejection)
-                    if rejection.reason.starts_with("token_")
+                    if rejection.reason.is_token()
                         && registry.is_some()
                         && fetched.elapsed() >= REFETCH_AFTER => {}
                 decided => return decided,
@@ -289,7 +241,7 @@ impl Gatekeeper {
     ) -> Result<Arc<Chain>, Rejection> {
         let unknown = || {
             Rejection::new(
-                "token_unknown",
+                Reason::TokenUnknown,
                 format!("no token chain presented for signer {}", event.signer),
             )
         };
@@ -298,7 +250,12 @@ impl Gatekeeper {
         let bytes = match registry.get(key_id(&event.signer)).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Err(unknown()),
-            Err(error) => return Err(Rejection::new("registry_unavailable", error.to_string())),
+            Err(error) => {
+                return Err(Rejection::new(
+                    Reason::RegistryUnavailable,
+                    error.to_string(),
+                ))
+            }
         };
         let chain = Arc::new(Chain::decode(&bytes).map_err(|e| Rejection::from(&e))?);
         Ok(self.remember(event.signer.to_bytes(), chain, bytes, began))
@@ -319,7 +276,7 @@ impl Gatekeeper {
         if let (Some(tenant), Some(granted)) = (envelope.tenant.as_deref(), grant.tenant()) {
             if tenant != granted {
                 return Err(Rejection::new(
-                    "tenant_crossover",
+                    Reason::TenantCrossover,
                     format!(
                         "tenant `{tenant}` but node `{}` belongs to tenant `{granted}`",
                         grant.node_id()
@@ -329,7 +286,7 @@ impl Gatekeeper {
         }
         if !grant.allows_publish(&event.subject) {
             return Err(Rejection::new(
-                "subject_not_granted",
+                Reason::SubjectNotGranted,
                 format!(
                     "node `{}`'s token does not grant publishing on `{}`",
                     grant.node_id(),
@@ -341,7 +298,7 @@ impl Gatekeeper {
             let decision = acl.check(grant.node_id(), Action::Publish, &event.subject);
             if !decision.is_allowed() {
                 return Err(Rejection::new(
-                    "acl_denied",
+                    Reason::AclDenied,
                     format!("`{}` on `{}`: {decision}", grant.node_id(), event.subject),
                 ));
             }
@@ -369,7 +326,7 @@ impl Gatekeeper {
         let grant = self.signer_grant(event, envelope, chain)?;
         if grant.role() == nexus_policies::Role::Member {
             return Err(Rejection::new(
-                "command_not_allowed",
+                Reason::CommandNotAllowed,
                 format!(
                     "node `{}` is a member: members cannot send commands",
                     grant.node_id()
@@ -379,7 +336,7 @@ impl Gatekeeper {
         if let (Some(granted), Some(target_tenant)) = (grant.tenant(), target_tenant) {
             if target_tenant != Some(granted) {
                 return Err(Rejection::new(
-                    "tenant_crossover",
+                    Reason::TenantCrossover,
                     format!(
                         "node `{}` belongs to tenant `{granted}`, this node to {}",
                         grant.node_id(),
@@ -390,7 +347,7 @@ impl Gatekeeper {
         }
         if !grant.allows_publish(command_subject) {
             return Err(Rejection::new(
-                "command_not_granted",
+                Reason::CommandNotGranted,
                 format!(
                     "node `{}`'s token does not grant `{command_subject}`",
                     grant.node_id()
@@ -410,18 +367,18 @@ impl Gatekeeper {
     ) -> Result<Arc<VerifiedGrant>, Rejection> {
         let chain = chain.ok_or_else(|| {
             Rejection::new(
-                "token_unknown",
+                Reason::TokenUnknown,
                 format!("no token chain for signer {}", event.signer),
             )
         })?;
         let now = self
             .clock
             .now()
-            .map_err(|e| Rejection::new("clock_unsynced", e.to_string()))?;
+            .map_err(|e| Rejection::new(Reason::ClockUnsynced, e.to_string()))?;
         let grant = self.verify_chain(chain, now)?;
         if grant.node_key() != &event.signer {
             return Err(Rejection::new(
-                "token_key_mismatch",
+                Reason::TokenKeyMismatch,
                 format!(
                     "the token presented is node {}'s, for another key than the signer's",
                     grant.node_id()
@@ -430,7 +387,7 @@ impl Gatekeeper {
         }
         if envelope.source != grant.node_id() {
             return Err(Rejection::new(
-                "source_spoofing",
+                Reason::SourceSpoofing,
                 format!(
                     "source `{}` but the signer's token is for node `{}`",
                     envelope.source,
@@ -446,9 +403,9 @@ impl Gatekeeper {
         let now = self
             .clock
             .now()
-            .map_err(|e| Rejection::new("clock_unsynced", e.to_string()))?;
+            .map_err(|e| Rejection::new(Reason::ClockUnsynced, e.to_string()))?;
         time::OffsetDateTime::from_unix_timestamp(now.0)
-            .map_err(|e| Rejection::new("clock_unsynced", e.to_string()))
+            .map_err(|e| Rejection::new(Reason::ClockUnsynced, e.to_string()))
     }
 
     /// Verifies a chain now (this node's own new token, before it replaces the old one).
@@ -456,7 +413,7 @@ impl Gatekeeper {
         let now = self
             .clock
             .now()
-            .map_err(|e| Rejection::new("clock_unsynced", e.to_string()))?;
+            .map_err(|e| Rejection::new(Reason::ClockUnsynced, e.to_string()))?;
         self.verify_chain(chain, now)
     }
 
@@ -869,7 +826,7 @@ mod tests {
                 &opened.subject,
                 target_tenant,
             )
-            .map_err(|r| r.reason)
+            .map_err(|r| r.reason.as_str())
     }
 
     #[test]
@@ -983,7 +940,7 @@ mod tests {
             gatekeeper
                 .check(&event, &envelope, Some(&chain))
                 .map(|_| ())
-                .map_err(|r| r.reason)
+                .map_err(|r| r.reason.as_str())
         };
         let me = serde_json::json!({"node_id": "edge-01", "mode": "member"});
         assert_eq!(check("edge.health", me.clone()), Ok(()));

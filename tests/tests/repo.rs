@@ -1,8 +1,13 @@
 //! The repository agrees with itself: the Justfile offers exactly the commands of `./dev`,
-//! each calling its namesake, and every citation of a section of `docs/pitfalls.md`
-//! names a section that exists. Plain file reading: no server, no process, no `just`.
+//! each calling its namesake, every citation of a section of `docs/pitfalls.md` names a
+//! section that exists, and the docs' tables of refusal reasons list the codes the code
+//! has. Plain file reading: no server, no process, no `just`.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+use nexus_federation::refusal::Reason;
+use nexus_iot_bridge::mapping::Reason as SensorReason;
 
 /// The workspace root (this package lives in `tests/`).
 fn root() -> PathBuf {
@@ -165,5 +170,124 @@ fn every_cited_pitfalls_section_exists() {
     assert!(
         cited > 0,
         "no citation of docs/pitfalls.md found: is the scan looking?"
+    );
+}
+
+/// The rows of every Markdown table in `page` whose header line is `header`: the codes in
+/// backticks of each row's first cell (`a`, `b`), and the whole row.
+fn code_rows(page: &str, header: &str) -> Vec<(Vec<String>, String)> {
+    let mut rows = Vec::new();
+    let mut lines = page.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != header {
+            continue;
+        }
+        for row in lines.by_ref() {
+            let Some(cells) = row.trim().strip_prefix('|') else {
+                break;
+            };
+            if cells.starts_with('-') {
+                continue;
+            }
+            let first = cells.split('|').next().unwrap_or_default();
+            let codes = first
+                .split(',')
+                .filter_map(|code| code.trim().strip_prefix('`')?.strip_suffix('`'))
+                .map(str::to_owned)
+                .collect();
+            rows.push((codes, row.to_owned()));
+        }
+    }
+    rows
+}
+
+/// docs/security.md's "Refusal reasons" lists every code of `Reason` once and no other,
+/// and says which are retried (`is_transient`) and which are back-pressure
+/// (`is_back_pressure`).
+#[test]
+fn the_refusal_reasons_table_lists_exactly_the_reason_codes() {
+    let page = read(&root().join("docs/security.md"));
+    let rows = code_rows(&page, "| code | where | meaning |");
+    let mut documented = BTreeSet::new();
+    let mut problems = Vec::new();
+    for (codes, row) in &rows {
+        let [code] = codes.as_slice() else {
+            problems.push(format!("a row names not exactly one code: {row}"));
+            continue;
+        };
+        if !documented.insert(code.as_str()) {
+            problems.push(format!("`{code}` has two rows"));
+        }
+        let Some(reason) = Reason::ALL.into_iter().find(|r| r.as_str() == code) else {
+            problems.push(format!("`{code}` is documented but is no Reason"));
+            continue;
+        };
+        if row.contains("retried") != reason.is_transient() {
+            problems.push(format!(
+                "`{code}`: the row must say \"retried\" exactly when the reason is transient"
+            ));
+        }
+        if row.contains("back-pressure") != reason.is_back_pressure() {
+            problems.push(format!(
+                "`{code}`: the row must say \"back-pressure\" exactly when it is back-pressure"
+            ));
+        }
+    }
+    for reason in Reason::ALL {
+        if !documented.contains(reason.as_str()) {
+            problems.push(format!("`{reason}` has no row"));
+        }
+    }
+    assert!(
+        rows.len() >= Reason::ALL.len() / 2,
+        "the table under \"## Refusal reasons\" in docs/security.md was not found (its \
+         header must stay `| code | where | meaning |`)"
+    );
+    assert!(
+        problems.is_empty(),
+        "docs/security.md, \"Refusal reasons\", disagrees with federation/src/refusal.rs:\n{}",
+        problems.join("\n")
+    );
+}
+
+/// The up-bridge's and the commands' tables in docs/bridging.md name only codes that exist
+/// (`token_*` standing for the token reasons).
+#[test]
+fn the_bridging_tables_name_only_reason_codes() {
+    let page = read(&root().join("docs/bridging.md"));
+    let mut rows = code_rows(&page, "| code | meaning |");
+    rows.extend(code_rows(&page, "| error code | meaning |"));
+    assert!(
+        rows.len() >= 10,
+        "docs/bridging.md's code tables were not found"
+    );
+    let unknown: Vec<&String> = rows
+        .iter()
+        .flat_map(|(codes, _)| codes)
+        .filter(|code| match code.strip_suffix('*') {
+            Some(prefix) => !Reason::ALL
+                .into_iter()
+                .any(|r| r.is_token() && r.as_str().starts_with(prefix)),
+            None => !Reason::ALL.into_iter().any(|r| r.as_str() == *code),
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "docs/bridging.md names codes that are no Reason: {unknown:?}"
+    );
+}
+
+/// docs/iot.md's table of sensor refusals lists exactly the IoT bridge's reasons.
+#[test]
+fn the_sensor_refusal_table_lists_exactly_the_iot_reasons() {
+    let page = read(&root().join("docs/iot.md"));
+    let documented: Vec<String> = code_rows(&page, "| reason | when |")
+        .into_iter()
+        .flat_map(|(codes, _)| codes)
+        .collect();
+    let expected: Vec<&str> = SensorReason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(
+        documented, expected,
+        "docs/iot.md, \"Bad input\", must list iot-bridge/src/mapping.rs's Reason::ALL, in order"
     );
 }
