@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use nexus_federation::subject::ingress_subject;
 use nexus_federation::{Encoding, Envelope, SignedEvent};
+use nexus_policies::keys::{PUBLIC_KEY_PREFIX, SECRET_KEY_PREFIX};
 use nexus_policies::token::{MAX_CHAIN_BYTES, MAX_CHAIN_DEPTH};
 use nexus_policies::{
     Chain, Claims, PublicKey, SecretKey, SubjectPattern, Token, TokenError, TokenId, UnixTime,
@@ -30,10 +31,6 @@ use crate::keygen::load_secret;
 pub const AUDIT_EVENT: &str = "audit.cap_token_issued";
 /// How long `issue --server` waits for the server (connect + JetStream ack).
 const AUDIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How a secret key file starts (`nexus_policies::keys`).
-const SECRET_PREFIX: &str = "ed25519-secret:";
-/// How a public key (file) starts.
-const PUBLIC_PREFIX: &str = "ed25519:";
 /// The largest public key file read (one line).
 const PUBLIC_FILE_MAX_BYTES: u64 = 4096;
 
@@ -458,13 +455,13 @@ fn verify(file: &Path, trust: &[PublicKeyArg], at: Option<OffsetDateTime>) -> an
 fn read_chain(path: &Path) -> anyhow::Result<Chain> {
     let bytes = nexus_config::read_capped(path, MAX_CHAIN_BYTES as u64)
         .with_context(|| format!("cannot read the token file {}", path.display()))?;
-    if bytes.starts_with(SECRET_PREFIX.as_bytes()) {
+    if bytes.starts_with(SECRET_KEY_PREFIX.as_bytes()) {
         bail!(
             "{}: this is a secret key file, not a token (its contents are not shown)",
             path.display()
         );
     }
-    if bytes.starts_with(PUBLIC_PREFIX.as_bytes()) {
+    if bytes.starts_with(PUBLIC_KEY_PREFIX.as_bytes()) {
         bail!("{}: this is a public key file, not a token", path.display());
     }
     Chain::decode(&bytes).map_err(|e| anyhow!("{} is not a token chain: {e}", path.display()))
@@ -482,7 +479,7 @@ fn load_public(flag: &str, arg: &PublicKeyArg) -> anyhow::Result<PublicKey> {
             path.display()
         )
     })?;
-    if bytes.starts_with(SECRET_PREFIX.as_bytes()) {
+    if bytes.starts_with(SECRET_KEY_PREFIX.as_bytes()) {
         bail!(
             "{flag} {}: this is a secret key file; give its .pub file or the public key text",
             path.display()

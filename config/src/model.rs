@@ -8,7 +8,62 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nexus_policies::{Acl, Action, PublicKey, SubjectPattern, SubjectRewrite};
+use nexus_policies::{Acl, Action, PublicKey, Role, SubjectPattern, SubjectRewrite};
+
+/// The names a config enum's values are written as, given once per enum: they give its
+/// `as_str` (what `check` prints, heartbeats carry), its `from_name` (what the validation
+/// reads; a name may have aliases it also accepts) and its `ALL` (the choices error
+/// messages list, in this order), and its `Display`.
+macro_rules! config_names {
+    ($ty:ident { $($variant:ident => $name:literal $(| $alias:literal)*),+ $(,)? }) => {
+        impl $ty {
+            /// Every value, in the order error messages list them.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            /// The name used in config files.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+
+            /// The value written as `name` in a config file, if any.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($name $(| $alias)* => Some($ty::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl ConfigName for $ty {
+            const ALL: &'static [Self] = $ty::ALL;
+            fn as_str(self) -> &'static str {
+                $ty::as_str(self)
+            }
+            fn from_name(name: &str) -> Option<Self> {
+                $ty::from_name(name)
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// A config enum, for code generic over them (the validation's reader); its methods are
+/// those of [`config_names!`].
+pub(crate) trait ConfigName: Copy + 'static {
+    /// Every value, in the order error messages list them.
+    const ALL: &'static [Self];
+    /// The name used in config files.
+    fn as_str(self) -> &'static str;
+    /// The value written as `name`, if any.
+    fn from_name(name: &str) -> Option<Self>;
+}
 
 /// A validated nexus-agent configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,20 +111,22 @@ pub enum Mode {
     Root,
 }
 
-impl Mode {
-    /// The lower-case name used in config files and heartbeats.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Member => "member",
-            Mode::Hub => "hub",
-            Mode::Root => "root",
-        }
-    }
-}
+// The lower-case names used in config files and heartbeats.
+config_names!(Mode {
+    Member => "member",
+    Hub => "hub",
+    Root => "root",
+});
 
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+impl Mode {
+    /// The role of a node of this mode: what its capability token must say (checked by
+    /// `check` and by the agent at run time alike).
+    pub fn role(self) -> Role {
+        match self {
+            Mode::Member => Role::Member,
+            Mode::Hub => Role::Hub,
+            Mode::Root => Role::Root,
+        }
     }
 }
 
@@ -184,21 +241,10 @@ pub enum LogFormat {
     Json,
 }
 
-impl LogFormat {
-    /// The lower-case name used in config files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogFormat::Human => "human",
-            LogFormat::Json => "json",
-        }
-    }
-}
-
-impl std::fmt::Display for LogFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+config_names!(LogFormat {
+    Human => "human",
+    Json => "json",
+});
 
 /// `[outbox]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -231,21 +277,10 @@ pub enum WhenFull {
     DropOldest,
 }
 
-impl WhenFull {
-    /// The name used in config files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WhenFull::Reject => "reject",
-            WhenFull::DropOldest => "drop_oldest",
-        }
-    }
-}
-
-impl std::fmt::Display for WhenFull {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+config_names!(WhenFull {
+    Reject => "reject",
+    DropOldest => "drop_oldest",
+});
 
 /// `[dead_letter]`: the store of rejected and poison events (list / replay / purge).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -442,21 +477,11 @@ pub enum MqttProtocol {
     V5,
 }
 
-impl MqttProtocol {
-    /// The name used in config files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MqttProtocol::V311 => "3.1.1",
-            MqttProtocol::V5 => "5",
-        }
-    }
-}
-
-impl std::fmt::Display for MqttProtocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+// `"5.0"` is read as 5 too (as is the integer 5: see the validation).
+config_names!(MqttProtocol {
+    V311 => "3.1.1",
+    V5 => "5" | "5.0",
+});
 
 /// The most metrics one `[[iot.sensors]]` rule may name (a fixed capacity on the
 /// per-message path).
@@ -490,15 +515,10 @@ pub enum PayloadFormat {
     Json,
 }
 
-impl PayloadFormat {
-    /// The name used in config files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PayloadFormat::Number => "number",
-            PayloadFormat::Json => "json",
-        }
-    }
-}
+config_names!(PayloadFormat {
+    Number => "number",
+    Json => "json",
+});
 
 /// One metric of a sensor rule: `metrics.temperature = "°C"` or
 /// `metrics.power = { pointer = "/ENERGY/Power", unit = "W" }`.
@@ -547,6 +567,11 @@ pub enum BridgeEncoding {
     /// `cbor`: smaller, for metered uplinks.
     Cbor,
 }
+
+config_names!(BridgeEncoding {
+    Json => "json",
+    Cbor => "cbor",
+});
 
 /// One `[[bridge.up]]` rule: `local = "app.booking.*"`, `event = "booking.*"`.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,8 +8,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::model::{
-    AclPolicy, BridgeConfig, BridgeEncoding, Config, IotConfig, LandingConfig, LinkConfig, Mode,
-    MqttProtocol,
+    AclPolicy, BridgeConfig, Config, IotConfig, LandingConfig, LinkConfig, Mode, MqttProtocol,
 };
 use nexus_policies::SubjectPattern;
 
@@ -206,7 +205,7 @@ fn write_bridge(out: &mut String, bridge: &BridgeConfig) -> std::fmt::Result {
         writeln!(out, "\n[[bridge.up]]")?;
         writeln!(out, "local = {}", quote(rule.rewrite.from().as_str()))?;
         writeln!(out, "event = {}", quote(rule.rewrite.to()))?;
-        writeln!(out, "encoding = {}", quote(encoding(rule.encoding)))?;
+        writeln!(out, "encoding = {}", quote(rule.encoding.as_str()))?;
     }
     for rule in &bridge.down {
         writeln!(out, "\n[[bridge.down]]")?;
@@ -215,14 +214,6 @@ fn write_bridge(out: &mut String, bridge: &BridgeConfig) -> std::fmt::Result {
         writeln!(out, "timeout = {}", duration(rule.timeout))?;
     }
     Ok(())
-}
-
-/// `bridge.up[].encoding` as written in config files.
-fn encoding(encoding: BridgeEncoding) -> &'static str {
-    match encoding {
-        BridgeEncoding::Json => "json",
-        BridgeEncoding::Cbor => "cbor",
-    }
 }
 
 /// `[landing]`: the journal and its domain streams.

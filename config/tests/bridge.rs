@@ -10,28 +10,9 @@ use std::time::Duration;
 use figment::Jail;
 
 mod common;
+use common::MEMBER;
 use nexus_config::{load, BridgeConfig, BridgeEncoding, ConfigErrors, ErrorKind};
 use nexus_policies::Role;
-
-/// A valid member with a tenant and a `[local]`: what bridge rules need.
-const MEMBER: &str = r#"
-[node]
-id = "edge-01"
-mode = "member"
-tenant = "salon-001"
-key = "node.key"
-token = "member.token"
-data_dir = "data"
-
-[trust]
-root_keys = ["ed25519:iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w"]
-
-[uplink]
-url = "nats://hub.example:4222"
-
-[local]
-url = "nats://127.0.0.1:4222"
-"#;
 
 /// The node's files (key, a member token for `edge-01`), and `config` as `member.toml`.
 fn setup(jail: &mut Jail, config: &str) -> figment::error::Result<()> {

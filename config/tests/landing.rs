@@ -10,23 +10,9 @@ use std::time::Duration;
 use figment::Jail;
 
 mod common;
+use common::ROOT;
 use nexus_config::{load, ConfigErrors, ErrorKind, LandingConfig};
 use nexus_policies::{Role, SubjectPattern};
-
-/// A valid root: without a token, it is the anchor.
-const ROOT: &str = r#"
-[node]
-id = "root"
-mode = "root"
-key = "node.key"
-data_dir = "data"
-
-[trust]
-root_keys = ["ed25519:iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w"]
-
-[local]
-url = "nats://127.0.0.1:4222"
-"#;
 
 /// A valid hub.
 const HUB: &str = r#"

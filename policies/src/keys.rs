@@ -15,8 +15,12 @@ use zeroize::Zeroizing;
 
 use crate::error::KeyError;
 
-const PUBLIC_PREFIX: &str = "ed25519:";
-const SECRET_PREFIX: &str = "ed25519-secret:";
+/// How the text form of a public key starts. Other crates use it to tell a public key
+/// from a path, or a key file from a token, before parsing.
+pub const PUBLIC_KEY_PREFIX: &str = "ed25519:";
+/// How a secret key file starts. Other crates use it to refuse a secret key where
+/// something else is expected without ever showing it.
+pub const SECRET_KEY_PREFIX: &str = "ed25519-secret:";
 
 /// A node's public key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,9 +39,9 @@ impl PublicKey {
     pub fn parse(text: &str) -> Result<Self, KeyError> {
         let body = text
             .trim()
-            .strip_prefix(PUBLIC_PREFIX)
+            .strip_prefix(PUBLIC_KEY_PREFIX)
             .ok_or(KeyError::MissingPrefix {
-                expected: PUBLIC_PREFIX,
+                expected: PUBLIC_KEY_PREFIX,
             })?;
         let bytes = decode_32(body)?;
         Self::from_bytes(&bytes)
@@ -83,7 +87,7 @@ impl std::fmt::Display for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{PUBLIC_PREFIX}{}",
+            "{PUBLIC_KEY_PREFIX}{}",
             URL_SAFE_NO_PAD.encode(self.0.as_bytes())
         )
     }
@@ -117,9 +121,9 @@ impl SecretKey {
     pub fn parse(text: &str) -> Result<Self, KeyError> {
         let body = text
             .trim()
-            .strip_prefix(SECRET_PREFIX)
+            .strip_prefix(SECRET_KEY_PREFIX)
             .ok_or(KeyError::MissingPrefix {
-                expected: SECRET_PREFIX,
+                expected: SECRET_KEY_PREFIX,
             })?;
         let seed = Zeroizing::new(decode_32(body)?);
         Self::from_seed(&seed)
@@ -129,7 +133,7 @@ impl SecretKey {
     pub fn to_file_text(&self) -> Zeroizing<String> {
         let seed = Zeroizing::new(self.0.to_bytes());
         Zeroizing::new(format!(
-            "{SECRET_PREFIX}{}\n",
+            "{SECRET_KEY_PREFIX}{}\n",
             URL_SAFE_NO_PAD.encode(*seed)
         ))
     }

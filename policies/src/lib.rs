@@ -13,6 +13,8 @@
 //! # Layout
 //! - `keys`: Ed25519 public/secret keys, signatures and their text forms.
 //! - `ids`: node and tenant id rules (`[a-z0-9_-]{1,64}`; `local` is reserved).
+//! - `subjects`: the federation's subject scheme (`nexus.{tenant}.{event}`, `_nexus.…`,
+//!   event names, the subjects no local app may take over).
 //! - `pattern`: NATS subject patterns: parse, `matches`, `covers` (the subset test).
 //! - `rewrite`: subject rewrites of bridge rules (`app.booking.*` → `booking.*`).
 //! - `acl`: the operator's `[[acl]]` rules: deny wins, default deny, decisions name a rule.
@@ -28,6 +30,7 @@ pub mod ids;
 pub mod keys;
 pub mod pattern;
 pub mod rewrite;
+pub mod subjects;
 pub mod token;
 
 pub use acl::{Acl, AclRule, Action, Decision, Principal};

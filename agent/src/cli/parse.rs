@@ -14,15 +14,12 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
+use nexus_policies::keys::{PUBLIC_KEY_PREFIX, SECRET_KEY_PREFIX};
 use nexus_policies::{PublicKey, Role, SubjectPattern, TokenId};
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-/// How a public key starts (`nexus_policies::keys`).
-const PUBLIC_PREFIX: &str = "ed25519:";
-/// How a secret key starts: never echoed back in an error.
-const SECRET_PREFIX: &str = "ed25519-secret:";
 /// The longest token lifetime `token issue` accepts; anything longer is a typo.
 const MAX_TTL: Duration = Duration::from_secs(1000 * 365 * 86_400);
 
@@ -232,13 +229,14 @@ impl TypedValueParser for PublicKeyParser {
         let Some(text) = value.to_str().map(str::trim) else {
             return Ok(PublicKeyArg::File(PathBuf::from(value)));
         };
-        if text.starts_with(SECRET_PREFIX) {
+        // A secret key is never echoed back in an error.
+        if text.starts_with(SECRET_KEY_PREFIX) {
             return Err(refuse(
                 "this is a SECRET key (not shown): give the public key (the .pub file) instead"
                     .to_owned(),
             ));
         }
-        if text.starts_with(PUBLIC_PREFIX) {
+        if text.starts_with(PUBLIC_KEY_PREFIX) {
             return PublicKey::parse(text)
                 .map(PublicKeyArg::Key)
                 .map_err(|e| refuse(format!("'{text}' is not an Ed25519 public key: {e}")));

@@ -4,24 +4,16 @@
 
 use figment::value::Value;
 use nexus_policies::ids::{self, MAX_ID_LEN};
+use nexus_policies::subjects::{self, NotAppSubject, AGENT_DOMAIN, RESERVED_EVENT_DOMAINS};
 use nexus_policies::{RewriteError, SubjectPattern, SubjectRewrite};
 
 use super::node::PartialNode;
-use super::reader::{did_you_mean, truncate, Got, Reader, Section};
+use super::reader::{truncate, Got, Reader, Section};
 use super::schema::{
     BRIDGE_DOWN_TIMEOUT, BRIDGE_MAX_PAYLOAD_RANGE, BRIDGE_MAX_RULES, DOWN_RULE_KEYS, UP_RULE_KEYS,
 };
 use crate::error::ErrorKind;
 use crate::model::{BridgeConfig, BridgeEncoding, DownRule, Mode, UpRule};
-
-/// The event domains of the agent's own events: never an app's.
-const RESERVED_EVENT_DOMAINS: &[&str] = &["agent", "edge", "audit"];
-/// The domain of the agent's built-in commands.
-const AGENT_COMMAND_DOMAIN: &str = "agent";
-/// The first token of the federation's own subjects.
-const FEDERATION_PREFIX: &str = "_nexus";
-/// The first token of NATS request reply subjects.
-const INBOX_PREFIX: &str = "_INBOX";
 
 impl Reader<'_> {
     /// `[bridge]` with its `[[bridge.up]]` and `[[bridge.down]]` rules. Rules need
@@ -146,20 +138,7 @@ impl Reader<'_> {
             .and_then(|g| self.name_pattern(g, Flow::Up));
         let encoding = match self.optional_text(s, "encoding") {
             None => Some(BridgeEncoding::default()),
-            Some(g) => match g.value.as_str() {
-                "json" => Some(BridgeEncoding::Json),
-                "cbor" => Some(BridgeEncoding::Cbor),
-                other => {
-                    let hint = did_you_mean(other, ["json", "cbor"]);
-                    self.push(
-                        ErrorKind::InvalidValue,
-                        g.origin,
-                        &g.path,
-                        format!("{other:?} is not an encoding: use json or cbor{hint}"),
-                    );
-                    None
-                }
-            },
+            Some(g) => self.choice(g, "an encoding"),
         };
         let rewrite = self.rewrite(&local?, &event?, Flow::Up)?;
         Some(UpRule {
@@ -198,8 +177,8 @@ impl Reader<'_> {
             return None;
         }
         let first = got.value.split('.').next().unwrap_or_default();
-        let problem = match first {
-            "*" | ">" => match flow {
+        let problem = match (first, subjects::not_app_subject(first)) {
+            ("*" | ">", _) => match flow {
                 Flow::Up => {
                     "it starts with a wildcard, so it would also capture subjects that are no \
                      app's: the federation's own (_nexus.…), NATS's ($SYS.…, $JS.…) and request \
@@ -212,20 +191,20 @@ impl Reader<'_> {
                      \"app.booking.cancel\""
                 }
             },
-            FEDERATION_PREFIX => {
+            (_, Some(NotAppSubject::Federation)) => {
                 "_nexus is reserved for the federation's own subjects: local apps can never \
                  publish there nor take requests there; use the apps' own subjects, e.g. \
                  \"app.booking.*\""
             }
-            INBOX_PREFIX => {
+            (_, Some(NotAppSubject::Inbox)) => {
                 "_INBOX subjects are request replies, not app subjects; use the apps' own \
                  subjects, e.g. \"app.booking.*\""
             }
-            system if system.starts_with('$') => {
+            (_, Some(NotAppSubject::Nats)) => {
                 "subjects starting with `$` are NATS's own (system events, the JetStream API); \
                  use the apps' own subjects, e.g. \"app.booking.*\""
             }
-            _ => return Some(got),
+            (_, None) => return Some(got),
         };
         self.push(
             ErrorKind::InvalidValue,
@@ -271,7 +250,7 @@ impl Reader<'_> {
                 Flow::Down => format!(
                     "its first token is the command's domain and must be written out: a \
                      wildcard would also take the agent's built-in commands \
-                     ({AGENT_COMMAND_DOMAIN}.…); e.g. \"{example}\""
+                     ({AGENT_DOMAIN}.…); e.g. \"{example}\""
                 ),
             }
         } else if flow == Flow::Up && RESERVED_EVENT_DOMAINS.contains(&first) {
@@ -280,9 +259,9 @@ impl Reader<'_> {
                  app's domain, e.g. \"{example}\"",
                 RESERVED_EVENT_DOMAINS.join(", ")
             )
-        } else if flow == Flow::Down && first == AGENT_COMMAND_DOMAIN {
+        } else if flow == Flow::Down && first == AGENT_DOMAIN {
             format!(
-                "`{AGENT_COMMAND_DOMAIN}` is the domain of the agent's built-in commands: use \
+                "`{AGENT_DOMAIN}` is the domain of the agent's built-in commands: use \
                  the app's domain, e.g. \"{example}\""
             )
         } else {

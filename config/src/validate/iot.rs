@@ -9,7 +9,7 @@ use std::time::Duration;
 use figment::value::{Dict, Value};
 
 use super::node::PartialNode;
-use super::reader::{did_you_mean, truncate, Got, Reader, Reported, Section};
+use super::reader::{truncate, Got, Reader, Reported, Section};
 use super::schema::{
     IOT_KEEP_ALIVE, IOT_KEEP_ALIVE_RANGE, IOT_MAX_PAYLOAD, IOT_MAX_PAYLOAD_RANGE, IOT_QUEUE,
     IOT_QUEUE_RANGE, IOT_SESSION_EXPIRY, METRIC_KEYS, RECONNECT_MAX_DELAY, SENSOR_KEYS, TLS_KEYS,
@@ -159,26 +159,25 @@ impl Reader<'_> {
             Value::Num(_, n) => n.to_i128().map(|n| n.to_string()).unwrap_or_default(),
             other => other.to_actual().to_string(),
         };
-        match text.as_str() {
-            "3.1.1" => Some(MqttProtocol::V311),
-            "5" | "5.0" => Some(MqttProtocol::V5),
-            other => {
-                let hint = match other {
-                    "3" | "3.1" | "4" => ": use \"3.1.1\" (MQTT 3.1 is not supported)",
-                    _ => "",
-                };
-                self.push(
-                    ErrorKind::InvalidValue,
-                    origin,
-                    &path,
-                    format!(
-                        "{other:?} is not a supported MQTT version: use protocol = \"3.1.1\" \
-                         (default) or protocol = \"5\"{hint}"
-                    ),
-                );
-                None
-            }
+        if let Some(protocol) = MqttProtocol::from_name(&text) {
+            return Some(protocol);
         }
+        let hint = match text.as_str() {
+            "3" | "3.1" | "4" => ": use \"3.1.1\" (MQTT 3.1 is not supported)",
+            _ => "",
+        };
+        self.push(
+            ErrorKind::InvalidValue,
+            origin,
+            &path,
+            format!(
+                "{text:?} is not a supported MQTT version: use protocol = {:?} (default) or \
+                 protocol = {:?}{hint}",
+                MqttProtocol::V311.as_str(),
+                MqttProtocol::V5.as_str()
+            ),
+        );
+        None
     }
 
     /// `iot.session_expiry`: MQTT 5 only, 1 s to u32::MAX - 1 seconds (u32::MAX means
@@ -339,20 +338,7 @@ impl Reader<'_> {
         let payload = match self.optional_text(s, "payload") {
             None if has_metric => Some(PayloadFormat::Number),
             None => Some(PayloadFormat::Json),
-            Some(g) => match g.value.as_str() {
-                "number" => Some(PayloadFormat::Number),
-                "json" => Some(PayloadFormat::Json),
-                other => {
-                    let hint = did_you_mean(other, ["number", "json"]);
-                    self.push(
-                        ErrorKind::InvalidValue,
-                        g.origin,
-                        &g.path,
-                        format!("{other:?} is not a payload format: use number or json{hint}"),
-                    );
-                    None
-                }
-            },
+            Some(g) => self.choice(g, "a payload format"),
         };
         let time = self.optional_text(s, "time").and_then(|g| {
             if g.value.starts_with('/') {

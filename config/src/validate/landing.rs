@@ -2,15 +2,13 @@
 //! in, and the domain streams that select from it (tests: `config/tests/landing.rs`).
 
 use figment::value::Value;
+use nexus_policies::subjects::{self, EVENT_PREFIX};
 use nexus_policies::SubjectPattern;
 
 use super::reader::{truncate, valid_jetstream_name, Reader, Section};
 use super::schema::LANDING_DOMAIN_KEYS;
 use crate::error::ErrorKind;
 use crate::model::{IngressConfig, LandingConfig, LandingDomain, Mode};
-
-/// The first token of every event subject: the journal captures `nexus.>`.
-const EVENT_PREFIX: &str = "nexus";
 
 impl Reader<'_> {
     /// `[landing]` (root only) and its `[[landing.domains]]`. The journal dedups within
@@ -256,8 +254,7 @@ impl Reader<'_> {
         }
         let mut bad = false;
         for (index, subject) in subjects.iter().enumerate() {
-            let mut tokens = subject.as_str().split('.');
-            if tokens.next() == Some(EVENT_PREFIX) && tokens.next().is_some() {
+            if subjects::is_event_subject_pattern(subject.as_str()) {
                 continue;
             }
             let origin = self.origin_or_fallback(s, "subjects");

@@ -1,7 +1,7 @@
 //! `[log]` (the tracing filter and format) and `[heartbeat]` (its interval and when a
 //! silent child counts as offline): small sections with defaults only.
 
-use super::reader::{did_you_mean, Reader, Section};
+use super::reader::{Reader, Section};
 use super::schema::{HEARTBEAT_INTERVAL, LOG_LEVEL, OFFLINE_AFTER_INTERVALS};
 use crate::error::ErrorKind;
 use crate::model::{HeartbeatConfig, LogConfig, LogFormat};
@@ -46,20 +46,7 @@ impl Reader<'_> {
         };
         let format = match self.optional_text(s, "format") {
             None => LogFormat::Human,
-            Some(g) => match g.value.as_str() {
-                "human" => LogFormat::Human,
-                "json" => LogFormat::Json,
-                other => {
-                    let hint = did_you_mean(other, ["human", "json"]);
-                    self.push(
-                        ErrorKind::InvalidValue,
-                        g.origin,
-                        &g.path,
-                        format!("{other:?} is not a log format: use human or json{hint}"),
-                    );
-                    LogFormat::Human
-                }
-            },
+            Some(g) => self.choice(g, "a log format").unwrap_or(LogFormat::Human),
         };
         LogConfig { level, format }
     }

@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use figment::value::Value;
+use nexus_policies::keys::SECRET_KEY_PREFIX;
 use nexus_policies::{ids, PublicKey};
 
-use super::preflight::SECRET_KEY_PREFIX;
-use super::reader::{did_you_mean, truncate, Got, Reader, Section};
+use super::reader::{truncate, Got, Reader, Section};
 use super::schema::{CLOCK_SKEW, REVOCATIONS_FILE};
 use crate::error::{ErrorKind, Origin};
 use crate::model::{Mode, TrustConfig};
@@ -209,21 +209,7 @@ impl Reader<'_> {
     }
 
     fn mode(&mut self, got: Got<String>) -> Option<Mode> {
-        match got.value.as_str() {
-            "member" => Some(Mode::Member),
-            "hub" => Some(Mode::Hub),
-            "root" => Some(Mode::Root),
-            other => {
-                let hint = did_you_mean(other, ["member", "hub", "root"]);
-                self.push(
-                    ErrorKind::InvalidValue,
-                    got.origin,
-                    &got.path,
-                    format!("{other:?} is not a mode: use member, hub or root{hint}"),
-                );
-                None
-            }
-        }
+        self.choice(got, "a mode")
     }
 }
 

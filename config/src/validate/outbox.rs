@@ -2,11 +2,10 @@
 
 use std::num::NonZeroU32;
 
-use super::reader::{did_you_mean, Reader, Section};
+use super::reader::{Reader, Section};
 use super::schema::{
     BATCH, BATCH_RANGE, DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_ENTRIES, OUTBOX_MAX_BYTES,
 };
-use crate::error::ErrorKind;
 use crate::model::{DeadLetterConfig, OutboxConfig, WhenFull};
 
 impl Reader<'_> {
@@ -16,20 +15,7 @@ impl Reader<'_> {
         let batch = self.integer(s, "batch", BATCH_RANGE);
         let when_full = match self.optional_text(s, "when_full") {
             None => WhenFull::default(),
-            Some(g) => match g.value.as_str() {
-                "reject" => WhenFull::Reject,
-                "drop_oldest" => WhenFull::DropOldest,
-                other => {
-                    let hint = did_you_mean(other, ["reject", "drop_oldest"]);
-                    self.push(
-                        ErrorKind::InvalidValue,
-                        g.origin,
-                        &g.path,
-                        format!("{other:?} is not a policy: use reject or drop_oldest{hint}"),
-                    );
-                    WhenFull::default()
-                }
-            },
+            Some(g) => self.choice(g, "a policy").unwrap_or_default(),
         };
         let max_age = self.optional_duration(s, "max_age");
         let drain_rate = self

@@ -14,8 +14,9 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nexus_policies::keys::SECRET_KEY_PREFIX;
 use nexus_policies::token::MAX_CHAIN_BYTES;
-use nexus_policies::{Chain, PublicKey, Role, SecretKey, TokenError, Verifier};
+use nexus_policies::{Chain, PublicKey, SecretKey, TokenError, Verifier};
 use zeroize::Zeroizing;
 
 use super::node::PartialNode;
@@ -27,8 +28,6 @@ use crate::model::{Mode, TrustConfig};
 const TLS_FILE_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// The first line of a PEM block.
 const PEM_BEGIN: &str = "-----BEGIN ";
-/// How a secret key file starts (see `nexus_policies::keys`): never a token or a PEM file.
-pub(super) const SECRET_KEY_PREFIX: &str = "ed25519-secret:";
 
 impl Reader<'_> {
     /// `node.key` must be a readable secret key file; its public key, when it is one. Its
@@ -201,7 +200,7 @@ impl Reader<'_> {
                 );
             }
         }
-        if let Some(mode) = node.mode.filter(|mode| role_of(*mode) != leaf.role) {
+        if let Some(mode) = node.mode.filter(|mode| mode.role() != leaf.role) {
             mismatch(
                 self,
                 ErrorKind::TokenMismatch,
@@ -268,15 +267,6 @@ impl Reader<'_> {
             }
             None => Ok(Some(got.value)),
         }
-    }
-}
-
-/// The token role a node of `mode` holds.
-fn role_of(mode: Mode) -> Role {
-    match mode {
-        Mode::Member => Role::Member,
-        Mode::Hub => Role::Hub,
-        Mode::Root => Role::Root,
     }
 }
 

@@ -19,6 +19,7 @@ use nexus_policies::SubjectPattern;
 
 use super::schema::{ACL, LINK_KEYS, SCHEMA, TLS_KEYS};
 use crate::error::{ConfigError, ErrorKind, Origin};
+use crate::model::ConfigName;
 use crate::source;
 
 /// A problem was recorded; the caller carries on with the next key.
@@ -381,6 +382,28 @@ impl Reader<'_> {
         None
     }
 
+    /// The value of a config enum written as `got` ([`ConfigName::from_name`]); when it
+    /// names none, reported as not `what` (e.g. "a mode") with the accepted names, in the
+    /// enum's order, and the closest one.
+    pub(super) fn choice<T: ConfigName>(&mut self, got: Got<String>, what: &str) -> Option<T> {
+        if let Some(value) = T::from_name(&got.value) {
+            return Some(value);
+        }
+        let names: Vec<&str> = T::ALL.iter().map(|value| value.as_str()).collect();
+        let hint = did_you_mean(&got.value, names.iter().copied());
+        self.push(
+            ErrorKind::InvalidValue,
+            got.origin,
+            &got.path,
+            format!(
+                "{:?} is not {what}: use {}{hint}",
+                got.value,
+                or_list(&names)
+            ),
+        );
+        None
+    }
+
     /// A path, resolved against the directory of the file that set it; a path set by an
     /// environment variable (or another provider) is resolved against the current
     /// directory. The result is absolute, so a later `chdir` changes nothing.
@@ -509,13 +532,19 @@ fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Opt
 }
 
 /// `"; did you mean `x`?"` or nothing.
-pub(super) fn did_you_mean<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> String {
+fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
     closest(name, candidates)
         .map(|c| format!("; did you mean `{c}`?"))
         .unwrap_or_default()
+}
+
+/// `a, b or c`.
+fn or_list(names: &[&str]) -> String {
+    match names.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 /// `text` cut to 80 chars for an error message.
@@ -547,5 +576,12 @@ mod tests {
             Some("uplink")
         );
         assert_eq!(closest("colour", ["id", "mode", "tenant"]), None);
+    }
+
+    #[test]
+    fn choices_are_listed_with_commas_and_a_last_or() {
+        assert_eq!(or_list(&["member", "hub", "root"]), "member, hub or root");
+        assert_eq!(or_list(&["json", "cbor"]), "json or cbor");
+        assert_eq!(or_list(&["json"]), "json");
     }
 }

@@ -1,10 +1,49 @@
-//! What the config tests share: a node's key and token files inside a figment `Jail`.
+//! What the config tests share: a member's and a root's config, and a node's key and token
+//! files inside a figment `Jail`.
 
 use figment::Jail;
 use nexus_policies::{Chain, Claims, Role, SecretKey, Token, TokenId, UnixTime, BUILD_FLOOR};
 
 /// The public key of the root that signs [`write_node_files`]' tokens (for `root_keys`).
 pub const ROOT_KEY: &str = "ed25519:iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w";
+
+/// A valid member with a tenant and a `[local]` (what bridge rules need), its token at
+/// `member.token`.
+#[allow(dead_code)] // Not every test file uses every config.
+pub const MEMBER: &str = r#"
+[node]
+id = "edge-01"
+mode = "member"
+tenant = "salon-001"
+key = "node.key"
+token = "member.token"
+data_dir = "data"
+
+[trust]
+root_keys = ["ed25519:iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w"]
+
+[uplink]
+url = "nats://hub.example:4222"
+
+[local]
+url = "nats://127.0.0.1:4222"
+"#;
+
+/// A valid root: without a token, it is the anchor (so any valid node id loads).
+#[allow(dead_code)] // Not every test file uses every config.
+pub const ROOT: &str = r#"
+[node]
+id = "root"
+mode = "root"
+key = "node.key"
+data_dir = "data"
+
+[trust]
+root_keys = ["ed25519:iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w"]
+
+[local]
+url = "nats://127.0.0.1:4222"
+"#;
 
 /// Empties the environment and writes `node.key`, a token chain for `node_id` in `role`
 /// signed by the root key (at `token`, if given), and `config` as `config_file`.
