@@ -205,7 +205,7 @@ impl Envelope {
             return invalid("source", format!("not a valid node id: {reason}"));
         }
         if let Some(tenant) = &self.tenant {
-            if let Err(reason) = ids::check_id(tenant) {
+            if let Err(reason) = ids::check_tenant(tenant) {
                 return invalid("tenant", format!("not a valid tenant id: {reason}"));
             }
         }

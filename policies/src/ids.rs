@@ -39,6 +39,17 @@ pub fn check_node_id(id: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Checks a tenant id: an id that is not the reserved `_core`, the subject token of the
+/// fleet's own system events (`nexus._core.…`): a tenant of that name would publish its
+/// events among heartbeats and audit events.
+pub fn check_tenant(id: &str) -> Result<(), &'static str> {
+    check_id(id)?;
+    if id == crate::subjects::CORE_TENANT {
+        return Err("`_core` is reserved: it is the subject token of the fleet's system events (nexus._core.…)");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +65,8 @@ mod tests {
         assert!(check_id(&"a".repeat(65)).is_err());
         assert!(check_id(&"a".repeat(64)).is_ok());
         assert!(check_node_id("local").is_err());
+        assert!(check_tenant("_core").is_err());
+        assert_eq!(check_tenant("salon-001"), Ok(()));
         assert!(check_id("local").is_ok());
     }
 }

@@ -30,9 +30,9 @@ pub fn node_id(text: &str) -> Result<String, String> {
         .map_err(|reason| format!("not a node id ({reason}): use 1-64 chars of [a-z0-9_-]"))
 }
 
-/// A tenant id: 1-64 chars of `[a-z0-9_-]`.
+/// A tenant id: 1-64 chars of `[a-z0-9_-]`, not the reserved `_core`.
 pub fn tenant_id(text: &str) -> Result<String, String> {
-    nexus_policies::ids::check_id(text)
+    nexus_policies::ids::check_tenant(text)
         .map(|()| text.to_owned())
         .map_err(|reason| format!("not a tenant id ({reason}): use 1-64 chars of [a-z0-9_-]"))
 }

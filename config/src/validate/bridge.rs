@@ -4,7 +4,9 @@
 
 use figment::value::Value;
 use nexus_policies::ids::{self, MAX_ID_LEN};
-use nexus_policies::subjects::{self, NotAppSubject, AGENT_DOMAIN, RESERVED_EVENT_DOMAINS};
+use nexus_policies::subjects::{
+    self, NotAppSubject, AGENT_DOMAIN, MAX_EVENT_NAME_LEN, RESERVED_EVENT_DOMAINS,
+};
 use nexus_policies::{RewriteError, SubjectPattern, SubjectRewrite};
 
 use super::node::PartialNode;
@@ -232,7 +234,13 @@ impl Reader<'_> {
         let bad_token = tokens
             .iter()
             .find(|t| !matches!(**t, "*" | ">") && ids::check_id(t).is_err());
-        let problem = if let Some(token) = bad_token {
+        let problem = if got.value.len() > MAX_EVENT_NAME_LEN {
+            format!(
+                "{} bytes: a name is at most {MAX_EVENT_NAME_LEN} (every event or command \
+                 under this rule would be refused)",
+                got.value.len()
+            )
+        } else if let Some(token) = bad_token {
             format!(
                 "token {:?} is not 1-{MAX_ID_LEN} chars of [a-z0-9_-] (or a wildcard `*`, `>`)",
                 truncate(token)

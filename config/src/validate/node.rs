@@ -34,7 +34,7 @@ impl Reader<'_> {
         let mode = self
             .required_text(s, "mode", "mode = \"member\" (or hub, root)")
             .and_then(|g| self.mode(g));
-        let tenant = self.optional_text(s, "tenant").and_then(|g| self.id(g));
+        let tenant = self.optional_text(s, "tenant").and_then(|g| self.tenant(g));
         let key = self
             .required_text(s, "key", "key = \"/var/lib/nexus-agent/node.key\"")
             .and_then(|g| self.path(g));
@@ -199,6 +199,27 @@ impl Reader<'_> {
                     format!(
                         "{:?} cannot be a node id: {reason}. Choose another id, e.g. \
                          id = \"edge-msk-01\"",
+                        got.value
+                    ),
+                );
+                return None;
+            }
+        }
+        self.id(got)
+    }
+
+    /// `node.tenant`: an id ([`Self::id`]) that is not reserved ([`ids::check_tenant`]:
+    /// `_core` is the subject token of the fleet's system events).
+    fn tenant(&mut self, got: Got<String>) -> Option<String> {
+        if ids::check_id(&got.value).is_ok() {
+            if let Err(reason) = ids::check_tenant(&got.value) {
+                self.push(
+                    ErrorKind::BadId,
+                    got.origin,
+                    &got.path,
+                    format!(
+                        "{:?} cannot be a tenant: {reason}. Choose another id, e.g. \
+                         tenant = \"salon-001\"",
                         got.value
                     ),
                 );

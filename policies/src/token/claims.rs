@@ -163,7 +163,7 @@ impl Claims {
         };
         check_node_id(&self.node_id).map_err(|r| invalid("node_id", r))?;
         if let Some(tenant) = &self.tenant {
-            check_id(tenant).map_err(|r| invalid("tenant", r))?;
+            crate::ids::check_tenant(tenant).map_err(|r| invalid("tenant", r))?;
         }
         if self.expires <= self.not_before {
             return Err(invalid("expires", "must be after not_before"));
