@@ -9,7 +9,7 @@ use super::cbor::{self, ByteArray};
 use super::{MAX_CLAIMS_BYTES, MAX_PATTERNS};
 use crate::clock::UnixTime;
 use crate::error::{KeyError, TokenError};
-use crate::ids::{check_id, check_node_id};
+use crate::ids::{check_node_id, check_tenant};
 use crate::keys::PublicKey;
 use crate::pattern::SubjectPattern;
 
@@ -163,7 +163,7 @@ impl Claims {
         };
         check_node_id(&self.node_id).map_err(|r| invalid("node_id", r))?;
         if let Some(tenant) = &self.tenant {
-            crate::ids::check_tenant(tenant).map_err(|r| invalid("tenant", r))?;
+            check_tenant(tenant).map_err(|r| invalid("tenant", r))?;
         }
         if self.expires <= self.not_before {
             return Err(invalid("expires", "must be after not_before"));
