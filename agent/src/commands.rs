@@ -171,8 +171,12 @@ impl CommandService {
         )
     }
 
-    /// Listens where the mode says until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Listens where the mode says until `shutdown` (a failed subscription is retried, so
+    /// it always ends `Ok`).
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<(), nexus_federation::subsystem::SubsystemError> {
         let own = subject::command_subject(&self.node_id, ">");
         let all = format!("{}.>", subject::COMMAND_PREFIX);
         let mut listeners = Vec::new();
@@ -214,6 +218,7 @@ impl CommandService {
         // In-flight commands finish within their own (short) deadlines or are dropped at
         // exit; their issuers time out.
         let _ = tokio::time::timeout(Duration::from_millis(500), tracker.wait()).await;
+        Ok(())
     }
 
     async fn listen(
@@ -243,9 +248,8 @@ impl CommandService {
                 Ok(subscription) => subscription,
                 Err(error) => {
                     warn!(%error, subject = %pattern, link = link.role(), "Cannot subscribe to commands; retrying.");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    if !nexus_federation::backoff::sleep(Duration::from_secs(1), &shutdown).await {
+                        return;
                     }
                     continue;
                 }

@@ -1,4 +1,7 @@
 //! `edge.health` heartbeats: this node's own, and the watch over its children's.
+//!
+//! A heartbeat says `degraded` when a configured NATS link is down or a subsystem stopped
+//! on its own; `causes` names each such subsystem and why (see `crate::supervisor`).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -7,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use nexus_config::Mode;
 use nexus_federation::outbox::Priority;
+use nexus_federation::subsystem::SubsystemError;
 use nexus_federation::{Encoding, Envelope, Link, LinkState, Outbox, SignedEvent};
 use nexus_iot_bridge::{Reason, Stats as IotStats};
 use nexus_policies::SecretKey;
@@ -15,6 +19,8 @@ use time::OffsetDateTime;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::supervisor::{Fault, Faults};
 
 /// The event name of heartbeats.
 pub const EVENT_NAME: &str = "edge.health";
@@ -44,11 +50,15 @@ pub struct Heartbeat {
     pub host: HostProbe,
     /// The IoT bridge's counters (member with `[iot]`).
     pub iot: Option<Arc<IotStats>>,
+    /// The subsystems that stopped on their own, and why (from the supervisor).
+    pub faults: Faults,
 }
 
 impl Heartbeat {
-    /// Emits a heartbeat now and every `interval` until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Emits a heartbeat now and every `interval` until `shutdown`. It has no cause to stop
+    /// on its own (a heartbeat that cannot be queued is logged and skipped), so it always
+    /// ends `Ok`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SubsystemError> {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut full_warned = false;
@@ -61,35 +71,41 @@ impl Heartbeat {
         loop {
             // Cancel safety: a tick is only a timer; nothing is lost by dropping it.
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 _ = ticker.tick() => {}
             }
-            let payload = self.snapshot();
-            let envelope = Envelope::new(
-                EVENT_NAME,
-                &self.node_id,
-                None,
-                payload,
-                OffsetDateTime::now_utc(),
-            );
-            let event = match SignedEvent::seal(&envelope, Encoding::Json, &self.key) {
-                Ok(event) => event,
-                Err(error) => {
-                    warn!(%error, "Cannot build a heartbeat.");
-                    continue;
-                }
-            };
-            match self.outbox.push(event, Priority::Control).await {
-                Ok(_) => {
-                    full_warned = false;
-                    debug!("Heartbeat queued.");
-                }
-                Err(error) if !full_warned => {
-                    full_warned = true;
-                    warn!(%error, "Cannot queue heartbeats; they are dropped until the outbox takes them again.");
-                }
-                Err(_) => {}
+            self.beat(&mut full_warned).await;
+        }
+    }
+
+    /// Queues one heartbeat now. `full_warned`: whether a failure to queue was already
+    /// logged (and not followed by a success since).
+    pub async fn beat(&self, full_warned: &mut bool) {
+        let payload = self.snapshot();
+        let envelope = Envelope::new(
+            EVENT_NAME,
+            &self.node_id,
+            None,
+            payload,
+            OffsetDateTime::now_utc(),
+        );
+        let event = match SignedEvent::seal(&envelope, Encoding::Json, &self.key) {
+            Ok(event) => event,
+            Err(error) => {
+                warn!(%error, "Cannot build a heartbeat.");
+                return;
             }
+        };
+        match self.outbox.push(event, Priority::Control).await {
+            Ok(_) => {
+                *full_warned = false;
+                debug!("Heartbeat queued.");
+            }
+            Err(error) if !*full_warned => {
+                *full_warned = true;
+                warn!(%error, "Cannot queue heartbeats; they are dropped until the outbox takes them again.");
+            }
+            Err(_) => {}
         }
     }
 
@@ -98,7 +114,8 @@ impl Heartbeat {
         let uptime = self.started.elapsed();
         let (cpu_pct, mem_pct) = self.host.sample();
         let links: Vec<&Link> = self.uplink.iter().chain(self.local.iter()).collect();
-        let degraded = links.iter().any(|link| !link.state().connected);
+        let faults = self.faults.list();
+        let degraded = !faults.is_empty() || links.iter().any(|link| !link.state().connected);
         let outbox = self.outbox.stats();
         let mut payload = Map::new();
         payload.insert("node_id".into(), json!(self.node_id));
@@ -137,8 +154,22 @@ impl Heartbeat {
                 json!({"online": online, "offline": offline}),
             );
         }
+        payload.insert(
+            "causes".into(),
+            Value::Array(faults.iter().map(fault_json).collect()),
+        );
         payload
     }
+}
+
+/// One entry of `causes`: which subsystem stopped, the kind of cause, the cause, when.
+fn fault_json(fault: &Fault) -> Value {
+    json!({
+        "subsystem": fault.subsystem,
+        "kind": fault.cause.kind(),
+        "cause": fault.cause.to_string(),
+        "since": nexus_federation::envelope::format_ts(fault.at),
+    })
 }
 
 fn link_json(state: &LinkState) -> Value {
@@ -334,17 +365,8 @@ mod tests {
     async fn the_iot_part_of_a_heartbeat_reports_the_bridge_counters() {
         let stats = Arc::new(IotStats::default());
         let heartbeat = Heartbeat {
-            node_id: "edge-01".into(),
-            mode: Mode::Member,
-            key: SecretKey::from_seed(&[1; 32]).expect("key"),
-            interval: Duration::from_secs(10),
-            uplink: None,
-            local: None,
-            outbox: Outbox::in_memory(1 << 20),
-            children: None,
-            started: Instant::now(),
-            host: HostProbe(Arc::new(Mutex::new(Host { system: None }))),
             iot: Some(Arc::clone(&stats)),
+            ..member_heartbeat(Faults::default())
         };
         let before = heartbeat.snapshot()["iot"].clone();
         assert_eq!(before["received"], 0);
@@ -363,6 +385,71 @@ mod tests {
         assert_eq!(after["connected"], true);
         assert_eq!(after["dead_lettered"], json!({"not_a_number": 2}));
         assert!(after["since"].is_string());
+    }
+
+    /// A member's heartbeat without links, IoT bridge or host figures.
+    fn member_heartbeat(faults: Faults) -> Heartbeat {
+        Heartbeat {
+            node_id: "edge-01".into(),
+            mode: Mode::Member,
+            key: SecretKey::from_seed(&[1; 32]).expect("key"),
+            interval: Duration::from_secs(10),
+            uplink: None,
+            local: None,
+            outbox: Outbox::in_memory(1 << 20),
+            children: None,
+            started: Instant::now(),
+            host: HostProbe(Arc::new(Mutex::new(Host { system: None }))),
+            iot: None,
+            faults,
+        }
+    }
+
+    /// Without faults (and without links to be down) a node is healthy, with no causes.
+    #[test]
+    fn a_node_without_faults_is_healthy_with_no_causes() {
+        let snapshot = member_heartbeat(Faults::default()).snapshot();
+        assert_eq!(snapshot["status"], "healthy");
+        assert_eq!(snapshot["causes"], json!([]));
+    }
+
+    /// A subsystem that stops with an error under the supervisor makes the heartbeat say
+    /// `degraded` and name the subsystem and its cause; the heartbeat queued now (the
+    /// last one, when the fault stops the agent) carries it to the parent.
+    #[tokio::test]
+    async fn a_subsystem_failure_is_reported_in_the_heartbeat_with_its_cause() {
+        let supervisor = crate::supervisor::Supervisor::new();
+        let heartbeat = member_heartbeat(supervisor.faults().clone());
+        supervisor.spawn("iot", |_token| async {
+            Err(SubsystemError::StoreClosed("outbox"))
+        });
+        supervisor.close();
+        tokio::time::timeout(Duration::from_secs(5), supervisor.wait())
+            .await
+            .expect("the subsystem ended");
+        assert!(
+            supervisor.shutdown().is_cancelled(),
+            "this cause stops the agent"
+        );
+
+        let snapshot = heartbeat.snapshot();
+        assert_eq!(snapshot["status"], "degraded");
+        let causes = snapshot["causes"].as_array().expect("causes is a list");
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0]["subsystem"], "iot");
+        assert_eq!(causes[0]["kind"], "store_closed");
+        assert_eq!(causes[0]["cause"], "the outbox is closed");
+        assert!(causes[0]["since"].is_string());
+
+        let mut warned = false;
+        heartbeat.beat(&mut warned).await;
+        assert!(!warned);
+        let queued = heartbeat.outbox.next_batch(10).await;
+        assert_eq!(queued.len(), 1);
+        let body: Value = serde_json::from_slice(&queued[0].1.body).expect("JSON envelope");
+        assert_eq!(body["event_name"], EVENT_NAME);
+        assert_eq!(body["payload"]["status"], "degraded");
+        assert_eq!(body["payload"]["causes"][0]["subsystem"], "iot");
     }
 
     #[test]

@@ -73,8 +73,12 @@ impl Kind {
 }
 
 impl LossAuditor {
-    /// Watches until `shutdown`; then announces what is still unannounced, once.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Watches until `shutdown`; then announces what is still unannounced, once. It has no
+    /// cause to stop on its own, so it always ends `Ok`.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<(), nexus_federation::subsystem::SubsystemError> {
         let mut dropped = Kind::new(
             "dropped",
             "the oldest bulk events were dropped to make room (outbox.when_full = \"drop_oldest\"), or rows were unreadable",
@@ -96,7 +100,7 @@ impl LossAuditor {
                 }
             }
             if stopping {
-                return;
+                return Ok(());
             }
         }
     }

@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - `cli`: the command line (clap).
-//! - `run`: mode assembly, supervision, shutdown, logging.
+//! - `run`: mode assembly, shutdown, logging.
+//! - `supervisor`: subsystems' tasks, their faults, and which faults stop the agent.
 //! - `heartbeat`: `edge.health` emission and the watch over children.
 //! - `keygen`: key pair creation and loading.
 //! - `tail`: printing envelopes from a subject.
@@ -29,6 +30,7 @@ mod request_cmd;
 mod revoke;
 mod run;
 mod sdnotify;
+mod supervisor;
 mod tail;
 mod token_cmd;
 mod trust_setup;

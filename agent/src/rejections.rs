@@ -9,6 +9,7 @@ use nexus_federation::deadletter::{DeadLetter, DeadLetters};
 use nexus_federation::outbox::Priority;
 use nexus_federation::ratelog::RateLimitedLog;
 use nexus_federation::refusal::RejectedMessage;
+use nexus_federation::subsystem::SubsystemError;
 use nexus_federation::{Encoding, Envelope, Outbox, SignedEvent};
 use nexus_policies::SecretKey;
 use serde_json::{json, Map, Value};
@@ -34,12 +35,13 @@ pub struct RejectionHandler {
 }
 
 impl RejectionHandler {
-    /// Handles refusals until `shutdown` (then drains what is already queued).
+    /// Handles refusals until `shutdown` (then drains what is already queued). Stops with
+    /// [`SubsystemError::ChannelClosed`] if every sender is gone before shutdown.
     pub async fn run(
         self,
         mut refusals: mpsc::Receiver<RejectedMessage>,
         shutdown: CancellationToken,
-    ) {
+    ) -> Result<(), SubsystemError> {
         let mut audits = RateLimitedLog::new(Duration::from_secs(60));
         loop {
             // Cancel safety: a refusal not yet received stays in the channel.
@@ -47,7 +49,12 @@ impl RejectionHandler {
                 refused = refusals.recv() => refused,
                 _ = shutdown.cancelled() => refusals.try_recv().ok(),
             };
-            let Some(refused) = refused else { return };
+            let Some(refused) = refused else {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                return Err(SubsystemError::ChannelClosed("refusals"));
+            };
             if let Some(store) = &self.dead_letters {
                 let mut letter = DeadLetter::new(
                     refused.stage.as_str(),

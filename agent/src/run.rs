@@ -1,30 +1,59 @@
 //! `nexus-agent run`: builds the subsystems a mode needs and supervises them.
 //!
 //! One shutdown story: a root `CancellationToken` (a child per subsystem) and a
-//! `TaskTracker`. SIGINT/SIGTERM cancel it; so does the first subsystem that exits on its
-//! own (reported as an error). Then every subsystem drains within the grace period.
+//! `TaskTracker`, both in the [`Supervisor`]. SIGINT/SIGTERM cancel it; then every
+//! subsystem drains within the grace period. The uplink has a token of its own, cancelled
+//! right after the others (after a fault: once the last heartbeat is queued), so that its
+//! one last bounded try upstream includes that heartbeat.
+//!
+//! # When a subsystem stops on its own
+//! Every subsystem returns `Result<(), SubsystemError>` (`Ok` when asked to stop). One
+//! that stops on its own — an `Err`, a panic, or an `Ok` before shutdown — is logged at
+//! ERROR with its name and cause and recorded; from then on heartbeats say
+//! `status: "degraded"` and name it in `causes` (`crate::supervisor`). What the agent does
+//! then is what it always did:
+//! - it shuts down, for every cause but one: the other subsystems are cancelled, a last
+//!   heartbeat naming the cause is queued before the uplink stops (so the parent learns why
+//!   the node went away), and `run` fails (exit 1; systemd restarts the agent);
+//! - it keeps running without the subsystem when its set-up failed for good
+//!   (`SubsystemError::SetUp`, e.g. `[iot.tls]` files that rustls refuses): a restart would
+//!   fail the same way, and forwarding, commands and heartbeats still work.
+//!
+//! # Layout
+//! - [`run`]: start-up (key, data dir, trust, links, outbox), the mode's assembly, then
+//!   [`shut_down`].
+//! - Per mode: [`member`] (the IoT bridge), [`hub`] (ingress onward to the parent),
+//!   [`root`] (landing streams, ingress into them); hub and root share [`verifier`] (the
+//!   watch over children, the chain registry watch, the ingress).
+//! - Shared pieces: [`Links::connect`] (NATS links, next hop); [`Node::start`] (trust
+//!   state and what every mode runs: [`Node::spawn_uplink`], [`Node::spawn_audits`] for
+//!   refusals and outbox losses, [`Node::spawn_revocations`]);
+//!   [`up_bridge`] (`[[bridge.up]]`); [`heartbeat`]; [`commands`]; [`open_outbox`],
+//!   [`open_dead_letters`], [`ensure_landing`].
+//! - [`shut_down`]: [`stop_requested`] (signals, systemd), the last heartbeat after a
+//!   fault, [`drain`] (the grace period, last flush), the result. Supervision itself
+//!   (faults, what stops the agent): `crate::supervisor`.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use nexus_config::{Config, Mode};
+use nexus_federation::backoff::{Backoff, Retry};
 use nexus_federation::bridge::UpBridge;
 use nexus_federation::deadletter::DeadLetters;
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
 use nexus_federation::ingress::{Destination, Ingress, Landing};
-use nexus_federation::refusal::{RefusalSink, Stage};
+use nexus_federation::refusal::{RefusalSink, RejectedMessage, Stage};
 use nexus_federation::revocation;
-use nexus_federation::trust::OwnChain;
+use nexus_federation::trust::{Gatekeeper, OwnChain};
 use nexus_federation::uplink::{PresentationSlot, Uplink};
 use nexus_federation::{Link, Outbox, OutboxOptions, WhenFull};
-use nexus_iot_bridge::Bridge;
-use nexus_policies::Chain;
+use nexus_iot_bridge::{Bridge, Stats as IotStats};
+use nexus_policies::{Chain, RevocationList, SecretKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::commands::{CommandService, Rotation};
@@ -32,6 +61,7 @@ use crate::heartbeat::{Children, Heartbeat, HostProbe, EVENT_NAME};
 use crate::keygen::load_secret;
 use crate::losses::LossAuditor;
 use crate::rejections::RejectionHandler;
+use crate::supervisor::Supervisor;
 use crate::trust_setup::TrustSetup;
 
 /// Local messages buffered per `[[bridge.up]]` subscription before the client drops them.
@@ -39,6 +69,9 @@ const BRIDGE_BUFFER: usize = 1024;
 
 /// How long subsystems get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1800);
+
+/// How long the last heartbeat after a fault may take to be queued (part of the grace).
+const LAST_HEARTBEAT_WITHIN: Duration = Duration::from_millis(300);
 
 /// Runs the agent until a signal or a subsystem failure. `Ok` means a clean shutdown.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -58,288 +91,427 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&node.data_dir)
         .with_context(|| format!("cannot create node.data_dir {}", node.data_dir.display()))?;
     let trust = TrustSetup::load(&config, &key)?;
-    let client_name = format!("nexus-agent {} {}", node.mode, node.id);
-    let uplink = match &config.uplink {
-        Some(link) => Some(Link::connect("uplink", link, &client_name).await?),
-        None => None,
-    };
-    let local = match &config.local {
-        Some(link) => Some(Link::connect("local", link, &client_name).await?),
-        None => None,
-    };
-    // Where this node's own events go: the parent's ingress, or (root) its own.
-    let next_hop = match (node.mode, &uplink, &local) {
-        (Mode::Member | Mode::Hub, Some(uplink), _) => uplink.clone(),
-        (Mode::Root, _, Some(local)) => local.clone(),
-        // Validation guarantees these sections; say so plainly if that ever breaks.
-        _ => anyhow::bail!(
-            "mode {} lacks the NATS link it needs (config validation should have caught this)",
-            node.mode
-        ),
-    };
-
-    let next_hop_for_commands = next_hop.clone();
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let failed = Arc::new(AtomicBool::new(false));
+    let links = Links::connect(&config).await?;
     let outbox = open_outbox(&config)?;
-    let max_backoff = config
-        .uplink
-        .as_ref()
-        .or(config.local.as_ref())
-        .map_or(Duration::from_secs(10), |l| l.reconnect_max_delay);
+    let node = Node::start(config, key, &trust, links, outbox);
+    let parts = match node.config.node.mode {
+        Mode::Member => member(&node)?,
+        Mode::Hub => hub(&node)?,
+        Mode::Root => root(&node)?,
+    };
+    let heartbeat = heartbeat(&node, started, &parts);
+    up_bridge(&node).await?;
+    commands(&node, parts.children, heartbeat.clone());
+    node.supervisor
+        .spawn("heartbeat", |token| heartbeat.clone().run(token));
+    shut_down(node, &heartbeat).await
+}
 
-    let presentation = PresentationSlot::new(trust.presentation.clone());
-    // Fail closed: a token that does not decode grants nothing (TrustSetup refuses to
-    // start with one anyway).
-    let own = match &trust.presentation {
-        Some(p) => OwnChain::new(Chain::decode(&p.chain).ok()),
-        None => OwnChain::anchor(),
-    };
-    supervise(&tracker, &shutdown, &failed, "uplink", {
-        let pump = Uplink::new(next_hop, outbox.clone(), config.outbox.batch, max_backoff)
-            .with_presentation(presentation.clone());
-        let token = shutdown.child_token();
-        async move {
-            pump.run(token).await;
-        }
-    });
+/// This node's NATS links, and where its own events go.
+struct Links {
+    /// The parent's NATS (member, hub).
+    uplink: Option<Link>,
+    /// This node's own NATS (hub, root; optional for a member).
+    local: Option<Link>,
+    /// Where this node's own events go: the parent's ingress, or (root) its own.
+    next_hop: Link,
+    /// How this agent names itself to its NATS servers.
+    client_name: String,
+}
 
-    // Every mode verifies commands; hubs and roots also their children's traffic.
-    let gatekeeper = trust.gatekeeper(&config);
-    // Refusals of every stage (ingress, subject bridge, commands): dead letters + audit.
-    let (refusals_tx, refusals_rx) = mpsc::channel(1024);
-    let handler = RejectionHandler {
-        node_id: node.id.clone(),
-        key: key.clone(),
-        outbox: outbox.clone(),
-        dead_letters: open_dead_letters(&config),
-    };
-    supervise(
-        &tracker,
-        &shutdown,
-        &failed,
-        "rejections",
-        handler.run(refusals_rx, shutdown.child_token()),
-    );
-    // Events the outbox drops (drop_oldest) or expires (max_age): WARN + audit.
-    let losses = LossAuditor {
-        node_id: node.id.clone(),
-        key: key.clone(),
-        outbox: outbox.clone(),
-    };
-    supervise(
-        &tracker,
-        &shutdown,
-        &failed,
-        "outbox losses",
-        losses.run(shutdown.child_token()),
-    );
-    let revocation_source = match node.mode {
-        Mode::Root => local.clone(),
-        _ => uplink.clone(),
-    };
-    if let Some(source) = revocation_source {
+impl Links {
+    /// Connects (or starts connecting: a link starts without its server) what is configured.
+    async fn connect(config: &Config) -> anyhow::Result<Self> {
+        let node = &config.node;
+        let client_name = format!("nexus-agent {} {}", node.mode, node.id);
+        let uplink = match &config.uplink {
+            Some(link) => Some(Link::connect("uplink", link, &client_name).await?),
+            None => None,
+        };
+        let local = match &config.local {
+            Some(link) => Some(Link::connect("local", link, &client_name).await?),
+            None => None,
+        };
+        let next_hop = match (node.mode, &uplink, &local) {
+            (Mode::Member | Mode::Hub, Some(uplink), _) => uplink.clone(),
+            (Mode::Root, _, Some(local)) => local.clone(),
+            // Validation guarantees these sections; say so plainly if that ever breaks.
+            _ => anyhow::bail!(
+                "mode {} lacks the NATS link it needs (config validation should have caught this)",
+                node.mode
+            ),
+        };
+        Ok(Self {
+            uplink,
+            local,
+            next_hop,
+            client_name,
+        })
+    }
+
+    /// This node's own NATS, which a hub and a root must have.
+    fn local(&self, mode: Mode) -> anyhow::Result<Link> {
+        self.local.clone().with_context(|| {
+            format!("mode {mode} lacks [local] (config validation should have caught this)")
+        })
+    }
+}
+
+/// What every mode shares once started: identity, links, outbox, trust and supervision.
+struct Node {
+    config: Config,
+    /// This node's signing key.
+    key: SecretKey,
+    links: Links,
+    outbox: Outbox,
+    /// Admission checks: every mode verifies commands; hubs and roots also their
+    /// children's traffic.
+    gatekeeper: Arc<Gatekeeper>,
+    /// This node's current chain (replaced by rotation).
+    own: OwnChain,
+    /// The chain the uplink presents (replaced by rotation).
+    presentation: PresentationSlot,
+    /// Refusals of every stage (ingress, subject bridge, commands): dead letters + audit.
+    refusals: mpsc::Sender<RejectedMessage>,
+    supervisor: Supervisor,
+    /// Stops the uplink; cancelled after everything else (see [`shut_down`]).
+    uplink_stop: CancellationToken,
+}
+
+impl Node {
+    /// Sets up the trust state and starts what every mode runs: the uplink, the refusal
+    /// handler, the outbox-loss auditor and the revocation watch.
+    fn start(
+        config: Config,
+        key: SecretKey,
+        trust: &TrustSetup,
+        links: Links,
+        outbox: Outbox,
+    ) -> Self {
+        // Fail closed: a token that does not decode grants nothing (TrustSetup refuses to
+        // start with one anyway).
+        let own = match &trust.presentation {
+            Some(p) => OwnChain::new(Chain::decode(&p.chain).ok()),
+            None => OwnChain::anchor(),
+        };
+        let (refusals, refusals_rx) = mpsc::channel(1024);
+        let node = Self {
+            gatekeeper: trust.gatekeeper(&config),
+            presentation: PresentationSlot::new(trust.presentation.clone()),
+            own,
+            refusals,
+            supervisor: Supervisor::new(),
+            uplink_stop: CancellationToken::new(),
+            config,
+            key,
+            links,
+            outbox,
+        };
+        node.spawn_uplink();
+        node.spawn_audits(refusals_rx);
+        node.spawn_revocations(trust.revocations.clone());
+        node
+    }
+
+    /// What is kept and announced about lost traffic: refusals of every stage (dead
+    /// letters + audit) and events the outbox drops (drop_oldest) or expires (max_age):
+    /// WARN + audit.
+    fn spawn_audits(&self, refusals: mpsc::Receiver<RejectedMessage>) {
+        let handler = RejectionHandler {
+            node_id: self.config.node.id.clone(),
+            key: self.key.clone(),
+            outbox: self.outbox.clone(),
+            dead_letters: open_dead_letters(&self.config),
+        };
+        self.supervisor
+            .spawn("rejections", |token| handler.run(refusals, token));
+        let losses = LossAuditor {
+            node_id: self.config.node.id.clone(),
+            key: self.key.clone(),
+            outbox: self.outbox.clone(),
+        };
+        self.supervisor
+            .spawn("outbox losses", |token| losses.run(token));
+    }
+
+    /// The pump from the outbox to the next hop, under a token of its own.
+    fn spawn_uplink(&self) {
+        let config = &self.config;
+        let max_backoff = config
+            .uplink
+            .as_ref()
+            .or(config.local.as_ref())
+            .map_or(Duration::from_secs(10), |l| l.reconnect_max_delay);
+        let pump = Uplink::new(
+            self.links.next_hop.clone(),
+            self.outbox.clone(),
+            config.outbox.batch,
+            max_backoff,
+        )
+        .with_presentation(self.presentation.clone());
+        let token = self.uplink_stop.clone();
+        self.supervisor
+            .spawn_with("uplink", token.clone(), async move {
+                pump.run(token).await.map(drop)
+            });
+    }
+
+    /// The watch for revocation lists: from the parent, or (root) this node's own NATS;
+    /// hubs and roots pass them down on their own NATS.
+    fn spawn_revocations(&self, initial: Option<RevocationList>) {
+        let mode = self.config.node.mode;
+        let source = match mode {
+            Mode::Root => self.links.local.clone(),
+            _ => self.links.uplink.clone(),
+        };
+        let Some(source) = source else { return };
         let sync = revocation::Sync {
             source,
-            republish: local.clone().filter(|_| node.mode != Mode::Member),
-            anchors: config.trust.root_keys.clone(),
-            path: config.trust.revocations_file.clone(),
-            owns_source: node.mode == Mode::Root,
-            gatekeeper: Some(Arc::clone(&gatekeeper)),
-            own: own.clone(),
+            republish: self.links.local.clone().filter(|_| mode != Mode::Member),
+            anchors: self.config.trust.root_keys.clone(),
+            path: self.config.trust.revocations_file.clone(),
+            owns_source: mode == Mode::Root,
+            gatekeeper: Some(Arc::clone(&self.gatekeeper)),
+            own: self.own.clone(),
         };
-        let initial = trust.revocations.clone();
-        supervise(
-            &tracker,
-            &shutdown,
-            &failed,
-            "revocations",
-            sync.run(initial, shutdown.child_token()),
-        );
+        self.supervisor
+            .spawn("revocations", |token| sync.run(initial, token));
     }
+}
 
-    let children = match (node.mode, &local) {
-        (Mode::Hub | Mode::Root, Some(local)) => {
-            let children = Children::new(config.heartbeat.offline_after);
-            let destination = match (node.mode, &uplink) {
-                (Mode::Hub, Some(uplink)) => Destination::Parent(uplink.clone()),
-                _ => Destination::Landing(local.clone()),
-            };
-            let watch = children.clone();
-            let own_id = node.id.clone();
-            let ingress = Ingress::new(
-                local.clone(),
-                config.ingress.clone(),
-                destination,
-                MAX_ENVELOPE_BYTES,
-                Arc::clone(&gatekeeper),
-            )
-            .with_observer(Arc::new(move |envelope| {
-                if envelope.event_name == EVENT_NAME && envelope.source != own_id {
-                    watch.heard(&envelope.source, Instant::now());
-                }
-            }));
-            let ingress =
-                ingress.with_refusals(RefusalSink::new(Stage::Ingress, Some(refusals_tx.clone())));
-            supervise(
-                &tracker,
-                &shutdown,
-                &failed,
-                "chain registry",
-                nexus_federation::trust::watch_registry(
-                    local.clone(),
-                    Arc::clone(&gatekeeper),
-                    uplink.clone().filter(|_| node.mode == Mode::Hub),
-                    shutdown.child_token(),
-                ),
-            );
-            let token = shutdown.child_token();
-            let landing_link = (node.mode == Mode::Root).then(|| local.clone());
-            let landing = Landing::new(&config.landing, config.ingress.duplicate_window);
-            supervise(&tracker, &shutdown, &failed, "ingress", async move {
-                if let Some(link) = landing_link {
-                    if !ensure_landing(&link, &landing, &token).await {
-                        return;
-                    }
-                }
-                ingress.run(token).await;
-            });
-            Some(children)
-        }
-        _ => None,
+/// What a mode's assembly adds for the heartbeat and the commands to report on.
+#[derive(Default)]
+struct ModeParts {
+    /// The watch over children (hub, root).
+    children: Option<Children>,
+    /// The IoT bridge's counters (member with `[iot]`).
+    iot: Option<Arc<IotStats>>,
+}
+
+/// A member: the IoT bridge when `[iot]` is set (MQTT sensor messages → signed
+/// iot.sensor_data events in the outbox; refused messages in the dead-letter store).
+fn member(node: &Node) -> anyhow::Result<ModeParts> {
+    let Some(iot) = &node.config.iot else {
+        return Ok(ModeParts::default());
     };
+    // Validation requires node.tenant with [iot].
+    let tenant = node
+        .config
+        .node
+        .tenant
+        .as_deref()
+        .context("[iot] needs node.tenant (config validation should have caught this)")?;
+    let bridge = Bridge::new(
+        iot.clone(),
+        &node.config.node.id,
+        tenant,
+        node.key.clone(),
+        node.outbox.clone(),
+        open_dead_letters(&node.config),
+    )
+    .context("cannot set up the IoT bridge")?;
+    let stats = bridge.stats();
+    node.supervisor.spawn("iot", |token| bridge.run(token));
+    Ok(ModeParts {
+        children: None,
+        iot: Some(stats),
+    })
+}
 
-    // The IoT bridge (member): MQTT sensor messages → signed iot.sensor_data events in the
-    // outbox; refused messages in the dead-letter store.
-    let mut iot_stats = None;
-    if let (Mode::Member, Some(iot)) = (node.mode, &config.iot) {
-        // Validation requires node.tenant with [iot].
-        let tenant = node
-            .tenant
-            .as_deref()
-            .context("[iot] needs node.tenant (config validation should have caught this)")?;
-        let bridge = Bridge::new(
-            iot.clone(),
-            &node.id,
-            tenant,
-            key.clone(),
-            outbox.clone(),
-            open_dead_letters(&config),
-        )
-        .context("cannot set up the IoT bridge")?;
-        iot_stats = Some(bridge.stats());
-        supervise(
-            &tracker,
-            &shutdown,
-            &failed,
-            "iot",
-            bridge.run(shutdown.child_token()),
-        );
+/// A hub: verifies its members' traffic and forwards it to its parent, to whose chain
+/// registry it also presents its members' rotated chains.
+fn hub(node: &Node) -> anyhow::Result<ModeParts> {
+    let local = node.links.local(Mode::Hub)?;
+    let parent = node.links.next_hop.clone();
+    let destination = Destination::Parent(parent.clone());
+    Ok(verifier(node, local, destination, Some(parent), None))
+}
+
+/// The root: creates the landing streams, then verifies its children's traffic (and its
+/// own events) and lands it.
+fn root(node: &Node) -> anyhow::Result<ModeParts> {
+    let local = node.links.local(Mode::Root)?;
+    let config = &node.config;
+    let landing = Landing::new(&config.landing, config.ingress.duplicate_window);
+    let destination = Destination::Landing(local.clone());
+    Ok(verifier(node, local, destination, None, Some(landing)))
+}
+
+/// Hubs and the root: the watch over children (heard through their verified heartbeats),
+/// the chain registry watch (presenting rotated chains to `parent`, if any) and the
+/// ingress, which sends what it verified to `destination` once `landing` (root) exists.
+fn verifier(
+    node: &Node,
+    local: Link,
+    destination: Destination,
+    parent: Option<Link>,
+    landing: Option<Landing>,
+) -> ModeParts {
+    let config = &node.config;
+    let children = Children::new(config.heartbeat.offline_after);
+    let watch = children.clone();
+    let own_id = config.node.id.clone();
+    let ingress = Ingress::new(
+        local.clone(),
+        config.ingress.clone(),
+        destination,
+        MAX_ENVELOPE_BYTES,
+        Arc::clone(&node.gatekeeper),
+    )
+    .with_observer(Arc::new(move |envelope| {
+        if envelope.event_name == EVENT_NAME && envelope.source != own_id {
+            watch.heard(&envelope.source, Instant::now());
+        }
+    }))
+    .with_refusals(RefusalSink::new(
+        Stage::Ingress,
+        Some(node.refusals.clone()),
+    ));
+    let gatekeeper = Arc::clone(&node.gatekeeper);
+    let registry_link = local.clone();
+    node.supervisor.spawn("chain registry", |token| {
+        nexus_federation::trust::watch_registry(registry_link, gatekeeper, parent, token)
+    });
+    node.supervisor.spawn("ingress", |token| async move {
+        if let Some(landing) = landing {
+            if !ensure_landing(&local, &landing, &token).await {
+                return Ok(());
+            }
+        }
+        ingress.run(token).await
+    });
+    ModeParts {
+        children: Some(children),
+        iot: None,
     }
+}
 
-    let heartbeat = Heartbeat {
-        node_id: node.id.clone(),
-        mode: node.mode,
-        key: key.clone(),
+/// This node's heartbeat, reporting on what the mode built and on the supervisor's faults.
+fn heartbeat(node: &Node, started: Instant, parts: &ModeParts) -> Heartbeat {
+    let config = &node.config;
+    Heartbeat {
+        node_id: config.node.id.clone(),
+        mode: config.node.mode,
+        key: node.key.clone(),
         interval: config.heartbeat.interval,
-        uplink: uplink.clone(),
-        local: local.clone(),
-        outbox: outbox.clone(),
-        children: children.clone(),
+        uplink: node.links.uplink.clone(),
+        local: node.links.local.clone(),
+        outbox: node.outbox.clone(),
+        children: parts.children.clone(),
         started,
         host: HostProbe::new(),
-        iot: iot_stats,
-    };
-
-    // Local apps' subjects up ([[bridge.up]]); validation requires [local] and a tenant.
-    if let (false, Some(local), Some(tenant)) =
-        (config.bridge.up.is_empty(), &local, node.tenant.as_deref())
-    {
-        // Its own connection, with a small per-subscription buffer: a burst from an app
-        // cannot fill the box's memory (what overflows is dropped, and its requests go
-        // unanswered, so the app retries).
-        let bridge_link = match &config.local {
-            Some(link) => {
-                Link::connect_bounded(
-                    "local",
-                    link,
-                    &format!("{client_name} bridge"),
-                    BRIDGE_BUFFER,
-                )
-                .await?
-            }
-            None => local.clone(),
-        };
-        let bridge = UpBridge {
-            local: bridge_link,
-            rules: config.bridge.up.clone(),
-            node_id: node.id.clone(),
-            tenant: tenant.to_owned(),
-            key: key.clone(),
-            outbox: outbox.clone(),
-            max_payload: config.bridge.max_payload,
-            acl: config.acl.clone(),
-            grants: own.clone(),
-            refusals: RefusalSink::new(Stage::Bridge, Some(refusals_tx.clone())),
-            counters: Arc::default(),
-        };
-        supervise(
-            &tracker,
-            &shutdown,
-            &failed,
-            "bridge",
-            bridge.run(shutdown.child_token()),
-        );
+        iot: parts.iot.clone(),
+        faults: node.supervisor.faults().clone(),
     }
+}
 
-    // Commands to this node (built-ins, [[bridge.down]]) and, at a hub, to its members.
+/// Local apps' subjects up (`[[bridge.up]]`); validation requires `[local]` and a tenant.
+async fn up_bridge(node: &Node) -> anyhow::Result<()> {
+    let config = &node.config;
+    let (false, Some(local), Some(tenant)) = (
+        config.bridge.up.is_empty(),
+        &node.links.local,
+        config.node.tenant.as_deref(),
+    ) else {
+        return Ok(());
+    };
+    // Its own connection, with a small per-subscription buffer: a burst from an app
+    // cannot fill the box's memory (what overflows is dropped, and its requests go
+    // unanswered, so the app retries).
+    let bridge_link = match &config.local {
+        Some(link) => {
+            let name = format!("{} bridge", node.links.client_name);
+            Link::connect_bounded("local", link, &name, BRIDGE_BUFFER).await?
+        }
+        None => local.clone(),
+    };
+    let bridge = UpBridge {
+        local: bridge_link,
+        rules: config.bridge.up.clone(),
+        node_id: config.node.id.clone(),
+        tenant: tenant.to_owned(),
+        key: node.key.clone(),
+        outbox: node.outbox.clone(),
+        max_payload: config.bridge.max_payload,
+        acl: config.acl.clone(),
+        grants: node.own.clone(),
+        refusals: RefusalSink::new(Stage::Bridge, Some(node.refusals.clone())),
+        counters: Arc::default(),
+    };
+    node.supervisor.spawn("bridge", |token| bridge.run(token));
+    Ok(())
+}
+
+/// Commands to this node (built-ins, `[[bridge.down]]`) and, at a hub, to its members.
+fn commands(node: &Node, children: Option<Children>, heartbeat: Heartbeat) {
+    let config = &node.config;
     let (replay, log) = CommandService::shared_state();
     let commands = CommandService {
-        node_id: node.id.clone(),
-        mode: node.mode,
-        tenant: node.tenant.clone(),
-        key: key.clone(),
-        gatekeeper: Arc::clone(&gatekeeper),
+        node_id: config.node.id.clone(),
+        mode: config.node.mode,
+        tenant: config.node.tenant.clone(),
+        key: node.key.clone(),
+        gatekeeper: Arc::clone(&node.gatekeeper),
         skew: config.trust.clock_skew,
-        uplink: uplink.clone(),
-        local: local.clone(),
+        uplink: node.links.uplink.clone(),
+        local: node.links.local.clone(),
         down: config.bridge.down.clone(),
-        outbox: outbox.clone(),
-        refusals: RefusalSink::new(Stage::Command, Some(refusals_tx)),
+        outbox: node.outbox.clone(),
+        refusals: RefusalSink::new(Stage::Command, Some(node.refusals.clone())),
         children,
-        heartbeat: heartbeat.clone(),
+        heartbeat,
         rotation: Rotation {
-            path: node.token.clone(),
-            presentation,
-            own,
-            next_hop: next_hop_for_commands,
+            path: config.node.token.clone(),
+            presentation: node.presentation.clone(),
+            own: node.own.clone(),
+            next_hop: node.links.next_hop.clone(),
         },
         started_wall: time::OffsetDateTime::now_utc(),
         replay,
         log,
     };
-    supervise(
-        &tracker,
-        &shutdown,
-        &failed,
-        "commands",
-        commands.run(shutdown.child_token()),
-    );
+    node.supervisor
+        .spawn("commands", |token| commands.run(token));
+}
 
-    supervise(
-        &tracker,
-        &shutdown,
-        &failed,
-        "heartbeat",
-        heartbeat.run(shutdown.child_token()),
-    );
-    tracker.close();
+/// Waits for a signal or a fault that stops the agent, then stops everything within the
+/// grace period: the other subsystems first, then (after a fault, once a last heartbeat
+/// naming it is queued) the uplink, which gives what is queued one last bounded try.
+async fn shut_down(node: Node, heartbeat: &Heartbeat) -> anyhow::Result<()> {
+    let supervisor = &node.supervisor;
+    supervisor.close();
+    stop_requested(supervisor.shutdown()).await;
+    let started = Instant::now();
+    if supervisor.faults().stopping().is_some() {
+        // The parent hears why this node goes away.
+        let mut warned = false;
+        let last = heartbeat.beat(&mut warned);
+        if tokio::time::timeout(LAST_HEARTBEAT_WITHIN, last)
+            .await
+            .is_err()
+        {
+            warn!("Cannot queue the last heartbeat in time; the parent will not hear why.");
+        }
+    }
+    node.uplink_stop.cancel();
+    drain(&node, started).await;
+    if let Some(fault) = supervisor.faults().stopping() {
+        anyhow::bail!(
+            "subsystem {} stopped unexpectedly: {} (see the log above)",
+            fault.subsystem,
+            fault.cause
+        );
+    }
+    Ok(())
+}
+
+/// Tells systemd the agent is ready, waits for SIGINT/SIGTERM or `shutdown` (a fault),
+/// then cancels `shutdown` and tells systemd the agent is stopping.
+async fn stop_requested(shutdown: &CancellationToken) {
     // The signal handlers are in place before systemd hears READY=1.
     let signals = shutdown_signal();
     let systemd = crate::sdnotify::Notifier::from_env();
     systemd.ready(shutdown.child_token());
-
     // Cancel safety: both branches only wait; the subsystems run in their own tasks.
     tokio::select! {
         signal = signals => info!(%signal, "Shutting down."),
@@ -347,8 +519,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     systemd.stopping();
-    let started = Instant::now();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+}
+
+/// Waits for the subsystems (what is left of the grace period since `started`), gives
+/// the links' buffers a last flush, and says so.
+async fn drain(node: &Node, started: Instant) {
+    let grace = SHUTDOWN_GRACE.saturating_sub(started.elapsed());
+    if tokio::time::timeout(grace, node.supervisor.wait())
         .await
         .is_err()
     {
@@ -361,19 +538,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let rest = SHUTDOWN_GRACE
         .saturating_sub(started.elapsed())
         .max(Duration::from_millis(100));
-    for link in uplink.iter().chain(local.iter()) {
+    for link in node.links.uplink.iter().chain(node.links.local.iter()) {
         let _ = tokio::time::timeout(rest, link.client().flush()).await;
     }
-    let pending = outbox.stats();
+    let pending = node.outbox.stats();
     info!(
         outbox_depth = pending.depth,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "Stopped."
     );
-    if failed.load(Ordering::SeqCst) {
-        anyhow::bail!("a subsystem stopped unexpectedly (see the log above)");
-    }
-    Ok(())
 }
 
 /// Opens `{data_dir}/outbox.db` with the `[outbox]` policy (a damaged file is moved aside
@@ -396,32 +569,6 @@ fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
     Ok(outbox)
 }
 
-/// Spawns a subsystem; if it returns before shutdown was requested, that is a failure:
-/// it is reported and everything else is cancelled.
-fn supervise<F>(
-    tracker: &TaskTracker,
-    shutdown: &CancellationToken,
-    failed: &Arc<AtomicBool>,
-    name: &'static str,
-    task: F,
-) where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let shutdown = shutdown.clone();
-    let failed = Arc::clone(failed);
-    tracker.spawn(async move {
-        task.await;
-        if !shutdown.is_cancelled() {
-            error!(
-                subsystem = name,
-                "Subsystem stopped unexpectedly; shutting the agent down."
-            );
-            failed.store(true, Ordering::SeqCst);
-            shutdown.cancel();
-        }
-    });
-}
-
 /// Opens this node's dead-letter store; a store that cannot be opened is an ERROR (refused
 /// messages would be lost) but does not stop the agent from verifying and forwarding.
 fn open_dead_letters(config: &Config) -> Option<DeadLetters> {
@@ -442,11 +589,10 @@ fn open_dead_letters(config: &Config) -> Option<DeadLetters> {
 /// Creates the root's landing streams, retrying while its NATS is unreachable (or refuses
 /// them: the error is logged once, e.g. a stream of that name with other subjects).
 async fn ensure_landing(link: &Link, landing: &Landing, shutdown: &CancellationToken) -> bool {
-    let backoff = nexus_federation::backoff::Backoff::new(
+    let mut retry = Retry::new(Backoff::new(
         Duration::from_millis(200),
         Duration::from_secs(10),
-    );
-    let mut attempt = 0;
+    ));
     loop {
         if !link.wait_connected(shutdown).await {
             return false;
@@ -464,16 +610,13 @@ async fn ensure_landing(link: &Link, landing: &Landing, shutdown: &CancellationT
                 info!(journal = %landing.journal, domains = %domains.join("; "), "Landing streams ready.");
                 return true;
             }
-            Err(error) if attempt == 0 => {
+            Err(error) if retry.attempt() == 0 => {
                 warn!(journal = %landing.journal, %error, "Cannot create the landing streams; retrying.")
             }
             Err(_) => {}
         }
-        let delay = backoff.delay_now(attempt);
-        attempt += 1;
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(delay) => {}
+        if !retry.wait(shutdown).await {
+            return false;
         }
     }
 }

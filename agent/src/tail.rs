@@ -102,8 +102,9 @@ fn render(message: &async_nats::Message, json: bool) -> String {
     )
 }
 
-/// `member healthy up=12s cpu=5.0% mem=41.2% uplink=up outbox=0 children=3/0`, and for a
-/// member with `[iot]`: `mqtt=up in=120 fwd=130 dlq=2`.
+/// `member healthy up=12s cpu=5.0% mem=41.2% uplink=up outbox=0 children=3/0`, for a
+/// member with `[iot]`: `mqtt=up in=120 fwd=130 dlq=2`, and when subsystems stopped on
+/// their own: `STOPPED=iot`.
 fn health_summary(payload: &serde_json::Map<String, serde_json::Value>) -> String {
     let text = |key: &str| {
         payload
@@ -157,6 +158,17 @@ fn health_summary(payload: &serde_json::Map<String, serde_json::Value>) -> Strin
             count("offline")
         ));
     }
+    // Subsystems that stopped on their own (the heartbeat's `causes`).
+    let stopped: Vec<&str> = payload
+        .get("causes")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|cause| cause.get("subsystem")?.as_str())
+        .collect();
+    if !stopped.is_empty() {
+        parts.push(format!("STOPPED={}", stopped.join(",")));
+    }
     parts.join(" ")
 }
 
@@ -184,5 +196,16 @@ mod tests {
             summary,
             "member healthy up=12s outbox=0 mqtt=DOWN in=7 fwd=9 dlq=3"
         );
+    }
+
+    #[test]
+    fn a_degraded_heartbeat_summary_names_the_stopped_subsystems() {
+        let payload = serde_json::json!({
+            "mode": "member", "status": "degraded", "causes": [
+                {"subsystem": "iot", "kind": "set_up", "cause": "set-up failed: …"}
+            ]
+        });
+        let summary = health_summary(payload.as_object().expect("object"));
+        assert_eq!(summary, "member degraded STOPPED=iot");
     }
 }

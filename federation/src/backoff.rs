@@ -1,6 +1,10 @@
-//! Capped, jittered exponential backoff: a value type, so it can be tested without time.
+//! Capped, jittered exponential backoff: a value type, so it can be tested without time;
+//! and the one wait of every retry loop ([`Retry`], [`sleep`]), which ends early when the
+//! loop's shutdown token is cancelled.
 
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 /// Exponential backoff: `base × 2^attempt`, capped at `max`, with "equal jitter" (the
 /// delay is uniformly spread over the upper half, so retries of many nodes do not
@@ -38,6 +42,74 @@ impl Backoff {
     /// The delay before retry `attempt`, jittered from the process' random state.
     pub fn delay_now(&self, attempt: u32) -> Duration {
         self.delay(attempt, random_u64())
+    }
+}
+
+/// The state of one retry loop: a [`Backoff`] and how many waits since it last succeeded.
+///
+/// ```text
+/// let mut retry = Retry::new(backoff);
+/// loop {
+///     match try_it().await {
+///         Ok(_) => retry.reset(),
+///         Err(_) if retry.attempt() == 0 => warn!(…),   // the first failure only
+///         Err(_) => {}
+///     }
+///     if !retry.wait(&shutdown).await { return; }
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    backoff: Backoff,
+    attempt: u32,
+}
+
+impl Retry {
+    /// A loop that has not failed yet.
+    pub const fn new(backoff: Backoff) -> Self {
+        Self {
+            backoff,
+            attempt: 0,
+        }
+    }
+
+    /// How many delays were handed out since the start or the last [`Retry::reset`]: 0
+    /// before the first failure's wait (to log only the first failure).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// It worked: the next failure waits the shortest delay again.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The (jittered) delay before the next try; counts as one attempt. For a loop that
+    /// logs the delay before it waits with [`sleep`]; others call [`Retry::wait`].
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.backoff.delay_now(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        delay
+    }
+
+    /// Waits the next delay: `true` when it passed (try again), `false` when `shutdown`
+    /// came first (stop).
+    ///
+    /// Cancel safety: only a timer; dropping it loses nothing.
+    pub async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        sleep(self.next_delay(), shutdown).await
+    }
+}
+
+/// Sleeps `delay` unless `shutdown` is cancelled first: `true` when the delay passed,
+/// `false` when cancelled (also when it already was: cancellation wins a tie).
+///
+/// Cancel safety: only a timer; dropping it loses nothing.
+pub async fn sleep(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
     }
 }
 
@@ -85,5 +157,72 @@ mod tests {
     #[test]
     fn huge_attempt_counts_do_not_overflow() {
         assert!(B.delay(u32::MAX, 7) <= Duration::from_secs(10));
+    }
+
+    /// A wait that is not cancelled lasts its whole delay (paused time: no real sleeping).
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_that_is_not_cancelled_lasts_the_delay() {
+        let shutdown = CancellationToken::new();
+        let start = tokio::time::Instant::now();
+        assert!(sleep(Duration::from_secs(3), &shutdown).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    /// Cancelling the token ends a wait at once, with `false`.
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_ends_a_wait_at_once() {
+        let shutdown = CancellationToken::new();
+        let start = tokio::time::Instant::now();
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            cancel.cancel();
+        });
+        let mut retry = Retry::new(Backoff::new(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        ));
+        assert!(!retry.wait(&shutdown).await, "a cancelled wait says stop");
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
+    }
+
+    /// A token cancelled before the wait wins even over a zero delay: a loop never runs
+    /// another round after shutdown.
+    #[tokio::test(start_paused = true)]
+    async fn an_already_cancelled_token_stops_even_a_zero_wait() {
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        assert!(!sleep(Duration::ZERO, &shutdown).await);
+        let mut retry = Retry::new(B);
+        assert!(!retry.wait(&shutdown).await);
+    }
+
+    /// Each wait is longer (up to the cap) until a success resets the count; every delay
+    /// stays within its attempt's jitter band.
+    #[tokio::test(start_paused = true)]
+    async fn waits_grow_until_reset() {
+        let shutdown = CancellationToken::new();
+        let mut retry = Retry::new(B);
+        assert_eq!(retry.attempt(), 0);
+        for attempt in 0..8u32 {
+            let full = B.base.saturating_mul(1 << attempt).min(B.max);
+            let start = tokio::time::Instant::now();
+            assert!(retry.wait(&shutdown).await);
+            let waited = start.elapsed();
+            assert!(
+                waited >= full / 2 && waited <= full,
+                "attempt {attempt}: waited {waited:?}, expected {:?}..={full:?}",
+                full / 2
+            );
+            assert_eq!(retry.attempt(), attempt + 1);
+        }
+        retry.reset();
+        assert_eq!(retry.attempt(), 0);
+        let start = tokio::time::Instant::now();
+        assert!(retry.wait(&shutdown).await);
+        assert!(
+            start.elapsed() <= B.base,
+            "back to the first delay after a reset"
+        );
     }
 }

@@ -31,7 +31,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Retry};
 use crate::command;
 use crate::envelope::{Encoding, Envelope};
 use crate::link::Link;
@@ -40,6 +40,7 @@ use crate::provenance::SignedEvent;
 use crate::ratelog::RateLimitedLog;
 use crate::refusal::{Reason, RefusalSink, Rejection};
 use crate::subject;
+use crate::subsystem::SubsystemError;
 use crate::trust::OwnChain;
 
 /// The principal of local apps in `[[acl]]` rules (the id no node may have).
@@ -89,18 +90,21 @@ type Mapped = Result<SignedEvent, Rejection>;
 
 impl UpBridge {
     /// Subscribes to every rule's local pattern and bridges until `shutdown`; subscribes
-    /// again after the local NATS comes back.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    /// again after the local NATS comes back. Everything that fails is retried, so it
+    /// always ends `Ok`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SubsystemError> {
+        let mut retry = Retry::new(Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+        ));
         let mut log = RateLimitedLog::new(Duration::from_secs(60));
-        let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
             if !self.local.wait_connected(&shutdown).await {
                 break;
             }
             match self.subscribe().await {
                 Ok(subscriptions) => {
-                    attempt = 0;
+                    retry.reset();
                     info!(rules = self.rules.len(), "Subject bridge (up) subscribed.");
                     self.pump(subscriptions, &shutdown).await;
                 }
@@ -110,13 +114,11 @@ impl UpBridge {
                     }
                 }
             }
-            let delay = backoff.delay_now(attempt);
-            attempt = attempt.saturating_add(1);
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
+            if !retry.wait(&shutdown).await {
+                break;
             }
         }
+        Ok(())
     }
 
     async fn subscribe(&self) -> Result<Vec<async_nats::Subscriber>, async_nats::SubscribeError> {

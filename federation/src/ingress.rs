@@ -31,13 +31,14 @@ use nexus_config::IngressConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Retry};
 use crate::envelope::Envelope;
 use crate::link::Link;
 use crate::provenance::{SignedEvent, VerifyError};
 use crate::ratelog::RateLimitedLog;
 use crate::refusal::{Reason, RefusalCounts, RefusalSink, Rejection, Stage};
 use crate::subject;
+use crate::subsystem::SubsystemError;
 use crate::trust::{self, Admitted, Gatekeeper};
 
 /// Where verified traffic goes next.
@@ -153,18 +154,21 @@ impl Ingress {
     }
 
     /// Runs until `shutdown`: sets up the stream and consumer (retrying while the local
-    /// server is unreachable), then pumps.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    /// server is unreachable), then pumps. Everything that fails is retried, so it always
+    /// ends `Ok`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SubsystemError> {
+        let mut retry = Retry::new(Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+        ));
         let mut log = RateLimitedLog::new(Duration::from_secs(60));
-        let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
             if !self.local.wait_connected(&shutdown).await {
                 break;
             }
             match self.consumer().await {
                 Ok((consumer, registry, landed)) => {
-                    attempt = 0;
+                    retry.reset();
                     self.pump(consumer, &registry, landed.as_ref(), &shutdown, &mut log)
                         .await;
                 }
@@ -174,13 +178,11 @@ impl Ingress {
                     }
                 }
             }
-            let delay = backoff.delay_now(attempt);
-            attempt = attempt.saturating_add(1);
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
+            if !retry.wait(&shutdown).await {
+                break;
             }
         }
+        Ok(())
     }
 
     async fn consumer(

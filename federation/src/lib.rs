@@ -28,7 +28,9 @@
 //! - `revocation`: signed revocation lists, watched from above, persisted, passed down.
 //! - `clock`: the trust clock of boxes without an RTC (last known good time).
 //! - `fsutil`: atomic, durable file writes.
-//! - `backoff`, `ratelog`: small value types for retries and quiet logs.
+//! - `backoff`, `ratelog`: small value types for retries and quiet logs; `backoff` also
+//!   holds the one cancel-aware wait of every retry loop.
+//! - `subsystem`: what a long-running subsystem's `run` returns (`SubsystemError`).
 
 pub mod backoff;
 pub mod bridge;
@@ -46,6 +48,7 @@ pub mod refusal;
 pub mod revocation;
 pub mod sqlite;
 pub mod subject;
+pub mod subsystem;
 pub mod tls;
 pub mod trust;
 pub mod uplink;

@@ -19,8 +19,9 @@ use nexus_policies::PublicKey;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Retry};
 use crate::link::Link;
+use crate::subsystem::SubsystemError;
 use crate::trust::{self, Gatekeeper};
 
 /// Loads and verifies a persisted revocation list; `None` when absent or invalid (said so).
@@ -65,25 +66,32 @@ pub struct Sync {
 }
 
 impl Sync {
-    /// Watches for new lists until `shutdown`, re-watching after every error.
-    pub async fn run(self, initial: Option<RevocationList>, shutdown: CancellationToken) {
+    /// Watches for new lists until `shutdown`, re-watching after every error (so it
+    /// always ends `Ok`).
+    pub async fn run(
+        self,
+        initial: Option<RevocationList>,
+        shutdown: CancellationToken,
+    ) -> Result<(), SubsystemError> {
         let mut current = initial;
-        let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
-        let mut attempt = 0u32;
+        let mut retry = Retry::new(Backoff::new(
+            Duration::from_millis(500),
+            Duration::from_secs(15),
+        ));
         let mut warned = false;
         loop {
             if !self.source.wait_connected(&shutdown).await {
-                return;
+                return Ok(());
             }
             match trust::bucket(&self.source, trust::TRUST_BUCKET, self.owns_source).await {
                 Ok(store) => match store.watch_with_history(trust::REVOCATIONS_KEY).await {
                     Ok(mut watch) => {
-                        attempt = 0;
+                        retry.reset();
                         warned = false;
                         loop {
                             // Cancel safety: an entry not yet yielded stays in the stream.
                             let entry = tokio::select! {
-                                _ = shutdown.cancelled() => return,
+                                _ = shutdown.cancelled() => return Ok(()),
                                 entry = watch.next() => entry,
                             };
                             match entry {
@@ -108,11 +116,8 @@ impl Sync {
                 }
                 Err(_) => {}
             }
-            let delay = backoff.delay_now(attempt);
-            attempt = attempt.saturating_add(1);
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+            if !retry.wait(&shutdown).await {
+                return Ok(());
             }
         }
     }

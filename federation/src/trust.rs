@@ -640,17 +640,17 @@ impl OwnChain {
 /// the server was away, is not missed. Entries that do not verify, or are not the named
 /// key's, are ignored (a member can write to the registry, and must not make another
 /// node's chain be replaced). Runs until `shutdown`, watching again after the server comes
-/// back.
+/// back (so it always ends `Ok`).
 pub async fn watch_registry(
     link: Link,
     gatekeeper: Arc<Gatekeeper>,
     parent: Option<Link>,
     shutdown: tokio_util::sync::CancellationToken,
-) {
+) -> Result<(), crate::subsystem::SubsystemError> {
     use futures::StreamExt as _;
     while !shutdown.is_cancelled() {
         if !link.wait_connected(&shutdown).await {
-            return;
+            return Ok(());
         }
         // The ingress creates the registry when it is ready; until then, look again.
         let watch = match bucket(&link, CHAINS_BUCKET, false).await {
@@ -662,7 +662,7 @@ pub async fn watch_registry(
             gatekeeper.registry_changed();
             loop {
                 let update = tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return Ok(()),
                     update = updates.next() => update,
                 };
                 let Some(Ok(entry)) = update else { break };
@@ -715,11 +715,11 @@ pub async fn watch_registry(
                 }
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        if !crate::backoff::sleep(Duration::from_secs(1), &shutdown).await {
+            return Ok(());
         }
     }
+    Ok(())
 }
 
 /// Opens a key-value bucket of the federation on `link`; with `create`, creates it when it

@@ -19,12 +19,13 @@ use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Retry};
 use crate::link::Link;
 use crate::outbox::Outbox;
 use crate::provenance::SignedEvent;
 use crate::ratelog::RateLimitedLog;
 use crate::subject;
+use crate::subsystem::SubsystemError;
 use crate::trust;
 
 /// The pump that drains an outbox into a link.
@@ -143,11 +144,12 @@ impl Uplink {
     }
 
     /// Runs until `shutdown`. On shutdown, what is already queued gets one last bounded try
-    /// while the link is up.
-    pub async fn run(self, shutdown: CancellationToken) -> UplinkCounters {
+    /// while the link is up. It has no cause to stop on its own (failed sends are
+    /// retried), so it always ends `Ok`, with its counters.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<UplinkCounters, SubsystemError> {
         let mut counters = UplinkCounters::default();
         let mut log = RateLimitedLog::new(Duration::from_secs(60));
-        let mut attempt = 0u32;
+        let mut retry = Retry::new(self.backoff);
         let mut presented = None;
         loop {
             // The batch is read only once the link is up, and read again after an outage:
@@ -170,18 +172,15 @@ impl Uplink {
                 batch.len()
             };
             if failed == 0 {
-                attempt = 0;
+                retry.reset();
                 continue;
             }
-            let delay = self.backoff.delay_now(attempt);
-            attempt = attempt.saturating_add(1);
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
+            if !retry.wait(&shutdown).await {
+                break;
             }
         }
         self.drain_on_shutdown(&mut counters, &mut log).await;
-        counters
+        Ok(counters)
     }
 
     async fn drain_on_shutdown(&self, counters: &mut UplinkCounters, log: &mut RateLimitedLog) {

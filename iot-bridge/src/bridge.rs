@@ -45,10 +45,11 @@ use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, StreamExt as _};
 use nexus_config::{IotConfig, MqttProtocol};
-use nexus_federation::backoff::Backoff;
+use nexus_federation::backoff::{self, Backoff, Retry};
 use nexus_federation::deadletter::{DeadLetter, DeadLetters, STAGE_IOT};
 use nexus_federation::outbox::Priority;
 use nexus_federation::ratelog::RateLimitedLog;
+use nexus_federation::subsystem::SubsystemError;
 use nexus_federation::{Encoding, Outbox, OutboxError, SignedEvent};
 use nexus_policies::SecretKey;
 use rumqttc::{TlsConfiguration, Transport};
@@ -227,22 +228,26 @@ impl Bridge {
     }
 
     /// Runs until `shutdown`: connects (forever, with backoff), maps, stores, acks.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let settings = match self.settings() {
-            Ok(settings) => settings,
-            Err(error) => {
-                error!(%error, "Cannot configure the MQTT connection; the IoT bridge is off.");
-                shutdown.cancelled().await;
-                return;
-            }
-        };
+    ///
+    /// Stops on its own only for what retrying cannot fix: an MQTT connection that cannot
+    /// be configured ([`SubsystemError::SetUp`], e.g. TLS files rustls refuses) or an
+    /// outbox whose writer is gone ([`SubsystemError::StoreClosed`]; the message being
+    /// stored stays unacked, so the broker delivers it again).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SubsystemError> {
+        let settings = self.settings().map_err(|error| {
+            SubsystemError::SetUp(format!("cannot configure the MQTT connection: {error}"))
+        })?;
         match self.config.protocol {
             MqttProtocol::V311 => self.run_with::<V311>(settings, shutdown).await,
             MqttProtocol::V5 => self.run_with::<V5>(settings, shutdown).await,
         }
     }
 
-    async fn run_with<P: Mqtt>(self, settings: Settings, shutdown: CancellationToken) {
+    async fn run_with<P: Mqtt>(
+        self,
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> Result<(), SubsystemError> {
         let (client, mut eventloop) = P::open(&settings);
         let (tx, rx) = mpsc::channel(self.config.queue);
         info!(
@@ -263,11 +268,21 @@ impl Bridge {
             url: nexus_config::redact_url(&self.config.url),
         };
         let worker_shutdown = shutdown.clone();
-        let worker = tokio::spawn(self.work::<P>(client.clone(), rx, worker_shutdown));
-        poller.run(&mut eventloop, &shutdown).await;
-        let _ = worker.await;
+        let mut worker = tokio::spawn(self.work::<P>(client.clone(), rx, worker_shutdown));
+        // Cancel safety: the poller is dropped only when the worker stopped on its own;
+        // what it had read but not queued is unacked, and the broker delivers it again.
+        let worked = tokio::select! {
+            () = poller.run(&mut eventloop, &shutdown) => (&mut worker).await,
+            worked = &mut worker => worked,
+        };
         // Unacked QoS 1 messages stay with the broker's persistent session.
         P::try_disconnect(&client);
+        match worked {
+            Ok(result) => result,
+            Err(join) if join.is_panic() => Err(SubsystemError::panicked(&*join.into_panic())),
+            // Cancelled: the runtime itself is shutting down.
+            Err(_) => Ok(()),
+        }
     }
 
     /// The worker: maps each message, stores its events (or dead-letters it), then acks,
@@ -284,7 +299,7 @@ impl Bridge {
         client: P::Client,
         mut rx: mpsc::Receiver<(P::Publish, OffsetDateTime)>,
         shutdown: CancellationToken,
-    ) {
+    ) -> Result<(), SubsystemError> {
         let mut pending = FuturesOrdered::new();
         let mut unsent: VecDeque<P::Publish> = VecDeque::new();
         let mut retry = tokio::time::interval(ACK_RETRY);
@@ -295,23 +310,28 @@ impl Bridge {
             // only polled here, never dropped until shutdown (then its message stays
             // unacked and the broker redelivers it); a tick is only a timer.
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 message = rx.recv(), if open && pending.len() < MAX_PENDING => match message {
                     Some((publish, received)) => {
-                        let job = self.job::<P>(publish, received);
+                        let job = self.job::<P>(publish, received, &shutdown);
                         pending.push_back(job);
                     }
                     None => open = false,
                 },
                 Some(done) = pending.next(), if !pending.is_empty() => {
-                    let publish: P::Publish = done;
+                    // Not stored: never acked (the broker delivers it again).
+                    let publish: P::Publish = match done {
+                        Ok(publish) => publish,
+                        Err(NotStored::Shutdown) => return Ok(()),
+                        Err(NotStored::Closed) => return Err(SubsystemError::StoreClosed("outbox")),
+                    };
                     if P::at_least_once(&publish) {
                         unsent.push_back(publish);
                         self.send_acks::<P>(&client, &mut unsent);
                     }
                 }
                 _ = retry.tick(), if !unsent.is_empty() => self.send_acks::<P>(&client, &mut unsent),
-                else => return,
+                else => return Ok(()),
             }
         }
     }
@@ -330,12 +350,13 @@ impl Bridge {
     }
 
     /// Maps one message now; the returned future stores its events or its dead letter and
-    /// resolves with the message, ready to be acked.
+    /// resolves with the message, ready to be acked (or why its events were not stored).
     fn job<P: Mqtt>(
         &self,
         publish: P::Publish,
         received: OffsetDateTime,
-    ) -> impl std::future::Future<Output = P::Publish> + Send + 'static {
+        shutdown: &CancellationToken,
+    ) -> impl std::future::Future<Output = Result<P::Publish, NotStored>> + Send + 'static {
         let outcome = self.seal_all(P::topic(&publish), P::payload(&publish), received);
         if let Err(reject) = &outcome {
             let reason = reject.reason;
@@ -358,11 +379,12 @@ impl Bridge {
         let outbox = self.outbox.clone();
         let dead_letters = self.dead_letters.clone();
         let stats = Arc::clone(&self.stats);
+        let shutdown = shutdown.clone();
         async move {
             match outcome {
                 Ok(events) => {
                     for event in events {
-                        store(&outbox, event).await;
+                        store(&outbox, event, &shutdown).await?;
                         stats.events.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -376,7 +398,7 @@ impl Bridge {
                     dead_letter(dead_letters.as_ref(), refused, &reject).await;
                 }
             }
-            publish
+            Ok(publish)
         }
     }
 
@@ -417,30 +439,44 @@ impl Bridge {
     }
 }
 
+/// Why a message's events were not stored (it is then not acked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotStored {
+    /// Shutdown came while the push was being retried.
+    Shutdown,
+    /// The outbox's writer is gone.
+    Closed,
+}
+
 /// Pushes an event, retrying while the outbox refuses it (full, or a storage error): the
-/// message stays unacked meanwhile, which is the back pressure towards the broker.
-async fn store(outbox: &Outbox, mut event: SignedEvent) {
-    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut attempt = 0;
+/// message stays unacked meanwhile, which is the back pressure towards the broker. Gives
+/// up on shutdown, or when the outbox stays closed.
+async fn store(
+    outbox: &Outbox,
+    mut event: SignedEvent,
+    shutdown: &CancellationToken,
+) -> Result<(), NotStored> {
+    let mut retry = Retry::new(Backoff::new(
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+    ));
     loop {
         match outbox.push(event, Priority::Bulk).await {
-            Ok(_) => return,
+            Ok(_) => return Ok(()),
             Err(error) => {
-                if attempt == 0 {
+                if retry.attempt() == 0 {
                     warn!(%error, "Cannot store a sensor event; holding the MQTT message unacked and retrying.");
                 }
                 let closed = matches!(error, OutboxError::Closed { .. });
                 match error.into_event() {
-                    Some(back) if !closed || attempt < 3 => event = back,
-                    _ => {
-                        error!("The outbox is closed; a sensor event is lost.");
-                        return;
-                    }
+                    Some(back) if !closed || retry.attempt() < 3 => event = back,
+                    _ => return Err(NotStored::Closed),
                 }
             }
         }
-        tokio::time::sleep(backoff.delay_now(attempt)).await;
-        attempt = attempt.saturating_add(1);
+        if !retry.wait(shutdown).await {
+            return Err(NotStored::Shutdown);
+        }
     }
 }
 
@@ -483,7 +519,7 @@ struct Poller<P: Mqtt> {
 
 impl<P: Mqtt> Poller<P> {
     async fn run(self, eventloop: &mut P::EventLoop, shutdown: &CancellationToken) {
-        let mut attempt: u32 = 0;
+        let mut retry = Retry::new(self.backoff);
         // `None` before the first outcome: the first failure is logged too.
         let mut was_connected: Option<bool> = None;
         loop {
@@ -495,7 +531,7 @@ impl<P: Mqtt> Poller<P> {
             };
             match event {
                 Ok(Incoming::ConnAck { session_present }) => {
-                    attempt = 0;
+                    retry.reset();
                     if was_connected != Some(true) {
                         info!(broker = %self.url, protocol = P::NAME, session_present, "MQTT broker connected.");
                         self.stats.set_connected(true);
@@ -531,8 +567,7 @@ impl<P: Mqtt> Poller<P> {
                 }
                 Ok(Incoming::Other) => {}
                 Err(error) => {
-                    let delay = self.backoff.delay_now(attempt);
-                    attempt = attempt.saturating_add(1);
+                    let delay = retry.next_delay();
                     match was_connected {
                         Some(false) => debug!(%error, "MQTT broker still unreachable."),
                         _ => {
@@ -541,9 +576,8 @@ impl<P: Mqtt> Poller<P> {
                         }
                     }
                     was_connected = Some(false);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
+                    if !backoff::sleep(delay, shutdown).await {
+                        return;
                     }
                 }
             }
@@ -562,5 +596,38 @@ impl<P: Mqtt> Poller<P> {
                 warn!(%error, "Cannot queue the MQTT subscriptions.");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A push the outbox keeps refusing (here: full) is retried with backoff until
+    /// shutdown, and then given up without being stored (the message stays unacked). It
+    /// used to sleep through shutdown, retrying forever.
+    #[tokio::test]
+    async fn a_refused_push_is_retried_until_shutdown_then_given_up() {
+        let outbox = Outbox::in_memory(16);
+        let key = SecretKey::from_seed(&[9; 32]).expect("key");
+        let envelope = nexus_federation::Envelope::new(
+            "iot.sensor_data",
+            "edge-01",
+            Some("salon-001"),
+            serde_json::Map::new(),
+            OffsetDateTime::now_utc(),
+        );
+        let event = SignedEvent::seal(&envelope, Encoding::Json, &key).expect("event");
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let storing = tokio::spawn(async move { store(&outbox, event, &token).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!storing.is_finished(), "a full outbox is retried");
+        shutdown.cancel();
+        let stored = tokio::time::timeout(Duration::from_secs(2), storing)
+            .await
+            .expect("shutdown ends the retries")
+            .expect("joined");
+        assert_eq!(stored, Err(NotStored::Shutdown));
     }
 }

@@ -176,7 +176,7 @@ struct InProcess {
     outbox: Outbox,
     stats: Arc<nexus_iot_bridge::Stats>,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), nexus_federation::subsystem::SubsystemError>>,
     _dir: tempfile::TempDir,
 }
 

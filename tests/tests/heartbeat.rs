@@ -290,6 +290,69 @@ async fn a_vanished_parent_is_noticed_and_traffic_resumes_when_it_returns() {
     .await;
 }
 
+/// A subsystem that stops on its own is named in the heartbeat. Provoked for real: the
+/// member's `[iot.tls]` CA file is PEM (so `check` accepts it) but no certificate rustls
+/// can use, so the IoT bridge cannot be set up. That cause leaves the member running
+/// (a restart would fail the same way): its heartbeats keep arriving at the root, each
+/// `degraded` with the IoT bridge and its cause in `causes`; the log says it at ERROR.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subsystem_that_cannot_be_set_up_is_named_in_the_heartbeat() {
+    let fleet = Fleet::new();
+    let ca_file = fleet.path().join("not-a-ca.pem");
+    std::fs::write(
+        &ca_file,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write the CA file");
+    let iot = format!(
+        "[iot]\nurl = \"mqtts://127.0.0.1:1\"\n\n[iot.tls]\nca_file = \"{}\"\n\n\
+         [[iot.sensors]]\ntopic = \"sensors/{{sensor_id}}/{{metric}}\"\n",
+        ca_file.display()
+    );
+    let mut heartbeats = root_subscriber(&fleet).await;
+    let _root = fleet.spawn_root();
+    let _hub = fleet.spawn_hub();
+    let member = fleet.spawn(fleet::MEMBER, &iot);
+
+    let member_heartbeats = |seen: &[async_nats::Message]| -> Vec<serde_json::Value> {
+        seen.iter()
+            .filter(|m| m.subject.as_str() == "nexus._core.edge.health.edge-msk-01")
+            .map(|m| nexus_e2e::payload_json(m)["payload"].clone())
+            .collect()
+    };
+    let seen = collect_until(
+        "two member heartbeats at the root",
+        &mut heartbeats,
+        STARTUP,
+        |seen| member_heartbeats(seen).len() >= 2,
+    )
+    .await;
+    for payload in member_heartbeats(&seen) {
+        assert_eq!(payload["status"], "degraded", "{payload}");
+        let causes = payload["causes"].as_array().expect("causes is a list");
+        assert_eq!(causes.len(), 1, "{payload}");
+        assert_eq!(causes[0]["subsystem"], "iot");
+        assert_eq!(causes[0]["kind"], "set_up");
+        let cause = causes[0]["cause"].as_str().expect("cause");
+        assert!(
+            cause.starts_with("set-up failed: cannot configure the MQTT connection")
+                && cause.contains("iot.tls.ca_file"),
+            "the cause names what failed: {cause}"
+        );
+        assert!(causes[0]["since"].is_string());
+    }
+    assert!(
+        member.is_running(),
+        "the member keeps running without its IoT bridge"
+    );
+    let log = member.log();
+    assert!(
+        log.contains("ERROR")
+            && log.contains("Subsystem stopped; the agent keeps running without it"),
+        "the supervisor logs the cause at ERROR; member log:\n{log}"
+    );
+}
+
 /// SIGTERM stops every mode cleanly (exit 0) within 2 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_every_mode_cleanly_within_two_seconds() {

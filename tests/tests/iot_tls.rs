@@ -149,5 +149,7 @@ async fn reads_over_mqtts(protocol: MqttProtocol) {
     let batch = outbox.next_batch(10).await;
     assert_eq!(batch[0].1.subject, "nexus.salon-001.iot.sensor_data");
     shutdown.cancel();
-    task.await.expect("bridge stops");
+    task.await
+        .expect("bridge stops")
+        .expect("bridge stops cleanly");
 }

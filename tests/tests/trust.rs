@@ -775,5 +775,6 @@ async fn the_registry_watch_installs_chains_rotated_before_and_while_it_runs() {
     tokio::time::timeout(DEADLINE, watch)
         .await
         .expect("the watch stops on shutdown")
-        .expect("joined");
+        .expect("joined")
+        .expect("the watch ends cleanly");
 }
