@@ -18,7 +18,7 @@ use nexus_config::{Config, LinkConfig, Mode};
 use nexus_federation::command::{self, Issuer, MAX_COMMAND_BYTES};
 use nexus_federation::subject::ingress_subject;
 use nexus_federation::trust;
-use nexus_federation::{Encoding, Envelope, Link, SignedEvent};
+use nexus_federation::{Encoding, Envelope, Link, NatsProvenance as _, SignedEvent};
 use nexus_policies::{UnixTime, Verifier};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use nexus_federation::subject::ingress_subject;
-use nexus_federation::{Encoding, Envelope, SignedEvent};
+use nexus_federation::{Encoding, Envelope, NatsProvenance as _, SignedEvent};
 use nexus_policies::keys::{PUBLIC_KEY_PREFIX, SECRET_KEY_PREFIX};
 use nexus_policies::token::{MAX_CHAIN_BYTES, MAX_CHAIN_DEPTH};
 use nexus_policies::{

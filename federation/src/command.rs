@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use async_nats::HeaderMap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -29,7 +30,8 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
 use crate::envelope::{parse_ts, Encoding, Envelope, MAX_ENVELOPE_BYTES};
-use crate::provenance::{HeaderMap, SignedEvent};
+use crate::headers::NatsProvenance as _;
+use crate::provenance::SignedEvent;
 use crate::refusal::{Reason, Rejection};
 use crate::subject;
 

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::{Backoff, Retry};
 use crate::envelope::Envelope;
+use crate::headers::NatsProvenance as _;
 use crate::link::Link;
 use crate::provenance::{SignedEvent, VerifyError};
 use crate::ratelog::RateLimitedLog;

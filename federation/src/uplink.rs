@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::{Backoff, Retry};
+use crate::headers::NatsProvenance as _;
 use crate::link::Link;
 use crate::outbox::Outbox;
 use crate::provenance::SignedEvent;

@@ -45,13 +45,14 @@ use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, StreamExt as _};
 use nexus_config::{IotConfig, MqttProtocol};
-use nexus_federation::backoff::{self, Backoff, Retry};
-use nexus_federation::deadletter::{DeadLetter, DeadLetters, STAGE_IOT};
-use nexus_federation::outbox::Priority;
-use nexus_federation::ratelog::RateLimitedLog;
-use nexus_federation::subsystem::SubsystemError;
-use nexus_federation::{Encoding, Outbox, OutboxError, SignedEvent};
 use nexus_policies::SecretKey;
+use nexus_runtime::backoff::{self, Backoff, Retry};
+use nexus_runtime::ratelog::RateLimitedLog;
+use nexus_runtime::subsystem::SubsystemError;
+use nexus_store::deadletter::{DeadLetter, DeadLetters, STAGE_IOT};
+use nexus_store::outbox::Priority;
+use nexus_store::{Outbox, OutboxError};
+use nexus_wire::{Encoding, SignedEvent};
 use rumqttc::{TlsConfiguration, Transport};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -200,7 +201,7 @@ impl Bridge {
         let c = &self.config;
         let transport = match &c.tls {
             Some(tls) => {
-                let link = nexus_federation::tls::client_config("iot", tls)
+                let link = nexus_tls::client_config("iot", tls)
                     .map_err(|e| BridgeError::Tls(e.to_string()))?;
                 Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(link.config)))
             }
@@ -610,7 +611,7 @@ mod tests {
     async fn a_refused_push_is_retried_until_shutdown_then_given_up() {
         let outbox = Outbox::in_memory(16);
         let key = SecretKey::from_seed(&[9; 32]).expect("key");
-        let envelope = nexus_federation::Envelope::new(
+        let envelope = nexus_wire::Envelope::new(
             "iot.sensor_data",
             "edge-01",
             Some("salon-001"),

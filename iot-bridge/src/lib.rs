@@ -2,8 +2,10 @@
 //!
 //! This crate owns the MQTT client (rumqttc), the topic/payload mapping rules and the
 //! acknowledgement of QoS 1 messages after their envelopes are durable in the outbox. It
-//! must not know about NATS, tiers or tokens: it hands signed envelopes to the federation's
-//! outbox and refused messages to the dead-letter store.
+//! must not know about NATS, tiers or tokens: it seals envelopes (`nexus-wire`), hands them
+//! to the outbox and refused messages to the dead-letter store (`nexus-store`); the uplink
+//! takes them from there. It does not depend on `nexus-federation`, so no NATS client is
+//! linked into it (`tests/tests/layering.rs` checks).
 //!
 //! # Layout
 //! - `template`: topic templates (`zigbee2mqtt/{sensor_id}`), compiled once from the

@@ -4,7 +4,7 @@
 //! checked by hand: five required fields, no others, each with its type and bounds. It is
 //! small and fixed, and a JSON Schema engine would be the largest dependency of the crate.
 
-use nexus_federation::envelope::Envelope;
+use nexus_wire::envelope::Envelope;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 

@@ -10,10 +10,10 @@
 //! - NATS's own subjects (`$SYS.…`, `$JS.…`) and request replies (`_INBOX.…`) are no app's
 //!   either.
 //!
-//! The one owner of these rules: the federation crate re-exports this module as
-//! `nexus_federation::subject` and builds every subject with it, and the config crate
-//! checks `[[bridge.up]]`, `[[bridge.down]]` and `[[landing.domains]]` with it, so `check`
-//! refuses exactly what the runtime would. Ids inside subjects follow [`crate::ids`].
+//! The one owner of these rules: the wire crate re-exports this module as
+//! `nexus_wire::subject` (the federation as `nexus_federation::subject`) and every subject
+//! is built with it; the config crate checks `[[bridge.up]]`, `[[bridge.down]]` and
+//! `[[landing.domains]]` with it, so `check` refuses exactly what the runtime would. Ids inside subjects follow [`crate::ids`].
 
 use crate::ids;
 

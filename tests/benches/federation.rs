@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use nexus_e2e::{fleet, wait_until, Fleet, NatsServer};
 use nexus_federation::trust::{key_id, CHAINS_BUCKET};
-use nexus_federation::{subject, Encoding, Envelope, SignedEvent};
+use nexus_federation::{subject, Encoding, Envelope, NatsProvenance as _, SignedEvent};
 use nexus_policies::SecretKey;
 
 const EVENTS: usize = 5_000;

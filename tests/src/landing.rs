@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
 use futures::StreamExt as _;
-use nexus_federation::{subject, SignedEvent};
+use nexus_federation::{subject, NatsProvenance as _, SignedEvent};
 use tokio::time::Instant;
 
 use crate::wait::POLL_INTERVAL;

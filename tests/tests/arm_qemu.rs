@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use nexus_e2e::{collect_until, fleet, Fleet, Launch};
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
-use nexus_federation::SignedEvent;
+use nexus_federation::{NatsProvenance as _, SignedEvent};
 
 /// Start-up under emulation (qemu-user runs the agent ~5-10× slower) on a loaded 2-core box.
 const STARTUP: Duration = Duration::from_secs(60);

@@ -18,7 +18,7 @@ use nexus_e2e::{
     agent_bin, collect_until, fleet, keygen, payload_json, wait_until, AgentProcess, Fleet,
 };
 use nexus_federation::command::{self, Issuer, MAX_COMMAND_BYTES};
-use nexus_federation::SignedEvent;
+use nexus_federation::{NatsProvenance as _, SignedEvent};
 use nexus_policies::{Chain, SecretKey};
 use serde_json::{json, Value};
 

@@ -24,7 +24,9 @@ use bytes::Bytes;
 use nexus_e2e::landing::{landed_count, member_uplink, read_landed, LANDING};
 use nexus_e2e::{fleet, wait_until, AgentProcess, Fleet, Launch, NatsServer, Proxy};
 use nexus_federation::trust::{key_id, CHAINS_BUCKET};
-use nexus_federation::{subject, Encoding, Envelope, Outbox, OutboxOptions, SignedEvent};
+use nexus_federation::{
+    subject, Encoding, Envelope, NatsProvenance as _, Outbox, OutboxOptions, SignedEvent,
+};
 use nexus_policies::SecretKey;
 
 /// The subject of the test's events.

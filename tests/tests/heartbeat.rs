@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use nexus_e2e::{collect_until, fleet, wait_until, AgentProcess, Fleet};
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
-use nexus_federation::SignedEvent;
+use nexus_federation::{NatsProvenance as _, SignedEvent};
 
 const INTERVAL: Duration = Duration::from_secs(1);
 /// Process start-up, connects and stream creation on a loaded 2-core CI box.

@@ -245,7 +245,7 @@ fn the_refusal_reasons_table_lists_exactly_the_reason_codes() {
     );
     assert!(
         problems.is_empty(),
-        "docs/security.md, \"Refusal reasons\", disagrees with federation/src/refusal.rs:\n{}",
+        "docs/security.md, \"Refusal reasons\", disagrees with wire/src/refusal.rs:\n{}",
         problems.join("\n")
     );
 }

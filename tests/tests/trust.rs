@@ -14,7 +14,7 @@ use futures::StreamExt as _;
 use nexus_e2e::{collect_until, fleet, payload_json, wait_until, AgentProcess, Fleet, NatsServer};
 use nexus_federation::provenance::{HDR_CONTENT_TYPE, HDR_MSG_ID, HDR_SIGNATURE, HDR_SIGNER};
 use nexus_federation::trust::{key_id, CHAINS_BUCKET};
-use nexus_federation::{subject, Encoding, Envelope, SignedEvent};
+use nexus_federation::{subject, Encoding, Envelope, NatsProvenance as _, SignedEvent};
 use nexus_policies::token::{Chain, Claims, Role, Token, TokenId};
 use nexus_policies::{PublicKey, SecretKey, SubjectPattern, UnixTime};
 

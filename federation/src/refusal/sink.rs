@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
+use async_nats::{jetstream, HeaderMap};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 
 use super::{Reason, Rejection};
 use crate::deadletter;
-use crate::provenance::{self, HeaderMap};
+use crate::provenance;
 use crate::ratelog::RateLimitedLog;
 
 /// At most one log line per reason per this period.

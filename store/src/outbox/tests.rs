@@ -2,9 +2,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use super::*;
-use crate::envelope::{Encoding, Envelope};
 use nexus_policies::SecretKey;
+use nexus_wire::envelope::{Encoding, Envelope};
+
+use super::*;
 
 fn event(n: u32) -> SignedEvent {
     event_sized(n, 0)

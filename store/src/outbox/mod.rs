@@ -80,11 +80,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use nexus_wire::provenance::SignedEvent;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{error, warn};
 
-use crate::provenance::SignedEvent;
 use crate::sqlite::{self, Locking, StoreError};
 use store::{Batch, Limits, Snapshot, Store};
 use worker::Command;

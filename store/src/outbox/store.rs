@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
+use nexus_policies::{PublicKey, Signature};
+use nexus_wire::envelope::Encoding;
+use nexus_wire::provenance::SignedEvent;
 use rusqlite::{params, Connection, OptionalExtension as _, Row};
 use tracing::error;
 
 use super::{Clock, Priority, WhenFull};
-use crate::envelope::Encoding;
-use crate::provenance::SignedEvent;
 use crate::sqlite::{self, Schema, StoreError};
-use nexus_policies::{PublicKey, Signature};
 
 /// The layout (see the module docs of [`super`]).
 pub(crate) const SCHEMA: Schema = Schema {

@@ -1,16 +1,16 @@
 //! Envelope hot path: seal (encode + sign) and open (verify + decode + validate), in both
 //! encodings, against their peers in the same run: bare serde encoding and bare Ed25519.
 //!
-//! Run: `cargo bench -p nexus-federation --bench envelope` (add `-- --quick` for a short run).
+//! Run: `cargo bench -p nexus-wire --bench envelope` (add `-- --quick` for a short run).
 //! A plain harness (no criterion) keeps the build small; each figure is the best of 5
 //! rounds, so background noise inflates nothing.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
-use nexus_federation::{Encoding, Envelope, SignedEvent};
 use nexus_policies::SecretKey;
+use nexus_wire::envelope::MAX_ENVELOPE_BYTES;
+use nexus_wire::{Encoding, Envelope, SignedEvent};
 
 fn per_op(rounds: u32, iters: u32, mut f: impl FnMut()) -> Duration {
     let mut best = Duration::MAX;
@@ -99,12 +99,12 @@ fn main() {
             bytes.len(),
         );
         let event = SignedEvent::seal(&envelope, encoding, &key).expect("seals");
-        let headers = event.headers();
+        let headers = event.provenance_headers();
         row(
             "open (verify + decode + checks)",
             &name,
             per_op(5, iters, || {
-                black_box(SignedEvent::open(
+                black_box(SignedEvent::verify(
                     &event.subject,
                     Some(&headers),
                     event.body.clone(),

@@ -1,5 +1,5 @@
 //! Why a message was refused: a closed set of [`Reason`]s and the [`Rejection`] that
-//! carries one with its detail, and the [`RefusalSink`] every refusing stage hands them to.
+//! carries one with its detail.
 //!
 //! The codes ([`Reason::as_str`]) are a wire and disk contract: command error replies,
 //! the up-bridge's answers, dead letters, audit events, counters and logs carry them, and
@@ -8,17 +8,14 @@
 //! decides by variant ([`Reason::is_transient`], [`Reason::is_token`],
 //! [`Reason::is_back_pressure`]), never by the text.
 //!
-//! The reasons and the rejection are pure (no I/O, no clock); the sink
-//! (`refusal/sink.rs`) is the I/O around them. The IoT bridge's sensor refusals have their
-//! own closed set (`nexus_iot_bridge::mapping::Reason`, docs/iot.md).
+//! The reasons and the rejection are pure (no I/O, no clock); the sink every refusing stage
+//! hands them to (`nexus_federation::refusal::RefusalSink`) is the I/O around them. The IoT
+//! bridge's sensor refusals have their own closed set (`nexus_iot_bridge::mapping::Reason`,
+//! docs/iot.md).
 
 use nexus_policies::TokenError;
 
 use crate::provenance::VerifyError;
-
-mod sink;
-
-pub use sink::{RefusalCounts, RefusalSink, RejectedMessage, Stage};
 
 /// Why a message was refused, or a command failed: a stable code for replies, counters,
 /// logs, dead letters and audit events.

@@ -9,8 +9,12 @@
 //! The body is forwarded unchanged by every tier, so the root, or any consumer, can check
 //! the origin's signature end to end. The subject is not signed; it is derived from the
 //! signed body and checked against it instead.
+//!
+//! This crate knows no NATS client: headers are read through [`HeaderLookup`] and written
+//! as [`SignedEvent::provenance_headers`]. `nexus_federation::headers` adapts both to
+//! async-nats' `HeaderMap` (`SignedEvent::open`, `SignedEvent::headers`); [`Headers`] is a
+//! plain list for everyone else (tests, fuzzing).
 
-pub use async_nats::HeaderMap;
 use bytes::Bytes;
 use nexus_policies::{PublicKey, SecretKey, Signature};
 
@@ -25,6 +29,50 @@ pub const HDR_CONTENT_TYPE: &str = "Content-Type";
 pub const HDR_SIGNER: &str = "Nexus-Signer";
 /// The origin's signature over the body.
 pub const HDR_SIGNATURE: &str = "Nexus-Sig";
+
+/// Where the provenance headers of a received message are read from, by exact name.
+pub trait HeaderLookup {
+    /// The value of header `name`, if present (the first one, if it is repeated).
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+/// Message headers as a plain list of names and values, in insertion order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    pairs: Vec<(String, String)>,
+}
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets header `name` to `value`, replacing any value it had (like NATS' `insert`).
+    pub fn insert(&mut self, name: &str, value: &str) {
+        self.pairs.retain(|(n, _)| n != name);
+        self.pairs.push((name.to_owned(), value.to_owned()));
+    }
+
+    /// The value of header `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every header, name and value, in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
+impl HeaderLookup for Headers {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.get(name)
+    }
+}
 
 /// An encoded, signed envelope: what the outbox keeps and every tier forwards.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,9 +159,10 @@ impl SignedEvent {
         })
     }
 
-    /// The NATS headers that carry this event's provenance.
-    pub fn headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::new();
+    /// The headers that carry this event's provenance, name and value: `Nats-Msg-Id`,
+    /// `Content-Type`, `Nexus-Signer`, `Nexus-Sig`.
+    pub fn provenance_headers(&self) -> Headers {
+        let mut headers = Headers::new();
         headers.insert(HDR_MSG_ID, self.event_id.as_str());
         headers.insert(HDR_CONTENT_TYPE, self.encoding.content_type());
         headers.insert(HDR_SIGNER, self.signer.to_string().as_str());
@@ -123,27 +172,22 @@ impl SignedEvent {
 
     /// The bytes this event adds beside its body on the wire (header names and values).
     pub fn overhead_bytes(&self) -> usize {
-        self.headers()
+        self.provenance_headers()
             .iter()
-            .map(|(name, values)| {
-                values
-                    .iter()
-                    .map(|v| name.to_string().len() + 4 + v.as_str().len())
-                    .sum::<usize>()
-            })
+            .map(|(name, value)| name.len() + 4 + value.len())
             .sum()
     }
 
     /// Verifies a received message: signature over the exact body first (no parsing of
     /// unsigned bytes), then the envelope, then that `subject` is the one the body names.
     /// Returns the event (to forward unchanged) and the decoded envelope.
-    pub fn open(
+    pub fn verify<H: HeaderLookup + ?Sized>(
         subject: &str,
-        headers: Option<&HeaderMap>,
+        headers: Option<&H>,
         body: Bytes,
         max_body: usize,
     ) -> Result<(Self, Envelope), VerifyError> {
-        let (event, envelope) = Self::open_detached(headers, body, max_body)?;
+        let (event, envelope) = Self::verify_detached(headers, body, max_body)?;
         if event.subject != subject {
             return Err(VerifyError::SubjectMismatch {
                 expected: event.subject,
@@ -153,11 +197,11 @@ impl SignedEvent {
         Ok((event, envelope))
     }
 
-    /// [`Self::open`] for a message whose subject is not the event's own (a command, a
+    /// [`Self::verify`] for a message whose subject is not the event's own (a command, a
     /// command's reply): signature, envelope and `Nats-Msg-Id` are checked; the caller
     /// checks what the subject means.
-    pub fn open_detached(
-        headers: Option<&HeaderMap>,
+    pub fn verify_detached<H: HeaderLookup + ?Sized>(
+        headers: Option<&H>,
         body: Bytes,
         max_body: usize,
     ) -> Result<(Self, Envelope), VerifyError> {
@@ -170,8 +214,7 @@ impl SignedEvent {
         }
         let header = |name: &'static str| -> Result<&str, VerifyError> {
             headers
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str())
+                .and_then(|h| h.header(name))
                 .ok_or(VerifyError::MissingHeader(name))
         };
         let bad = |header: &'static str, reason: String| VerifyError::BadHeader { header, reason };
@@ -182,11 +225,8 @@ impl SignedEvent {
         signer
             .verify(&body, &signature)
             .map_err(|_| VerifyError::BadSignature)?;
-        let encoding = Encoding::from_content_type(
-            headers
-                .and_then(|h| h.get(HDR_CONTENT_TYPE))
-                .map(|v| v.as_str()),
-        )?;
+        let encoding =
+            Encoding::from_content_type(headers.and_then(|h| h.header(HDR_CONTENT_TYPE)))?;
         let envelope = Envelope::decode(&body, encoding, max_body)?;
         if header(HDR_MSG_ID)? != envelope.event_id {
             return Err(VerifyError::MsgIdMismatch);
@@ -227,8 +267,8 @@ mod tests {
         for encoding in [Encoding::Json, Encoding::Cbor] {
             let envelope = health("edge-01");
             let event = SignedEvent::seal(&envelope, encoding, &key(1)).expect("seals");
-            let headers = event.headers();
-            let (opened, decoded) = SignedEvent::open(
+            let headers = event.provenance_headers();
+            let (opened, decoded) = SignedEvent::verify(
                 &event.subject,
                 Some(&headers),
                 event.body.clone(),
@@ -246,9 +286,9 @@ mod tests {
         let mut body = event.body.to_vec();
         let at = body.len() / 2;
         body[at] ^= 1;
-        let result = SignedEvent::open(
+        let result = SignedEvent::verify(
             &event.subject,
-            Some(&event.headers()),
+            Some(&event.provenance_headers()),
             body.into(),
             MAX_ENVELOPE_BYTES,
         );
@@ -258,9 +298,9 @@ mod tests {
     #[test]
     fn a_signature_by_another_key_is_refused() {
         let event = SignedEvent::seal(&health("edge-01"), Encoding::Json, &key(1)).expect("seals");
-        let mut headers = event.headers();
+        let mut headers = event.provenance_headers();
         headers.insert(HDR_SIGNER, key(2).public().to_string().as_str());
-        let result = SignedEvent::open(
+        let result = SignedEvent::verify(
             &event.subject,
             Some(&headers),
             event.body,
@@ -272,9 +312,9 @@ mod tests {
     #[test]
     fn a_body_moved_to_another_subject_is_refused() {
         let event = SignedEvent::seal(&health("edge-01"), Encoding::Json, &key(1)).expect("seals");
-        let result = SignedEvent::open(
+        let result = SignedEvent::verify(
             "nexus._core.edge.health.edge-02",
-            Some(&event.headers()),
+            Some(&event.provenance_headers()),
             event.body,
             MAX_ENVELOPE_BYTES,
         );
@@ -284,15 +324,19 @@ mod tests {
     #[test]
     fn missing_or_garbled_headers_are_named() {
         let event = SignedEvent::seal(&health("edge-01"), Encoding::Json, &key(1)).expect("seals");
-        let result =
-            SignedEvent::open(&event.subject, None, event.body.clone(), MAX_ENVELOPE_BYTES);
+        let result = SignedEvent::verify::<Headers>(
+            &event.subject,
+            None,
+            event.body.clone(),
+            MAX_ENVELOPE_BYTES,
+        );
         assert_eq!(
             result.map(|_| ()),
             Err(VerifyError::MissingHeader(HDR_SIGNER))
         );
-        let mut headers = event.headers();
+        let mut headers = event.provenance_headers();
         headers.insert(HDR_SIGNATURE, "garbage");
-        let result = SignedEvent::open(
+        let result = SignedEvent::verify(
             &event.subject,
             Some(&headers),
             event.body.clone(),
@@ -305,9 +349,9 @@ mod tests {
                 ..
             })
         ));
-        let mut headers = event.headers();
+        let mut headers = event.provenance_headers();
         headers.insert(HDR_MSG_ID, "other");
-        let result = SignedEvent::open(
+        let result = SignedEvent::verify(
             &event.subject,
             Some(&headers),
             event.body,
@@ -320,11 +364,11 @@ mod tests {
     fn signed_garbage_is_malformed_not_a_panic() {
         let body = Bytes::from_static(b"\x00\x01garbage");
         let signer = key(3);
-        let mut headers = HeaderMap::new();
+        let mut headers = Headers::new();
         headers.insert(HDR_MSG_ID, "x");
         headers.insert(HDR_SIGNER, signer.public().to_string().as_str());
         headers.insert(HDR_SIGNATURE, signer.sign(&body).to_string().as_str());
-        let result = SignedEvent::open("nexus._core.x", Some(&headers), body, MAX_ENVELOPE_BYTES);
+        let result = SignedEvent::verify("nexus._core.x", Some(&headers), body, MAX_ENVELOPE_BYTES);
         assert_eq!(
             result.map(|_| ()).map_err(|e| e.reason().as_str()),
             Err("malformed")

@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use nexus_federation::outbox::{Outbox, OutboxOptions, Priority};
-use nexus_federation::{Encoding, Envelope, SignedEvent};
 use nexus_policies::SecretKey;
+use nexus_store::outbox::{Outbox, OutboxOptions, Priority};
+use nexus_wire::{Encoding, Envelope, SignedEvent};
 
 /// Set to the database path in the child.
 const CHILD_ENV: &str = "NEXUS_OUTBOX_CRASH_CHILD";

@@ -3,7 +3,7 @@
 //! transactions (one fsync per event, same pragmas), and the same outbox in memory (no
 //! disk at all).
 //!
-//! Run: `cargo bench -p nexus-federation --bench outbox` (add `-- --quick` for a short run,
+//! Run: `cargo bench -p nexus-store --bench outbox` (add `-- --quick` for a short run,
 //! `-- --only push16` for one row: naive, push1, push16, push256, drain, memory; under
 //! `strace -f -c -e trace=fsync,fdatasync` that counts the fsyncs of one scenario).
 //! The database lives under `target/tmp` (a real disk: `/tmp` may be tmpfs, where fsync is
@@ -12,9 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nexus_federation::outbox::{Outbox, OutboxOptions, Priority};
-use nexus_federation::{Encoding, Envelope, SignedEvent};
 use nexus_policies::SecretKey;
+use nexus_store::outbox::{Outbox, OutboxOptions, Priority};
+use nexus_wire::{Encoding, Envelope, SignedEvent};
 
 fn events(n: usize) -> Vec<SignedEvent> {
     let key = SecretKey::from_seed(&[7; 32]).expect("fixed seed is a strong key");

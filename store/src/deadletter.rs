@@ -1,8 +1,8 @@
 //! The dead-letter store: messages a node could not accept or deliver, kept with their
 //! reason so that an operator can look at them, replay them or purge them
 //! (`nexus-agent dlq …`). One per node, at `{data_dir}/deadletter.db`; written with the
-//! refusals of the ingress, the up-bridge and the command service (`crate::refusal`), and
-//! by the IoT bridge.
+//! refusals of the ingress, the up-bridge and the command service (through
+//! `nexus_federation::refusal::RefusalSink`), and by the IoT bridge.
 //!
 //! # Invariants
 //! - Bounded: after every record, the oldest entries (lowest id) are deleted until at most
@@ -47,12 +47,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use nexus_runtime::ratelog::RateLimitedLog;
 use rusqlite::{params, Connection, OptionalExtension as _, Row};
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 use tracing::{error, warn};
 
-use crate::ratelog::RateLimitedLog;
 use crate::sqlite::{self, Locking, Schema, StoreError};
 
 /// The most body bytes kept per entry.

@@ -6,9 +6,9 @@
 //! depth, bytes and the dropped count. Failing cases are kept in
 //! `outbox_model.proptest-regressions` beside this file (commit it).
 
-use nexus_federation::outbox::{Outbox, OutboxError, OutboxOptions, Priority, WhenFull};
-use nexus_federation::{Encoding, Envelope, SignedEvent};
 use nexus_policies::SecretKey;
+use nexus_store::outbox::{Outbox, OutboxError, OutboxOptions, Priority, WhenFull};
+use nexus_wire::{Encoding, Envelope, SignedEvent};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]

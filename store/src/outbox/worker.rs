@@ -11,12 +11,12 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
+use nexus_wire::provenance::SignedEvent;
 use tokio::sync::{oneshot, watch};
 use tracing::warn;
 
 use super::store::{Batch, PushOutcome, Snapshot, Store, Write};
 use super::OutboxError;
-use crate::provenance::SignedEvent;
 use crate::sqlite::StoreError;
 
 /// The most requests one group commit takes.
