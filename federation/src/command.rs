@@ -60,7 +60,13 @@ pub const RESULT_SUFFIX: &str = "result";
 /// the app, so a command never comes back up as an event and its reply is the app's.
 pub fn delivery_inbox_prefix() -> &'static str {
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PREFIX.get_or_init(|| format!("_INBOX.nexus-cmd.{}", uuid::Uuid::now_v7().simple()))
+    PREFIX.get_or_init(|| {
+        format!(
+            "{}.nexus-cmd.{}",
+            subject::INBOX_PREFIX,
+            uuid::Uuid::now_v7().simple()
+        )
+    })
 }
 
 /// A fresh reply subject for one delivery to a local app, under

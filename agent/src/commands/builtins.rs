@@ -5,11 +5,10 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::Bytes;
-use nexus_config::Mode;
 use nexus_federation::refusal::{Reason, Rejection};
 use nexus_federation::trust;
 use nexus_federation::uplink::Presentation;
-use nexus_policies::{Chain, Role};
+use nexus_policies::Chain;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use tracing::{info, warn};
@@ -59,11 +58,7 @@ impl CommandService {
         let chain = Chain::decode(&bytes).map_err(|e| Rejection::from(&e))?;
         let grant = self.gatekeeper.verify_now(&chain)?;
         let own_key = self.key.public();
-        let role = match self.mode {
-            Mode::Member => Role::Member,
-            Mode::Hub => Role::Hub,
-            Mode::Root => Role::Root,
-        };
+        let role = self.mode.role();
         let problem = if grant.node_id() != self.node_id {
             Some(format!("the token is for node `{}`", grant.node_id()))
         } else if grant.node_key() != &own_key {
