@@ -5,7 +5,7 @@ use figment::value::Value;
 use nexus_policies::subjects::{self, EVENT_PREFIX};
 use nexus_policies::SubjectPattern;
 
-use super::reader::{truncate, valid_jetstream_name, Reader, Section};
+use super::reader::{truncate, Reader, Section};
 use super::schema::LANDING_DOMAIN_KEYS;
 use crate::error::ErrorKind;
 use crate::model::{IngressConfig, LandingConfig, LandingDomain, Mode};
@@ -149,17 +149,7 @@ impl Reader<'_> {
                 "name = \"NEXUS_BOOKING\" (the domain stream's name)",
             )
             .and_then(|g| {
-                if !valid_jetstream_name(&g.value) {
-                    self.push(
-                        ErrorKind::InvalidValue,
-                        g.origin,
-                        &g.path,
-                        format!(
-                            "{:?} is not a JetStream name: use a non-empty name without spaces, \
-                             `.`, `*`, `>`, `/` or `\\`",
-                            truncate(&g.value)
-                        ),
-                    );
+                if !self.is_jetstream_name(&g) {
                     return None;
                 }
                 // Key-value buckets are streams named KV_<bucket> (the agent's own among

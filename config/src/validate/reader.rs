@@ -494,21 +494,27 @@ impl Reader<'_> {
     pub(super) fn jetstream_name(&mut self, s: &Section<'_>, key: &str, default: &str) -> String {
         match self.optional_text(s, key) {
             None => default.to_owned(),
-            Some(g) if valid_jetstream_name(&g.value) => g.value,
-            Some(g) => {
-                self.push(
-                    ErrorKind::InvalidValue,
-                    g.origin,
-                    &g.path,
-                    format!(
-                        "{:?} is not a JetStream name: use a non-empty name without spaces, \
-                         `.`, `*`, `>`, `/` or `\\`",
-                        g.value
-                    ),
-                );
-                default.to_owned()
-            }
+            Some(g) if self.is_jetstream_name(&g) => g.value,
+            Some(_) => default.to_owned(),
         }
+    }
+
+    /// Whether `got` is a valid JetStream stream or consumer name; reports it if not.
+    pub(super) fn is_jetstream_name(&mut self, got: &Got<String>) -> bool {
+        if valid_jetstream_name(&got.value) {
+            return true;
+        }
+        self.push(
+            ErrorKind::InvalidValue,
+            got.origin.clone(),
+            &got.path,
+            format!(
+                "{:?} is not a JetStream name: use a non-empty name without spaces, `.`, `*`, \
+                 `>`, `/` or `\\`",
+                truncate(&got.value)
+            ),
+        );
+        false
     }
 }
 
