@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nexus_config::Mode;
 use nexus_federation::outbox::Priority;
 use nexus_federation::subsystem::SubsystemError;
-use nexus_federation::{Encoding, Envelope, Link, LinkState, Outbox, SignedEvent};
+use nexus_federation::{Encoding, Envelope, Link, LinkState, Outbox, OutboxError};
 use nexus_iot_bridge::{Reason, Stats as IotStats};
 use nexus_policies::SecretKey;
 use serde_json::{json, Map, Value};
@@ -89,18 +89,13 @@ impl Heartbeat {
             payload,
             OffsetDateTime::now_utc(),
         );
-        let event = match SignedEvent::seal(&envelope, Encoding::Json, &self.key) {
-            Ok(event) => event,
-            Err(error) => {
-                warn!(%error, "Cannot build a heartbeat.");
-                return;
-            }
-        };
-        match self.outbox.push(event, Priority::Control).await {
+        let seal = envelope.into_sealer(Encoding::Json, self.key.clone());
+        match self.outbox.push_numbered(seal, Priority::Control).await {
             Ok(_) => {
                 *full_warned = false;
                 debug!("Heartbeat queued.");
             }
+            Err(OutboxError::Seal(error)) => warn!(%error, "Cannot build a heartbeat."),
             Err(error) if !*full_warned => {
                 *full_warned = true;
                 warn!(%error, "Cannot queue heartbeats; they are dropped until the outbox takes them again.");

@@ -10,7 +10,7 @@ use nexus_federation::outbox::Priority;
 use nexus_federation::ratelog::RateLimitedLog;
 use nexus_federation::refusal::RejectedMessage;
 use nexus_federation::subsystem::SubsystemError;
-use nexus_federation::{Encoding, Envelope, Outbox, SignedEvent};
+use nexus_federation::{Encoding, Envelope, Outbox, OutboxError};
 use nexus_policies::SecretKey;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
@@ -123,12 +123,10 @@ pub async fn queue_audit(
         payload,
         OffsetDateTime::now_utc(),
     );
-    match SignedEvent::seal(&envelope, Encoding::Json, key) {
-        Ok(event) => {
-            if let Err(error) = outbox.push(event, Priority::Control).await {
-                warn!(%error, event_name, "Cannot queue an audit event.");
-            }
-        }
-        Err(error) => warn!(%error, event_name, "Cannot build an audit event."),
+    let seal = envelope.into_sealer(Encoding::Json, key.clone());
+    match outbox.push_numbered(seal, Priority::Control).await {
+        Ok(_) => {}
+        Err(OutboxError::Seal(error)) => warn!(%error, event_name, "Cannot build an audit event."),
+        Err(error) => warn!(%error, event_name, "Cannot queue an audit event."),
     }
 }

@@ -7,11 +7,13 @@
 //! 2. the body is a JSON (or, with `Content-Type: application/cbor`, CBOR) object: a bare
 //!    object becomes the payload of a new envelope; a complete envelope (it has
 //!    `event_id`, `event_name` and `payload`) is kept with its ids, `ts` and headers, but
-//!    `source` and `tenant` are always this node's, and its `event_name` must be the rule's;
+//!    `source` and `tenant` are always this node's (and `epoch` and `seq` the outbox's),
+//!    and its `event_name` must be the rule's;
 //! 3. the event's subject must be allowed by the operator's ACL for principal `local` AND
 //!    by this node's token;
-//! 4. the event is signed and appended to the outbox (fsynced) — only then is a request
-//!    answered `{"ok": true, "event_id": …}`.
+//! 4. the event is appended to the outbox, which numbers it in this node's order (`epoch`,
+//!    `seq`) and signs it as it commits (fsynced) — only then is a request answered
+//!    `{"ok": true, "event_id": …}`.
 //!
 //! A refused message is answered `{"ok": false, "code": …, "message": …}` when it was a
 //! request, and handed to the refusal sink (counted, logged, dead-letter store, audit
@@ -36,7 +38,6 @@ use crate::command;
 use crate::envelope::{Encoding, Envelope};
 use crate::link::Link;
 use crate::outbox::{Outbox, OutboxError, Priority};
-use crate::provenance::SignedEvent;
 use crate::ratelog::RateLimitedLog;
 use crate::refusal::{Reason, RefusalSink, Rejection};
 use crate::subject;
@@ -85,8 +86,8 @@ pub struct UpBridge {
     pub counters: Arc<BridgeCounters>,
 }
 
-/// A message turned into an event, or why not.
-type Mapped = Result<SignedEvent, Rejection>;
+/// A message turned into an envelope (sealed once the outbox numbers it), or why not.
+type Mapped = Result<(Envelope, Encoding), Rejection>;
 
 impl UpBridge {
     /// Subscribes to every rule's local pattern and bridges until `shutdown`; subscribes
@@ -179,7 +180,8 @@ impl UpBridge {
             .position(|rule| rule.rewrite.from().matches(subject))
     }
 
-    /// Rule → event name → envelope → ACL ∩ token → signed event.
+    /// Rule → event name → envelope → ACL ∩ token → the envelope and its encoding (the
+    /// outbox numbers and seals it).
     fn map(&self, index: usize, message: &async_nats::Message, now: OffsetDateTime) -> Mapped {
         let rule = &self.rules[index];
         if message.payload.len() > self.max_payload {
@@ -230,8 +232,7 @@ impl UpBridge {
             BridgeEncoding::Json => Encoding::Json,
             BridgeEncoding::Cbor => Encoding::Cbor,
         };
-        SignedEvent::seal(&envelope, encoding, &self.key)
-            .map_err(|e| Rejection::new(Reason::Malformed, e.to_string()))
+        Ok((envelope, encoding))
     }
 
     /// A bare object becomes a new envelope's payload; a complete envelope keeps its ids,
@@ -267,29 +268,38 @@ impl UpBridge {
         }
         envelope.source = self.node_id.clone();
         envelope.tenant = Some(self.tenant.clone());
+        // The place in this node's order is the outbox's to give, like the source.
+        envelope.set_sequence(None);
         envelope
             .validate()
             .map_err(|e| Rejection::new(Reason::Malformed, e.to_string()))?;
         Ok(envelope)
     }
 
-    /// Appends the mapped events (their fsyncs shared), then answers every request.
+    /// Appends the mapped events, numbered and sealed by the outbox (their fsyncs shared),
+    /// then answers every request.
     async fn commit(&self, work: Vec<(async_nats::Message, Mapped)>) {
         // The pushes are issued in order (each is queued at its first poll), so the outbox
-        // keeps the apps' order.
+        // keeps the apps' order, and numbers them in it.
         let pushes = futures::future::join_all(work.iter().map(|(_, mapped)| async move {
             match mapped {
-                Ok(event) => Some(self.outbox.push(event.clone(), Priority::Bulk).await),
+                Ok((envelope, encoding)) => {
+                    let seal = envelope.clone().into_sealer(*encoding, self.key.clone());
+                    Some(self.outbox.push_numbered(seal, Priority::Bulk).await)
+                }
                 Err(_) => None,
             }
         }))
         .await;
         for ((message, mapped), pushed) in work.into_iter().zip(pushes) {
             let outcome = match (mapped, pushed) {
-                (Ok(event), Some(Ok(_))) => Ok(event),
+                (Ok(_), Some(Ok(numbered))) => Ok(numbered.event),
                 (Ok(_), Some(Err(error))) => Err(match error {
                     OutboxError::Full { .. } => {
                         Rejection::new(Reason::OutboxFull, error.to_string())
+                    }
+                    OutboxError::Seal(error) => {
+                        Rejection::new(Reason::Malformed, error.to_string())
                     }
                     other => Rejection::new(Reason::OutboxUnavailable, other.to_string()),
                 }),

@@ -2,11 +2,16 @@
 //! worker that maps, signs, stores and only then acknowledges.
 //!
 //! ```text
-//! broker ──▶ poller task ──(bounded queue)──▶ worker ──▶ outbox.push ─fsync─▶ PUBACK
-//!            (EventLoop::poll,                 map, seal,     (or dead letter, then PUBACK)
-//!             reconnect backoff,               pushes in flight
-//!             resubscribe on ConnAck)          acked in arrival order
+//! broker ──▶ poller task ──(bounded queue)──▶ worker ──▶ outbox.push_numbered ─fsync─▶ PUBACK
+//!            (EventLoop::poll,                 map,           (numbered and sealed as it
+//!             reconnect backoff,               pushes in       commits; or dead letter,
+//!             resubscribe on ConnAck)          flight, acked   then PUBACK)
+//!                                              in arrival order
 //! ```
+//!
+//! Each reading becomes one envelope; the outbox gives it the next number of this node's
+//! order (`epoch`, `seq`) and signs it when it commits, so a message's readings are stored,
+//! and numbered, one after the other before its PUBACK.
 //!
 //! # What rumqttc is told, and why (docs/pitfalls.md, "rumqttc")
 //! The same for MQTT 3.1.1 and MQTT 5 (`iot.protocol`): the version-specific client is
@@ -52,7 +57,7 @@ use nexus_runtime::subsystem::SubsystemError;
 use nexus_store::deadletter::{DeadLetter, DeadLetters, STAGE_IOT};
 use nexus_store::outbox::Priority;
 use nexus_store::{Outbox, OutboxError};
-use nexus_wire::{Encoding, SignedEvent};
+use nexus_wire::{Encoding, Envelope, EnvelopeError};
 use rumqttc::{TlsConfiguration, Transport};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -358,7 +363,7 @@ impl Bridge {
         received: OffsetDateTime,
         shutdown: &CancellationToken,
     ) -> impl std::future::Future<Output = Result<P::Publish, NotStored>> + Send + 'static {
-        let outcome = self.seal_all(P::topic(&publish), P::payload(&publish), received);
+        let outcome = self.envelopes(P::topic(&publish), P::payload(&publish), received);
         if let Err(reject) = &outcome {
             let reason = reject.reason;
             let total = self.stats.rejected[reason.index()].load(Ordering::Relaxed) + 1;
@@ -378,39 +383,53 @@ impl Bridge {
             }
         }
         let outbox = self.outbox.clone();
+        let key = self.key.clone();
         let dead_letters = self.dead_letters.clone();
         let stats = Arc::clone(&self.stats);
         let shutdown = shutdown.clone();
         async move {
-            match outcome {
-                Ok(events) => {
-                    for event in events {
-                        store(&outbox, event, &shutdown).await?;
+            let refused = match outcome {
+                Ok(envelopes) => {
+                    // In order, each numbered as it is stored: a message's readings keep
+                    // their order in this node's sequence.
+                    let mut unsealable = None;
+                    for envelope in envelopes {
+                        if let Err(error) = store(&outbox, &key, envelope, &shutdown).await? {
+                            error!(%error, topic = %P::topic_lossy(&publish), "Cannot seal a sensor event; the message is kept in the dead-letter store (readings of it stored before stay).");
+                            unsealable = Some(Reject {
+                                reason: Reason::Internal,
+                                detail: error.to_string(),
+                            });
+                            break;
+                        }
                         stats.events.fetch_add(1, Ordering::Relaxed);
                     }
+                    unsealable
                 }
-                Err(reject) => {
-                    stats.rejected[reject.reason.index()].fetch_add(1, Ordering::Relaxed);
-                    let refused = Refused {
-                        topic: &P::topic_lossy(&publish),
-                        qos: P::qos_digit(&publish),
-                        payload: P::payload(&publish),
-                    };
-                    dead_letter(dead_letters.as_ref(), refused, &reject).await;
-                }
+                Err(reject) => Some(reject),
+            };
+            if let Some(reject) = refused {
+                stats.rejected[reject.reason.index()].fetch_add(1, Ordering::Relaxed);
+                let refused = Refused {
+                    topic: &P::topic_lossy(&publish),
+                    qos: P::qos_digit(&publish),
+                    payload: P::payload(&publish),
+                };
+                dead_letter(dead_letters.as_ref(), refused, &reject).await;
             }
             Ok(publish)
         }
     }
 
-    /// The events of one message, or why it is refused. `topic` is `None` when it is not
-    /// UTF-8 (MQTT 5 topics arrive as bytes).
-    fn seal_all(
+    /// The envelopes of one message (the outbox numbers and seals each as it stores it),
+    /// or why it is refused. `topic` is `None` when it is not UTF-8 (MQTT 5 topics arrive
+    /// as bytes).
+    fn envelopes(
         &self,
         topic: Option<&str>,
         payload: &[u8],
         received: OffsetDateTime,
-    ) -> Result<Vec<SignedEvent>, Reject> {
+    ) -> Result<Vec<Envelope>, Reject> {
         let Some(topic) = topic else {
             return Err(Reject {
                 reason: Reason::InvalidUtf8,
@@ -418,16 +437,16 @@ impl Bridge {
             });
         };
         let readings = self.rules.map(topic, payload, received)?;
-        let mut events = Vec::with_capacity(readings.len());
+        let mut envelopes = Vec::with_capacity(readings.len());
         for reading in &readings {
-            let sealed = sensor_data::envelope(reading, &self.node_id, &self.tenant)
+            let envelope = sensor_data::envelope(reading, &self.node_id, &self.tenant)
                 .map_err(|e| e.to_string())
                 .and_then(|envelope| {
-                    SignedEvent::seal(&envelope, Encoding::Json, &self.key)
-                        .map_err(|e| e.to_string())
+                    envelope.validate().map_err(|e| e.to_string())?;
+                    Ok(envelope)
                 });
-            match sealed {
-                Ok(event) => events.push(event),
+            match envelope {
+                Ok(envelope) => envelopes.push(envelope),
                 Err(detail) => {
                     return Err(Reject {
                         reason: Reason::Internal,
@@ -436,7 +455,7 @@ impl Bridge {
                 }
             }
         }
-        Ok(events)
+        Ok(envelopes)
     }
 }
 
@@ -449,29 +468,34 @@ enum NotStored {
     Closed,
 }
 
-/// Pushes an event, retrying while the outbox refuses it (full, or a storage error): the
-/// message stays unacked meanwhile, which is the back pressure towards the broker. Gives
-/// up on shutdown, or when the outbox stays closed.
+/// Pushes an event (numbered and signed by the outbox as it commits), retrying while the
+/// outbox refuses it (full, or a storage error): the message stays unacked meanwhile,
+/// which is the back pressure towards the broker. Gives up on shutdown, or when the outbox
+/// stays closed; `Ok(Err)` when the event cannot be sealed at all (retrying would not
+/// help).
 async fn store(
     outbox: &Outbox,
-    mut event: SignedEvent,
+    key: &SecretKey,
+    envelope: Envelope,
     shutdown: &CancellationToken,
-) -> Result<(), NotStored> {
+) -> Result<Result<(), EnvelopeError>, NotStored> {
     let mut retry = Retry::new(Backoff::new(
         Duration::from_millis(100),
         Duration::from_secs(5),
     ));
     loop {
-        match outbox.push(event, Priority::Bulk).await {
-            Ok(_) => return Ok(()),
+        let seal = envelope.clone().into_sealer(Encoding::Json, key.clone());
+        match outbox.push_numbered(seal, Priority::Bulk).await {
+            Ok(_) => return Ok(Ok(())),
+            Err(OutboxError::Seal(error)) => return Ok(Err(error)),
             Err(error) => {
                 if retry.attempt() == 0 {
                     warn!(%error, "Cannot store a sensor event; holding the MQTT message unacked and retrying.");
                 }
-                let closed = matches!(error, OutboxError::Closed { .. });
-                match error.into_event() {
-                    Some(back) if !closed || retry.attempt() < 3 => event = back,
-                    _ => return Err(NotStored::Closed),
+                // Closed: the writer is gone, or took the push and died (stored or not,
+                // unknown: the message stays unacked, so a copy at worst).
+                if matches!(error, OutboxError::Closed { .. }) && retry.attempt() >= 3 {
+                    return Err(NotStored::Closed);
                 }
             }
         }
@@ -618,10 +642,9 @@ mod tests {
             serde_json::Map::new(),
             OffsetDateTime::now_utc(),
         );
-        let event = SignedEvent::seal(&envelope, Encoding::Json, &key).expect("event");
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
-        let storing = tokio::spawn(async move { store(&outbox, event, &token).await });
+        let storing = tokio::spawn(async move { store(&outbox, &key, envelope, &token).await });
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!storing.is_finished(), "a full outbox is retried");
         shutdown.cancel();

@@ -24,4 +24,7 @@ pub mod outbox;
 pub mod sqlite;
 
 pub use deadletter::{DeadLetter, DeadLetters};
-pub use outbox::{Outbox, OutboxError, OutboxOptions, OutboxStats, Priority, WhenFull};
+pub use outbox::{
+    LossKind, Losses, Numbered, Outbox, OutboxError, OutboxOptions, OutboxStats, Priority, Seal,
+    WhenFull,
+};

@@ -104,13 +104,18 @@ pub(crate) enum Locking {
     Shared,
 }
 
-/// A store's schema: created in one transaction when `user_version` is 0.
+/// A store's schema: created in one transaction when `user_version` is 0; an older
+/// version is brought up to date one step at a time, each step in one transaction with its
+/// new `user_version`.
 #[derive(Debug)]
 pub(crate) struct Schema {
     /// `PRAGMA user_version` of this layout.
     pub version: i64,
     /// The DDL, run once on a new database.
     pub create: &'static str,
+    /// `upgrades[i]` takes a database from version `i + 1` to `i + 2`; so it holds
+    /// `version - 1` steps.
+    pub upgrades: &'static [&'static str],
 }
 
 /// A database that was found damaged and replaced.
@@ -277,6 +282,26 @@ fn create_schema(conn: &Connection, path: &Path, schema: &Schema) -> Result<(), 
             schema.create, schema.version
         ))
         .map_err(|e| classify(path, "create the schema", e))?;
+        return Ok(());
+    }
+    for from in version..schema.version {
+        let step = usize::try_from(from - 1)
+            .ok()
+            .and_then(|i| schema.upgrades.get(i))
+            .ok_or_else(|| {
+                Failure::Other(StoreError::Sqlite {
+                    context: "upgrade the schema (no step from this version)",
+                    source: Arc::new(rusqlite::Error::InvalidQuery),
+                })
+            })?;
+        let upgraded = conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {step} PRAGMA user_version = {}; COMMIT;",
+            from + 1
+        ));
+        if let Err(error) = upgraded {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(classify(path, "upgrade the schema", error));
+        }
     }
     Ok(())
 }

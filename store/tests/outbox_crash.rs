@@ -7,6 +7,10 @@
 //! of a process that died mid-transaction; it cannot prove what a power cut does to a medium
 //! that lies about fsync (see the outbox module docs).
 //!
+//! The child numbers its events (`push_numbered`): after each kill, the numbers stored are
+//! exactly 1..=N of one epoch (nothing is acked here, so everything ever committed is
+//! there), and the next number is N + 1: none committed is ever handed out again.
+//!
 //! The child is this same test binary, run with [`CHILD_ENV`] set on the
 //! `crash_child_process` test, so no extra binary is needed.
 
@@ -16,6 +20,7 @@ use std::process::{Command, Stdio};
 
 use nexus_policies::SecretKey;
 use nexus_store::outbox::{Outbox, OutboxOptions, Priority};
+use nexus_wire::envelope::MAX_ENVELOPE_BYTES;
 use nexus_wire::{Encoding, Envelope, SignedEvent};
 
 /// Set to the database path in the child.
@@ -23,18 +28,20 @@ const CHILD_ENV: &str = "NEXUS_OUTBOX_CRASH_CHILD";
 /// Producers in the child: pushes race, so commits are grouped when the kill lands.
 const PRODUCERS: usize = 8;
 
-fn event(n: usize) -> SignedEvent {
-    let key = SecretKey::from_seed(&[3; 32]).expect("key");
+fn key() -> SecretKey {
+    SecretKey::from_seed(&[3; 32]).expect("key")
+}
+
+fn envelope(n: usize) -> Envelope {
     let mut payload = serde_json::Map::new();
     payload.insert("n".into(), n.into());
-    let envelope = Envelope::new(
+    Envelope::new(
         "iot.sensor_data",
         "edge-01",
         Some("salon-001"),
         payload,
         time::OffsetDateTime::now_utc(),
-    );
-    SignedEvent::seal(&envelope, Encoding::Json, &key).expect("seal")
+    )
 }
 
 /// Not a test of its own: the child process of the crash test (does nothing unless
@@ -57,10 +64,14 @@ fn crash_child_process() {
                 let outbox = outbox.clone();
                 tokio::spawn(async move {
                     for n in 0.. {
-                        let e = event(n * PRODUCERS + p);
+                        let e = envelope(n * PRODUCERS + p);
                         let id = e.event_id.clone();
-                        let seq = outbox.push(e, Priority::Bulk).await.expect("stored");
-                        println!("pushed {seq} {id}");
+                        let seal = e.into_sealer(Encoding::Json, key());
+                        let stored = outbox
+                            .push_numbered(seal, Priority::Bulk)
+                            .await
+                            .expect("stored");
+                        println!("pushed {} {id}", stored.entry);
                     }
                 })
             })
@@ -78,6 +89,7 @@ fn a_killed_process_loses_no_event_whose_push_had_resolved() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("outbox.db");
     let mut promised: HashMap<u64, String> = HashMap::new();
+    let mut epoch = None;
     for (round, kill_after) in [200usize, 600, 1500].into_iter().enumerate() {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
             .args([
@@ -158,6 +170,37 @@ fn a_killed_process_loses_no_event_whose_push_had_resolved() {
             for event in stored.values().take(20) {
                 assert!(event.signer.verify(&event.body, &event.signature).is_ok());
             }
+            // The numbers: one epoch, 1..=N, each once; the next is N + 1.
+            let mut numbers: Vec<u64> = stored
+                .values()
+                .map(|event| {
+                    let envelope =
+                        Envelope::decode(&event.body, event.encoding, MAX_ENVELOPE_BYTES)
+                            .expect("decodes");
+                    assert_eq!(envelope.epoch.as_deref(), Some(outbox.epoch()));
+                    envelope.seq.expect("numbered")
+                })
+                .collect();
+            numbers.sort_unstable();
+            let n = numbers.len() as u64;
+            assert!(
+                numbers.iter().copied().eq(1..=n),
+                "round {round}: the numbers stored are not 1..={n}"
+            );
+            assert_eq!(
+                epoch.get_or_insert_with(|| outbox.epoch().to_owned()),
+                outbox.epoch(),
+                "the same database keeps its epoch"
+            );
+            let next = outbox
+                .push_numbered(
+                    envelope(0).into_sealer(Encoding::Json, key()),
+                    Priority::Bulk,
+                )
+                .await
+                .expect("stored");
+            assert_eq!(next.sequence.seq, n + 1, "round {round}");
+            promised.insert(next.entry, next.event.event_id);
             eprintln!(
                 "round {round}: killed after {seen} reported pushes; {} promised, {} stored",
                 promised.len(),

@@ -111,15 +111,21 @@ async fn heartbeats_of_every_tier_reach_the_root_signed_and_complete() {
         assert_eq!(
             fields,
             [
+                "epoch",
                 "event_id",
                 "event_name",
                 "headers",
                 "payload",
+                "seq",
                 "source",
                 "ts",
                 "version"
             ]
         );
+        // Numbered in the node's order by its outbox (docs/delivery.md, "Order per source").
+        let epoch = envelope.epoch.as_deref().expect("an epoch");
+        assert_eq!(uuid_version(epoch), 7, "the epoch is a UUIDv7");
+        assert!(envelope.seq.is_some_and(|seq| seq >= 1), "a seq from 1");
         let ts = json["ts"].as_str().expect("ts");
         assert!(
             ts.ends_with('Z') && ts.len() == "2026-11-23T14:00:01.234Z".len(),

@@ -7,11 +7,12 @@
 
 use std::collections::BTreeMap;
 
-use nexus_policies::ids;
+use nexus_policies::{ids, SecretKey};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::provenance::SignedEvent;
 use crate::subject;
 
 /// The largest envelope body accepted by default (NATS' default `max_payload` is 1 MiB).
@@ -42,11 +43,39 @@ pub struct Envelope {
     /// The event_id of the cause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<String>,
+    /// The epoch of the source's order: the UUIDv7 (lower-case, hyphenated) of the outbox
+    /// that numbered this event. Set together with [`Self::seq`], or not at all.
+    ///
+    /// Every event an agent creates into its outbox carries both (heartbeats, audit events,
+    /// command results, bridged app events, sensor readings); events published directly
+    /// (the CLI's `request` and token audits) carry neither. A consumer restores a source's
+    /// creation order exactly by sorting on `(source, epoch, seq)`: epochs are UUIDv7, so a
+    /// newer epoch (a new or replaced outbox database) sorts after an older one, and within
+    /// an epoch `seq` counts 1, 2, 3, … with no gap but the numbers the outbox announced
+    /// as given up (`nexus._core.audit.outbox_loss`). See docs/delivery.md, "Order per
+    /// source".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// The n-th event (≥ 1) the source's outbox stored in [`Self::epoch`]; never reused
+    /// within it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// `idempotency_key`, trace ids, …
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// The event's data, validated against the event's schema.
     pub payload: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Where an event stands in its source's order: the epoch of the outbox that numbered it
+/// and its number there (the envelope's `epoch` and `seq`). Sorting by
+/// `(source, epoch, seq)` restores a source's creation order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sequence {
+    /// The outbox's UUIDv7, lower-case and hyphenated.
+    pub epoch: String,
+    /// The event's number in that epoch, ≥ 1.
+    pub seq: u64,
 }
 
 /// How an envelope is encoded on the wire.
@@ -129,8 +158,43 @@ impl Envelope {
             tenant: tenant.map(str::to_owned),
             correlation_id: None,
             causation_id: None,
+            epoch: None,
+            seq: None,
             headers: BTreeMap::new(),
             payload,
+        }
+    }
+
+    /// The event's place in its source's order, if it has one.
+    pub fn sequence(&self) -> Option<Sequence> {
+        match (&self.epoch, self.seq) {
+            (Some(epoch), Some(seq)) => Some(Sequence {
+                epoch: epoch.clone(),
+                seq,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Sets (or, with `None`, clears) `epoch` and `seq` together.
+    pub fn set_sequence(&mut self, sequence: Option<Sequence>) {
+        (self.epoch, self.seq) = match sequence {
+            Some(Sequence { epoch, seq }) => (Some(epoch), Some(seq)),
+            None => (None, None),
+        };
+    }
+
+    /// What seals this envelope once its outbox has numbered it: sets `epoch` and `seq`
+    /// from the [`Sequence`] it is given, then encodes and signs it with `key`. This is the
+    /// `seal` of `nexus_store::Outbox::push_numbered`, which calls it at commit time.
+    pub fn into_sealer(
+        mut self,
+        encoding: Encoding,
+        key: SecretKey,
+    ) -> impl FnOnce(Sequence) -> Result<SignedEvent, EnvelopeError> + Send + 'static {
+        move |sequence| {
+            self.set_sequence(Some(sequence));
+            SignedEvent::seal(&self, encoding, &key)
         }
     }
 
@@ -218,6 +282,21 @@ impl Envelope {
                 .is_some_and(|v| v.is_empty() || v.len() > 128)
             {
                 return invalid(field, "must be 1-128 chars".into());
+            }
+        }
+        match (&self.epoch, self.seq) {
+            (None, None) => {}
+            (Some(_), None) => return invalid("seq", "`epoch` is set, `seq` is not".into()),
+            (None, Some(_)) => return invalid("epoch", "`seq` is set, `epoch` is not".into()),
+            (Some(epoch), Some(seq)) => {
+                match uuid::Uuid::try_parse(epoch) {
+                    Ok(id)
+                        if id.hyphenated().to_string() == *epoch && id.get_version_num() == 7 => {}
+                    _ => return invalid("epoch", "not a lower-case hyphenated UUIDv7".into()),
+                }
+                if seq == 0 {
+                    return invalid("seq", "must be at least 1".into());
+                }
             }
         }
         Ok(())
@@ -403,6 +482,127 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    const EPOCH: &str = "01932f6e-8a4c-7b3d-9e21-5f0a6b7c8d9e";
+
+    fn numbered(seq: u64) -> Envelope {
+        let mut envelope = sample();
+        envelope.set_sequence(Some(Sequence {
+            epoch: EPOCH.into(),
+            seq,
+        }));
+        envelope
+    }
+
+    #[test]
+    fn epoch_and_seq_round_trip_in_both_encodings_and_are_top_level_fields() {
+        let envelope = numbered(42);
+        assert_eq!(envelope.validate(), Ok(()));
+        for encoding in [Encoding::Json, Encoding::Cbor] {
+            let bytes = envelope.encode(encoding).expect("encodes");
+            let back = Envelope::decode(&bytes, encoding, MAX_ENVELOPE_BYTES).expect("decodes");
+            assert_eq!(back, envelope, "{encoding:?}");
+            assert_eq!(
+                back.sequence(),
+                Some(Sequence {
+                    epoch: EPOCH.into(),
+                    seq: 42
+                })
+            );
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&envelope.encode(Encoding::Json).expect("encodes"))
+                .expect("json");
+        assert_eq!(json["epoch"], EPOCH);
+        assert_eq!(json["seq"], 42);
+        let mut cleared = envelope;
+        cleared.set_sequence(None);
+        assert_eq!((cleared.epoch, cleared.seq), (None, None));
+    }
+
+    #[test]
+    fn epoch_and_seq_come_both_or_neither() {
+        let mut envelope = sample();
+        envelope.epoch = Some(EPOCH.into());
+        assert!(matches!(
+            envelope.validate(),
+            Err(EnvelopeError::Invalid { field: "seq", .. })
+        ));
+        let mut envelope = sample();
+        envelope.seq = Some(1);
+        assert!(matches!(
+            envelope.validate(),
+            Err(EnvelopeError::Invalid { field: "epoch", .. })
+        ));
+        // The same refusal when the bytes say it.
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&sample().encode(Encoding::Json).expect("encodes"))
+                .expect("json");
+        json["seq"] = 7.into();
+        let bytes = serde_json::to_vec(&json).expect("json");
+        assert!(matches!(
+            Envelope::decode(&bytes, Encoding::Json, MAX_ENVELOPE_BYTES),
+            Err(EnvelopeError::Invalid { field: "epoch", .. })
+        ));
+    }
+
+    #[test]
+    fn a_bad_epoch_or_a_zero_seq_is_refused() {
+        for epoch in [
+            "not-a-uuid",
+            "01932F6E-8A4C-7B3D-9E21-5F0A6B7C8D9E", // upper case
+            "01932f6e8a4c7b3d9e215f0a6b7c8d9e",     // not hyphenated
+            "f47ac10b-58cc-4372-a567-0e02b2c3d479", // v4: does not sort by time
+            "{01932f6e-8a4c-7b3d-9e21-5f0a6b7c8d9e}",
+            "",
+        ] {
+            let mut envelope = numbered(1);
+            envelope.epoch = Some(epoch.into());
+            assert!(
+                matches!(
+                    envelope.validate(),
+                    Err(EnvelopeError::Invalid { field: "epoch", .. })
+                ),
+                "{epoch:?}"
+            );
+        }
+        assert!(matches!(
+            numbered(0).validate(),
+            Err(EnvelopeError::Invalid { field: "seq", .. })
+        ));
+        assert_eq!(numbered(u64::MAX).validate(), Ok(()));
+        // A negative or fractional number is not a seq at all.
+        for seq in ["-1", "1.5"] {
+            let text = String::from_utf8(sample().encode(Encoding::Json).expect("encodes"))
+                .expect("utf-8")
+                .replacen('{', &format!("{{\"epoch\":\"{EPOCH}\",\"seq\":{seq},"), 1);
+            assert!(
+                Envelope::decode(text.as_bytes(), Encoding::Json, MAX_ENVELOPE_BYTES).is_err(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sealer_numbers_then_signs() {
+        let key = SecretKey::from_seed(&[5; 32]).expect("key");
+        let envelope = sample();
+        let mut expected = envelope.clone();
+        expected.set_sequence(Some(Sequence {
+            epoch: EPOCH.into(),
+            seq: 3,
+        }));
+        let seal = envelope.into_sealer(Encoding::Cbor, key.clone());
+        let event = seal(Sequence {
+            epoch: EPOCH.into(),
+            seq: 3,
+        })
+        .expect("seals");
+        assert!(key.public().verify(&event.body, &event.signature).is_ok());
+        let back =
+            Envelope::decode(&event.body, Encoding::Cbor, MAX_ENVELOPE_BYTES).expect("decodes");
+        assert_eq!(back, expected);
     }
 
     #[test]

@@ -23,6 +23,6 @@ pub mod provenance;
 pub mod refusal;
 pub mod subject;
 
-pub use envelope::{Encoding, Envelope, EnvelopeError};
+pub use envelope::{Encoding, Envelope, EnvelopeError, Sequence};
 pub use provenance::{HeaderLookup, Headers, SignedEvent, VerifyError};
 pub use refusal::{Reason, Rejection};

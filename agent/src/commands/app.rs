@@ -7,11 +7,11 @@ use nexus_federation::bridge::decode_object;
 use nexus_federation::command::{self, OpenedCommand};
 use nexus_federation::outbox::Priority;
 use nexus_federation::refusal::{Reason, Rejection};
+use nexus_federation::{Encoding, NatsProvenance as _};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tracing::warn;
 
-use super::reply::plain_error;
 use super::CommandService;
 
 impl CommandService {
@@ -28,20 +28,24 @@ impl CommandService {
             outcome.map_err(|r| (r.reason.as_str(), r.detail)),
             OffsetDateTime::now_utc(),
         );
-        match command::reply_message(&reply, &self.key) {
-            Ok((headers, body, event)) => {
-                let headers = self.with_chain(headers);
-                if ok && !self.rotation.own.allows(&event.subject) {
-                    warn!(subject = %event.subject, "This node's token does not grant a command's result event: the caller gets the reply, but it does not travel up.");
-                } else if ok {
-                    if let Err(error) = self.outbox.push(event, Priority::Control).await {
-                        warn!(%error, command = %command.name, "Cannot queue a command's result event; the caller still gets the reply.");
-                    }
+        // A result that travels up is numbered in this node's order like every event it
+        // creates: the caller gets the very event that was queued. One that cannot be
+        // queued is signed for the caller alone, unnumbered.
+        let subject = reply.subject();
+        if ok && !self.rotation.own.allows(&subject) {
+            warn!(%subject, "This node's token does not grant a command's result event: the caller gets the reply, but it does not travel up.");
+        } else if ok {
+            let seal = reply.clone().into_sealer(Encoding::Json, self.key.clone());
+            match self.outbox.push_numbered(seal, Priority::Control).await {
+                Ok(queued) => {
+                    return (self.with_chain(queued.event.headers()), queued.event.body);
                 }
-                (headers, body)
+                Err(error) => {
+                    warn!(%error, command = %command.name, "Cannot queue a command's result event; the caller still gets the reply.");
+                }
             }
-            Err(error) => plain_error(&Rejection::new(Reason::Internal, error)),
         }
+        self.sign(&reply)
     }
 
     async fn ask_app(

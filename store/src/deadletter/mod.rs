@@ -90,6 +90,7 @@ const SCHEMA: Schema = Schema {
         CREATE INDEX dead_letters_by_digest ON dead_letters (digest);
         CREATE INDEX dead_letters_by_last ON dead_letters (last_at_ms);
     ",
+    upgrades: &[],
 };
 
 const COLUMNS: &str = "id, reason, detail, stage, subject, headers, body, body_size, attempts, \

@@ -2,16 +2,35 @@
 //! SQLite at `{data_dir}/outbox.db` so that they survive a crash, a restart or a power cut.
 //!
 //! # Invariants
-//! - [`Outbox::push`] resolves `Ok(seq)` only after the transaction holding the event was
-//!   committed and fsynced (`synchronous=FULL`, WAL). A producer may acknowledge its own
-//!   source (an MQTT PUBACK, a local request) from then on.
+//! - [`Outbox::push_numbered`] and [`Outbox::push`] resolve `Ok` only after the transaction
+//!   holding the event was committed and fsynced (`synchronous=FULL`, WAL). A producer may
+//!   acknowledge its own source (an MQTT PUBACK, a local request) from then on.
 //! - An event leaves the outbox only through [`Outbox::ack`], which the uplink calls after a
 //!   JetStream PubAck for it (never after a mere publish or flush), or by the stated
 //!   policies: [`WhenFull::DropOldest`] (oldest Bulk first, counted as `dropped`) and
 //!   `max_age` (counted as `expired`).
-//! - Sequence numbers only grow and are never reused, not even after the newest entry was
-//!   acked or dropped and the agent restarted (`AUTOINCREMENT`): an ack for a seq can only
-//!   ever remove the event that was handed out under it.
+//! - Entry keys (the `seq` column) only grow and are never reused, not even after the
+//!   newest entry was acked or dropped and the agent restarted (`AUTOINCREMENT`): an ack
+//!   for a key can only ever remove the event that was handed out under it.
+//! - Numbering (the envelope's `epoch` and `seq`, docs/delivery.md "Order per source"): the
+//!   database has an **epoch**, a UUIDv7 made when it is created (or upgraded from version
+//!   1), kept in `outbox_meta`. [`Outbox::push_numbered`] numbers what it stores 1, 2, 3, …
+//!   in that epoch: the writer thread takes the next number when it applies the push inside
+//!   the group's transaction and calls the producer's seal with it, so the numbers follow
+//!   the commit order and are **gap-free over what is stored** (a push refused as full, a
+//!   seal that fails or a group whose commit fails uses none). The highest number committed
+//!   is written to `outbox_meta` in the same transaction as the rows: after a restart or a
+//!   SIGKILL numbering continues after it, and a number committed once is never handed out
+//!   again, even when its event was acked or given up. [`Outbox::push`] stores events that
+//!   are sealed already, unnumbered (`number` NULL): the agent creates none of its own that
+//!   way; it is kept for events of other origins and for tools.
+//! - Every number the outbox **gives up** (an entry dropped under `drop_oldest`, expired by
+//!   `max_age`, or found unreadable) is written to `outbox_losses` in the transaction that
+//!   deletes it, as ranges per kind and epoch (a count for unnumbered entries), and stays
+//!   there until the event announcing it is stored ([`Outbox::losses`] reads them, at most a
+//!   given number of ranges at a time; [`Outbox::push_announcement`] stores the
+//!   announcement and deletes what it announces in one transaction). So no loss goes
+//!   unannounced across a crash, and none is announced twice.
 //! - Order: [`Outbox::next_batch`] hands out Control entries first, then Bulk, each oldest
 //!   (lowest seq) first: `ORDER BY (priority, seq)`. Live traffic and backlog are not told
 //!   apart: after an outage the backlog drains in order, and new Bulk events queue behind
@@ -24,10 +43,10 @@
 //!   high-water size) and the WAL (truncated to 4 MiB after checkpoints).
 //! - The exact signed bytes are stored and handed back; nothing is re-encoded.
 //!
-//! # Table layout (`user_version` 1)
+//! # Table layout (`user_version` 2)
 //! ```sql
 //! CREATE TABLE outbox (
-//!     seq         INTEGER PRIMARY KEY AUTOINCREMENT, -- handed out, acked by
+//!     seq         INTEGER PRIMARY KEY AUTOINCREMENT, -- entry key: handed out, acked by
 //!     priority    INTEGER NOT NULL,   -- 0 Control, 1 Bulk
 //!     enqueued_ms INTEGER NOT NULL,   -- wall clock at push, unix ms (age, expiry)
 //!     subject     TEXT    NOT NULL,   -- event subject (nexus.…), derived from the body
@@ -35,10 +54,29 @@
 //!     encoding    TEXT    NOT NULL,   -- Content-Type: application/json | application/cbor
 //!     body        BLOB    NOT NULL,   -- the exact signed bytes
 //!     signer      TEXT    NOT NULL,   -- Nexus-Signer (ed25519:…)
-//!     signature   TEXT    NOT NULL    -- Nexus-Sig (base64url)
+//!     signature   TEXT    NOT NULL,   -- Nexus-Sig (base64url)
+//!     number      INTEGER,            -- the envelope's `seq`; NULL: unnumbered (`push`)
+//!     epoch       TEXT                -- the envelope's `epoch` when it is not this
+//!                                     -- database's (salvaged rows); NULL otherwise
 //! );
 //! CREATE INDEX outbox_order ON outbox (priority, seq);
+//! CREATE TABLE outbox_meta (          -- one row
+//!     id          INTEGER PRIMARY KEY CHECK (id = 1),
+//!     epoch       TEXT    NOT NULL,   -- this database's UUIDv7
+//!     last_number INTEGER NOT NULL    -- the highest number ever committed (0: none)
+//! );
+//! CREATE TABLE outbox_losses (        -- given up, not announced yet
+//!     id          INTEGER PRIMARY KEY,
+//!     kind        INTEGER NOT NULL,   -- 0 dropped (drop_oldest, unreadable), 1 expired
+//!     epoch       TEXT,               -- the numbers' epoch; NULL: unnumbered entries
+//!     first       INTEGER,            -- the range first..=last (NULL when unnumbered)
+//!     last        INTEGER,
+//!     count       INTEGER NOT NULL    -- events: last - first + 1, or how many unnumbered
+//! );
 //! ```
+//! Version 1 (no numbering) is upgraded in place at open: the columns and tables are
+//! added, its rows stay (unnumbered) and are sent as they are, and the database gets a
+//! fresh epoch.
 //!
 //! # How
 //! One writer thread owns the connection ([`worker`]). Concurrent pushes are batched into
@@ -57,18 +95,24 @@
 //!
 //! On open, `PRAGMA quick_check` runs first. A file that is not a database, or is damaged,
 //! is renamed to `outbox.db.corrupt-<unix seconds>` (never deleted), an ERROR says so and
-//! where, and a fresh database starts. What is kept of the old one: the rows readable in
-//! seq order from both ends up to the damaged region, whose signature still verifies over
-//! their body (see [`crate::sqlite`]).
+//! where, and a fresh database starts — with a new epoch. What is kept of the old one: the
+//! rows readable in seq order from both ends up to the damaged region, whose signature
+//! still verifies over their body (see [`crate::sqlite`]). They keep their entry keys and
+//! their signed bodies, so their numbers are those of the old epoch (kept in `number` and
+//! `epoch`, and announced under it if they are given up later). What was in the damaged
+//! region cannot be known, so it is not announced: the ERROR is all that says so.
 //!
 //! No store is more durable than its medium: an SD card that acknowledges a write before it
 //! is stable can still lose the last commits on power loss. What software can prove is
 //! tested: a process killed with SIGKILL loses no event whose push had resolved
 //! (`tests/outbox_crash.rs`).
 
+mod losses;
 mod store;
 mod worker;
 
+#[cfg(test)]
+mod numbering_tests;
 #[cfg(test)]
 mod tests;
 
@@ -80,12 +124,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use nexus_wire::envelope::{EnvelopeError, Sequence};
 use nexus_wire::provenance::SignedEvent;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{error, warn};
 
 use crate::sqlite::{self, Locking, StoreError};
+pub use losses::{LossKind, Losses};
 use store::{Batch, Limits, Snapshot, Store};
 use worker::Command;
 
@@ -146,14 +192,32 @@ impl Default for OutboxOptions {
     }
 }
 
-/// Why an outbox operation failed. A failed push gives its event back.
+/// What seals an event once the outbox has numbered it (see [`Outbox::push_numbered`]):
+/// given the event's [`Sequence`], it sets `epoch` and `seq` in the envelope, encodes and
+/// signs it. It carries the key; `Envelope::into_sealer` makes one.
+pub type Seal = Box<dyn FnOnce(Sequence) -> Result<SignedEvent, EnvelopeError> + Send>;
+
+/// An event [`Outbox::push_numbered`] sealed and stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Numbered {
+    /// The entry's key in the outbox (handed out with batches, acked by).
+    pub entry: u64,
+    /// The event's place in this node's order (its envelope's `epoch` and `seq`).
+    pub sequence: Sequence,
+    /// The event as stored, signed.
+    pub event: SignedEvent,
+}
+
+/// Why an outbox operation failed. A failed [`Outbox::push`] gives its event back; a failed
+/// [`Outbox::push_numbered`] never does (the event it sealed carries a number that was
+/// not used: it must not be sent).
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     /// Full, and the policy refused the event.
-    #[error("outbox full: {bytes} of {max_bytes} bytes used, event {} refused", .event.event_id)]
+    #[error("outbox full: {bytes} of {max_bytes} bytes used, event{} refused", event_id(.event))]
     Full {
-        /// The refused event.
-        event: Box<SignedEvent>,
+        /// The refused event ([`Outbox::push`] only).
+        event: Option<Box<SignedEvent>>,
         /// Bytes in use.
         bytes: u64,
         /// The bound.
@@ -163,30 +227,42 @@ pub enum OutboxError {
     #[error("cannot open the outbox: {0}")]
     Open(#[source] StoreError),
     /// The commit failed (disk full, I/O error): the event was not stored.
-    #[error("the outbox could not store event {}: {source}", .event.event_id)]
+    #[error("the outbox could not store event{}: {source}", event_id(.event))]
     Storage {
-        /// The event, not stored.
-        event: Box<SignedEvent>,
+        /// The event, not stored ([`Outbox::push`] only).
+        event: Option<Box<SignedEvent>>,
         /// What failed.
         #[source]
         source: StoreError,
     },
+    /// The seal of [`Outbox::push_numbered`] failed: nothing was stored, no number used.
+    #[error("cannot seal the event: {0}")]
+    Seal(#[source] EnvelopeError),
     /// The writer thread is gone (it panicked). `event` is `None` when it had taken the
     /// event already: whether it was stored is unknown.
     #[error("the outbox is closed")]
     Closed {
-        /// The event, if it was never handed over.
+        /// The event, if it was never handed over ([`Outbox::push`] only).
         event: Option<Box<SignedEvent>>,
     },
 }
 
+/// ` ID` of an event an error names, or nothing.
+fn event_id(event: &Option<Box<SignedEvent>>) -> String {
+    event
+        .as_ref()
+        .map(|event| format!(" {}", event.event_id))
+        .unwrap_or_default()
+}
+
 impl OutboxError {
-    /// The event a failed push gives back, if any.
+    /// The event a failed [`Outbox::push`] gives back, if any.
     pub fn into_event(self) -> Option<SignedEvent> {
         match self {
-            OutboxError::Full { event, .. } | OutboxError::Storage { event, .. } => Some(*event),
-            OutboxError::Closed { event } => event.map(|e| *e),
-            OutboxError::Open(_) => None,
+            OutboxError::Full { event, .. }
+            | OutboxError::Storage { event, .. }
+            | OutboxError::Closed { event } => event.map(|e| *e),
+            OutboxError::Open(_) | OutboxError::Seal(_) => None,
         }
     }
 }
@@ -205,6 +281,21 @@ pub struct OutboxStats {
     pub dropped: u64,
     /// Events deleted for being older than `max_age`, since the process started.
     pub expired: u64,
+    /// Events dropped (as `dropped` counts them) whose numbers are not announced yet:
+    /// [`Outbox::losses`] has them, whenever they were given up (they are kept on disk).
+    pub unannounced_dropped: u64,
+    /// Events expired whose numbers are not announced yet.
+    pub unannounced_expired: u64,
+}
+
+impl OutboxStats {
+    /// The events of `kind` given up and not announced yet.
+    pub fn unannounced(&self, kind: LossKind) -> u64 {
+        match kind {
+            LossKind::Dropped => self.unannounced_dropped,
+            LossKind::Expired => self.unannounced_expired,
+        }
+    }
 }
 
 /// A cloneable handle to the outbox. The database closes when the last handle is dropped
@@ -222,6 +313,8 @@ struct Inner {
     /// Shared by every clone: the drain limit is per outbox, not per caller.
     bucket: Option<Mutex<TokenBucket>>,
     clock: Clock,
+    /// The database's epoch.
+    epoch: String,
 }
 
 impl fmt::Debug for Inner {
@@ -283,6 +376,14 @@ impl Outbox {
         Self::in_memory_with(OutboxOptions::new(max_bytes), store::system_clock())
     }
 
+    /// [`Self::in_memory`] with every option (for tests of what uses an outbox).
+    ///
+    /// # Panics
+    /// If SQLite cannot create an in-memory database (out of memory).
+    pub fn in_memory_with_options(options: OutboxOptions) -> Self {
+        Self::in_memory_with(options, store::system_clock())
+    }
+
     pub(crate) fn in_memory_with(options: OutboxOptions, clock: Clock) -> Self {
         let started = sqlite::open_in_memory(&store::SCHEMA)
             .map_err(OutboxError::Open)
@@ -307,6 +408,7 @@ impl Outbox {
             clock: Arc::clone(&clock),
         };
         let store = Store::new(conn, limits).map_err(OutboxError::Open)?;
+        let epoch = store.epoch().to_owned();
         let (snapshot_tx, snapshot) = watch::channel(store.snapshot());
         let (commands, receiver) = mpsc::channel();
         let expiry_tick = options
@@ -331,6 +433,7 @@ impl Outbox {
                     .drain_rate
                     .map(|rate| Mutex::new(TokenBucket::new(rate, Instant::now()))),
                 clock,
+                epoch,
             }),
         })
     }
@@ -342,8 +445,101 @@ impl Outbox {
         }
     }
 
-    /// Stores an event; resolves with its sequence number once it is committed to disk.
-    /// When full: see [`WhenFull`]. A failed push gives the event back.
+    /// This outbox's epoch: the UUIDv7 made when its database was created (see the module
+    /// docs). Every event [`Self::push_numbered`] stores carries it.
+    pub fn epoch(&self) -> &str {
+        &self.inner.epoch
+    }
+
+    /// Stores an event this node creates, numbered: the writer thread gives it the next
+    /// number of this outbox's epoch when it commits, calls `seal` with it (which sets the
+    /// envelope's `epoch` and `seq`, encodes and signs), and stores the result. Resolves
+    /// once it is committed to disk, with the entry key, the number and the signed event.
+    ///
+    /// Numbers are gap-free over what is stored: a push that is refused (full under
+    /// [`WhenFull::Reject`], a failed commit, a failing `seal`) uses no number, and a
+    /// number committed once is never handed out again (not after a restart or a crash
+    /// either). A failed push gives nothing back: build a new `seal` to try again.
+    ///
+    /// Cancel safety: as [`Self::push`]; a retry after a dropped future may store the
+    /// event twice, under two numbers (and the same `event_id`, if the retry seals the
+    /// same envelope: a consumer deduplicating by `event_id` sees it once).
+    pub async fn push_numbered<F>(
+        &self,
+        seal: F,
+        priority: Priority,
+    ) -> Result<Numbered, OutboxError>
+    where
+        F: FnOnce(Sequence) -> Result<SignedEvent, EnvelopeError> + Send + 'static,
+    {
+        self.push_new(Box::new(seal), priority, Vec::new()).await
+    }
+
+    async fn push_new(
+        &self,
+        seal: Seal,
+        priority: Priority,
+        settles: Vec<i64>,
+    ) -> Result<Numbered, OutboxError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::PushNew {
+            seal,
+            priority,
+            settles,
+            reply,
+        })
+        .map_err(|_| OutboxError::Closed { event: None })?;
+        answer
+            .await
+            .unwrap_or(Err(OutboxError::Closed { event: None }))
+    }
+
+    /// What the outbox gave up of `kind` and has not announced yet (`None`: nothing), at
+    /// most `max_ranges` ranges of one epoch at a time (the rest come with the next call,
+    /// once these are announced). Kept on disk from the transaction that gave them up until
+    /// [`Self::push_announcement`] stores their announcement, so a crash in between loses
+    /// no announcement.
+    pub async fn losses(
+        &self,
+        kind: LossKind,
+        max_ranges: usize,
+    ) -> Result<Option<Losses>, OutboxError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Losses {
+            kind,
+            max_ranges,
+            reply,
+        })
+        .map_err(|_| OutboxError::Closed { event: None })?;
+        match answer.await {
+            Ok(Ok(losses)) => Ok(losses),
+            Ok(Err(source)) => Err(OutboxError::Storage {
+                event: None,
+                source,
+            }),
+            Err(_) => Err(OutboxError::Closed { event: None }),
+        }
+    }
+
+    /// [`Self::push_numbered`] for the event that announces `losses`: stored, and the
+    /// losses marked announced, in one transaction (if it is refused, they stay waiting).
+    pub async fn push_announcement<F>(
+        &self,
+        losses: &Losses,
+        seal: F,
+        priority: Priority,
+    ) -> Result<Numbered, OutboxError>
+    where
+        F: FnOnce(Sequence) -> Result<SignedEvent, EnvelopeError> + Send + 'static,
+    {
+        self.push_new(Box::new(seal), priority, losses.ids.clone())
+            .await
+    }
+
+    /// Stores an event that is sealed already, as it is: it gets no number (the events
+    /// this node creates go through [`Self::push_numbered`]). Resolves with its entry key
+    /// once it is committed to disk. When full: see [`WhenFull`]. A failed push gives the
+    /// event back.
     ///
     /// Cancel safety: once polled, the event is handed to the writer; dropping the future
     /// then may still store it (the caller just does not learn the seq). A retry stores it
@@ -466,6 +662,8 @@ impl Outbox {
             oldest_age_secs: (age_ms / 1000) as u64,
             dropped: now.dropped,
             expired: now.expired,
+            unannounced_dropped: now.unannounced_dropped,
+            unannounced_expired: now.unannounced_expired,
         }
     }
 }

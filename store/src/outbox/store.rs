@@ -1,21 +1,48 @@
 //! The outbox table and every statement on it. Synchronous and single-threaded: only the
 //! writer thread ([`super::worker`]) owns a [`Store`].
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use nexus_policies::{PublicKey, Signature};
-use nexus_wire::envelope::Encoding;
+use nexus_wire::envelope::{Encoding, Envelope, EnvelopeError, Sequence, MAX_ENVELOPE_BYTES};
 use nexus_wire::provenance::SignedEvent;
 use rusqlite::{params, Connection, OptionalExtension as _, Row};
 use tracing::error;
 
-use super::{Clock, Priority, WhenFull};
+use super::{Clock, LossKind, Priority, Seal, WhenFull};
 use crate::sqlite::{self, Schema, StoreError};
+use losses::{kind_of, read_or_make_epoch, GivenUp};
+
+mod losses;
+
+/// The tables that version 2 added: the epoch and the numbers given up. The row of
+/// `outbox_meta` is written by [`Store::new`] (SQL cannot make a UUIDv7).
+macro_rules! tables_of_version_2 {
+    () => {
+        "
+        CREATE TABLE outbox_meta (
+            id          INTEGER PRIMARY KEY CHECK (id = 1),
+            epoch       TEXT    NOT NULL,
+            last_number INTEGER NOT NULL
+        );
+        CREATE TABLE outbox_losses (
+            id          INTEGER PRIMARY KEY,
+            kind        INTEGER NOT NULL,
+            epoch       TEXT,
+            first       INTEGER,
+            last        INTEGER,
+            count       INTEGER NOT NULL
+        );
+        "
+    };
+}
 
 /// The layout (see the module docs of [`super`]).
 pub(crate) const SCHEMA: Schema = Schema {
-    version: 1,
-    create: "
+    version: 2,
+    create: concat!(
+        "
         CREATE TABLE outbox (
             seq         INTEGER PRIMARY KEY AUTOINCREMENT,
             priority    INTEGER NOT NULL,
@@ -25,10 +52,22 @@ pub(crate) const SCHEMA: Schema = Schema {
             encoding    TEXT    NOT NULL,
             body        BLOB    NOT NULL,
             signer      TEXT    NOT NULL,
-            signature   TEXT    NOT NULL
+            signature   TEXT    NOT NULL,
+            number      INTEGER,
+            epoch       TEXT
         );
         CREATE INDEX outbox_order ON outbox (priority, seq);
-    ",
+        ",
+        tables_of_version_2!()
+    ),
+    // 1 → 2: rows stored before carry no number (`number` NULL); the epoch is made at open.
+    upgrades: &[concat!(
+        "
+        ALTER TABLE outbox ADD COLUMN number INTEGER;
+        ALTER TABLE outbox ADD COLUMN epoch TEXT;
+        ",
+        tables_of_version_2!()
+    )],
 };
 
 const COLUMNS: &str =
@@ -45,11 +84,21 @@ pub(crate) struct Snapshot {
     pub oldest_ms: Option<i64>,
     pub dropped: u64,
     pub expired: u64,
+    /// Events given up and not announced yet (rows of `outbox_losses`), per kind.
+    pub unannounced_dropped: u64,
+    pub unannounced_expired: u64,
 }
 
 impl Snapshot {
     pub fn depth(&self) -> u64 {
         self.control + self.bulk
+    }
+
+    fn unannounced(&mut self, kind: LossKind) -> &mut u64 {
+        match kind {
+            LossKind::Dropped => &mut self.unannounced_dropped,
+            LossKind::Expired => &mut self.unannounced_expired,
+        }
     }
 
     pub fn bytes(&self) -> u64 {
@@ -93,20 +142,58 @@ pub(crate) struct Batch {
 }
 
 /// One write of a group commit, in arrival order.
-#[derive(Debug)]
 pub(crate) enum Write {
+    /// An event sealed already (no number).
     Push {
         event: Box<SignedEvent>,
         priority: Priority,
     },
+    /// An event sealed here, with the next number; `settles` are `outbox_losses` rows
+    /// this event announces, removed with it.
+    PushNew {
+        /// Taken when the write is applied.
+        seal: Option<Seal>,
+        priority: Priority,
+        settles: Vec<i64>,
+    },
     Ack(Vec<u64>),
 }
 
+impl std::fmt::Debug for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Write::Push { event, priority } => f
+                .debug_struct("Push")
+                .field("event_id", &event.event_id)
+                .field("priority", priority)
+                .finish(),
+            Write::PushNew {
+                priority, settles, ..
+            } => f
+                .debug_struct("PushNew")
+                .field("priority", priority)
+                .field("settles", settles)
+                .finish_non_exhaustive(),
+            Write::Ack(seqs) => f.debug_tuple("Ack").field(seqs).finish(),
+        }
+    }
+}
+
 /// What became of a push in a committed group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum PushOutcome {
     Stored(u64),
-    Full { bytes: u64, max_bytes: u64 },
+    Numbered {
+        entry: u64,
+        sequence: Sequence,
+        event: Box<SignedEvent>,
+    },
+    Full {
+        bytes: u64,
+        max_bytes: u64,
+    },
+    /// The seal failed: nothing stored, no number used.
+    Unsealed(EnvelopeError),
 }
 
 /// The policy a store enforces.
@@ -123,6 +210,15 @@ pub(crate) struct Store {
     conn: Connection,
     limits: Limits,
     snap: Snapshot,
+    /// This database's epoch (`outbox_meta`).
+    epoch: String,
+    /// The highest number committed in it (`outbox_meta.last_number`, or above while a
+    /// transaction is open).
+    last_number: u64,
+    /// The highest `outbox_losses` id [`Store::losses`] handed out: rows up to it may be
+    /// in an announcement being made, so they are never extended (settling one deletes
+    /// exactly what was read of it).
+    handed_out: i64,
 }
 
 fn priority_of(value: i64) -> Priority {
@@ -151,6 +247,11 @@ pub(crate) struct StoredRow {
     pub priority: i64,
     pub enqueued_ms: i64,
     pub event: SignedEvent,
+    /// The event's `seq`, if it has one.
+    pub number: Option<i64>,
+    /// The event's `epoch` when it is not the store's own (salvaged rows); `None` for the
+    /// own epoch or no number.
+    pub epoch: Option<String>,
 }
 
 /// Decodes a row selected with [`COLUMNS`]; `Ok(None)` if it does not hold a sound event.
@@ -183,6 +284,8 @@ fn decode_row(row: &Row<'_>) -> rusqlite::Result<(i64, Option<StoredRow>)> {
                 signer,
                 signature,
             },
+            number: None,
+            epoch: None,
         }),
     ))
 }
@@ -192,8 +295,8 @@ fn decode_row(row: &Row<'_>) -> rusqlite::Result<(i64, Option<StoredRow>)> {
 fn insert(conn: &Connection, row: &StoredRow, explicit_seq: bool) -> rusqlite::Result<i64> {
     let event = &row.event;
     conn.prepare_cached(
-        "INSERT INTO outbox (seq, priority, enqueued_ms, subject, event_id, encoding, body, signer, signature) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO outbox (seq, priority, enqueued_ms, subject, event_id, encoding, body, signer, signature, number, epoch) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         explicit_seq.then_some(row.seq),
@@ -205,6 +308,8 @@ fn insert(conn: &Connection, row: &StoredRow, explicit_seq: bool) -> rusqlite::R
         &event.body[..],
         event.signer.to_string(),
         event.signature.to_string(),
+        row.number,
+        row.epoch,
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -231,7 +336,18 @@ pub(crate) fn salvage(damaged: &std::path::Path, into: &Connection) -> (u64, u64
         },
     );
     let mut kept = 0;
-    for (_, row) in rows {
+    for (_, mut row) in rows {
+        // The body keeps the number it was signed with, in the damaged database's epoch
+        // (this one has a new epoch): kept beside the row, so that giving it up later is
+        // announced under that epoch.
+        if let Some(sequence) =
+            Envelope::decode(&row.event.body, row.event.encoding, MAX_ENVELOPE_BYTES)
+                .ok()
+                .and_then(|envelope| envelope.sequence())
+        {
+            row.number = i64::try_from(sequence.seq).ok();
+            row.epoch = row.number.map(|_| sequence.epoch);
+        }
         match insert(into, &row, true) {
             Ok(_) => kept += 1,
             Err(_) => refused += 1,
@@ -273,13 +389,39 @@ impl Store {
                 }
             }
         }
-        let mut store = Self { conn, limits, snap };
+        {
+            let context = "count the unannounced losses";
+            let mut stmt = conn
+                .prepare("SELECT kind, coalesce(sum(count), 0) FROM outbox_losses GROUP BY kind")
+                .map_err(StoreError::sqlite(context))?;
+            let rows = stmt
+                .query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(StoreError::sqlite(context))?;
+            for (kind, count) in rows {
+                *snap.unannounced(kind_of(kind)) += count.max(0) as u64;
+            }
+        }
+        let (epoch, last_number) = read_or_make_epoch(&conn)?;
+        let mut store = Self {
+            conn,
+            limits,
+            snap,
+            epoch,
+            last_number,
+            handed_out: 0,
+        };
         store.refresh_oldest()?;
         Ok(store)
     }
 
     pub fn snapshot(&self) -> Snapshot {
         self.snap
+    }
+
+    /// This database's epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     fn now_ms(&self) -> i64 {
@@ -305,8 +447,16 @@ impl Store {
         self.conn
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(StoreError::sqlite(context))?;
-        let saved = self.snap;
+        let saved = (self.snap, self.last_number);
         let result = f(self).and_then(|value| {
+            if self.last_number != saved.1 {
+                // The high-water number commits with the rows that used it: a number
+                // committed once is never handed out again, even after its row is gone.
+                self.conn
+                    .prepare_cached("UPDATE outbox_meta SET last_number = ?1 WHERE id = 1")
+                    .and_then(|mut stmt| stmt.execute([seq_i64(self.last_number)]))
+                    .map_err(StoreError::sqlite(context))?;
+            }
             self.conn
                 .execute_batch("COMMIT")
                 .map_err(StoreError::sqlite(context))?;
@@ -315,22 +465,43 @@ impl Store {
         if result.is_err() {
             // A failed COMMIT may already have rolled back: the error of this is moot.
             let _ = self.conn.execute_batch("ROLLBACK");
-            self.snap = saved;
+            (self.snap, self.last_number) = saved;
         }
         result
     }
 
     /// Applies a group of writes in one transaction: one outcome per write (`None` for
     /// acks). All or nothing: on `Err` nothing of the group is stored.
-    pub fn commit(&mut self, writes: &[Write]) -> Result<Vec<Option<PushOutcome>>, StoreError> {
+    ///
+    /// A [`Write::PushNew`]'s seal is taken (and called) here: a retry after an `Err`
+    /// finds it gone.
+    pub fn commit(&mut self, writes: &mut [Write]) -> Result<Vec<Option<PushOutcome>>, StoreError> {
         self.transaction("commit to the outbox", |store| {
             let mut outcomes = Vec::with_capacity(writes.len());
             let mut removed = false;
-            for write in writes {
+            for write in writes.iter_mut() {
                 match write {
                     Write::Push { event, priority } => {
                         let (outcome, evicted) = store.push_one(event, *priority)?;
                         removed |= evicted;
+                        outcomes.push(Some(outcome));
+                    }
+                    Write::PushNew {
+                        seal,
+                        priority,
+                        settles,
+                    } => {
+                        let outcome = match seal.take() {
+                            Some(seal) => {
+                                let (outcome, evicted) =
+                                    store.push_new(seal, *priority, settles)?;
+                                removed |= evicted;
+                                outcome
+                            }
+                            None => PushOutcome::Unsealed(EnvelopeError::Encode(
+                                "the event was handed to a commit that failed".into(),
+                            )),
+                        };
                         outcomes.push(Some(outcome));
                     }
                     Write::Ack(seqs) => {
@@ -346,13 +517,10 @@ impl Store {
         })
     }
 
-    /// Returns the outcome and whether older entries were removed to make room.
-    fn push_one(
-        &mut self,
-        event: &SignedEvent,
-        priority: Priority,
-    ) -> Result<(PushOutcome, bool), StoreError> {
-        let size = event.body.len() as u64;
+    /// Makes room for `size` more bytes as the limits say: expires, then (DropOldest) drops
+    /// the oldest Bulk. Returns `Err(Full)` if it does not fit, and whether older entries
+    /// were removed.
+    fn make_room(&mut self, size: u64) -> Result<(Result<(), PushOutcome>, bool), StoreError> {
         let max_bytes = self.limits.max_bytes;
         let mut removed = false;
         if self.snap.bytes() + size > max_bytes && self.limits.max_age_ms.is_some() {
@@ -364,40 +532,103 @@ impl Store {
                 max_bytes,
             };
             match self.limits.when_full {
-                WhenFull::Reject => return Ok((full, removed)),
+                WhenFull::Reject => return Ok((Err(full), removed)),
                 WhenFull::DropOldest => {
                     // Only Bulk entries are dropped: if the event does not fit even without
                     // any, it is refused like under Reject.
                     if self.snap.control_bytes + size > max_bytes {
-                        return Ok((full, removed));
+                        return Ok((Err(full), removed));
                     }
                     let need = self.snap.bytes() + size - max_bytes;
                     removed |= self.evict_bulk(need)? > 0;
                 }
             }
         }
+        Ok((Ok(()), removed))
+    }
+
+    /// Returns the outcome and whether older entries were removed to make room.
+    fn push_one(
+        &mut self,
+        event: &SignedEvent,
+        priority: Priority,
+    ) -> Result<(PushOutcome, bool), StoreError> {
+        let size = event.body.len() as u64;
+        let (fits, removed) = self.make_room(size)?;
+        if let Err(full) = fits {
+            return Ok((full, removed));
+        }
         let row = StoredRow {
             seq: 0,
             priority: priority_value(priority),
             enqueued_ms: self.now_ms(),
             event: event.clone(),
+            number: None,
+            epoch: None,
         };
         let seq = insert(&self.conn, &row, false).map_err(StoreError::sqlite("store an event"))?;
         self.snap.add(priority, size);
         Ok((PushOutcome::Stored(seq.max(0) as u64), removed))
     }
 
+    /// Seals an event with the next number and stores it, settling the loss rows it
+    /// announces. A seal that fails or an event that does not fit uses no number.
+    fn push_new(
+        &mut self,
+        seal: Seal,
+        priority: Priority,
+        settles: &[i64],
+    ) -> Result<(PushOutcome, bool), StoreError> {
+        let sequence = Sequence {
+            epoch: self.epoch.clone(),
+            seq: self.last_number + 1,
+        };
+        let sealed = std::panic::catch_unwind(AssertUnwindSafe(|| seal(sequence.clone())))
+            .unwrap_or_else(|_| Err(EnvelopeError::Encode("sealing the event panicked".into())));
+        let event = match sealed {
+            Ok(event) => event,
+            Err(error) => return Ok((PushOutcome::Unsealed(error), false)),
+        };
+        let size = event.body.len() as u64;
+        let (fits, removed) = self.make_room(size)?;
+        if let Err(full) = fits {
+            return Ok((full, removed));
+        }
+        let row = StoredRow {
+            seq: 0,
+            priority: priority_value(priority),
+            enqueued_ms: self.now_ms(),
+            event,
+            number: Some(seq_i64(sequence.seq)),
+            epoch: None,
+        };
+        let entry =
+            insert(&self.conn, &row, false).map_err(StoreError::sqlite("store an event"))?;
+        self.snap.add(priority, size);
+        self.last_number = sequence.seq;
+        self.settle(settles)?;
+        Ok((
+            PushOutcome::Numbered {
+                entry: entry.max(0) as u64,
+                sequence,
+                event: Box::new(row.event),
+            },
+            removed,
+        ))
+    }
+
     /// Deletes the oldest Bulk entries until `need` bytes are free; returns how many.
     fn evict_bulk(&mut self, need: u64) -> Result<u64, StoreError> {
         let context = "drop the oldest bulk entries";
         let mut freed = 0u64;
-        let mut count = 0u64;
         let mut last = None;
+        let mut gone: Vec<GivenUp> = Vec::new();
         {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT seq, length(body) FROM outbox WHERE priority <> 0 ORDER BY priority, seq",
+                    "SELECT seq, length(body), number, epoch FROM outbox WHERE priority <> 0 \
+                     ORDER BY priority, seq",
                 )
                 .map_err(StoreError::sqlite(context))?;
             let mut rows = stmt.query([]).map_err(StoreError::sqlite(context))?;
@@ -408,10 +639,14 @@ impl Store {
                 let seq: i64 = row.get(0).map_err(StoreError::sqlite(context))?;
                 let len: i64 = row.get(1).map_err(StoreError::sqlite(context))?;
                 freed += len.max(0) as u64;
-                count += 1;
+                gone.push((
+                    row.get(2).map_err(StoreError::sqlite(context))?,
+                    row.get(3).map_err(StoreError::sqlite(context))?,
+                ));
                 last = Some(seq);
             }
         }
+        let count = gone.len() as u64;
         if let Some(last) = last {
             self.conn
                 .prepare_cached("DELETE FROM outbox WHERE priority <> 0 AND seq <= ?1")
@@ -420,6 +655,7 @@ impl Store {
             self.snap.bulk = self.snap.bulk.saturating_sub(count);
             self.snap.bulk_bytes = self.snap.bulk_bytes.saturating_sub(freed);
             self.snap.dropped += count;
+            self.record_losses(LossKind::Dropped, gone)?;
         }
         Ok(count)
     }
@@ -443,11 +679,6 @@ impl Store {
             }
         }
         Ok(count)
-    }
-
-    /// Removes the acked seqs in one transaction.
-    pub fn ack(&mut self, seqs: &[u64]) -> Result<(), StoreError> {
-        self.commit(&[Write::Ack(seqs.to_vec())]).map(|_| ())
     }
 
     /// Deletes entries older than `max_age` (walking from the oldest, stopping at the first
@@ -478,11 +709,13 @@ impl Store {
         let context = "expire old events";
         let cutoff = self.now_ms().saturating_sub(max_age);
         let mut doomed = Vec::new();
+        let mut gone: Vec<GivenUp> = Vec::new();
         {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT seq, priority, length(body), enqueued_ms FROM outbox ORDER BY seq",
+                    "SELECT seq, priority, length(body), enqueued_ms, number, epoch FROM outbox \
+                     ORDER BY seq",
                 )
                 .map_err(StoreError::sqlite(context))?;
             let mut rows = stmt.query([]).map_err(StoreError::sqlite(context))?;
@@ -495,6 +728,10 @@ impl Store {
                 let priority: i64 = row.get(1).map_err(StoreError::sqlite(context))?;
                 let len: i64 = row.get(2).map_err(StoreError::sqlite(context))?;
                 doomed.push((seq, priority_of(priority), len.max(0) as u64));
+                gone.push((
+                    row.get(4).map_err(StoreError::sqlite(context))?,
+                    row.get(5).map_err(StoreError::sqlite(context))?,
+                ));
             }
         }
         let Some(&(last, _, _)) = doomed.last() else {
@@ -509,7 +746,42 @@ impl Store {
         }
         let n = doomed.len() as u64;
         self.snap.expired += n;
+        self.record_losses(LossKind::Expired, gone)?;
         Ok(n)
+    }
+
+    /// Deletes rows that no longer decode, in one transaction, counted as dropped and
+    /// recorded as given up (by the number and epoch columns, which do not depend on the
+    /// damaged ones).
+    fn give_up_unreadable(&mut self, seqs: &[u64]) -> Result<(), StoreError> {
+        self.transaction("remove unreadable entries", |store| {
+            let context = "remove unreadable entries";
+            let mut gone: Vec<GivenUp> = Vec::new();
+            {
+                let mut stmt = store
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM outbox WHERE seq = ?1 \
+                         RETURNING priority, length(body), number, epoch",
+                    )
+                    .map_err(StoreError::sqlite(context))?;
+                for seq in seqs {
+                    let row: Option<(i64, i64, Option<i64>, Option<String>)> = stmt
+                        .query_row([seq_i64(*seq)], |row| {
+                            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                        })
+                        .optional()
+                        .map_err(StoreError::sqlite(context))?;
+                    if let Some((priority, len, number, epoch)) = row {
+                        store.snap.remove(priority_of(priority), len.max(0) as u64);
+                        gone.push((number, epoch));
+                    }
+                }
+            }
+            store.snap.dropped += gone.len() as u64;
+            store.record_losses(LossKind::Dropped, gone)?;
+            store.refresh_oldest()
+        })
     }
 
     /// Up to `max` entries: Control first, then at most `bulk_max` Bulk, each by seq; and
@@ -556,9 +828,7 @@ impl Store {
                 seqs = ?bad,
                 "Outbox entries no longer decode (damaged on disk); they are deleted and counted as dropped."
             );
-            let n = bad.len() as u64;
-            self.ack(&bad)?;
-            self.snap.dropped += n;
+            self.give_up_unreadable(&bad)?;
         }
         let bulk = out.len() - control;
         Ok(Batch { events: out, bulk })

@@ -16,19 +16,29 @@ use tokio::sync::{oneshot, watch};
 use tracing::warn;
 
 use super::store::{Batch, PushOutcome, Snapshot, Store, Write};
-use super::OutboxError;
+use super::{LossKind, Losses, Numbered, OutboxError, Seal};
 use crate::sqlite::StoreError;
 
 /// The most requests one group commit takes.
 pub(crate) const MAX_GROUP: usize = 1024;
 
 /// A request to the writer thread.
-#[derive(Debug)]
 pub(crate) enum Command {
     Push {
         event: Box<SignedEvent>,
         priority: super::Priority,
         reply: oneshot::Sender<Result<u64, OutboxError>>,
+    },
+    PushNew {
+        seal: Seal,
+        priority: super::Priority,
+        settles: Vec<i64>,
+        reply: oneshot::Sender<Result<Numbered, OutboxError>>,
+    },
+    Losses {
+        kind: LossKind,
+        max_ranges: usize,
+        reply: oneshot::Sender<Result<Option<Losses>, StoreError>>,
     },
     Ack {
         seqs: Vec<u64>,
@@ -53,7 +63,22 @@ impl Command {
 
 enum Reply {
     Push(oneshot::Sender<Result<u64, OutboxError>>),
+    PushNew(oneshot::Sender<Result<Numbered, OutboxError>>),
     Ack(oneshot::Sender<()>),
+}
+
+/// A read, answered after the group's writes are committed.
+enum Read {
+    Batch {
+        max: usize,
+        bulk_max: usize,
+        reply: oneshot::Sender<Result<Batch, StoreError>>,
+    },
+    Losses {
+        kind: LossKind,
+        max_ranges: usize,
+        reply: oneshot::Sender<Result<Option<Losses>, StoreError>>,
+    },
 }
 
 /// Runs until every handle is gone (the channel disconnects); what is queued by then is
@@ -110,6 +135,19 @@ pub(crate) fn run(
                     writes.push(Write::Push { event, priority });
                     replies.push(Reply::Push(reply));
                 }
+                Command::PushNew {
+                    seal,
+                    priority,
+                    settles,
+                    reply,
+                } => {
+                    writes.push(Write::PushNew {
+                        seal: Some(seal),
+                        priority,
+                        settles,
+                    });
+                    replies.push(Reply::PushNew(reply));
+                }
                 Command::Ack { seqs, reply } => {
                     writes.push(Write::Ack(seqs));
                     replies.push(Reply::Ack(reply));
@@ -118,22 +156,50 @@ pub(crate) fn run(
                     max,
                     bulk_max,
                     reply,
-                } => reads.push((max, bulk_max, reply)),
+                } => reads.push(Read::Batch {
+                    max,
+                    bulk_max,
+                    reply,
+                }),
+                Command::Losses {
+                    kind,
+                    max_ranges,
+                    reply,
+                } => reads.push(Read::Losses {
+                    kind,
+                    max_ranges,
+                    reply,
+                }),
             }
         }
         if !writes.is_empty() {
-            let result = store.commit(&writes);
+            let result = store.commit(&mut writes);
             publish(&store);
             answer(writes, replies, result);
         }
-        for (max, bulk_max, reply) in reads {
-            if let Err(error) = store.expire() {
-                warn!(%error, "Cannot expire old outbox entries; will retry.");
-            }
-            let result = store.read(max, bulk_max);
-            publish(&store);
+        for read in reads {
             // A dropped receiver means the caller stopped waiting: nothing was removed.
-            let _ = reply.send(result);
+            match read {
+                Read::Batch {
+                    max,
+                    bulk_max,
+                    reply,
+                } => {
+                    if let Err(error) = store.expire() {
+                        warn!(%error, "Cannot expire old outbox entries; will retry.");
+                    }
+                    let result = store.read(max, bulk_max);
+                    publish(&store);
+                    let _ = reply.send(result);
+                }
+                Read::Losses {
+                    kind,
+                    max_ranges,
+                    reply,
+                } => {
+                    let _ = reply.send(store.losses(kind, max_ranges));
+                }
+            }
         }
     }
 }
@@ -156,10 +222,35 @@ fn answer(
                         Some(PushOutcome::Full { bytes, max_bytes }),
                     ) => {
                         let _ = reply.send(Err(OutboxError::Full {
-                            event,
+                            event: Some(event),
                             bytes,
                             max_bytes,
                         }));
+                    }
+                    (
+                        _,
+                        Reply::PushNew(reply),
+                        Some(PushOutcome::Numbered {
+                            entry,
+                            sequence,
+                            event,
+                        }),
+                    ) => {
+                        let _ = reply.send(Ok(Numbered {
+                            entry,
+                            sequence,
+                            event: *event,
+                        }));
+                    }
+                    (_, Reply::PushNew(reply), Some(PushOutcome::Full { bytes, max_bytes })) => {
+                        let _ = reply.send(Err(OutboxError::Full {
+                            event: None,
+                            bytes,
+                            max_bytes,
+                        }));
+                    }
+                    (_, Reply::PushNew(reply), Some(PushOutcome::Unsealed(error))) => {
+                        let _ = reply.send(Err(OutboxError::Seal(error)));
                     }
                     (_, Reply::Ack(reply), _) => {
                         let _ = reply.send(());
@@ -167,6 +258,9 @@ fn answer(
                     (_, Reply::Push(reply), _) => {
                         // Unreachable by construction (one outcome per push); never lose
                         // the caller's wait.
+                        let _ = reply.send(Err(OutboxError::Closed { event: None }));
+                    }
+                    (_, Reply::PushNew(reply), _) => {
                         let _ = reply.send(Err(OutboxError::Closed { event: None }));
                     }
                 }
@@ -178,7 +272,14 @@ fn answer(
                 match (write, reply) {
                     (Write::Push { event, .. }, Reply::Push(reply)) => {
                         let _ = reply.send(Err(OutboxError::Storage {
-                            event,
+                            event: Some(event),
+                            source: error.clone(),
+                        }));
+                    }
+                    (_, Reply::PushNew(reply)) => {
+                        // Its number was rolled back with the group: the next push uses it.
+                        let _ = reply.send(Err(OutboxError::Storage {
+                            event: None,
                             source: error.clone(),
                         }));
                     }
