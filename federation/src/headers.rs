@@ -9,7 +9,7 @@
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use nexus_wire::provenance::{HeaderLookup, SignedEvent, VerifyError};
+use nexus_wire::provenance::{HeaderLookup, Received, SignedEvent, VerifyError};
 use nexus_wire::Envelope;
 
 /// A NATS header map as the wire crate reads headers: by exact name, the first value.
@@ -68,6 +68,25 @@ impl NatsProvenance for SignedEvent {
     ) -> Result<(Self, Envelope), VerifyError> {
         SignedEvent::verify_detached(headers.map(Nats).as_ref(), body, max_body)
     }
+}
+
+/// [`SignedEvent::verify_all`] for NATS messages: `(event subject, headers, body)` each,
+/// one result per message in order.
+pub fn open_all(
+    messages: &[(&str, Option<&HeaderMap>, Bytes)],
+    max_body: usize,
+) -> Vec<Result<(SignedEvent, Envelope), VerifyError>> {
+    let maps: Vec<Option<Nats<'_>>> = messages.iter().map(|(_, h, _)| h.map(Nats)).collect();
+    let received: Vec<Received<'_, Nats<'_>>> = messages
+        .iter()
+        .zip(&maps)
+        .map(|((subject, _, body), headers)| Received {
+            subject,
+            headers: headers.as_ref(),
+            body: body.clone(),
+        })
+        .collect();
+    SignedEvent::verify_all(&received, max_body)
 }
 
 #[cfg(test)]

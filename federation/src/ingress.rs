@@ -16,16 +16,21 @@
 //! guarantees.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{
+    CreateStreamError, PublishAckFuture, PublishError, PublishErrorKind,
+};
 use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use async_nats::jetstream::{AckKind, Message};
-use futures::future::join_all;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::future::{join_all, BoxFuture};
+use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
 use nexus_config::IngressConfig;
 use tokio_util::sync::CancellationToken;
@@ -33,11 +38,13 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::{Backoff, Retry};
 use crate::envelope::Envelope;
-use crate::headers::NatsProvenance as _;
+use crate::headers::{self, NatsProvenance as _};
+use crate::landed::{Landed, LandedKey};
 use crate::link::Link;
 use crate::provenance::{SignedEvent, VerifyError};
 use crate::ratelog::RateLimitedLog;
 use crate::refusal::{Reason, RefusalCounts, RefusalSink, Rejection, Stage};
+use crate::replicas;
 use crate::subject;
 use crate::subsystem::SubsystemError;
 use crate::trust::{self, Admitted, Gatekeeper};
@@ -98,6 +105,8 @@ pub struct Ingress {
     counters: Arc<IngressCounters>,
     gatekeeper: Arc<Gatekeeper>,
     refusals: RefusalSink,
+    /// Failed onward publishes are logged from the batches in flight.
+    forward_log: Mutex<RateLimitedLog>,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -127,6 +136,7 @@ impl Ingress {
             counters: Arc::default(),
             gatekeeper,
             refusals: RefusalSink::new(Stage::Ingress, None),
+            forward_log: Mutex::new(RateLimitedLog::new(Duration::from_secs(60))),
         }
     }
 
@@ -186,9 +196,7 @@ impl Ingress {
         Ok(())
     }
 
-    async fn consumer(
-        &self,
-    ) -> Result<(PullConsumer, kv::Store, Option<kv::Store>), async_nats::Error> {
+    async fn consumer(&self) -> Result<(PullConsumer, kv::Store, Option<Landed>), String> {
         let js = self.local.jetstream();
         let stream = js
             .create_or_update_stream(stream::Config {
@@ -202,9 +210,20 @@ impl Ingress {
                 // acknowledged to the tier below, which has deleted it from its outbox. A
                 // refused publish leaves the event in the child's outbox (back-pressure).
                 discard: DiscardPolicy::New,
+                // Created with it, or changed in place (JetStream copies the stream to its
+                // new peers itself).
+                num_replicas: self.config.replicas,
                 ..Default::default()
             })
-            .await?;
+            .await
+            .map_err(|e| {
+                replicas::explain(
+                    &e,
+                    &format!("stream {}", self.config.stream),
+                    "ingress.replicas",
+                    self.config.replicas,
+                )
+            })?;
         let name = &stream.config.name;
         let consumer = js
             .create_consumer_on_stream(
@@ -215,30 +234,43 @@ impl Ingress {
                     // Derived from duplicate_window: a message forwarded just before a
                     // crash comes back while its copy is still dropped by event_id.
                     ack_wait: self.config.ack_wait(),
-                    max_ack_pending: i64::try_from(self.config.batch * 4).unwrap_or(1024),
+                    // Room for the batches in flight and the one being verified.
+                    max_ack_pending: i64::try_from(self.config.batch * (IN_FLIGHT + 2))
+                        .unwrap_or(4096),
                     ..Default::default()
                 },
                 name,
             )
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
         let landed = match self.destination {
-            Destination::Landing(_) => {
-                Some(landed_bucket(&self.local, self.config.landed_ttl).await?)
-            }
+            Destination::Landing(_) => Some(
+                Landed::open(
+                    &self.local,
+                    self.config.landed_ttl,
+                    self.config.duplicate_window,
+                    self.config.replicas,
+                )
+                .await?,
+            ),
             Destination::Parent(_) => None,
         };
         // The registry last: its existence tells the tier below that this ingress is ready.
-        trust::bucket(&self.local, trust::TRUST_BUCKET, true).await?;
-        let registry = trust::bucket(&self.local, trust::CHAINS_BUCKET, true).await?;
+        // Both are created (or scaled) with this tier's replicas, whichever path made them.
+        trust::ensure_bucket(&self.local, trust::TRUST_BUCKET, self.config.replicas).await?;
+        let registry =
+            trust::ensure_bucket(&self.local, trust::CHAINS_BUCKET, self.config.replicas).await?;
         info!(stream = %name, consumer = %self.config.consumer, "Ingress ready.");
         Ok((consumer, registry, landed))
     }
 
+    /// Takes batches and keeps up to [`IN_FLIGHT`] of them forwarded and awaiting their
+    /// PubAcks while the next one is verified and sent.
     async fn pump(
         &self,
         consumer: PullConsumer,
         registry: &kv::Store,
-        landed: Option<&kv::Store>,
+        landed: Option<&Landed>,
         shutdown: &CancellationToken,
         log: &mut RateLimitedLog,
     ) {
@@ -251,16 +283,27 @@ impl Ingress {
             }
         };
         let mut chunks = messages.ready_chunks(self.config.batch.max(1));
+        let mut in_flight = FuturesUnordered::new();
+        let mut flush_tick = tokio::time::interval(crate::landed::FLUSH_EVERY);
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Cancel safety: a chunk not yet returned stays unacked in JetStream and is
-            // redelivered after ack_wait; nothing is lost by dropping this future.
+            // Cancel safety: a chunk not yet returned stays in the stream adapter (or
+            // unacked in JetStream, redelivered after ack_wait); the in-flight batches are
+            // only polled here, and finished below.
             let chunk = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                chunk = chunks.next() => chunk,
+                _ = shutdown.cancelled() => break,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+                _ = flush_tick.tick(), if landed.is_some_and(Landed::flush_due) => {
+                    if let Some(landed) = landed {
+                        self.flush_landed(landed, log).await;
+                    }
+                    continue;
+                }
+                chunk = chunks.next(), if in_flight.len() < IN_FLIGHT => chunk,
             };
             let Some(chunk) = chunk else {
                 debug!("Ingress message stream ended; re-subscribing.");
-                return;
+                break;
             };
             let mut batch = Vec::with_capacity(chunk.len());
             for item in chunk {
@@ -273,42 +316,60 @@ impl Ingress {
                     }
                 }
             }
-            if !batch.is_empty() {
-                self.process(batch, registry, landed, &mut presented_up, shutdown, log)
-                    .await;
+            if batch.is_empty() {
+                continue;
             }
+            match self
+                .send(batch, registry, landed, &mut presented_up, log)
+                .await
+            {
+                Sent::InFlight(forwarded) => in_flight.push(forwarded),
+                Sent::Done => {}
+                Sent::DestinationDown => {
+                    // Finish what is in flight, then wait for the destination.
+                    while in_flight.next().await.is_some() {}
+                    self.destination.link().wait_connected(shutdown).await;
+                }
+            }
+        }
+        // What was sent is finished even during shutdown (bounded by the destination's
+        // request timeout), so that in-flight work is not dropped.
+        while in_flight.next().await.is_some() {}
+        if let Some(landed) = landed {
+            self.flush_landed(landed, log).await;
         }
     }
 
-    /// Verifies, forwards and acks one batch. The batch is finished even during shutdown,
-    /// bounded by the destination's request timeout, so that in-flight work is not dropped.
-    async fn process(
-        &self,
+    async fn flush_landed(&self, landed: &Landed, log: &mut RateLimitedLog) {
+        let failed = landed.flush().await;
+        if failed > 0 && log.check("landed_put", Instant::now()).is_some() {
+            warn!(failed, "Cannot record what landed yet (retrying); a copy arriving after duplicate_window could land twice meanwhile.");
+        }
+    }
+
+    async fn nak_all(&self, messages: &[Message], delay: Duration) {
+        for message in messages {
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+    }
+
+    /// Verifies a batch (the signatures together, spread over the cores), admits each
+    /// event, drops what landed before (root), and sends the rest onward. Returns the
+    /// future that awaits their PubAcks and acks or naks each message.
+    async fn send<'a>(
+        &'a self,
         batch: Vec<Message>,
         registry: &kv::Store,
-        landed: Option<&kv::Store>,
+        landed: Option<&'a Landed>,
         presented_up: &mut PresentedUp,
-        shutdown: &CancellationToken,
         log: &mut RateLimitedLog,
-    ) {
+    ) -> Sent<'a> {
         self.counters
             .received
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let opened = self.open(&batch).await;
         let mut verified = Vec::with_capacity(batch.len());
-        for message in batch {
-            let opened = subject::strip_ingress(message.subject.as_str())
-                .ok_or(VerifyError::SubjectMismatch {
-                    expected: format!("{}.…", subject::INGRESS_PREFIX),
-                    got: message.subject.to_string(),
-                })
-                .and_then(|event_subject| {
-                    SignedEvent::open(
-                        event_subject,
-                        message.headers.as_ref(),
-                        message.payload.clone(),
-                        self.max_body,
-                    )
-                });
+        for (message, opened) in batch.into_iter().zip(opened) {
             let (event, envelope) = match opened {
                 Ok(opened) => opened,
                 Err(error) => {
@@ -325,7 +386,13 @@ impl Ingress {
                     if let Some(observer) = &self.observer {
                         observer(&envelope);
                     }
-                    verified.push((message, event, matches!(admitted, Admitted::Anchor)));
+                    let key = LandedKey::of(&envelope);
+                    verified.push(Verified {
+                        message,
+                        event,
+                        key,
+                        anchor: matches!(admitted, Admitted::Anchor),
+                    });
                 }
                 Err(rejection) if rejection.reason.is_transient() => {
                     if log
@@ -342,18 +409,14 @@ impl Ingress {
             }
         }
         if verified.is_empty() {
-            return;
+            return Sent::Done;
         }
         let destination = self.destination.link();
         if !destination.state().connected {
             // Hand the batch back at once rather than waiting out ack_wait.
-            for (message, _, _) in &verified {
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-            }
-            destination.wait_connected(shutdown).await;
-            return;
+            let messages: Vec<Message> = verified.into_iter().map(|v| v.message).collect();
+            self.nak_all(&messages, Duration::from_secs(1)).await;
+            return Sent::DestinationDown;
         }
         let verified = match landed {
             Some(landed) => self.drop_landed(verified, landed).await,
@@ -361,25 +424,92 @@ impl Ingress {
         };
         let js = destination.jetstream();
         let mut sends = Vec::with_capacity(verified.len());
-        for (message, event, anchor) in verified {
+        for item in verified {
             // The next tier verifies the origin too: it needs the origin's chain first.
             if let Destination::Parent(uplink) = &self.destination {
-                if !anchor && !self.present_up(uplink, &event, presented_up, log).await {
-                    let _ = message
+                if !item.anchor
+                    && !self
+                        .present_up(uplink, &item.event, presented_up, log)
+                        .await
+                {
+                    let _ = item
+                        .message
                         .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                         .await;
                     continue;
                 }
             }
             let publish = PublishMessage::build()
-                .payload(event.body.clone())
-                .headers(event.headers());
+                .payload(item.event.body.clone())
+                .headers(item.event.headers());
             let sent = js
-                .send_publish(self.destination.subject_for(&event), publish)
+                .send_publish(self.destination.subject_for(&item.event), publish)
                 .await;
-            sends.push(((message, event.event_id.clone()), sent));
+            sends.push((item.message, item.key, sent));
         }
-        let (messages, sent): (Vec<_>, Vec<_>) = sends.into_iter().unzip();
+        if sends.is_empty() {
+            return Sent::Done;
+        }
+        Sent::InFlight(Box::pin(self.settle(sends, landed)))
+    }
+
+    /// Opens every message of a batch: strips the ingress prefix, then verifies the
+    /// signatures together on blocking threads, one share of the batch per core.
+    async fn open(&self, batch: &[Message]) -> Vec<Result<(SignedEvent, Envelope), VerifyError>> {
+        let items: Vec<(String, Option<HeaderMap>, Bytes)> = batch
+            .iter()
+            .map(|m| (m.subject.to_string(), m.headers.clone(), m.payload.clone()))
+            .collect();
+        let shares = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, 8);
+        // Below this many per share, one thread is faster than handing work out.
+        let per_share = items.len().div_ceil(shares).max(64);
+        let max_body = self.max_body;
+        let mut tasks = Vec::new();
+        let mut items = items.into_iter();
+        loop {
+            let share: Vec<_> = items.by_ref().take(per_share).collect();
+            if share.is_empty() {
+                break;
+            }
+            tasks.push(tokio::task::spawn_blocking(move || {
+                open_share(share, max_body)
+            }));
+        }
+        let mut opened = Vec::with_capacity(batch.len());
+        for (task, size) in join_all(tasks).await.into_iter().zip(
+            (0..batch.len())
+                .step_by(per_share)
+                .map(|start| per_share.min(batch.len() - start)),
+        ) {
+            match task {
+                Ok(share) => opened.extend(share),
+                // A verifying thread panicked: nothing of its share is trusted.
+                Err(error) => opened.extend((0..size).map(|_| {
+                    Err(VerifyError::Envelope(
+                        crate::envelope::EnvelopeError::Malformed(format!(
+                            "verification failed: {error}"
+                        )),
+                    ))
+                })),
+            }
+        }
+        opened
+    }
+
+    /// Awaits the PubAcks of a sent batch, records what landed (root), and acks each
+    /// forwarded message or naks it for a retry (or dead-letters it once exhausted).
+    async fn settle(
+        &self,
+        sends: Vec<(Message, LandedKey, PublishResult)>,
+        landed: Option<&Landed>,
+    ) {
+        let destination = self.destination.link();
+        let (items, sent): (Vec<_>, Vec<_>) = sends
+            .into_iter()
+            .map(|(message, key, sent)| ((message, key), sent))
+            .unzip();
         let acks = join_all(sent.into_iter().map(|sent| async move {
             match sent {
                 Ok(ack) => ack.await,
@@ -387,15 +517,15 @@ impl Ingress {
             }
         }))
         .await;
-        let mut forwarded = Vec::with_capacity(messages.len());
-        for ((message, event_id), ack) in messages.into_iter().zip(acks) {
+        let mut forwarded = Vec::with_capacity(items.len());
+        for ((message, key), ack) in items.into_iter().zip(acks) {
             match ack {
                 Ok(ack) => {
                     self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                     self.counters
                         .duplicates
                         .fetch_add(u64::from(ack.duplicate), Ordering::Relaxed);
-                    forwarded.push((message, event_id));
+                    forwarded.push((message, key));
                 }
                 Err(error) => {
                     self.counters.failures.fetch_add(1, Ordering::Relaxed);
@@ -421,7 +551,10 @@ impl Ingress {
                         self.reject(&message, rejection).await;
                         continue;
                     }
-                    if log
+                    if self
+                        .forward_log
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
                         .check(&format!("forward:{:?}", error.kind()), Instant::now())
                         .is_some()
                     {
@@ -437,23 +570,17 @@ impl Ingress {
             }
         }
         if let Some(landed) = landed {
-            // Remembered only after the landing's PubAck (all of the batch at once): a crash
-            // before the put leaves the copy to JetStream's own window, which the
-            // redelivery reaches within the consumer's ack wait (a quarter of the window;
-            // config refuses windows too short for that) once an instance consumes again.
-            let puts = join_all(
-                forwarded
-                    .iter()
-                    .map(|(_, id)| landed.put(id, bytes::Bytes::from_static(b"1"))),
-            )
-            .await;
-            if let Some(Err(error)) = puts.into_iter().find(Result::is_err) {
-                if log.check("landed_put", Instant::now()).is_some() {
-                    warn!(%error, "Cannot record a landed event_id; a copy arriving after duplicate_window could land twice.");
-                }
+            // Remembered only after the landing's PubAck: a crash before it is written
+            // down leaves the copy to JetStream's own window, which the redelivery reaches
+            // within the consumer's ack wait (a quarter of the window; config refuses
+            // windows too short for that) once an instance consumes again.
+            let keys: Vec<&LandedKey> = forwarded.iter().map(|(_, key)| key).collect();
+            let failed = landed.record(&keys).await;
+            if failed > 0 {
+                warn!(failed, "Cannot record landed event_ids; a copy arriving after duplicate_window could land twice.");
             }
         }
-        for (message, _) in forwarded {
+        for (message, _) in &forwarded {
             if let Err(error) = message.ack().await {
                 // The destination has it; a redelivery will be deduplicated there.
                 debug!(%error, "Ack of a forwarded message failed; it may be redelivered.");
@@ -461,28 +588,20 @@ impl Ingress {
         }
     }
 
-    /// Acks and drops the events whose event_id the root already landed (a copy resent
-    /// after an outage longer than `duplicate_window`); returns the others. A lookup that
-    /// fails lets the event through: JetStream's window still catches near copies.
-    async fn drop_landed(
-        &self,
-        verified: Vec<(Message, SignedEvent, bool)>,
-        landed: &kv::Store,
-    ) -> Vec<(Message, SignedEvent, bool)> {
-        let seen = join_all(
-            verified
-                .iter()
-                .map(|(_, event, _)| landed.get(event.event_id.as_str())),
-        )
-        .await;
+    /// Acks and drops the events the root already landed (a copy resent after an outage
+    /// longer than `duplicate_window`); returns the others. A lookup that fails lets the
+    /// event through: JetStream's window still catches near copies.
+    async fn drop_landed(&self, verified: Vec<Verified>, landed: &Landed) -> Vec<Verified> {
+        let keys: Vec<&LandedKey> = verified.iter().map(|v| &v.key).collect();
+        let seen = landed.seen(&keys).await;
         let mut fresh = Vec::with_capacity(verified.len());
         for (item, seen) in verified.into_iter().zip(seen) {
-            if matches!(seen, Ok(Some(_))) {
+            if seen {
                 self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 self.counters.landed_before.fetch_add(1, Ordering::Relaxed);
-                debug!(event_id = %item.1.event_id, "Event landed before; dropped.");
-                let _ = item.0.ack().await;
+                debug!(event_id = %item.event.event_id, "Event landed before; dropped.");
+                let _ = item.message.ack().await;
             } else {
                 fresh.push(item);
             }
@@ -547,6 +666,63 @@ impl Ingress {
     }
 }
 
+/// Batches forwarded and awaiting their PubAcks while the next one is verified and sent.
+const IN_FLIGHT: usize = 4;
+
+type PublishResult = Result<PublishAckFuture, PublishError>;
+
+/// A message that passed verification and admission, with what it is landed as.
+struct Verified {
+    message: Message,
+    event: SignedEvent,
+    key: LandedKey,
+    anchor: bool,
+}
+
+/// What became of a batch.
+enum Sent<'a> {
+    /// Forwarded: the future settles it once its PubAcks are in.
+    InFlight(BoxFuture<'a, ()>),
+    /// Nothing to forward (all refused, dropped or handed back).
+    Done,
+    /// The destination is down: the batch was handed back.
+    DestinationDown,
+}
+
+/// Opens one share of a batch (on a blocking thread): the ingress prefix stripped, the
+/// signatures verified together.
+fn open_share(
+    share: Vec<(String, Option<HeaderMap>, Bytes)>,
+    max_body: usize,
+) -> Vec<Result<(SignedEvent, Envelope), VerifyError>> {
+    let mut results: Vec<Option<Result<(SignedEvent, Envelope), VerifyError>>> =
+        Vec::with_capacity(share.len());
+    let mut prefixed = Vec::with_capacity(share.len());
+    for (subject, headers, body) in &share {
+        match subject::strip_ingress(subject) {
+            Some(event_subject) => {
+                results.push(None);
+                prefixed.push((event_subject, headers.as_ref(), body.clone()));
+            }
+            None => results.push(Some(Err(VerifyError::SubjectMismatch {
+                expected: format!("{}.…", subject::INGRESS_PREFIX),
+                got: subject.clone(),
+            }))),
+        }
+    }
+    let mut opened = headers::open_all(&prefixed, max_body).into_iter();
+    results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| {
+                opened
+                    .next()
+                    .unwrap_or(Err(VerifyError::MissingHeader("body")))
+            })
+        })
+        .collect()
+}
+
 /// The nak delay of a failed onward publish, by delivery count: capped and jittered.
 const RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 
@@ -555,26 +731,6 @@ const RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_s
 struct PresentedUp {
     since: Option<time::OffsetDateTime>,
     keys: std::collections::HashMap<[u8; 32], bytes::Bytes>,
-}
-
-/// The root's KV bucket of landed event_ids (key = event_id, value `1`).
-pub const LANDED_BUCKET: &str = "NEXUS_LANDED";
-
-/// Opens (or creates) [`LANDED_BUCKET`], its entries kept `ttl`.
-async fn landed_bucket(link: &Link, ttl: Duration) -> Result<kv::Store, async_nats::Error> {
-    let js = link.jetstream();
-    if let Ok(store) = js.get_key_value(LANDED_BUCKET).await {
-        return Ok(store);
-    }
-    Ok(js
-        .create_key_value(kv::Config {
-            bucket: LANDED_BUCKET.to_owned(),
-            history: 1,
-            max_age: ttl,
-            storage: StorageType::File,
-            ..Default::default()
-        })
-        .await?)
 }
 
 /// Where the root lands events: the journal (`nexus.>`, the dedup point the ingress
@@ -594,6 +750,8 @@ pub struct Landing {
     pub duplicate_window: Duration,
     /// The domain streams.
     pub domains: Vec<nexus_config::LandingDomain>,
+    /// How many servers of the cluster keep the journal and each domain stream.
+    pub replicas: usize,
 }
 
 impl Landing {
@@ -605,6 +763,7 @@ impl Landing {
             max_bytes: config.max_bytes,
             duplicate_window,
             domains: config.domains.clone(),
+            replicas: config.replicas,
         }
     }
 
@@ -617,6 +776,7 @@ impl Landing {
             max_bytes: self.max_bytes.unwrap_or(-1),
             duplicate_window: self.duplicate_window,
             storage: StorageType::File,
+            num_replicas: self.replicas,
             ..Default::default()
         }
     }
@@ -630,6 +790,7 @@ impl Landing {
             max_bytes: domain.max_bytes.unwrap_or(-1),
             duplicate_window: self.duplicate_window.min(domain.max_age),
             storage: StorageType::File,
+            num_replicas: self.replicas,
             sources: Some(vec![stream::Source {
                 name: self.journal.clone(),
                 subject_transforms: domain
@@ -646,14 +807,20 @@ impl Landing {
         }
     }
 
-    /// Creates or updates the journal, then every domain stream.
+    /// Creates or updates the journal, then every domain stream (their replicas changed in
+    /// place). A refusal of the replica count says so, naming `landing.replicas`.
     pub async fn ensure(&self, link: &Link) -> Result<(), async_nats::Error> {
         let js = link.jetstream();
-        js.create_or_update_stream(self.journal_config()).await?;
+        let explain = |e: &CreateStreamError, what: String| {
+            replicas::explain(e, &what, "landing.replicas", self.replicas)
+        };
+        js.create_or_update_stream(self.journal_config())
+            .await
+            .map_err(|e| explain(&e, format!("journal {}", self.journal)))?;
         for domain in &self.domains {
             js.create_or_update_stream(self.domain_config(domain))
                 .await
-                .map_err(|e| format!("landing stream {}: {e}", domain.name))?;
+                .map_err(|e| explain(&e, format!("landing stream {}", domain.name)))?;
         }
         Ok(())
     }

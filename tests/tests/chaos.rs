@@ -14,16 +14,16 @@
 //! `duplicate_window` should make those 0 too; a consumer deduplicating by event_id is
 //! correct either way), and asserts `lost = 0` and `duplicates after dedup = 0`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use bytes::Bytes;
-use nexus_e2e::landing::{landed_count, member_uplink, read_landed, LANDING};
+use nexus_e2e::landing::{
+    landed_count, member_uplink, numbered_events, present_member, read_landed, Report, LANDING,
+};
 use nexus_e2e::{fleet, wait_until, AgentProcess, Fleet, Launch, NatsServer, Proxy};
-use nexus_federation::trust::{key_id, CHAINS_BUCKET};
 use nexus_federation::{
     subject, Encoding, Envelope, NatsProvenance as _, Outbox, OutboxOptions, SignedEvent,
 };
@@ -85,19 +85,7 @@ impl Chaos {
         let hub_client = fleet.hub_nats.client().await;
         let hub_js = jetstream::new(hub_client.clone());
         let root_js = jetstream::new(fleet.root_nats.client().await);
-        let registry = wait_until("the hub's chain registry exists", SETUP, async || {
-            hub_js.get_key_value(CHAINS_BUCKET).await
-        })
-        .await;
-        let member = SecretKey::parse(
-            &std::fs::read_to_string(&fleet.member_key.secret).expect("member key file"),
-        )
-        .expect("member key");
-        let chain = Bytes::from(std::fs::read(fleet.token_path(fleet::MEMBER)).expect("token"));
-        registry
-            .put(key_id(&member.public()), chain)
-            .await
-            .expect("present the member's chain to the hub");
+        let member = present_member(&fleet, &hub_js, SETUP).await;
         wait_until("the root's landing stream exists", SETUP, async || {
             root_js.get_stream(LANDING).await
         })
@@ -113,8 +101,17 @@ impl Chaos {
         }
     }
 
-    /// `n` sensor events signed by the member, numbered in their payload.
+    /// `n` sensor events signed by the member, numbered in their payload and as the
+    /// member's outbox numbers them: one fresh epoch, `seq` 1..=n (the root records what
+    /// landed by these numbers).
     fn events(&self, n: usize) -> Vec<SignedEvent> {
+        let epoch = uuid::Uuid::now_v7().to_string();
+        numbered_events(&self.member, "iot.chaos", &epoch, n)
+    }
+
+    /// `n` events without a sequence number (as agents before it, or the CLI, send them):
+    /// the root records them by event_id.
+    fn unnumbered_events(&self, n: usize) -> Vec<SignedEvent> {
         (0..n)
             .map(|i| {
                 let mut payload = serde_json::Map::new();
@@ -170,50 +167,16 @@ impl Chaos {
     /// and a consumer deduplicating by event_id sees each event exactly once.
     async fn assert_all_landed(&self, what: &str, sent: &[String], filter: &str) -> Report {
         let copies = self.read_landed(filter).await;
-        let wanted: BTreeSet<&str> = sent.iter().map(String::as_str).collect();
-        let lost: Vec<&str> = wanted
-            .iter()
-            .copied()
-            .filter(|id| !copies.contains_key(*id))
-            .collect();
-        // What a consumer deduplicating by event_id delivers: each id once.
-        let delivered = copies
-            .keys()
-            .filter(|id| wanted.contains(id.as_str()))
-            .count();
-        let stream_copies: u32 = copies
-            .iter()
-            .filter(|(id, _)| wanted.contains(id.as_str()))
-            .map(|(_, n)| *n)
-            .sum();
-        let report = Report {
-            sent: wanted.len(),
-            landed: delivered,
-            lost: lost.len(),
-            duplicates_in_stream: stream_copies as usize - delivered,
-            duplicates_after_dedup: 0,
-        };
+        let (report, lost) = Report::compare(sent, &copies);
         eprintln!("{what}: {report:?}");
         assert!(
-            report.lost == 0 && report.duplicates_after_dedup == 0 && report.landed == report.sent,
-            "{what}: {report:?}; first lost: {:?}\nhub log tail:\n{}\nroot log tail:\n{}",
-            &lost[..lost.len().min(5)],
+            report.is_exact(),
+            "{what}: {report:?}; first lost: {lost:?}\nhub log tail:\n{}\nroot log tail:\n{}",
             tail(&self.hub.log(), 30),
             tail(&self.root.log(), 30),
         );
         report
     }
-}
-
-/// The counts every chaos test reports.
-#[derive(Debug)]
-#[allow(dead_code)] // read through Debug in the failure message and the test output
-struct Report {
-    sent: usize,
-    landed: usize,
-    lost: usize,
-    duplicates_in_stream: usize,
-    duplicates_after_dedup: usize,
 }
 
 type Sender = tokio::task::JoinHandle<usize>;
@@ -573,9 +536,20 @@ async fn a_root_losing_its_pubacks_with_a_short_window_lands_each_event_once() {
 
 /// An event resent after an outage longer than every JetStream `duplicate_window` on its way
 /// (1 s here, at the hub's ingress, the root's ingress and the landing) passes every stream's
-/// dedup, and is still dropped at the root by the `NEXUS_LANDED` bucket of landed event_ids.
+/// dedup, and is still dropped at the root by its record of what landed: by `seq` in
+/// `NEXUS_LANDED_SEQ` for a numbered event, by event_id in `NEXUS_LANDED` for one without.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_resent_after_the_duplicate_window_lands_once() {
+    resent_after_the_window(true).await;
+}
+
+/// [`a_copy_resent_after_the_duplicate_window_lands_once`] for events without `seq`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unnumbered_copy_resent_after_the_duplicate_window_lands_once() {
+    resent_after_the_window(false).await;
+}
+
+async fn resent_after_the_window(numbered: bool) {
     // The shortest window the config allows with onward PubAcks awaited 250 ms.
     let short = "[ingress]\nduplicate_window = \"1s\"\n";
     let chaos = Chaos::start_env(
@@ -584,7 +558,11 @@ async fn a_copy_resent_after_the_duplicate_window_lands_once() {
         (short, &[("NEXUS_UPLINK__REQUEST_TIMEOUT", "250ms")]),
     )
     .await;
-    let mut events = chaos.events(2);
+    let mut events = if numbered {
+        chaos.events(2)
+    } else {
+        chaos.unnumbered_events(2)
+    };
     let later = events.pop().expect("two");
     let first = events.pop().expect("two");
     let acked = Arc::new(AtomicUsize::new(0));
@@ -634,12 +612,22 @@ async fn a_copy_resent_after_the_duplicate_window_lands_once() {
     );
 }
 
-/// The nats-server configs we ship for hub and root fsync before every PubAck
-/// (`sync_interval: always`) and are accepted by `nats-server -t`.
+/// The three servers of the clustered root (docs/deploy-root-cluster.md).
+const ROOT_CLUSTER_CONFIGS: [&str; 3] = [
+    "root-cluster/node-a.conf",
+    "root-cluster/node-b.conf",
+    "root-cluster/node-c.conf",
+];
+
+/// The nats-server configs we ship for hub and root (single and clustered) fsync before
+/// every PubAck (`sync_interval: always`) and are accepted by `nats-server -t`.
 #[test]
 fn the_shipped_nats_server_configs_fsync_before_acking() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/nats");
-    for name in ["hub.conf", "root.conf"] {
+    for name in ["hub.conf", "root.conf"]
+        .into_iter()
+        .chain(ROOT_CLUSTER_CONFIGS)
+    {
         let path = dir.join(name);
         let text = std::fs::read_to_string(&path).expect("shipped config");
         assert!(
@@ -658,4 +646,38 @@ fn the_shipped_nats_server_configs_fsync_before_acking() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The clustered root's three configs are one cluster of three servers: the same cluster
+/// name and routes to all three, a server name and a store of their own each, and no
+/// JetStream domain (the single root's config has none either: the hubs' uplink needs none).
+#[test]
+fn the_shipped_root_cluster_configs_are_three_distinct_servers_of_one_cluster() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/nats");
+    let value = |text: &str, key: &str| -> Option<String> {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(&format!("{key}:")))
+            .map(|v| v.trim().trim_matches('"').to_owned())
+    };
+    let mut names = std::collections::BTreeSet::new();
+    let mut stores = std::collections::BTreeSet::new();
+    for name in ROOT_CLUSTER_CONFIGS {
+        let text = std::fs::read_to_string(dir.join(name)).expect("shipped config");
+        names.insert(value(&text, "server_name").expect("server_name"));
+        stores.insert(value(&text, "store_dir").expect("store_dir"));
+        assert_eq!(
+            value(&text, "name").as_deref(),
+            Some("nexus-root"),
+            "{name}: cluster name"
+        );
+        let routes = text.matches("nats-route://").count();
+        assert_eq!(routes, 3, "{name} routes to the three servers");
+        assert!(
+            value(&text, "domain").is_none(),
+            "{name}: no JetStream domain"
+        );
+    }
+    assert_eq!(names.len(), 3, "distinct server names: {names:?}");
+    assert_eq!(stores.len(), 3, "distinct store dirs: {stores:?}");
 }

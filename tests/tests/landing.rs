@@ -178,3 +178,101 @@ async fn configured_domains_replace_the_defaults_and_may_overlap() {
     assert_eq!(config.max_bytes, 10_000_000);
     assert!(config.subjects.is_empty(), "a domain owns no subjects");
 }
+
+mod landed_record {
+    //! The root's record of landed sequence numbers (`nexus_federation::landed`) on a real
+    //! nats-server, shared by two root instances as two `Landed` handles on one bucket.
+
+    use std::time::Duration;
+
+    use nexus_e2e::{wait_until, NatsServer};
+    use nexus_federation::landed::{Landed, LandedKey, LANDED_SEQ_BUCKET};
+    use nexus_federation::Link;
+
+    const WINDOW: Duration = Duration::from_millis(400);
+
+    async fn link(nats: &NatsServer) -> Link {
+        nexus_federation::tls::install_crypto_provider();
+        let config = nexus_config::LinkConfig {
+            url: nats.url(),
+            ping_interval: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            reconnect_max_delay: Duration::from_millis(250),
+            tls: None,
+        };
+        Link::connect("local", &config, "e2e-landed")
+            .await
+            .expect("link")
+    }
+
+    fn seq(record: &str, seq: u64) -> LandedKey {
+        LandedKey::Seq {
+            record: record.to_owned(),
+            seq,
+        }
+    }
+
+    async fn seen(landed: &Landed, keys: &[LandedKey]) -> Vec<bool> {
+        landed.seen(&keys.iter().collect::<Vec<_>>()).await
+    }
+
+    /// Instance A lands 1..=100 (but not 50) of one source and 1..=3 of another; after its
+    /// flush, instance B, which never saw them, recognizes every one and nothing else. Both
+    /// then land different numbers of the same record at once: the bucket ends up with the
+    /// union (compare-and-set, merged on conflict), and a record that was never flushed
+    /// counts as not landed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_share_one_record_of_what_landed() {
+        let nats = NatsServer::start();
+        let link = link(&nats).await;
+        let ttl = Duration::from_secs(3600);
+        let a = wait_until(
+            "instance A opens the buckets",
+            Duration::from_secs(20),
+            async || Landed::open(&link, ttl, WINDOW, 1).await.ok(),
+        )
+        .await;
+        let b = Landed::open(&link, ttl, WINDOW, 1)
+            .await
+            .expect("instance B");
+        let r1 = "edge-01.0190f5a0-0000-7000-8000-000000000001";
+        let r2 = "edge-02.0190f5a0-0000-7000-8000-000000000002";
+        let landed: Vec<LandedKey> = (1..=100)
+            .filter(|n| *n != 50)
+            .map(|n| seq(r1, n))
+            .chain((1..=3).map(|n| seq(r2, n)))
+            .collect();
+        assert_eq!(a.record(&landed.iter().collect::<Vec<_>>()).await, 0);
+        assert!(
+            seen(&b, &[seq(r1, 7)]).await == [false],
+            "nothing is written before the flush"
+        );
+        assert_eq!(a.flush().await, 0, "every record is written");
+        // B read r1 just now (a miss): it reads it again once a quarter window has passed.
+        tokio::time::sleep(WINDOW / 4).await;
+        let probe: Vec<LandedKey> = [1, 49, 50, 51, 100, 101]
+            .iter()
+            .map(|n| seq(r1, *n))
+            .chain([seq(r2, 3), seq(r2, 4)])
+            .collect();
+        assert_eq!(
+            seen(&b, &probe).await,
+            [true, true, false, true, true, false, true, false]
+        );
+
+        // Both instances land numbers of r2 concurrently.
+        let from_a: Vec<LandedKey> = (4..=10).map(|n| seq(r2, n)).collect();
+        let from_b: Vec<LandedKey> = (11..=20).chain([50]).map(|n| seq(r2, n)).collect();
+        a.record(&from_a.iter().collect::<Vec<_>>()).await;
+        b.record(&from_b.iter().collect::<Vec<_>>()).await;
+        let (fa, fb) = tokio::join!(a.flush(), b.flush());
+        assert_eq!((fa, fb), (0, 0), "both flushes write (merging on conflict)");
+        let js = link.jetstream();
+        let bucket = js.get_key_value(LANDED_SEQ_BUCKET).await.expect("bucket");
+        let stored = bucket.get(r2).await.expect("get").expect("record");
+        assert_eq!(std::str::from_utf8(&stored).expect("utf-8"), "1-20,50");
+        let stored = bucket.get(r1).await.expect("get").expect("record");
+        assert_eq!(std::str::from_utf8(&stored).expect("utf-8"), "1-49,51-100");
+    }
+}
