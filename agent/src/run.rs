@@ -45,6 +45,7 @@ use nexus_federation::bridge::UpBridge;
 use nexus_federation::deadletter::DeadLetters;
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
 use nexus_federation::ingress::{Destination, Ingress, Landing};
+use nexus_federation::ratelog::RateLimitedLog;
 use nexus_federation::refusal::{RefusalSink, RejectedMessage, Stage};
 use nexus_federation::revocation;
 use nexus_federation::trust::{Gatekeeper, OwnChain};
@@ -587,12 +588,14 @@ fn open_dead_letters(config: &Config) -> Option<DeadLetters> {
 }
 
 /// Creates the root's landing streams, retrying while its NATS is unreachable (or refuses
-/// them: the error is logged once, e.g. a stream of that name with other subjects).
+/// them: the error is logged at once and then once a minute, e.g. a stream of that name with
+/// other subjects, or `landing.replicas` more than the cluster can place).
 async fn ensure_landing(link: &Link, landing: &Landing, shutdown: &CancellationToken) -> bool {
     let mut retry = Retry::new(Backoff::new(
         Duration::from_millis(200),
         Duration::from_secs(10),
     ));
+    let mut log = RateLimitedLog::new(Duration::from_secs(60));
     loop {
         if !link.wait_connected(shutdown).await {
             return false;
@@ -610,10 +613,11 @@ async fn ensure_landing(link: &Link, landing: &Landing, shutdown: &CancellationT
                 info!(journal = %landing.journal, domains = %domains.join("; "), "Landing streams ready.");
                 return true;
             }
-            Err(error) if retry.attempt() == 0 => {
-                warn!(journal = %landing.journal, %error, "Cannot create the landing streams; retrying.")
+            Err(error) => {
+                if log.check("landing", Instant::now()).is_some() {
+                    warn!(journal = %landing.journal, %error, "Cannot create the landing streams; retrying.");
+                }
             }
-            Err(_) => {}
         }
         if !retry.wait(shutdown).await {
             return false;

@@ -200,6 +200,19 @@ pub struct ClientCert {
     pub key_file: PathBuf,
 }
 
+impl LinkConfig {
+    /// Every URL of `url`, trimmed, in order: the servers the client may connect to (a
+    /// client given one string would take the whole list for one URL). Validation refused
+    /// empty entries.
+    pub fn urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+}
+
 impl std::fmt::Debug for LinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LinkConfig")
@@ -364,6 +377,11 @@ pub struct IngressConfig {
     /// (KV bucket `NEXUS_LANDED`), so that a copy arriving after JetStream's
     /// `duplicate_window` is still dropped. Default 7 days (as `max_age`).
     pub landed_ttl: Duration,
+    /// `ingress.replicas`: how many servers of a JetStream cluster keep the ingress stream
+    /// and the key-value buckets this node creates on its own NATS (`NEXUS_TRUST`,
+    /// `NEXUS_CHAINS`; at the root also `NEXUS_LANDED` and `NEXUS_LANDED_SEQ`), 1..=5.
+    /// Default 1 (one server); 3 on a clustered root (docs/deploy-root-cluster.md).
+    pub replicas: usize,
 }
 
 impl IngressConfig {
@@ -613,6 +631,9 @@ pub struct LandingConfig {
     /// `NEXUS_IOT` (`nexus.*.iot.>`, 30 days). An explicit empty list (`domains = []`)
     /// keeps the journal only.
     pub domains: Vec<LandingDomain>,
+    /// `landing.replicas`: how many servers of a JetStream cluster keep the journal and
+    /// every domain stream, 1..=5. Default 1; 3 on a clustered root.
+    pub replicas: usize,
 }
 
 /// One `[[landing.domains]]` entry.
@@ -646,6 +667,7 @@ impl LandingConfig {
                 domain("NEXUS_CORE", "nexus._core.>", days(90)),
                 domain("NEXUS_IOT", "nexus.*.iot.>", days(30)),
             ],
+            replicas: 1,
         }
     }
 }

@@ -144,6 +144,7 @@ impl Config {
         writeln!(out, "batch = {}", ingress.batch)?;
         writeln!(out, "max_deliver = {}", ingress.max_deliver)?;
         writeln!(out, "landed_ttl = {}", duration(ingress.landed_ttl))?;
+        writeln!(out, "replicas = {}", ingress.replicas)?;
 
         writeln!(out, "\n[dead_letter]")?;
         writeln!(out, "max_bytes = {}", self.dead_letter.max_bytes)?;
@@ -228,6 +229,7 @@ fn write_landing(out: &mut String, landing: &LandingConfig) -> std::fmt::Result 
             "# max_bytes is not set: the journal is bounded by max_age only"
         )?,
     }
+    writeln!(out, "replicas = {}", landing.replicas)?;
     if landing.domains.is_empty() {
         writeln!(
             out,

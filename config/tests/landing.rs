@@ -439,3 +439,45 @@ fn a_duplicate_window_shorter_than_a_redelivery_is_refused() {
         Ok(())
     });
 }
+
+/// `landing.replicas` and `ingress.replicas` default to 1, take 1 to 5 (a hub may set
+/// `ingress.replicas` too), and anything else is refused on its key, saying what it is for.
+#[test]
+fn replicas_are_one_by_default_and_one_to_five() {
+    let landing = landing_of(ROOT);
+    assert_eq!(landing.replicas, 1);
+    let landing = landing_of(&format!(
+        "{ROOT}\n[ingress]\nreplicas = 3\n\n[landing]\nreplicas = 5\n"
+    ));
+    assert_eq!(landing.replicas, 5);
+    Jail::expect_with(|jail| {
+        setup(jail, &format!("{ROOT}\n[ingress]\nreplicas = 3\n"))?;
+        let config = load(Path::new("agent.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.ingress.replicas, 3);
+        assert_eq!(config.landing.replicas, 1);
+        assert!(config.redacted().contains("replicas = 3"));
+        setup(jail, &format!("{HUB}\n[ingress]\nreplicas = 3\n"))?;
+        let config = load(Path::new("agent.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.ingress.replicas, 3);
+        setup(jail, HUB)?;
+        let config = load(Path::new("agent.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.ingress.replicas, 1);
+        Ok(())
+    });
+    let errors = refused(&format!(
+        "{ROOT}\n[ingress]\nreplicas = 0\n\n[landing]\nreplicas = 6\n"
+    ));
+    for key in ["ingress.replicas", "landing.replicas"] {
+        assert!(has(&errors, key, &ErrorKind::InvalidValue), "{errors}");
+    }
+    let text = errors.to_string();
+    assert!(
+        text.contains("use 1 to 5") && text.contains("JetStream cluster"),
+        "{text}"
+    );
+    let errors = refused(&format!("{ROOT}\n[landing]\nreplicas = \"three\"\n"));
+    assert!(
+        has(&errors, "landing.replicas", &ErrorKind::InvalidType),
+        "{errors}"
+    );
+}

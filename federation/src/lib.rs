@@ -32,14 +32,18 @@
 //!   wire crate) are counted, logged and handed to the dead-letter writer.
 //! - `revocation`: signed revocation lists, watched from above, persisted, passed down.
 //! - `clock`: the trust clock of boxes without an RTC (last known good time).
+//! - `replicas`: how many servers of a JetStream cluster keep the streams and buckets a
+//!   hub or root creates, and what a refusal of that count means.
 
 pub mod bridge;
 pub mod clock;
 pub mod command;
 pub mod headers;
 pub mod ingress;
+pub mod landed;
 pub mod link;
 pub mod refusal;
+pub mod replicas;
 pub mod revocation;
 pub mod tls;
 pub mod trust;

@@ -130,8 +130,10 @@ impl Link {
             Some(tls) => options.require_tls(true).tls_client_config(tls),
             None => options,
         };
+        // Every server of the list (a cluster): the client tries them in turn, at start and
+        // on every reconnect, and learns the others a server announces.
         let client = options
-            .connect(config.url.as_str())
+            .connect(config.urls())
             .await
             .map_err(|source| LinkError::Setup {
                 role,

@@ -6,8 +6,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::NatsCluster;
 use crate::{agent_bin, keygen, AgentProcess, Launch, NatsServer};
 
 /// The tenant of the fleet.
@@ -41,8 +43,9 @@ pub struct NodeKey {
 /// Three servers, keys and tokens; agents are spawned on demand.
 #[derive(Debug)]
 pub struct Fleet {
-    /// The root's NATS (landing streams live here).
-    pub root_nats: NatsServer,
+    /// The root's NATS (landing streams live here); with a clustered root
+    /// ([`Self::with_root_cluster`]), the cluster's first server.
+    pub root_nats: Arc<NatsServer>,
     /// The hub's NATS (members' uplink, the hub's ingress).
     pub hub_nats: NatsServer,
     /// The member's own NATS.
@@ -55,6 +58,9 @@ pub struct Fleet {
     pub member_key: NodeKey,
     /// Heartbeat interval of every agent.
     pub interval: Duration,
+    /// The URL(s) of the root's NATS in the root's `[local]` and the hub's `[uplink]`:
+    /// every server of a clustered root, else `root_nats`'.
+    root_url: String,
     dir: tempfile::TempDir,
 }
 
@@ -74,6 +80,31 @@ impl Fleet {
         hub_nats: NatsServer,
         member_nats: NatsServer,
     ) -> Self {
+        let root_url = root_nats.url();
+        Self::assemble(Arc::new(root_nats), root_url, hub_nats, member_nats)
+    }
+
+    /// [`Self::with_servers`] with a clustered root: the root's `[local]` and the hub's
+    /// `[uplink]` list every server of `cluster`; `root_nats` is its first server.
+    pub fn with_root_cluster(
+        cluster: &NatsCluster,
+        hub_nats: NatsServer,
+        member_nats: NatsServer,
+    ) -> Self {
+        Self::assemble(
+            Arc::clone(cluster.node(0)),
+            cluster.url(),
+            hub_nats,
+            member_nats,
+        )
+    }
+
+    fn assemble(
+        root_nats: Arc<NatsServer>,
+        root_url: String,
+        hub_nats: NatsServer,
+        member_nats: NatsServer,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys = dir.path().join("keys");
         let make = |name: &str| {
@@ -88,6 +119,7 @@ impl Fleet {
             hub_nats,
             member_nats,
             interval: Duration::from_secs(1),
+            root_url,
             dir,
         };
         // The hub's window reaches a week back and a month ahead, so that tests can make
@@ -208,19 +240,25 @@ impl Fleet {
     pub fn config(&self, node: &str, extra: &str) -> String {
         let dir = self.path().display();
         let (mode, key, uplink, local, token) = match node {
-            ROOT => ("root", &self.root_key, None, Some(&self.root_nats), None),
+            ROOT => (
+                "root",
+                &self.root_key,
+                None,
+                Some(self.root_url.clone()),
+                None,
+            ),
             HUB => (
                 "hub",
                 &self.hub_key,
-                Some(&self.root_nats),
-                Some(&self.hub_nats),
+                Some(self.root_url.clone()),
+                Some(self.hub_nats.url()),
                 Some(self.token_path(HUB)),
             ),
             _ => (
                 "member",
                 &self.member_key,
-                Some(&self.hub_nats),
-                Some(&self.member_nats),
+                Some(self.hub_nats.url()),
+                Some(self.member_nats.url()),
                 Some(self.token_path(MEMBER)),
             ),
         };
@@ -236,11 +274,10 @@ impl Fleet {
             self.root_key.public,
             self.interval.as_millis()
         ));
-        for (section, server) in [("uplink", uplink), ("local", local)] {
-            if let Some(server) = server {
+        for (section, url) in [("uplink", uplink), ("local", local)] {
+            if let Some(url) = url {
                 toml.push_str(&format!(
-                    "\n[{section}]\nurl = \"{}\"\nping_interval = \"1s\"\nreconnect_max_delay = \"1s\"\n",
-                    server.url()
+                    "\n[{section}]\nurl = \"{url}\"\nping_interval = \"1s\"\nreconnect_max_delay = \"1s\"\n"
                 ));
             }
         }

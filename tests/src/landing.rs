@@ -1,18 +1,24 @@
 //! The test's side of the federation's JetStream paths: a member-like uplink that sends
 //! signed events into a hub's ingress until each is acknowledged, and readers of the
-//! root's landing stream that count what landed and the copies of each event_id.
+//! root's landing stream that count what landed and the copies of each event_id; the
+//! member's numbered events, its chain presented to the hub, and the [`Report`] every volume
+//! test prints and asserts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
+use bytes::Bytes;
 use futures::StreamExt as _;
-use nexus_federation::{subject, NatsProvenance as _, SignedEvent};
+use nexus_federation::trust::{key_id, CHAINS_BUCKET};
+use nexus_federation::{subject, Encoding, Envelope, NatsProvenance as _, SignedEvent};
+use nexus_policies::SecretKey;
 use tokio::time::Instant;
 
-use crate::wait::POLL_INTERVAL;
+use crate::fleet::{self, Fleet};
+use crate::wait::{wait_until, POLL_INTERVAL};
 
 /// The root's landing stream.
 pub const LANDING: &str = "NEXUS_EVENTS";
@@ -177,5 +183,97 @@ pub async fn read_landed(root_js: &jetstream::Context, filter: &str) -> HashMap<
         if next.info().expect("JetStream info").pending == 0 {
             return copies;
         }
+    }
+}
+
+/// `n` sensor events `event` (e.g. `iot.chaos`) of the fleet's member, signed with
+/// `member`, numbered in their payload (`n`: 0, 1, …) and as the member's outbox numbers
+/// them: `epoch` (a UUIDv7), `seq` 1..=n (the root records what landed by these numbers).
+pub fn numbered_events(member: &SecretKey, event: &str, epoch: &str, n: usize) -> Vec<SignedEvent> {
+    (0..n)
+        .map(|i| {
+            let mut payload = serde_json::Map::new();
+            payload.insert("n".into(), i.into());
+            let mut envelope = Envelope::new(
+                event,
+                fleet::MEMBER,
+                Some(fleet::TENANT),
+                payload,
+                time::OffsetDateTime::now_utc(),
+            );
+            envelope.epoch = Some(epoch.to_owned());
+            envelope.seq = Some(i as u64 + 1);
+            SignedEvent::seal(&envelope, Encoding::Json, member).expect("seal")
+        })
+        .collect()
+}
+
+/// The fleet's member key, after presenting its token chain to the hub (as the member's
+/// uplink does), once the hub's ingress has created its chain registry (bounded by
+/// `deadline`).
+pub async fn present_member(
+    fleet: &Fleet,
+    hub_js: &jetstream::Context,
+    deadline: Duration,
+) -> SecretKey {
+    let registry = wait_until("the hub's chain registry exists", deadline, async || {
+        hub_js.get_key_value(CHAINS_BUCKET).await
+    })
+    .await;
+    let member = SecretKey::parse(
+        &std::fs::read_to_string(&fleet.member_key.secret).expect("member key file"),
+    )
+    .expect("member key");
+    let chain = Bytes::from(std::fs::read(fleet.token_path(fleet::MEMBER)).expect("token"));
+    registry
+        .put(key_id(&member.public()), chain)
+        .await
+        .expect("present the member's chain to the hub");
+    member
+}
+
+/// What landed of the events a test sent: the counts every volume test prints and asserts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Distinct events sent.
+    pub sent: usize,
+    /// Of those, the distinct event_ids in the landing (what a consumer deduplicating by
+    /// event_id delivers).
+    pub landed: usize,
+    /// Sent but not in the landing.
+    pub lost: usize,
+    /// Copies in the stream beyond one per event (JetStream's window and the root's record
+    /// of what landed should make these 0 too; a consumer deduplicating is correct either way).
+    pub duplicates_in_stream: usize,
+    /// Copies a consumer deduplicating by event_id would still see: 0 by construction.
+    pub duplicates_after_dedup: usize,
+}
+
+impl Report {
+    /// Compares the copies of each event_id in the landing ([`read_landed`]) with the
+    /// event_ids `sent`; returns the report and the first few lost ids.
+    pub fn compare(sent: &[String], copies: &HashMap<String, u32>) -> (Report, Vec<String>) {
+        let wanted: BTreeSet<&str> = sent.iter().map(String::as_str).collect();
+        let lost: Vec<String> = wanted
+            .iter()
+            .filter(|id| !copies.contains_key(**id))
+            .map(|id| (*id).to_owned())
+            .collect();
+        let mine = || copies.iter().filter(|(id, _)| wanted.contains(id.as_str()));
+        let landed = mine().count();
+        let in_stream: usize = mine().map(|(_, n)| *n as usize).sum();
+        let report = Report {
+            sent: wanted.len(),
+            landed,
+            lost: lost.len(),
+            duplicates_in_stream: in_stream - landed,
+            duplicates_after_dedup: 0,
+        };
+        (report, lost.into_iter().take(5).collect())
+    }
+
+    /// Nothing lost, each event once after dedup by event_id.
+    pub fn is_exact(&self) -> bool {
+        self.lost == 0 && self.duplicates_after_dedup == 0 && self.landed == self.sent
     }
 }

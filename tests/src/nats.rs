@@ -11,12 +11,17 @@
 //! `"tls_required":true` in its `INFO` and expects a TLS handshake next, which the probe does
 //! not speak: for such a server, ready means "listening and sending INFO" (JetStream is not
 //! probed; connect with TLS to `tls://127.0.0.1:PORT`, see [`NatsServer::tls_url`]).
+//!
+//! A server of a cluster ([`NatsServerBuilder::cluster`], assembled by
+//! [`crate::cluster::NatsCluster`]) picks its route port the same way; its routes are set
+//! by the cluster, and both ports are pinned for restarts.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -36,6 +41,7 @@ pub struct NatsServerBuilder {
     jetstream_options: Vec<String>,
     extra: Vec<String>,
     server_name: Option<String>,
+    cluster: Option<String>,
 }
 
 impl Default for NatsServerBuilder {
@@ -45,6 +51,7 @@ impl Default for NatsServerBuilder {
             jetstream_options: Vec::new(),
             extra: Vec::new(),
             server_name: None,
+            cluster: None,
         }
     }
 }
@@ -75,6 +82,14 @@ impl NatsServerBuilder {
         self
     }
 
+    /// Makes the server a member of the cluster `name`: a `cluster { }` block listening on
+    /// a route port of its own choosing, with the routes [`crate::cluster::NatsCluster`]
+    /// sets. Needs [`Self::server_name`] (JetStream peers are known by it).
+    pub fn cluster(mut self, name: &str) -> Self {
+        self.cluster = Some(name.to_owned());
+        self
+    }
+
     /// Appends top-level config text verbatim (after the generated lines).
     ///
     /// Do not add a second `jetstream { }` block here (it would replace the generated one and
@@ -99,6 +114,10 @@ impl NatsServerBuilder {
 pub struct NatsServer {
     proc: Proc,
     port: AtomicU16,
+    /// The route port of a cluster member (0 until known, or when not clustered).
+    cluster_port: AtomicU16,
+    /// The route ports of the other members a cluster member connects to.
+    routes: Mutex<Vec<u16>>,
     options: NatsServerBuilder,
     config_path: PathBuf,
     log_path: PathBuf,
@@ -126,21 +145,28 @@ impl NatsServer {
     }
 
     fn launch(options: NatsServerBuilder) -> NatsServer {
+        let server = Self::prepare(options);
+        server.spawn_and_wait();
+        server
+    }
+
+    /// A server with its temp dir, not started yet.
+    pub(crate) fn prepare(options: NatsServerBuilder) -> NatsServer {
         let dir = tempfile::Builder::new()
             .prefix("nexus-e2e-nats-")
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for nats-server: {e}"));
-        let server = NatsServer {
+        NatsServer {
             proc: Proc::default(),
             port: AtomicU16::new(0),
+            cluster_port: AtomicU16::new(0),
+            routes: Mutex::new(Vec::new()),
             config_path: dir.path().join("nats-server.conf"),
             log_path: dir.path().join("nats-server.log"),
             store_dir: dir.path().join("jetstream"),
             options,
             dir,
-        };
-        server.spawn_and_wait();
-        server
+        }
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -156,6 +182,16 @@ impl NatsServer {
     /// The client port (the same across restarts).
     pub fn port(&self) -> u16 {
         self.port.load(Ordering::SeqCst)
+    }
+
+    /// The route port of a cluster member (the same across restarts); 0 when not clustered.
+    pub fn cluster_port(&self) -> u16 {
+        self.cluster_port.load(Ordering::SeqCst)
+    }
+
+    /// The `server_name`, if set.
+    pub fn server_name(&self) -> Option<&str> {
+        self.options.server_name.as_deref()
     }
 
     /// The server's pid while it runs.
@@ -222,13 +258,15 @@ impl NatsServer {
         self.dir.path()
     }
 
-    fn write_config(&self, listen_port: Option<u16>) {
+    /// Writes the config file with the ports known so far (`-1`, "pick one", for the others).
+    pub(crate) fn write_config(&self) {
         // JSON strings are valid quoted strings in nats-server's config syntax.
         let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
-        let listen = match listen_port {
-            Some(port) => format!("127.0.0.1:{port}"),
-            None => "127.0.0.1:-1".to_owned(),
+        let listen = |port: u16| match port {
+            0 => "127.0.0.1:-1".to_owned(),
+            port => format!("127.0.0.1:{port}"),
         };
+        let (cluster_listen, listen) = (listen(self.cluster_port()), listen(self.port()));
         let mut text = String::from("# Written by nexus-e2e for one test.\n");
         text.push_str(&format!("listen: \"{listen}\"\n"));
         text.push_str(&format!(
@@ -237,6 +275,20 @@ impl NatsServer {
         ));
         if let Some(name) = &self.options.server_name {
             text.push_str(&format!("server_name: {}\n", q(name)));
+        }
+        if let Some(cluster) = &self.options.cluster {
+            let routes: Vec<String> = self
+                .routes
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .iter()
+                .map(|port| q(&format!("nats-route://127.0.0.1:{port}")))
+                .collect();
+            text.push_str(&format!(
+                "cluster {{\n  name: {}\n  listen: \"{cluster_listen}\"\n  routes: [{}]\n}}\n",
+                q(cluster),
+                routes.join(", ")
+            ));
         }
         if self.options.jetstream {
             text.push_str(&format!(
@@ -257,11 +309,23 @@ impl NatsServer {
     }
 
     fn spawn_and_wait(&self) {
-        let known_port = match self.port() {
-            0 => None,
-            port => Some(port),
-        };
-        self.write_config(known_port);
+        let pid = self.spawn();
+        self.wait_listening(pid);
+        self.wait_ready();
+    }
+
+    /// Sets the route ports this cluster member connects to (written by the next
+    /// [`Self::write_config`], and so used by every later start).
+    pub(crate) fn set_routes(&self, ports: Vec<u16>) {
+        *self
+            .routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = ports;
+    }
+
+    /// Writes the config and starts the process; returns its pid.
+    pub(crate) fn spawn(&self) -> u32 {
+        self.write_config();
         let log = append_log(&self.log_path);
         let err = log
             .try_clone()
@@ -276,35 +340,51 @@ impl NatsServer {
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", nats_server_bin().display()));
         let pid = child.id();
         self.proc.set(child);
+        pid
+    }
 
+    /// Waits (bounded) until the process `pid` listens: its ports are known (pinned in the
+    /// config for restarts) or read from the ports file it writes.
+    pub(crate) fn wait_listening(&self, pid: u32) {
+        let clustered = self.options.cluster.is_some();
+        if self.port() != 0 && (!clustered || self.cluster_port() != 0) {
+            return;
+        }
         let deadline = Instant::now() + NATS_START_DEADLINE;
         let ports_file = self.dir.path().join(format!("nats-server_{pid}.ports"));
-        let mut last = String::from("no ports file yet");
         loop {
-            if let Some(status) = self.proc.exit_status() {
+            self.check_alive();
+            if let Some((port, cluster_port)) = read_ports_file(&ports_file) {
+                if !clustered || cluster_port.is_some() {
+                    self.port.store(port, Ordering::SeqCst);
+                    self.cluster_port
+                        .store(cluster_port.unwrap_or(0), Ordering::SeqCst);
+                    // Pin the chosen ports for restarts.
+                    self.write_config();
+                    return;
+                }
+            }
+            if Instant::now() >= deadline {
                 self.proc.kill();
                 panic!(
-                    "nats-server exited during startup ({status}){}; log tail:\n{}",
-                    known_port
-                        .map(|p| format!(" — is port {p} taken by another process?"))
-                        .unwrap_or_default(),
+                    "nats-server wrote no complete ports file within {NATS_START_DEADLINE:?}; log tail:\n{}",
                     self.log_tail(30)
                 );
             }
-            let port = known_port.or_else(|| read_ports_file(&ports_file));
-            if let Some(port) = port {
-                match probe(port, self.options.jetstream) {
-                    Ok(()) => {
-                        self.port.store(port, Ordering::SeqCst);
-                        if known_port.is_none() {
-                            // Pin the chosen port for restarts.
-                            self.write_config(Some(port));
-                        }
-                        return;
-                    }
-                    Err(e) => last = e,
-                }
-            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) until the listening server serves clients (and JetStream, if on: for
+    /// a cluster member, once the cluster has a JetStream leader).
+    pub(crate) fn wait_ready(&self) {
+        let deadline = Instant::now() + NATS_START_DEADLINE;
+        loop {
+            self.check_alive();
+            let last = match probe(self.port(), self.options.jetstream) {
+                Ok(()) => return,
+                Err(e) => e,
+            };
             if Instant::now() >= deadline {
                 self.proc.kill();
                 panic!(
@@ -315,15 +395,36 @@ impl NatsServer {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Panics with the log tail if the process exited during startup.
+    fn check_alive(&self) {
+        if let Some(status) = self.proc.exit_status() {
+            self.proc.kill();
+            let port = self.port();
+            panic!(
+                "nats-server exited during startup ({status}){}; log tail:\n{}",
+                if port != 0 {
+                    format!(" — is port {port} taken by another process?")
+                } else {
+                    String::new()
+                },
+                self.log_tail(30)
+            );
+        }
+    }
 }
 
-/// The client port from `{"nats":["nats://127.0.0.1:PORT"], ...}`; `None` until the file is
-/// there and complete.
-fn read_ports_file(path: &Path) -> Option<u16> {
+/// The client port and the route port (if any) from
+/// `{"nats":["nats://127.0.0.1:PORT"],"cluster":["nats://127.0.0.1:PORT"], ...}`; `None`
+/// until the file is there and complete.
+fn read_ports_file(path: &Path) -> Option<(u16, Option<u16>)> {
     let text = std::fs::read_to_string(path).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let url = json.get("nats")?.as_array()?.first()?.as_str()?;
-    url.rsplit(':').next()?.parse().ok()
+    let port = |key: &str| -> Option<u16> {
+        let url = json.get(key)?.as_array()?.first()?.as_str()?;
+        url.rsplit(':').next()?.parse().ok()
+    };
+    Some((port("nats")?, port("cluster")))
 }
 
 /// One NATS protocol exchange with the server: INFO, CONNECT, PING/PONG and, with JetStream,

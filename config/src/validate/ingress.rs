@@ -7,7 +7,7 @@ use super::reader::{Reader, Section};
 use super::schema::{
     BATCH, BATCH_RANGE, INGRESS_CONSUMER, INGRESS_DUPLICATE_WINDOW, INGRESS_LANDED_TTL,
     INGRESS_MAX_AGE, INGRESS_MAX_BYTES, INGRESS_MAX_DELIVER, INGRESS_MAX_DELIVER_RANGE,
-    INGRESS_STREAM,
+    INGRESS_STREAM, REPLICAS, REPLICAS_RANGE,
 };
 use crate::error::ErrorKind;
 use crate::model::{IngressConfig, LinkConfig};
@@ -62,6 +62,7 @@ impl Reader<'_> {
         let batch = self.integer(s, "batch", BATCH_RANGE);
         let max_deliver = self.integer(s, "max_deliver", INGRESS_MAX_DELIVER_RANGE);
         let landed_ttl = self.duration(s, "landed_ttl", INGRESS_LANDED_TTL);
+        let replicas = self.replicas(s, "the ingress stream and the key-value buckets");
         IngressConfig {
             stream,
             consumer,
@@ -75,6 +76,34 @@ impl Reader<'_> {
                 .and_then(|v| u32::try_from(v).ok())
                 .unwrap_or(INGRESS_MAX_DELIVER),
             landed_ttl,
+            replicas,
+        }
+    }
+
+    /// `replicas` of `[ingress]` or `[landing]`: how many servers of a JetStream cluster
+    /// keep `what`, 1..=5 (JetStream's own bound). Whether the server can place that many is
+    /// known only at run time, where a refusal is logged naming the key.
+    pub(super) fn replicas(&mut self, s: &Section<'_>, what: &str) -> usize {
+        let number = self.integer(s, "replicas", i128::MIN..=i128::MAX);
+        match number {
+            Some(n) if REPLICAS_RANGE.contains(&n) => usize::try_from(n).unwrap_or(REPLICAS),
+            Some(n) => {
+                let origin = self.origin_or_fallback(s, "replicas");
+                self.push(
+                    ErrorKind::InvalidValue,
+                    origin,
+                    &format!("{}.replicas", s.name),
+                    format!(
+                        "{n} is out of range: use {} to {} (how many servers of a JetStream \
+                         cluster keep {what}: 1 on a single nats-server, 3 or 5 on a cluster of \
+                         at least that many servers)",
+                        REPLICAS_RANGE.start(),
+                        REPLICAS_RANGE.end()
+                    ),
+                );
+                REPLICAS
+            }
+            None => REPLICAS,
         }
     }
 

@@ -127,11 +127,13 @@ impl Reader<'_> {
                 Vec::new()
             }
         };
+        let replicas = self.replicas(s, "the journal and every domain stream");
         LandingConfig {
             stream,
             max_age,
             max_bytes,
             domains,
+            replicas,
         }
     }
 

@@ -48,6 +48,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
             "batch",
             "max_deliver",
             "landed_ttl",
+            "replicas",
         ],
     ),
     ("dead_letter", &["max_bytes", "max_entries"]),
@@ -104,6 +105,10 @@ pub(super) const INGRESS_MAX_DELIVER: u32 = 20;
 pub(super) const INGRESS_MAX_DELIVER_RANGE: RangeInclusive<i128> = 2..=1_000_000;
 /// `ingress.landed_ttl` default: as long as an ingress keeps unforwarded traffic.
 pub(super) const INGRESS_LANDED_TTL: Duration = INGRESS_MAX_AGE;
+/// `ingress.replicas` and `landing.replicas` default (one server) and bounds (JetStream
+/// keeps at most 5 copies of a stream).
+pub(super) const REPLICAS: usize = 1;
+pub(super) const REPLICAS_RANGE: RangeInclusive<i128> = 1..=5;
 pub(super) const DEAD_LETTER_MAX_BYTES: u64 = 64 * 1024 * 1024;
 pub(super) const DEAD_LETTER_MAX_ENTRIES: u64 = 100_000;
 
@@ -171,6 +176,6 @@ pub(super) const BRIDGE_DOWN_TIMEOUT: Duration = Duration::from_secs(5);
 // ---- [landing] ----------------------------------------------------------------------
 
 /// The keys of `[landing]`.
-const LANDING_KEYS: &[&str] = &["stream", "max_age", "max_bytes", "domains"];
+const LANDING_KEYS: &[&str] = &["stream", "max_age", "max_bytes", "domains", "replicas"];
 /// The keys of one `[[landing.domains]]` entry.
 pub(super) const LANDING_DOMAIN_KEYS: &[&str] = &["name", "subjects", "max_age", "max_bytes"];

@@ -32,6 +32,9 @@ enum OriginField {
 /// The agent's own events, and the payload fields in which they name their origin. Other
 /// node-naming fields are about someone else on purpose: `audit.rejected`'s `signer` is the
 /// refused message's, `audit.cap_token_issued`'s `node_id` the new token's holder.
+/// `audit.outbox_loss`'s `epoch` and `ranges` name numbers of its source's own order (the
+/// verified `source`); the `epoch` need not be the audit's own (an older epoch's salvaged
+/// events), so it is not checked against it: a node can only speak of its own order.
 const ORIGIN_FIELDS: &[(&str, &[(&str, OriginField)])] = &[
     (
         "edge.health",

@@ -1,5 +1,6 @@
 //! The federation's key-value buckets (`NEXUS_CHAINS`, `NEXUS_TRUST`): opened on a link, and
-//! created only by the tier that owns the server.
+//! created only by the tier that owns the server, whose ingress gives them its
+//! `ingress.replicas` ([`ensure_bucket`]).
 
 use async_nats::jetstream::kv;
 
@@ -21,4 +22,19 @@ pub async fn bucket(link: &Link, name: &str, create: bool) -> Result<kv::Store, 
             })
             .await?),
     }
+}
+
+/// Opens a key-value bucket of the federation on this tier's own server (`link`), creating
+/// it when it does not exist, kept by `replicas` servers of the cluster (`ingress.replicas`):
+/// an existing bucket (created by another path with one replica, or before the setting
+/// changed) is scaled to it.
+pub async fn ensure_bucket(link: &Link, name: &str, replicas: usize) -> Result<kv::Store, String> {
+    let config = kv::Config {
+        bucket: name.to_owned(),
+        history: 1,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    crate::replicas::ensure_bucket(link.jetstream(), config, "ingress.replicas").await
 }

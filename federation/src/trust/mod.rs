@@ -24,7 +24,8 @@
 //! - `registry`: the chains known by signer key (fetched from `NEXUS_CHAINS`, remembered,
 //!   replaced when rotated) and [`watch_registry`], which installs a rotated chain.
 //! - `own_chain`: this node's own chain ([`OwnChain`]): its grants, ancestors and ids.
-//! - `bucket`: opening (or creating) a key-value bucket of the federation ([`bucket()`]).
+//! - `bucket`: opening (or creating) a key-value bucket of the federation ([`bucket()`]),
+//!   with this tier's replicas on its own server ([`ensure_bucket`]).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -38,7 +39,7 @@ mod registry;
 mod tests;
 
 pub use admission::{Admitted, Gatekeeper};
-pub use bucket::bucket;
+pub use bucket::{bucket, ensure_bucket};
 pub use own_chain::OwnChain;
 pub use registry::watch_registry;
 
