@@ -50,3 +50,8 @@ deb *ARGS:
 # Binary sizes per target, a member's RSS idle and loaded, start-up time (docs/benchmarks.md).
 footprint:
     ./dev footprint
+
+# The durable path beside its anchors in one run (~2 min after the release build); writes
+# the dated table into docs/benchmarks.md (`just bench --smoke`: tiny counts, printed only).
+bench *ARGS:
+    ./dev bench {{ARGS}}

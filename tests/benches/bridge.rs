@@ -32,11 +32,12 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt as _;
+use nexus_e2e::bench::app::{drive, payload};
+use nexus_e2e::bench::stats::{ms, percentile as pct};
 use nexus_e2e::{fleet, wait_until, Fleet, NatsServer};
 use nexus_federation::command::{self, Issuer};
 use nexus_policies::SecretKey;
@@ -56,23 +57,6 @@ const DEADLINE: Duration = Duration::from_secs(300);
 
 fn durable_server() -> NatsServer {
     NatsServer::builder().sync_always().start()
-}
-
-fn payload(n: usize) -> bytes::Bytes {
-    format!(r#"{{"n": {n}, "booking_id": "b-{n}", "seats": 2, "note": "bench"}}"#).into()
-}
-
-/// Percentile of sorted durations.
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Receives until every `n` in `range` arrived; returns each one's arrival time by `n`.
@@ -97,40 +81,6 @@ fn receiver(
         }
         seen
     })
-}
-
-/// Sends the payloads of `range` with `send`, `in_flight` at a time, each group starting no
-/// sooner than `spacing` after the previous one; returns send times.
-async fn drive<F, Fut>(
-    range: Range<usize>,
-    in_flight: usize,
-    spacing: Duration,
-    send: F,
-) -> HashMap<usize, Instant>
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let sent = Arc::new(Mutex::new(HashMap::with_capacity(range.len())));
-    let indices: Vec<usize> = range.collect();
-    let mut pace = tokio::time::interval(spacing.max(Duration::from_nanos(1)));
-    for chunk in indices.chunks(in_flight) {
-        if !spacing.is_zero() {
-            pace.tick().await;
-        }
-        futures::future::join_all(chunk.iter().map(|&n| {
-            let sent = Arc::clone(&sent);
-            let future = send(n);
-            async move {
-                sent.lock().expect("lock").insert(n, Instant::now());
-                future.await;
-            }
-        }))
-        .await;
-    }
-    Arc::try_unwrap(sent)
-        .map(|m| m.into_inner().expect("lock"))
-        .unwrap_or_default()
 }
 
 fn report(
@@ -215,12 +165,7 @@ async fn main() {
 
 /// A local request of payload `n` through the member's bridge, answered once fsynced.
 async fn request(app: &async_nats::Client, n: usize) {
-    let answer = app
-        .request(format!("app.bench.n{}", n % 16), payload(n))
-        .await
-        .expect("the bridge answers");
-    let body: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap_or_default();
-    assert_eq!(body["ok"], true, "{body}");
+    nexus_e2e::bench::app::request(app, format!("app.bench.n{}", n % 16), n).await;
 }
 
 /// The backlog phase (module doc); its table row.

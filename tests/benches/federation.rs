@@ -18,78 +18,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use futures::StreamExt as _;
+use nexus_e2e::bench::events::{publish_batches, read_key, sign_events, SUBJECT};
+use nexus_e2e::landing::{landed_count, BATCH, LANDING};
 use nexus_e2e::{fleet, wait_until, Fleet, NatsServer};
 use nexus_federation::trust::{key_id, CHAINS_BUCKET};
-use nexus_federation::{subject, Encoding, Envelope, NatsProvenance as _, SignedEvent};
+use nexus_federation::{subject, SignedEvent};
 use nexus_policies::SecretKey;
 
 const EVENTS: usize = 5_000;
-const BATCH: usize = 256;
-const LANDING: &str = "NEXUS_EVENTS";
-const SUBJECT: &str = "nexus.salon-001.iot.bench";
 const SETUP: Duration = Duration::from_secs(30);
 const DEADLINE: Duration = Duration::from_secs(300);
 
 fn durable_server() -> NatsServer {
     NatsServer::builder().sync_always().start()
-}
-
-fn events(member: &SecretKey) -> Vec<SignedEvent> {
-    (0..EVENTS)
-        .map(|i| {
-            let mut payload = serde_json::Map::new();
-            payload.insert("n".into(), i.into());
-            payload.insert("celsius".into(), (20.0 + (i % 40) as f64 / 10.0).into());
-            let envelope = Envelope::new(
-                "iot.bench",
-                fleet::MEMBER,
-                Some(fleet::TENANT),
-                payload,
-                time::OffsetDateTime::now_utc(),
-            );
-            SignedEvent::seal(&envelope, Encoding::Json, member).expect("seal")
-        })
-        .collect()
-}
-
-/// Publishes every event to `to(event)` in batches of BATCH, each batch's PubAcks awaited
-/// together; panics on a failed publish (nothing fails on loopback).
-async fn publish(
-    js: &jetstream::Context,
-    events: &[SignedEvent],
-    to: impl Fn(&SignedEvent) -> String,
-) {
-    for chunk in events.chunks(BATCH) {
-        let mut acks = Vec::with_capacity(chunk.len());
-        for event in chunk {
-            let message = PublishMessage::build()
-                .payload(event.body.clone())
-                .headers(event.headers());
-            acks.push(js.send_publish(to(event), message).await.expect("publish"));
-        }
-        for ack in
-            futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
-                .await
-        {
-            ack.expect("PubAck");
-        }
-    }
-}
-
-async fn landed_count(root_js: &jetstream::Context) -> usize {
-    let Ok(stream) = root_js.get_stream(LANDING).await else {
-        return 0;
-    };
-    let Ok(subjects) = stream.info_with_subjects(SUBJECT).await else {
-        return 0;
-    };
-    subjects
-        .filter_map(|s| async move { s.ok() })
-        .fold(0, |sum, (_, n)| async move { sum + n })
-        .await
 }
 
 /// member → hub → root with the real agents; returns (events/s, seconds, acked-by-hub s).
@@ -123,7 +66,10 @@ async fn federation(
     let sender = {
         let (js, events) = (hub_js.clone(), Arc::clone(&events));
         tokio::spawn(async move {
-            publish(&js, &events, |e| subject::ingress_subject(&e.subject)).await;
+            publish_batches(&js, &events, BATCH, |e| {
+                subject::ingress_subject(&e.subject)
+            })
+            .await;
             Instant::now()
         })
     };
@@ -135,7 +81,7 @@ async fn federation(
             "only {landed} of {EVENTS} landed in {DEADLINE:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-        landed = landed_count(&root_js).await;
+        landed = landed_count(&root_js, SUBJECT).await;
     }
     let elapsed = start.elapsed().as_secs_f64();
     let acked_at = sender.await.expect("sender");
@@ -161,7 +107,7 @@ async fn raw(events: &[SignedEvent]) -> (f64, f64) {
     .await
     .expect("stream");
     let start = Instant::now();
-    publish(&js, events, |e| e.subject.to_string()).await;
+    publish_batches(&js, events, BATCH, |e| e.subject.to_string()).await;
     let elapsed = start.elapsed().as_secs_f64();
     (EVENTS as f64 / elapsed, elapsed)
 }
@@ -169,11 +115,8 @@ async fn raw(events: &[SignedEvent]) -> (f64, f64) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let fleet = Fleet::with_servers(durable_server(), durable_server(), NatsServer::start());
-    let member = SecretKey::parse(
-        &std::fs::read_to_string(&fleet.member_key.secret).expect("member key file"),
-    )
-    .expect("member key");
-    let events = Arc::new(events(&member));
+    let member = read_key(&fleet.member_key.secret);
+    let events = Arc::new(sign_events(&member, 0..EVENTS));
     let bytes: usize = events.iter().map(|e| e.body.len()).sum();
     println!(
         "{EVENTS} signed events ({} B each on average), batches of {BATCH} with pipelined \

@@ -25,13 +25,14 @@
 //!   a NATS subscriber on the root: the whole path a reading takes;
 //! - gateway → a NATS subscriber on the gateway's server.
 
-use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use nexus_config::{IotConfig, MetricRule, MqttProtocol, PayloadFormat, SensorRule};
+use nexus_e2e::bench::mqtt::{self, free_port};
+use nexus_e2e::bench::stats::MachineCpu;
 use nexus_e2e::{fleet, payload_json, Fleet, Mosquitto, NatsServer};
 use nexus_federation::Outbox;
 use nexus_federation::OutboxOptions;
@@ -45,99 +46,9 @@ const MESSAGES: usize = 20_000;
 const LATENCY_MESSAGES: usize = 3_000;
 const TOPIC: &str = "sensors/bench-01/temperature";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// The whole machine's CPU time from `/proc/stat` (every process: publisher, broker,
-/// bridge, servers), to put a figure on what each path costs per message.
-#[derive(Clone, Copy)]
-struct Cpu {
-    busy: u64,
-    total: u64,
-}
-
-impl Cpu {
-    fn now() -> Self {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let ticks: Vec<u64> = stat
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|t| t.parse().ok())
-            .collect();
-        // user nice system idle iowait irq softirq steal (guest is within user)
-        let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
-        let idle = at(3) + at(4);
-        let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
-        Self {
-            busy,
-            total: busy + idle,
-        }
-    }
-
-    /// "µs of CPU per message, busy cores" since `self`, for `messages` messages.
-    fn since(self, messages: u64) -> String {
-        let end = Self::now();
-        let busy = end.busy.saturating_sub(self.busy) as f64;
-        let total = end.total.saturating_sub(self.total).max(1) as f64;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        // /proc/stat counts in USER_HZ, 100 per second on Linux.
-        let micros = busy * 10_000.0 / messages.max(1) as f64;
-        format!("{micros:.0} | {:.2}", busy / total * cores)
-    }
-}
-
-/// Publishes MESSAGES at `qos` (inflight 100); resolves when every PUBACK arrived (QoS 1)
-/// or everything was written (QoS 0), with the time and the CPU counters at the first
-/// publish.
-async fn publish(port: u16, qos: QoS, client_id: &str) -> (Instant, Cpu) {
-    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
-    options.set_inflight(100);
-    let (client, mut eventloop) = AsyncClient::new(options, 1000);
-    // Connect first, so that connection setup is not timed.
-    loop {
-        if let Ok(Event::Incoming(Packet::ConnAck(_))) = eventloop.poll().await {
-            break;
-        }
-    }
-    let cpu = Cpu::now();
-    let start = Instant::now();
-    let publisher = tokio::spawn(async move {
-        for i in 0..MESSAGES {
-            let payload = format!("{}.5", i % 40);
-            client
-                .publish(TOPIC, qos, false, payload)
-                .await
-                .expect("publish");
-        }
-        client
-    });
-    let mut acked = 0;
-    let mut sent = 0;
-    while (qos == QoS::AtLeastOnce && acked < MESSAGES)
-        || (qos == QoS::AtMostOnce && sent < MESSAGES)
-    {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-            Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => sent += 1,
-            Ok(_) => {}
-            Err(e) => panic!("publisher: {e}"),
-        }
-    }
-    let client = publisher.await.expect("publisher");
-    let _ = client.disconnect().await;
-    for _ in 0..10 {
-        if eventloop.poll().await.is_err() {
-            break;
-        }
-    }
-    (start, cpu)
+/// Publishes MESSAGES on TOPIC at `qos` (see [`mqtt::publish`]).
+async fn publish(port: u16, qos: QoS, client_id: &str) -> (Instant, MachineCpu) {
+    mqtt::publish(port, qos, client_id, TOPIC, MESSAGES).await
 }
 
 /// The bridge's `[iot]` for a broker on `port`.
@@ -303,70 +214,16 @@ async fn mosquitto_ceiling(qos: u8) -> String {
     )
 }
 
+/// nats-server's MQTT listener → JetStream (see [`mqtt::gateway`]): `msg/s | CPU`.
 async fn gateway(qos: u8, sync_always: bool) -> String {
-    let mqtt_port = free_port();
-    let mut builder = NatsServer::builder()
-        .server_name("bench-gw")
-        .extra(&format!("mqtt {{ listen: 127.0.0.1:{mqtt_port} }}"));
-    if sync_always {
-        builder = builder.sync_always();
-    }
-    let server = builder.start();
-    let nats = Arc::new(server.client().await);
-    let mut sub = nats
-        .subscribe(TOPIC.replace('/', "."))
-        .await
-        .expect("subscribe");
-    nats.flush().await.expect("flush");
-    let counter = tokio::spawn(async move {
-        let mut n = 0;
-        while n < MESSAGES {
-            if tokio::time::timeout(Duration::from_secs(10), sub.next())
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-            {
-                break;
-            }
-            n += 1;
-        }
-        (n, Instant::now())
-    });
-    // A QoS 1 subscription makes the gateway store QoS 1 publishes in JetStream.
-    let mut options = MqttOptions::new("bench-gw-sub", "127.0.0.1", mqtt_port);
-    options.set_clean_session(false);
-    let (sub_client, mut sub_loop) = AsyncClient::new(options, 10);
-    sub_client
-        .subscribe(TOPIC, QoS::AtLeastOnce)
-        .await
-        .expect("mqtt subscribe");
-    loop {
-        if let Ok(Event::Incoming(Packet::SubAck(_))) = sub_loop.poll().await {
-            break;
-        }
-    }
-    drop(sub_loop); // disconnected: its messages are kept in its session (JetStream)
-    let (start, cpu) = publish(
-        mqtt_port,
-        if qos == 1 {
-            QoS::AtLeastOnce
-        } else {
-            QoS::AtMostOnce
-        },
-        "bench-gw-pub",
-    )
-    .await;
-    let (received, at) = if qos == 1 {
-        (MESSAGES, Instant::now())
+    let qos = if qos == 1 {
+        QoS::AtLeastOnce
     } else {
-        counter.await.expect("counter")
+        QoS::AtMostOnce
     };
-    let cpu = cpu.since(received as u64);
-    format!(
-        "{:.0} | {cpu}",
-        received as f64 / at.duration_since(start).as_secs_f64()
-    )
+    mqtt::gateway(qos, sync_always, TOPIC, MESSAGES)
+        .await
+        .to_string()
 }
 
 /// Publishes `count` messages at `rate` per second (TCP_NODELAY on), each payload its

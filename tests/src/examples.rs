@@ -55,8 +55,21 @@ impl ExampleFleet {
     /// sensors. Each node's overrides are also written as `NAME.env` (`export` lines) beside
     /// its config, for a person to run the CLI on it.
     pub async fn start() -> Self {
-        let durable = || NatsServer::builder().sync_always().start();
-        let fleet = Fleet::with_servers(durable(), durable(), NatsServer::start());
+        Self::start_with_servers(true).await
+    }
+
+    /// [`Self::start`] with the hub's and the root's nats-servers `durable`
+    /// (`sync_interval: always`, as shipped in config/nats/) or at nats-server's defaults
+    /// (PubAck before fsync; the benchmarks measure both).
+    pub async fn start_with_servers(durable: bool) -> Self {
+        let server = || {
+            if durable {
+                NatsServer::builder().sync_always().start()
+            } else {
+                NatsServer::start()
+            }
+        };
+        let fleet = Fleet::with_servers(server(), server(), NatsServer::start());
         let broker = Mosquitto::start();
         let spawn = |node: &str, mode: &str| {
             let text = std::fs::read_to_string(example(mode)).expect("the example config");

@@ -13,8 +13,11 @@
 //! alike; starting or stopping blocks the calling thread for at most a few seconds.
 //!
 //! # Layout
+//! - [`bench`]: the benchmarks' shared parts (signed events, publishers, MQTT, CPU, machine).
 //! - [`bins`]: finding nats-server, mosquitto and its clients, nexus-agent.
 //! - [`nats`]: [`NatsServer`], a JetStream-enabled nats-server on a port it chose.
+//! - [`cluster`]: [`NatsCluster`], JetStream servers routed into a cluster (a clustered
+//!   root); one can be SIGKILLed and restarted, a stream's leader found or stepped down.
 //! - [`mosquitto`]: [`Mosquitto`], a persistent mosquitto broker on a free port.
 //! - [`agent`]: [`AgentProcess`] (`nexus-agent run`) and [`keygen`].
 //! - [`examples`]: [`examples::ExampleFleet`], the fleet of `config/examples/*.toml` as shipped.
@@ -25,7 +28,9 @@
 //! - `process`: the owned-child plumbing all of them share (signals, bounded waits, logs).
 
 pub mod agent;
+pub mod bench;
 pub mod bins;
+pub mod cluster;
 pub mod examples;
 pub mod fleet;
 pub mod landing;
@@ -37,6 +42,7 @@ pub mod wait;
 
 pub use agent::{keygen, AgentProcess, Launch};
 pub use bins::{agent_bin, mosquitto_bin, mosquitto_client_bin, nats_server_bin, INSTALL_HINT};
+pub use cluster::NatsCluster;
 pub use fleet::{Fleet, NodeKey};
 pub use mosquitto::Mosquitto;
 pub use nats::{NatsServer, NatsServerBuilder};
