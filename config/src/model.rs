@@ -171,6 +171,17 @@ pub struct LinkConfig {
     pub request_timeout: Duration,
     /// `reconnect_max_delay`: the cap of the reconnect backoff. Default 10 s.
     pub reconnect_max_delay: Duration,
+    /// `jetstream_domain` (`[uplink]` only): the JetStream domain of the parent tier, when
+    /// `url` is this box's own nats-server, a leaf node of the parent's: every JetStream
+    /// request of the link (ingress publishes are plain subjects; stream info, key-value
+    /// buckets, consumers) goes to `$JS.{domain}.API` instead of the local server's own
+    /// JetStream. `None`: the server at `url` is the parent's (the direct topology).
+    pub jetstream_domain: Option<String>,
+    /// The prefix of the link's reply subjects (`_INBOX.{node.id}` with `jetstream_domain`,
+    /// so that the parent's leaf permissions can let this node's replies through and no
+    /// other inbox of the parent's account); `None`: the client's default `_INBOX`. Derived,
+    /// not a key.
+    pub inbox_prefix: Option<String>,
     /// `[uplink.tls]` / `[local.tls]`: `Some` exactly when TLS is required on this link:
     /// the section is present, or a URL of the list is `tls://` (then with the defaults:
     /// system roots, no client certificate). `None`: plain TCP unless the server demands
@@ -201,6 +212,12 @@ pub struct ClientCert {
 }
 
 impl LinkConfig {
+    /// The reply-subject prefix of a link to the parent through a leaf node of it: node
+    /// `node_id`'s own inboxes, `_INBOX.{node_id}`.
+    pub fn leaf_inbox_prefix(node_id: &str) -> String {
+        format!("_INBOX.{node_id}")
+    }
+
     /// Every URL of `url`, trimmed, in order: the servers the client may connect to (a
     /// client given one string would take the whole list for one URL). Validation refused
     /// empty entries.
@@ -221,6 +238,8 @@ impl std::fmt::Debug for LinkConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("jetstream_domain", &self.jetstream_domain)
+            .field("inbox_prefix", &self.inbox_prefix)
             .field("tls", &self.tls)
             .finish()
     }

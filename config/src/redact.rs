@@ -342,6 +342,15 @@ fn write_link(out: &mut String, name: &str, link: Option<&LinkConfig>) -> std::f
         "reconnect_max_delay = {}",
         duration(link.reconnect_max_delay)
     )?;
+    if let Some(domain) = &link.jetstream_domain {
+        writeln!(out, "jetstream_domain = {}", quote(domain))?;
+    }
+    if let Some(prefix) = &link.inbox_prefix {
+        writeln!(
+            out,
+            "# replies come back on {prefix}.> (allow it in the leaf's permissions)"
+        )?;
+    }
     let Some(tls) = &link.tls else {
         return writeln!(out, "# no TLS required on this link");
     };

@@ -1518,3 +1518,73 @@ fn bad_outbox_policies_and_bounds_are_refused() {
         Ok(())
     });
 }
+
+/// `[uplink] jetstream_domain` (a leaf-node site): loads, gives the uplink this node's own
+/// inbox prefix, is printed and loads back; absent, neither is set.
+#[test]
+fn an_uplink_jetstream_domain_loads_with_the_nodes_inbox_prefix() {
+    Jail::expect_with(|jail| {
+        let leaf = MEMBER.replace(
+            "url = \"nats://hub.example:4222\"\n",
+            "url = \"nats://127.0.0.1:4222\"\njetstream_domain = \"hub\"\n",
+        );
+        setup(jail, &leaf)?;
+        let config = load_ok();
+        let uplink = config.uplink.as_ref().expect("uplink");
+        assert_eq!(uplink.jetstream_domain.as_deref(), Some("hub"));
+        assert_eq!(uplink.inbox_prefix.as_deref(), Some("_INBOX.edge-01"));
+        let printed = config.redacted();
+        assert!(printed.contains("jetstream_domain = \"hub\""), "{printed}");
+        assert!(printed.contains("_INBOX.edge-01.>"), "{printed}");
+        jail.create_file("printed.toml", &printed)?;
+        let again = match load(Path::new("printed.toml")) {
+            Ok(config) => config,
+            Err(errors) => panic!("{errors}\n{printed}"),
+        };
+        assert_eq!(again.uplink, config.uplink);
+
+        jail.create_file("member.toml", MEMBER)?;
+        let uplink = load_ok().uplink.expect("uplink");
+        assert_eq!((uplink.jetstream_domain, uplink.inbox_prefix), (None, None));
+
+        // From the environment as well.
+        jail.set_env("NEXUS_UPLINK__JETSTREAM_DOMAIN", "hub-msk");
+        let uplink = load_ok().uplink.expect("uplink");
+        assert_eq!(uplink.jetstream_domain.as_deref(), Some("hub-msk"));
+        Ok(())
+    });
+}
+
+/// A domain that is not a JetStream name is refused naming the key; in `[local]` the key
+/// is refused with where it belongs.
+#[test]
+fn a_bad_or_misplaced_jetstream_domain_is_refused_naming_the_key() {
+    Jail::expect_with(|jail| {
+        for bad in ["", "hub.msk", "hub msk", "hub*", "hub>"] {
+            let config = format!("{MEMBER}jetstream_domain = \"{bad}\"\n");
+            setup(jail, &config)?;
+            let errors = load_err();
+            assert_eq!(errors.kinds(), vec![ErrorKind::InvalidValue], "{errors}");
+            let error = errors
+                .find("uplink.jetstream_domain")
+                .expect("the key is named");
+            assert!(error.message.contains("not a JetStream name"), "{errors}");
+            assert!(errors.to_string().contains("member.toml"), "{errors}");
+        }
+        setup(
+            jail,
+            &format!(
+                "{MEMBER}\n[local]\nurl = \"nats://127.0.0.1:4222\"\njetstream_domain = \"box\"\n"
+            ),
+        )?;
+        let errors = load_err();
+        let error = errors
+            .find("local.jetstream_domain")
+            .expect("the key is named");
+        assert!(
+            error.message.contains("applies to [uplink] only"),
+            "{errors}"
+        );
+        Ok(())
+    });
+}

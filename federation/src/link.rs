@@ -8,6 +8,9 @@
 //!
 //! TLS (`[uplink.tls]`, `tls://`) is required when configured, with a `rustls::ClientConfig`
 //! built by [`crate::tls`]; a link in clear to another machine is warned about once, at start.
+//!
+//! `[uplink] jetstream_domain` (a leaf-node site, docs/deploy-leaf-site.md): the link's
+//! JetStream context addresses the parent tier's domain through the local leaf server.
 
 use std::sync::{Arc, Mutex};
 
@@ -130,6 +133,18 @@ impl Link {
             Some(tls) => options.require_tls(true).tls_client_config(tls),
             None => options,
         };
+        let options = match &config.inbox_prefix {
+            Some(prefix) => options.custom_inbox_prefix(prefix),
+            None => options,
+        };
+        // async-nats ignores credentials in a URL: pass them on (docs/pitfalls.md, "async-nats").
+        let options = match url_credentials(&config.urls()) {
+            Some(UrlAuth::UserPassword(user, password)) => {
+                options.user_and_password(user, password)
+            }
+            Some(UrlAuth::Token(token)) => options.token(token),
+            None => options,
+        };
         // Every server of the list (a cluster): the client tries them in turn, at start and
         // on every reconnect, and learns the others a server announces.
         let client = options
@@ -140,7 +155,13 @@ impl Link {
                 url: url_for_log,
                 source,
             })?;
-        let mut jetstream = jetstream::new(client.clone());
+        // Through a leaf node (`jetstream_domain`), every JetStream request goes to the
+        // parent tier's domain, not to the local server's own JetStream; key-value puts too
+        // (`$JS.{domain}.API.$KV.…`, mapped back to `$KV.…` by the parent's server).
+        let mut jetstream = match &config.jetstream_domain {
+            Some(domain) => jetstream::with_domain(client.clone(), domain),
+            None => jetstream::new(client.clone()),
+        };
         jetstream.set_timeout(config.request_timeout);
         Ok(Self {
             role,
@@ -160,7 +181,9 @@ impl Link {
         &self.client
     }
 
-    /// The JetStream context (publish acks time out after the link's `request_timeout`).
+    /// The JetStream context (publish acks time out after the link's `request_timeout`): the
+    /// parent tier's domain when the link has a `jetstream_domain`, else the server's own.
+    /// Everything the agent does over JetStream on this link goes through it.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.jetstream
     }
@@ -184,6 +207,64 @@ impl Link {
             result = state.wait_for(|s| s.connected) => result.is_ok(),
         }
     }
+}
+
+/// Credentials embedded in a URL (`nats://user:password@host`, `nats://token@host`).
+#[derive(PartialEq)]
+enum UrlAuth {
+    UserPassword(String, String),
+    Token(String),
+}
+
+impl std::fmt::Debug for UrlAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UrlAuth::UserPassword(user, _) => write!(f, "UserPassword({user:?}, ***)"),
+            UrlAuth::Token(_) => f.write_str("Token(***)"),
+        }
+    }
+}
+
+/// The credentials of the first URL of the list that embeds any, percent-decoded: one set
+/// per link (the client authenticates to every server of the list with it).
+fn url_credentials(urls: &[&str]) -> Option<UrlAuth> {
+    urls.iter().find_map(|url| {
+        let rest = url.split_once("://")?.1;
+        let authority = rest.split('/').next().unwrap_or_default();
+        let (userinfo, _) = authority.rsplit_once('@')?;
+        match userinfo.split_once(':') {
+            Some((user, password)) => Some(UrlAuth::UserPassword(
+                percent_decode(user),
+                percent_decode(password),
+            )),
+            None if !userinfo.is_empty() => Some(UrlAuth::Token(percent_decode(userinfo))),
+            None => None,
+        }
+    })
+}
+
+/// `%XX` escapes decoded (what a URL's user info may hold); anything else kept as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// TLS as configured: the agent's own `rustls::ClientConfig` (see [`crate::tls`]), to be
@@ -310,5 +391,29 @@ fn on_event(
         }
         Event::LameDuckMode => info!(link = role, %url, "Server is entering lame duck mode."),
         Event::Draining | Event::Closed => debug!(link = role, %url, %event, "Link event."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_taken_from_the_first_url_that_embeds_them() {
+        assert_eq!(url_credentials(&["nats://127.0.0.1:4222"]), None);
+        assert_eq!(
+            url_credentials(&["nats://a:4222", "tls://hub-uplink:p%40ss:w@b:4222/x"]),
+            Some(UrlAuth::UserPassword(
+                "hub-uplink".to_owned(),
+                "p@ss:w".to_owned()
+            ))
+        );
+        assert_eq!(
+            url_credentials(&["nats://s3cr3t@a:4222"]),
+            Some(UrlAuth::Token("s3cr3t".to_owned()))
+        );
+        assert_eq!(url_credentials(&["nats://@a:4222"]), None);
+        assert_eq!(percent_decode("100%"), "100%");
+        assert!(!format!("{:?}", url_credentials(&["nats://u:hunter2@a"])).contains("hunter2"));
     }
 }

@@ -252,7 +252,8 @@ fn note_failure(log: &mut RateLimitedLog, kind: PublishErrorKind, error: &str) {
     if let Some(suppressed) = log.check(&cause, Instant::now()) {
         let hint = match kind {
             PublishErrorKind::StreamNotFound => {
-                "no ingress stream answers yet (is the next tier's agent running?)"
+                "no ingress stream answers yet (is the next tier's agent running? through a \
+                 leaf node: is its link to the next tier's server up?)"
             }
             PublishErrorKind::TimedOut => "the next tier did not acknowledge in time",
             _ => "publish failed",

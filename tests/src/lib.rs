@@ -23,6 +23,7 @@
 //! - [`examples`]: [`examples::ExampleFleet`], the fleet of `config/examples/*.toml` as shipped.
 //! - [`fleet`]: [`Fleet`], root + hub + member with keys and CLI-issued tokens.
 //! - [`landing`]: a member-like uplink into a hub's ingress; readers of the root's landing.
+//! - [`leaf`]: [`leaf::LeafSite`], a member's box server as a leaf node of the hub's.
 //! - [`proxy`]: [`Proxy`], a TCP proxy that can be frozen (a half-open link, lost acks).
 //! - [`wait`]: [`wait_until`], [`assert_eventually!`], [`collect_until`], [`payload_json`].
 //! - `process`: the owned-child plumbing all of them share (signals, bounded waits, logs).
@@ -34,6 +35,7 @@ pub mod cluster;
 pub mod examples;
 pub mod fleet;
 pub mod landing;
+pub mod leaf;
 pub mod mosquitto;
 pub mod nats;
 mod process;

@@ -15,6 +15,12 @@
 //! A server of a cluster ([`NatsServerBuilder::cluster`], assembled by
 //! [`crate::cluster::NatsCluster`]) picks its route port the same way; its routes are set
 //! by the cluster, and both ports are pinned for restarts.
+//!
+//! Leaf nodes: a server that accepts leaf connections ([`NatsServerBuilder::leafnode_listen`])
+//! picks its leafnode port the same way; the ports file does not list it, so it is read from
+//! the server's log line `Listening for leafnode connections on …` and pinned as well. A
+//! server that connects as a leaf ([`NatsServerBuilder::leaf_remote`]) lists its remotes in the
+//! same `leafnodes { }` block.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -42,6 +48,10 @@ pub struct NatsServerBuilder {
     extra: Vec<String>,
     server_name: Option<String>,
     cluster: Option<String>,
+    /// `Some(text inside `leafnodes { }` beside `listen`)` when the server accepts leaf
+    /// connections.
+    leafnode_listen: Option<String>,
+    leaf_remotes: Vec<String>,
 }
 
 impl Default for NatsServerBuilder {
@@ -52,6 +62,8 @@ impl Default for NatsServerBuilder {
             extra: Vec::new(),
             server_name: None,
             cluster: None,
+            leafnode_listen: None,
+            leaf_remotes: Vec::new(),
         }
     }
 }
@@ -90,6 +102,29 @@ impl NatsServerBuilder {
         self
     }
 
+    /// `jetstream { domain: … }`: the JetStream domain of this server (a leaf-node site keeps
+    /// each tier's streams in its own domain).
+    pub fn jetstream_domain(self, domain: &str) -> Self {
+        self.jetstream_option(&format!("domain: {domain}"))
+    }
+
+    /// Accepts leaf connections on a port of its own choosing (pinned for restarts, see
+    /// [`NatsServer::leafnode_port`]); `options` is the text inside the `leafnodes { }` block
+    /// beside `listen` (e.g. `no_advertise: true`), or empty. Leaf users with permissions
+    /// are users of the server's accounts ([`Self::extra`]): users of a
+    /// `leafnodes { authorization }` cannot have any.
+    pub fn leafnode_listen(mut self, options: &str) -> Self {
+        self.leafnode_listen = Some(options.to_owned());
+        self
+    }
+
+    /// Connects as a leaf node: `remote` is one entry of `leafnodes { remotes = [ … ] }`,
+    /// e.g. `{ url: "nats-leaf://user:pw@127.0.0.1:7422" }`.
+    pub fn leaf_remote(mut self, remote: &str) -> Self {
+        self.leaf_remotes.push(remote.to_owned());
+        self
+    }
+
     /// Appends top-level config text verbatim (after the generated lines).
     ///
     /// Do not add a second `jetstream { }` block here (it would replace the generated one and
@@ -118,6 +153,8 @@ pub struct NatsServer {
     cluster_port: AtomicU16,
     /// The route ports of the other members a cluster member connects to.
     routes: Mutex<Vec<u16>>,
+    /// The leafnode port of a server accepting leaf connections (0 until known, or none).
+    leafnode_port: AtomicU16,
     options: NatsServerBuilder,
     config_path: PathBuf,
     log_path: PathBuf,
@@ -161,6 +198,7 @@ impl NatsServer {
             port: AtomicU16::new(0),
             cluster_port: AtomicU16::new(0),
             routes: Mutex::new(Vec::new()),
+            leafnode_port: AtomicU16::new(0),
             config_path: dir.path().join("nats-server.conf"),
             log_path: dir.path().join("nats-server.log"),
             store_dir: dir.path().join("jetstream"),
@@ -187,6 +225,12 @@ impl NatsServer {
     /// The route port of a cluster member (the same across restarts); 0 when not clustered.
     pub fn cluster_port(&self) -> u16 {
         self.cluster_port.load(Ordering::SeqCst)
+    }
+
+    /// The port leaf nodes connect to (the same across restarts); 0 when the server does not
+    /// accept leaf connections.
+    pub fn leafnode_port(&self) -> u16 {
+        self.leafnode_port.load(Ordering::SeqCst)
     }
 
     /// The `server_name`, if set.
@@ -266,6 +310,7 @@ impl NatsServer {
             0 => "127.0.0.1:-1".to_owned(),
             port => format!("127.0.0.1:{port}"),
         };
+        let leaf_listen = listen(self.leafnode_port());
         let (cluster_listen, listen) = (listen(self.cluster_port()), listen(self.port()));
         let mut text = String::from("# Written by nexus-e2e for one test.\n");
         text.push_str(&format!("listen: \"{listen}\"\n"));
@@ -300,6 +345,19 @@ impl NatsServer {
             }
             text.push_str("}\n");
         }
+        if self.options.leafnode_listen.is_some() || !self.options.leaf_remotes.is_empty() {
+            text.push_str("leafnodes {\n");
+            if let Some(options) = &self.options.leafnode_listen {
+                text.push_str(&format!("  listen: \"{leaf_listen}\"\n{options}\n"));
+            }
+            if !self.options.leaf_remotes.is_empty() {
+                text.push_str(&format!(
+                    "  remotes = [\n{}\n  ]\n",
+                    self.options.leaf_remotes.join("\n")
+                ));
+            }
+            text.push_str("}\n");
+        }
         for extra in &self.options.extra {
             text.push_str(extra);
             text.push('\n');
@@ -311,7 +369,39 @@ impl NatsServer {
     fn spawn_and_wait(&self) {
         let pid = self.spawn();
         self.wait_listening(pid);
+        self.wait_leafnode_listening();
         self.wait_ready();
+    }
+
+    /// Waits (bounded) until a server accepting leaf connections says on which port, the
+    /// first time; pins it for restarts.
+    fn wait_leafnode_listening(&self) {
+        if self.options.leafnode_listen.is_none() || self.leafnode_port() != 0 {
+            return;
+        }
+        const LINE: &str = "Listening for leafnode connections on ";
+        let deadline = Instant::now() + NATS_START_DEADLINE;
+        loop {
+            self.check_alive();
+            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            let port = log.lines().find_map(|line| {
+                let (_, address) = line.split_once(LINE)?;
+                address.trim().rsplit(':').next()?.parse::<u16>().ok()
+            });
+            if let Some(port) = port {
+                self.leafnode_port.store(port, Ordering::SeqCst);
+                self.write_config();
+                return;
+            }
+            if Instant::now() >= deadline {
+                self.proc.kill();
+                panic!(
+                    "nats-server did not say its leafnode port within {NATS_START_DEADLINE:?}; log tail:\n{}",
+                    self.log_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Sets the route ports this cluster member connects to (written by the next

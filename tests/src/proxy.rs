@@ -50,6 +50,11 @@ impl Proxy {
         Self { port, frozen, task }
     }
 
+    /// The proxy's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `nats://127.0.0.1:{port}` of the proxy.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)

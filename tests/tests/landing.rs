@@ -199,6 +199,8 @@ mod landed_record {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
             reconnect_max_delay: Duration::from_millis(250),
+            jetstream_domain: None,
+            inbox_prefix: None,
             tls: None,
         };
         Link::connect("local", &config, "e2e-landed")

@@ -136,6 +136,8 @@ fn link_config(url: String, tls: Option<TlsConfig>) -> LinkConfig {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
         reconnect_max_delay: Duration::from_millis(250),
+        jetstream_domain: None,
+        inbox_prefix: None,
         tls,
     }
 }

@@ -677,6 +677,8 @@ async fn the_registry_watch_installs_chains_rotated_before_and_while_it_runs() {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
         reconnect_max_delay: Duration::from_millis(250),
+        jetstream_domain: None,
+        inbox_prefix: None,
         tls: None,
     };
     let link = nexus_federation::Link::connect("local", &config, "e2e-registry")

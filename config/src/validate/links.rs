@@ -24,6 +24,7 @@ impl Reader<'_> {
         let connect_timeout = self.duration(s, "connect_timeout", LINK_TIMEOUT);
         let request_timeout = self.duration(s, "request_timeout", LINK_TIMEOUT);
         let reconnect_max_delay = self.duration(s, "reconnect_max_delay", RECONNECT_MAX_DELAY);
+        let jetstream_domain = self.jetstream_domain(s);
         let tls_section = self.subtable(s, "tls", TLS_KEYS);
         let tls = self.tls(&tls_section);
         let url = url?;
@@ -40,8 +41,33 @@ impl Reader<'_> {
             connect_timeout,
             request_timeout,
             reconnect_max_delay,
+            jetstream_domain,
+            inbox_prefix: None,
             tls,
         })
+    }
+
+    /// `[uplink] jetstream_domain`, when set: a JetStream name (the parent tier's domain,
+    /// reached through this node's own leaf server). Refused in `[local]`, whose server's own
+    /// JetStream is always meant.
+    fn jetstream_domain(&mut self, s: &Section<'_>) -> Option<String> {
+        let got = self.optional_text(s, "jetstream_domain")?;
+        if s.name != "uplink" {
+            self.push(
+                ErrorKind::InvalidValue,
+                got.origin,
+                &got.path,
+                format!(
+                    "jetstream_domain applies to [uplink] only: [{}] is this node's own NATS, \
+                     whose own JetStream the agent uses; remove the key (when the uplink goes \
+                     through this server as a leaf node, set jetstream_domain under [uplink] \
+                     to the parent tier's domain)",
+                    s.name
+                ),
+            );
+            return None;
+        }
+        self.is_jetstream_name(&got).then_some(got.value)
     }
 
     /// `[uplink.tls]` / `[local.tls]`, when present: every file readable PEM, the client

@@ -55,7 +55,7 @@ use figment::value::{Dict, Value};
 use figment::Figment;
 
 use crate::error::{ConfigErrors, ErrorKind, Origin};
-use crate::model::{Config, Mode, NodeConfig};
+use crate::model::{Config, LinkConfig, Mode, NodeConfig};
 use crate::source;
 
 pub use preflight::read_capped;
@@ -134,6 +134,14 @@ impl Reader<'_> {
             }
             _ => self.link(&uplink_section),
         };
+        // Through a leaf node, replies come back on this node's own inboxes.
+        let uplink = uplink.map(|mut link| {
+            if link.jetstream_domain.is_some() {
+                let id = node.as_ref().and_then(|n| n.id.as_deref());
+                link.inbox_prefix = id.map(LinkConfig::leaf_inbox_prefix);
+            }
+            link
+        });
 
         let local_section = self.section(root, "local");
         if let Some(mode @ (Mode::Hub | Mode::Root)) = mode {

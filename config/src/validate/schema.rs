@@ -73,6 +73,7 @@ pub(super) const LINK_KEYS: &[&str] = &[
     "connect_timeout",
     "request_timeout",
     "reconnect_max_delay",
+    "jetstream_domain",
     "tls",
 ];
 /// The keys of `[uplink.tls]` and `[local.tls]`.
