@@ -55,3 +55,8 @@ footprint:
 # the dated table into docs/benchmarks.md (`just bench --smoke`: tiny counts, printed only).
 bench *ARGS:
     ./dev bench {{ARGS}}
+
+# A thousand members per hub: N = 100 and 1,000 simulated members against a real hub and root
+# (~5 min after the build); writes the dated table into docs/benchmarks.md.
+bench-members *ARGS:
+    ./dev bench-members {{ARGS}}

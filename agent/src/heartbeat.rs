@@ -143,10 +143,14 @@ impl Heartbeat {
             payload.insert("iot".into(), iot_json(iot));
         }
         if let Some(children) = &self.children {
-            let (online, offline) = children.census();
+            let census = children.census();
             payload.insert(
                 "children".into(),
-                json!({"online": online, "offline": offline}),
+                json!({
+                    "online": census.online,
+                    "offline": census.offline,
+                    "forgotten": census.forgotten,
+                }),
             );
         }
         payload.insert(
@@ -267,11 +271,30 @@ impl Host {
     }
 }
 
-/// The last heartbeat of every child, to tell online from silent ones.
+/// Most children watched: at the cap, the one silent longest is forgotten to make room (a
+/// fleet far larger than this is served by more hubs).
+const MAX_CHILDREN: usize = 100_000;
+/// A child silent for this many `offline_after`s, and at least [`FORGET_AFTER_MIN`], is
+/// gone: it is forgotten (counted in `forgotten`, no longer among the offline).
+const FORGET_AFTER_OFFLINES: u32 = 120;
+/// See [`FORGET_AFTER_OFFLINES`].
+const FORGET_AFTER_MIN: Duration = Duration::from_secs(3600);
+
+/// The last heartbeat of every child, by node id (a child that rotated its key is the same
+/// child), to tell online from silent ones; bounded, and forgetting children long gone.
 #[derive(Debug, Clone)]
 pub struct Children {
     offline_after: Duration,
-    seen: Arc<Mutex<HashMap<String, ChildState>>>,
+    forget_after: Duration,
+    capacity: usize,
+    watch: Arc<Mutex<Watch>>,
+}
+
+#[derive(Debug, Default)]
+struct Watch {
+    seen: HashMap<String, ChildState>,
+    /// Children forgotten since the start (gone, or pushed out at the cap).
+    forgotten: u64,
 }
 
 #[derive(Debug)]
@@ -280,73 +303,124 @@ struct ChildState {
     reported_offline: bool,
 }
 
+/// What the watch says about the children now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// Heard within `offline_after`.
+    pub online: usize,
+    /// Silent longer than that, not yet forgotten.
+    pub offline: usize,
+    /// Forgotten since the start: silent far longer, or pushed out at the cap.
+    pub forgotten: u64,
+}
+
 impl Children {
-    /// A watch that calls a child offline after `offline_after` of silence.
+    /// A watch that calls a child offline after `offline_after` of silence, and forgets it
+    /// after [`FORGET_AFTER_OFFLINES`] times that (at least [`FORGET_AFTER_MIN`]).
     pub fn new(offline_after: Duration) -> Self {
+        let forget_after = offline_after
+            .saturating_mul(FORGET_AFTER_OFFLINES)
+            .max(FORGET_AFTER_MIN);
+        Self::with_bounds(offline_after, forget_after, MAX_CHILDREN)
+    }
+
+    /// A watch with its bounds given: children forgotten after `forget_after` of silence,
+    /// at most `capacity` watched.
+    pub fn with_bounds(offline_after: Duration, forget_after: Duration, capacity: usize) -> Self {
         Self {
             offline_after,
-            seen: Arc::default(),
+            forget_after: forget_after.max(offline_after),
+            capacity: capacity.max(1),
+            watch: Arc::default(),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watch> {
+        self.watch.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records a verified heartbeat of `node_id`.
     pub fn heard(&self, node_id: &str, now: Instant) {
-        let Ok(mut seen) = self.seen.lock() else {
-            return;
-        };
-        match seen.get_mut(node_id) {
-            Some(state) => {
-                if state.reported_offline {
-                    info!(node_id, "Child is back online.");
-                }
-                state.last = now;
-                state.reported_offline = false;
+        let mut watch = self.lock();
+        if let Some(state) = watch.seen.get_mut(node_id) {
+            if state.reported_offline {
+                info!(node_id, "Child is back online.");
             }
-            None => {
-                // Bound the table: a fleet far larger than this is served by more hubs.
-                if seen.len() < 100_000 {
-                    info!(node_id, "Child seen for the first time.");
-                    seen.insert(
-                        node_id.to_owned(),
-                        ChildState {
-                            last: now,
-                            reported_offline: false,
-                        },
-                    );
-                }
+            state.last = now;
+            state.reported_offline = false;
+            return;
+        }
+        if watch.seen.len() >= self.capacity {
+            let silent = watch
+                .seen
+                .iter()
+                .min_by_key(|(_, state)| state.last)
+                .map(|(id, _)| id.clone());
+            if let Some(silent) = silent {
+                watch.seen.remove(&silent);
+                watch.forgotten += 1;
+                warn!(node_id = %silent, capacity = self.capacity, "Too many children to watch; forgetting the one silent longest.");
             }
         }
+        info!(node_id, "Child seen for the first time.");
+        watch.seen.insert(
+            node_id.to_owned(),
+            ChildState {
+                last: now,
+                reported_offline: false,
+            },
+        );
     }
 
-    /// Marks silent children offline (logging each once); returns (online, offline).
-    pub fn census_at(&self, now: Instant) -> (usize, usize) {
-        let Ok(mut seen) = self.seen.lock() else {
-            return (0, 0);
-        };
+    /// Marks silent children offline (logging each once) and forgets those silent for
+    /// `forget_after`; returns the census.
+    pub fn census_at(&self, now: Instant) -> Census {
+        let mut watch = self.lock();
         let mut online = 0;
         let mut offline = 0;
-        for (node_id, state) in seen.iter_mut() {
-            if now.duration_since(state.last) > self.offline_after {
+        let mut gone = 0;
+        watch.seen.retain(|node_id, state| {
+            let silent = now.saturating_duration_since(state.last);
+            if silent > self.forget_after {
+                gone += 1;
+                info!(node_id = %node_id, silent_secs = silent.as_secs(), "Child silent far longer than offline_after; forgotten.");
+                return false;
+            }
+            if silent > self.offline_after {
                 offline += 1;
                 if !state.reported_offline {
                     state.reported_offline = true;
-                    warn!(node_id = %node_id, silent_secs = now.duration_since(state.last).as_secs(), "Child went silent; reporting it offline.");
+                    warn!(node_id = %node_id, silent_secs = silent.as_secs(), "Child went silent; reporting it offline.");
                 }
             } else {
                 online += 1;
             }
+            true
+        });
+        watch.forgotten += gone;
+        Census {
+            online,
+            offline,
+            forgotten: watch.forgotten,
         }
-        (online, offline)
     }
 
-    /// Whether `node_id` is a child heard before, and if so whether it is online now.
+    /// Whether `node_id` is a child heard before (and not forgotten), and if so whether it
+    /// is online now.
     pub fn online(&self, node_id: &str) -> Option<bool> {
-        let seen = self.seen.lock().ok()?;
-        seen.get(node_id)
+        self.lock()
+            .seen
+            .get(node_id)
             .map(|state| state.last.elapsed() <= self.offline_after)
     }
 
-    fn census(&self) -> (usize, usize) {
+    /// How many children are watched.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().seen.len()
+    }
+
+    fn census(&self) -> Census {
         self.census_at(Instant::now())
     }
 }
@@ -451,12 +525,84 @@ mod tests {
     fn a_silent_child_is_offline_until_heard_again() {
         let children = Children::new(Duration::from_secs(30));
         let t0 = Instant::now();
+        let counts = |c: Census| (c.online, c.offline);
         children.heard("edge-01", t0);
         children.heard("edge-02", t0);
-        assert_eq!(children.census_at(t0 + Duration::from_secs(10)), (2, 0));
+        assert_eq!(
+            counts(children.census_at(t0 + Duration::from_secs(10))),
+            (2, 0)
+        );
         children.heard("edge-02", t0 + Duration::from_secs(20));
-        assert_eq!(children.census_at(t0 + Duration::from_secs(31)), (1, 1));
+        assert_eq!(
+            counts(children.census_at(t0 + Duration::from_secs(31))),
+            (1, 1)
+        );
         children.heard("edge-01", t0 + Duration::from_secs(40));
-        assert_eq!(children.census_at(t0 + Duration::from_secs(41)), (2, 0));
+        assert_eq!(
+            counts(children.census_at(t0 + Duration::from_secs(41))),
+            (2, 0)
+        );
+    }
+
+    /// A child silent far longer than `offline_after` is gone: forgotten, counted as such,
+    /// and watched afresh if it ever comes back.
+    #[test]
+    fn a_child_silent_far_longer_than_offline_after_is_forgotten() {
+        let offline_after = Duration::from_secs(30);
+        let children = Children::new(offline_after);
+        let forget_after = FORGET_AFTER_MIN.max(offline_after * FORGET_AFTER_OFFLINES);
+        let t0 = Instant::now();
+        children.heard("edge-01", t0);
+        children.heard("edge-02", t0);
+        let mut now = t0;
+        // edge-02 keeps heartbeating; edge-01 stopped.
+        while now < t0 + forget_after {
+            now += Duration::from_secs(10);
+            children.heard("edge-02", now);
+            let census = children.census_at(now);
+            let silent_one = usize::from(now <= t0 + offline_after);
+            assert_eq!(census.online, 1 + silent_one);
+            assert_eq!(census.offline + census.online, 2, "offline until forgotten");
+        }
+        now += Duration::from_secs(10);
+        children.heard("edge-02", now);
+        let census = children.census_at(now);
+        assert_eq!((census.online, census.offline, census.forgotten), (1, 0, 1));
+        assert_eq!(children.online("edge-01"), None);
+        assert_eq!(children.len(), 1);
+        children.heard("edge-01", now);
+        let census = children.census_at(now);
+        assert_eq!((census.online, census.offline, census.forgotten), (2, 0, 1));
+    }
+
+    /// At the cap, a new child takes the place of the one silent longest.
+    #[test]
+    fn at_the_cap_the_child_silent_longest_makes_room() {
+        let children = Children::with_bounds(Duration::from_secs(30), Duration::from_secs(3600), 2);
+        let t0 = Instant::now();
+        children.heard("edge-01", t0);
+        children.heard("edge-02", t0 + Duration::from_secs(1));
+        children.heard("edge-01", t0 + Duration::from_secs(2));
+        children.heard("edge-03", t0 + Duration::from_secs(3));
+        assert_eq!(children.len(), 2);
+        assert_eq!(children.online("edge-02"), None, "silent longest");
+        assert!(children.online("edge-01").is_some());
+        assert!(children.online("edge-03").is_some());
+        assert_eq!(children.census_at(t0 + Duration::from_secs(4)).forgotten, 1);
+    }
+
+    /// The watch is keyed by node id: a child that rotated its key is the same child.
+    #[test]
+    fn a_child_back_with_a_rotated_key_is_the_same_child() {
+        let children = Children::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        children.heard("edge-01", t0);
+        let census = children.census_at(t0 + Duration::from_secs(60));
+        assert_eq!((census.online, census.offline), (0, 1));
+        // Heartbeats under the new key name the same node (the observer is given `source`).
+        children.heard("edge-01", t0 + Duration::from_secs(61));
+        let census = children.census_at(t0 + Duration::from_secs(62));
+        assert_eq!((census.online, census.offline), (1, 0));
+        assert_eq!(children.len(), 1);
     }
 }

@@ -454,15 +454,25 @@ impl Ingress {
     }
 
     /// Opens every message of a batch: strips the ingress prefix, then verifies the
-    /// signatures together on blocking threads, one share of the batch per core.
+    /// signatures together on blocking threads, one share of the batch per core (a batch
+    /// of at most [`INLINE_OPEN`] here).
     async fn open(&self, batch: &[Message]) -> Vec<Result<(SignedEvent, Envelope), VerifyError>> {
         let items: Vec<(String, Option<HeaderMap>, Bytes)> = batch
             .iter()
             .map(|m| (m.subject.to_string(), m.headers.clone(), m.payload.clone()))
             .collect();
-        let shares = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .clamp(1, 8);
+        // A few messages (a quiet fleet's heartbeats) are verified here: handing them to a
+        // blocking thread costs more than the check itself.
+        if items.len() <= INLINE_OPEN {
+            return open_share(items, self.max_body);
+        }
+        // Looked up once: on Linux it reads the cgroup files each time.
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let shares = *CORES.get_or_init(|| {
+            std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .clamp(1, 8)
+        });
         // Below this many per share, one thread is faster than handing work out.
         let per_share = items.len().div_ceil(shares).max(64);
         let max_body = self.max_body;
@@ -668,6 +678,9 @@ impl Ingress {
 
 /// Batches forwarded and awaiting their PubAcks while the next one is verified and sent.
 const IN_FLIGHT: usize = 4;
+
+/// Batches this small are verified on the pump's task (about 50 µs per message).
+const INLINE_OPEN: usize = 4;
 
 type PublishResult = Result<PublishAckFuture, PublishError>;
 

@@ -13,7 +13,8 @@
 //! alike; starting or stopping blocks the calling thread for at most a few seconds.
 //!
 //! # Layout
-//! - [`bench`]: the benchmarks' shared parts (signed events, publishers, MQTT, CPU, machine).
+//! - [`bench`]: the benchmarks' shared parts (signed events, publishers, MQTT, CPU, machine,
+//!   simulated members).
 //! - [`bins`]: finding nats-server, mosquitto and its clients, nexus-agent.
 //! - [`nats`]: [`NatsServer`], a JetStream-enabled nats-server on a port it chose.
 //! - [`cluster`]: [`NatsCluster`], JetStream servers routed into a cluster (a clustered

@@ -2,7 +2,6 @@
 //! chain, its grants, the origin its payload names and the local ACL ([`Gatekeeper`]).
 //! The chains themselves are found and kept by the registry (`super::registry`).
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -11,7 +10,7 @@ use async_nats::jetstream::kv;
 use nexus_policies::token::{Chain, ChainCache, RevocationSet, VerifiedGrant, Verifier};
 use nexus_policies::{Acl, Action, PublicKey, UnixTime};
 
-use super::registry::KnownChain;
+use super::registry::{KnownChains, CHAIN_IDLE, MAX_KNOWN_CHAINS};
 use crate::clock::TrustClock;
 use crate::envelope::Envelope;
 use crate::provenance::SignedEvent;
@@ -124,9 +123,9 @@ pub enum Admitted {
 #[derive(Debug)]
 pub struct Gatekeeper {
     verifier: RwLock<Verifier>,
-    cache: Mutex<ChainCache>,
+    pub(super) cache: Mutex<ChainCache>,
     /// Chains by signer key, as fetched from the registry (raw bytes kept for forwarding).
-    pub(super) chains: Mutex<HashMap<[u8; 32], KnownChain>>,
+    pub(super) chains: Mutex<KnownChains>,
     /// How many registry changes the watcher has seen (chains installed, entries passed
     /// over, watches begun): a fetch that began before one of them may hold a chain the
     /// registry no longer has, and is used for its message but not relied on after.
@@ -150,8 +149,14 @@ impl Gatekeeper {
         verifier.revoked = revoked;
         Self {
             verifier: RwLock::new(verifier),
-            cache: Mutex::new(ChainCache::default()),
-            chains: Mutex::new(HashMap::new()),
+            // Room for every chain remembered, so that a large fleet's chains are verified
+            // once each, not again whenever the cache would have pushed them out.
+            cache: Mutex::new(ChainCache::new(MAX_KNOWN_CHAINS)),
+            chains: Mutex::new(KnownChains::new(
+                MAX_KNOWN_CHAINS,
+                CHAIN_IDLE,
+                std::time::Instant::now(),
+            )),
             changes: AtomicU64::new(0),
             acl,
             clock,
@@ -347,6 +352,17 @@ impl Gatekeeper {
         cache
             .verify(&verifier, chain, now)
             .map_err(|e| Rejection::from(&e))
+    }
+
+    /// Drops the verifications of chains no longer remembered (forgotten or replaced).
+    pub(super) fn forget_verified(&self, chains: &[Arc<Chain>]) {
+        if chains.is_empty() {
+            return;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        for chain in chains {
+            cache.forget(chain);
+        }
     }
 
     fn is_anchor(&self, key: &PublicKey) -> bool {

@@ -41,7 +41,9 @@ mod tests;
 pub use admission::{Admitted, Gatekeeper};
 pub use bucket::{bucket, ensure_bucket};
 pub use own_chain::OwnChain;
-pub use registry::watch_registry;
+pub use registry::{
+    watch_registry, KnownChains, CHAIN_IDLE, MAX_KNOWN_CHAINS, PURGE_EXPIRED_AFTER,
+};
 
 /// The key-value bucket where nodes present their token chains to the tier above.
 pub const CHAINS_BUCKET: &str = "NEXUS_CHAINS";

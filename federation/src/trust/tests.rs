@@ -347,3 +347,147 @@ fn a_fetch_overlapping_a_registry_change_never_leaves_an_old_chain_cached() {
         "still presented upward with the message it admitted"
     );
 }
+
+/// A member chain issued by `root` for `member` (token id `id`), and its bytes.
+fn member_chain(root: &SecretKey, member: &SecretKey, id: u8) -> (Arc<Chain>, Bytes) {
+    let leaf = token(
+        id,
+        root,
+        None,
+        "edge-01",
+        member,
+        None,
+        Role::Member,
+        &[">"],
+    );
+    let chain = Chain::new(vec![leaf]).expect("chain");
+    let bytes = Bytes::from(chain.encode());
+    (Arc::new(chain), bytes)
+}
+
+#[test]
+fn known_chains_forget_the_least_recently_used_at_the_cap() {
+    let root = key(1);
+    let t0 = std::time::Instant::now();
+    let mut known = registry::KnownChains::new(2, Duration::from_secs(3600), t0);
+    let (a, b, c) = ([1; 32], [2; 32], [3; 32]);
+    let chain = |n| member_chain(&root, &key(n), n);
+    let at = |s| t0 + Duration::from_secs(s);
+    let (chain_a, bytes_a) = chain(10);
+    assert!(known
+        .insert(a, chain_a, bytes_a, None, true, at(1))
+        .is_empty());
+    let (chain_b, bytes_b) = chain(11);
+    assert!(known
+        .insert(b, chain_b, bytes_b, None, true, at(2))
+        .is_empty());
+    // `a` is used again: `b` is now the least recently used.
+    assert!(known.used(&a, at(3)).is_some());
+    let (chain_c, bytes_c) = chain(12);
+    let forgotten = known.insert(c, chain_c, bytes_c, None, true, at(4));
+    assert_eq!(forgotten.len(), 1, "one chain makes room");
+    assert_eq!(forgotten[0].leaf().id(), TokenId([11; 16]));
+    assert_eq!(known.len(), 2);
+    assert!(known.peek(&a).is_some() && known.peek(&c).is_some());
+    assert!(known.peek(&b).is_none());
+    assert!(known.bytes() > 0);
+}
+
+#[test]
+fn a_chain_unused_for_the_idle_time_is_forgotten_and_a_used_one_kept() {
+    let root = key(1);
+    let idle = Duration::from_secs(3600);
+    let t0 = std::time::Instant::now();
+    let mut known = registry::KnownChains::new(16, idle, t0);
+    let (gone, live) = ([1; 32], [2; 32]);
+    let (chain, bytes) = member_chain(&root, &key(10), 10);
+    known.insert(gone, chain, bytes, None, true, t0);
+    let (chain, bytes) = member_chain(&root, &key(11), 11);
+    known.insert(live, chain, bytes, None, true, t0);
+    // The live node uses its chain at every heartbeat; the other is silent.
+    let mut now = t0;
+    let mut forgotten_at = None;
+    while now < t0 + idle + Duration::from_secs(120) {
+        now += Duration::from_secs(10);
+        known.used(&live, now);
+        let forgotten = known.expire(now);
+        if !forgotten.is_empty() {
+            assert_eq!(forgotten.len(), 1);
+            assert_eq!(forgotten[0].leaf().id(), TokenId([10; 16]));
+            assert!(forgotten_at.is_none(), "forgotten once");
+            forgotten_at = Some(now);
+        }
+    }
+    let at = forgotten_at.expect("the silent one is forgotten");
+    assert!(at >= t0 + idle && at <= t0 + idle + Duration::from_secs(70));
+    assert!(known.peek(&gone).is_none());
+    assert!(known.peek(&live).is_some());
+    assert!(
+        known.expire(now + Duration::from_secs(1)).is_empty(),
+        "looked through at most once per sweep period"
+    );
+}
+
+/// A member that comes back with a rotated key presents a new chain under its new key: it
+/// is admitted with it, and the chain of the old key is forgotten once idle, its verified
+/// grant with it.
+#[tokio::test]
+async fn a_member_back_with_a_rotated_key_is_admitted_and_its_old_chain_expires() {
+    let (root, old_key, new_key) = (key(1), key(3), key(4));
+    let gatekeeper = gatekeeper(&root);
+    let event = |signer: &SecretKey| {
+        let envelope = Envelope::new(
+            "iot.reading",
+            "edge-01",
+            None,
+            serde_json::Map::new(),
+            OffsetDateTime::now_utc(),
+        );
+        let sealed = SignedEvent::seal(&envelope, crate::Encoding::Json, signer).expect("seal");
+        (sealed, envelope)
+    };
+    for (signer, id) in [(&old_key, 10), (&new_key, 11)] {
+        let (chain, bytes) = member_chain(&root, signer, id);
+        let began = gatekeeper.changes.load(Ordering::Acquire);
+        gatekeeper.remember(signer.public().to_bytes(), chain, bytes, began);
+        let (sealed, envelope) = event(signer);
+        assert!(
+            gatekeeper.admit(&sealed, &envelope, None).await.is_ok(),
+            "admitted with the chain of its key"
+        );
+    }
+    assert_eq!(gatekeeper.known_chains().0, 2);
+    let (old_chain, _) = member_chain(&root, &old_key, 10);
+    assert!(gatekeeper.cache.lock().expect("cache").contains(&old_chain));
+    // Much later, only the new key is in use.
+    let later = std::time::Instant::now() + registry::CHAIN_IDLE + Duration::from_secs(60);
+    let forgotten = {
+        let mut chains = gatekeeper.chains.lock().expect("chains");
+        chains.used(&new_key.public().to_bytes(), later);
+        chains.expire(later)
+    };
+    gatekeeper.forget_verified(&forgotten);
+    assert_eq!(gatekeeper.known_chains().0, 1);
+    assert!(gatekeeper.chain_bytes(&old_key.public()).is_none());
+    assert!(gatekeeper.chain_bytes(&new_key.public()).is_some());
+    assert!(!gatekeeper.cache.lock().expect("cache").contains(&old_chain));
+}
+
+/// A chain in the registry is removed once a token of it expired a day ago, not before.
+#[test]
+fn only_a_chain_expired_long_ago_is_removed_from_the_registry() {
+    let (root, member) = (key(1), key(3));
+    let (chain, _) = member_chain(&root, &member, 10);
+    let expires = chain.leaf().claims().expires.0;
+    let day = i64::try_from(registry::PURGE_EXPIRED_AFTER.as_secs()).expect("secs");
+    assert!(!registry::long_expired(&chain, expires - 1), "still valid");
+    assert!(
+        !registry::long_expired(&chain, expires + 3600),
+        "expired an hour ago"
+    );
+    assert!(
+        !registry::long_expired(&chain, expires + day),
+        "expired a day ago exactly"
+    );
+    assert!(registry::long_expired(&chain, expires + day + 1));
+}

@@ -115,6 +115,11 @@ impl ChainCache {
         before - self.entries.len()
     }
 
+    /// Forgets `chain` (its node is gone, or it was replaced); whether it was remembered.
+    pub fn forget(&mut self, chain: &Chain) -> bool {
+        self.entries.remove(&chain.key()).is_some()
+    }
+
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.entries.clear();
