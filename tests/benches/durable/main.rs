@@ -1,7 +1,9 @@
 //! `./dev bench`: the durable path side by side with its anchors, in one run, written as a
 //! dated table into docs/benchmarks.md ("The durable path, side by side").
 //!
-//! `durable [--smoke] [--write FILE] [--out FILE]` (cargo bench passes `--bench`, ignored).
+//! `durable [--smoke] [--only TEXT] [--write FILE] [--out FILE]` (cargo bench passes
+//! `--bench`, ignored). `--only` runs the sections whose name contains TEXT (to profile one,
+//! docs/benchmarks.md); it cannot be combined with `--write`.
 //! `--write` replaces the block between `<!-- bench:begin -->` and `<!-- bench:end -->` of
 //! FILE, and only when every section succeeded; `--out` writes the block alone to FILE.
 //! The block is always printed. `--smoke` runs every section with tiny counts (what
@@ -130,6 +132,7 @@ const SMOKE: Sizes = Sizes {
 #[derive(Debug, Default)]
 struct Args {
     smoke: bool,
+    only: Option<String>,
     write: Option<PathBuf>,
     out: Option<PathBuf>,
 }
@@ -141,6 +144,7 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--smoke" => args.smoke = true,
             "--bench" => {}
+            "--only" => args.only = Some(it.next().ok_or("--only needs a text")?),
             "--write" | "--out" => {
                 let path = it.next().ok_or(format!("{arg} needs a file"))?;
                 let slot = if arg == "--write" {
@@ -152,6 +156,9 @@ fn parse_args() -> Result<Args, String> {
             }
             other => return Err(format!("unknown argument `{other}`")),
         }
+    }
+    if args.only.is_some() && args.write.is_some() {
+        return Err("--only runs part of the table: use --out, not --write".to_owned());
     }
     Ok(args)
 }
@@ -459,6 +466,8 @@ async fn app_to_root(n: usize) -> (f64, f64) {
 /// Every figure of the run, by key; a section that failed leaves its keys out.
 #[derive(Debug, Default)]
 struct Figures {
+    /// `--only`: the sections to run (a part of the name); `None` runs all.
+    only: Option<String>,
     values: HashMap<String, f64>,
     tiers: HashMap<String, Tiers>,
     failed: Vec<String>,
@@ -473,6 +482,13 @@ impl Figures {
 /// Runs one section, catching a panic so that it fails that section only (unwinding drops,
 /// i.e. stops, its servers and agents) and the run goes on.
 async fn section<T>(figures: &mut Figures, name: &str, work: impl Future<Output = T>) -> Option<T> {
+    if figures
+        .only
+        .as_ref()
+        .is_some_and(|only| !name.contains(only.as_str()))
+    {
+        return None;
+    }
     eprintln!("==> {name}");
     let start = Instant::now();
     match std::panic::AssertUnwindSafe(work).catch_unwind().await {
@@ -498,7 +514,7 @@ async fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {
-            eprintln!("durable: {message}\nusage: durable [--smoke] [--write FILE] [--out FILE]");
+            eprintln!("durable: {message}\nusage: durable [--smoke] [--only TEXT] [--write FILE] [--out FILE]");
             return ExitCode::from(2);
         }
     };
@@ -511,7 +527,10 @@ async fn main() -> ExitCode {
     let idle_load = before.since(1).busy_cores;
     let started = time::OffsetDateTime::now_utc();
     let clock = Instant::now();
-    let mut fig = Figures::default();
+    let mut fig = Figures {
+        only: args.only.clone(),
+        ..Figures::default()
+    };
 
     let key = nexus_policies::SecretKey::from_seed(&[7; 32]).expect("key");
     let signed = Arc::new(sign_events(

@@ -22,8 +22,9 @@ fn thousands(value: f64) -> String {
     out
 }
 
+/// A section that failed, or that `--only` left out, has no figure.
 fn figure(value: Option<f64>) -> String {
-    value.map_or_else(|| "failed".to_owned(), thousands)
+    value.map_or_else(|| "–".to_owned(), thousands)
 }
 
 fn ratio(value: Option<f64>, anchor: Option<f64>) -> Option<f64> {
