@@ -8,6 +8,9 @@
 //! Weak (small-order) public keys are refused wherever a key is parsed, and signatures are
 //! checked with `verify_strict` only.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
@@ -48,12 +51,22 @@ impl PublicKey {
     }
 
     /// Builds a key from its 32 raw bytes, refusing weak keys.
+    ///
+    /// Decompressing the point costs about as much as a third of a signature check, and a
+    /// tier parses the signer of every event it receives, mostly the same few keys: keys
+    /// already parsed come from [`KeyMemo`].
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
+        let memo = KeyMemo::shared();
+        if let Some(key) = memo.get(bytes) {
+            return Ok(key);
+        }
         let key = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::InvalidPoint)?;
         if key.is_weak() {
             return Err(KeyError::Weak);
         }
-        Ok(Self(key))
+        let key = Self(key);
+        memo.put(*bytes, key);
+        Ok(key)
     }
 
     /// The 32 raw bytes.
@@ -66,6 +79,66 @@ impl PublicKey {
         self.0
             .verify_strict(message, &signature.0)
             .map_err(|_| KeyError::BadSignature)
+    }
+}
+
+/// The keys parsed lately, by their bytes: two generations of at most
+/// [`KeyMemo::GENERATION`] keys each (about 200 bytes a key, so at most ~1.6 MiB). A key is
+/// looked up in the current generation, then in the previous one (and moved up); when the
+/// current one is full it becomes the previous one. Only keys that parsed are remembered,
+/// and a key's parse depends on its bytes alone, so a remembered key is what parsing again
+/// would give.
+struct KeyMemo {
+    generation: usize,
+    generations: Mutex<[HashMap<[u8; 32], PublicKey>; 2]>,
+}
+
+impl KeyMemo {
+    const GENERATION: usize = 4_096;
+
+    fn new(generation: usize) -> Self {
+        Self {
+            generation,
+            generations: Mutex::new([HashMap::new(), HashMap::new()]),
+        }
+    }
+
+    fn shared() -> &'static Self {
+        static MEMO: OnceLock<KeyMemo> = OnceLock::new();
+        MEMO.get_or_init(|| Self::new(Self::GENERATION))
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let generations = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        generations[0].len() + generations[1].len()
+    }
+
+    fn get(&self, bytes: &[u8; 32]) -> Option<PublicKey> {
+        let mut generations = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = generations[0].get(bytes) {
+            return Some(*key);
+        }
+        let key = generations[1].remove(bytes)?;
+        self.insert(&mut generations, *bytes, key);
+        Some(key)
+    }
+
+    fn put(&self, bytes: [u8; 32], key: PublicKey) {
+        let mut generations = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        self.insert(&mut generations, bytes, key);
+    }
+
+    fn insert(
+        &self,
+        generations: &mut [HashMap<[u8; 32], PublicKey>; 2],
+        bytes: [u8; 32],
+        key: PublicKey,
+    ) {
+        if generations[0].len() >= self.generation {
+            generations[1] = std::mem::take(&mut generations[0]);
+        }
+        generations[0].insert(bytes, key);
     }
 }
 
@@ -288,6 +361,47 @@ mod tests {
         assert_eq!(PublicKey::from_bytes(&identity), Err(KeyError::Weak));
         let text = format!("ed25519:{}", URL_SAFE_NO_PAD.encode(identity));
         assert_eq!(PublicKey::parse(&text), Err(KeyError::Weak));
+    }
+
+    #[test]
+    fn a_remembered_key_is_the_parsed_one_and_a_refused_one_is_refused_every_time() {
+        let public = key(9).public();
+        let first = PublicKey::from_bytes(&public.to_bytes()).expect("strong key");
+        let again = PublicKey::from_bytes(&public.to_bytes()).expect("remembered");
+        assert_eq!(first, public);
+        assert_eq!(again, public);
+        assert!(KeyMemo::shared().get(&public.to_bytes()).is_some());
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        for _ in 0..2 {
+            assert_eq!(PublicKey::from_bytes(&identity), Err(KeyError::Weak));
+        }
+        assert!(KeyMemo::shared().get(&identity).is_none());
+    }
+
+    #[test]
+    fn the_key_memo_keeps_at_most_two_generations_and_moves_a_used_key_up() {
+        let memo = KeyMemo::new(4);
+        let keys: Vec<PublicKey> = (1..=10).map(|n| key(n).public()).collect();
+        for k in &keys[..4] {
+            memo.put(k.to_bytes(), *k);
+        }
+        // The fifth key starts a generation: the first four become the previous one.
+        memo.put(keys[4].to_bytes(), keys[4]);
+        assert_eq!(memo.len(), 5);
+        // Using key 0 moves it into the current generation, so it outlives the next turn.
+        assert_eq!(memo.get(&keys[0].to_bytes()), Some(keys[0]));
+        for k in &keys[5..8] {
+            memo.put(k.to_bytes(), *k);
+        }
+        // Current {4, 0, 5, 6} was full when 7 came: it became the previous one.
+        assert!(memo.len() <= 8);
+        assert_eq!(memo.get(&keys[0].to_bytes()), Some(keys[0]));
+        assert_eq!(memo.get(&keys[1].to_bytes()), None);
+        for k in &keys {
+            memo.put(k.to_bytes(), *k);
+            assert!(memo.len() <= 8);
+        }
     }
 
     #[test]

@@ -150,6 +150,8 @@ impl Token {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
     tokens: Vec<Token>,
+    /// [`Self::key`], computed once: a tier checks it for every event the chain signs.
+    key: ChainKey,
 }
 
 /// A fingerprint of a chain's exact bytes (SHA-256), the key of the verification cache.
@@ -168,7 +170,8 @@ impl Chain {
                 max: MAX_CHAIN_DEPTH,
             });
         }
-        Ok(Self { tokens })
+        let key = Self::fingerprint(&tokens);
+        Ok(Self { tokens, key })
     }
 
     /// The tokens, leaf first.
@@ -207,8 +210,12 @@ impl Chain {
     /// SHA-256 over each token's claims length (u32 big-endian), claims bytes and
     /// signature, leaf first: equal keys mean byte-identical chains.
     pub fn key(&self) -> ChainKey {
+        self.key
+    }
+
+    fn fingerprint(tokens: &[Token]) -> ChainKey {
         let mut h = Sha256::new();
-        for t in &self.tokens {
+        for t in tokens {
             let len = u32::try_from(t.claims_bytes.len()).unwrap_or(u32::MAX);
             h.update(len.to_be_bytes());
             h.update(&t.claims_bytes);

@@ -5,11 +5,13 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
+use nexus_federation::envelope::Sequence;
 use nexus_federation::{Encoding, Envelope, NatsProvenance as _, SignedEvent};
 use nexus_policies::SecretKey;
 use time::OffsetDateTime;
@@ -26,19 +28,32 @@ pub const EVENT: &str = "iot.bench";
 /// Its subject at the root.
 pub const SUBJECT: &str = "nexus.salon-001.iot.bench";
 
-/// Event `n`, created now by the fleet's member (`payload: {n, celsius}`, ~210 B as JSON),
-/// signed with `key`.
+/// The `epoch` of the events the harness creates: one per process, as one member's outbox
+/// database has one.
+fn epoch() -> &'static str {
+    static EPOCH: OnceLock<String> = OnceLock::new();
+    EPOCH.get_or_init(|| uuid::Uuid::now_v7().hyphenated().to_string())
+}
+
+/// Event `n`, created now by the fleet's member (`payload: {n, celsius}`, ~270 B as JSON),
+/// numbered as the member's outbox numbers its events (this process's epoch, `seq` n + 1:
+/// the root records what it landed per source as ranges of these, not one key per event)
+/// and signed with `key`.
 pub fn sign_event(key: &SecretKey, n: usize) -> SignedEvent {
     let mut payload = serde_json::Map::new();
     payload.insert("n".into(), n.into());
     payload.insert("celsius".into(), (20.0 + (n % 40) as f64 / 10.0).into());
-    let envelope = Envelope::new(
+    let mut envelope = Envelope::new(
         EVENT,
         fleet::MEMBER,
         Some(fleet::TENANT),
         payload,
         OffsetDateTime::now_utc(),
     );
+    envelope.set_sequence(Some(Sequence {
+        epoch: epoch().to_owned(),
+        seq: n as u64 + 1,
+    }));
     SignedEvent::seal(&envelope, Encoding::Json, key).expect("seal")
 }
 
