@@ -1,9 +1,10 @@
-//! `edge.health` heartbeats: this node's own, and the watch over its children's.
+//! `edge.health` heartbeats: this node's own state, its children's census (hub, root).
 //!
-//! A heartbeat says `degraded` when a configured NATS link is down or a subsystem stopped
-//! on its own; `causes` names each such subsystem and why (see `crate::supervisor`).
+//! A heartbeat says `degraded` when anything in `crate::health` is wrong: a NATS link
+//! down, the outbox full or stale, the disk or memory full, the token expiring, the clock
+//! unsynced, the MQTT broker unreachable or a subsystem stopped on its own; `causes` names
+//! each (see `crate::health::causes`).
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,14 +14,16 @@ use nexus_federation::outbox::Priority;
 use nexus_federation::subsystem::SubsystemError;
 use nexus_federation::{Encoding, Envelope, Link, LinkState, Outbox, OutboxError};
 use nexus_iot_bridge::{Reason, Stats as IotStats};
-use nexus_policies::SecretKey;
+use nexus_policies::{SecretKey, UnixTime};
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::supervisor::{Fault, Faults};
+use crate::children::Children;
+use crate::health::{self, Cause, Readings, Vitals};
+use crate::supervisor::Faults;
 
 /// The event name of heartbeats.
 pub const EVENT_NAME: &str = "edge.health";
@@ -52,6 +55,8 @@ pub struct Heartbeat {
     pub iot: Option<Arc<IotStats>>,
     /// The subsystems that stopped on their own, and why (from the supervisor).
     pub faults: Faults,
+    /// The other causes of `degraded`: thresholds, token, clock, disk.
+    pub vitals: Option<Vitals>,
 }
 
 impl Heartbeat {
@@ -104,24 +109,72 @@ impl Heartbeat {
         }
     }
 
+    /// What the heartbeat reads for [`health::causes`]; CPU %, memory %.
+    fn read(&self) -> (Readings, f32) {
+        let (cpu_pct, mem_pct) = self.host.sample();
+        let outbox = self.outbox.stats();
+        let wall = OffsetDateTime::now_utc();
+        let links = [("uplink", &self.uplink), ("local", &self.local)]
+            .into_iter()
+            .filter_map(|(name, link)| link.as_ref().map(|l| (name, l.state())))
+            .collect();
+        let mut readings = Readings {
+            links,
+            outbox_bytes: outbox.bytes,
+            outbox_max_bytes: 0,
+            outbox_oldest: Duration::from_secs(outbox.oldest_age_secs),
+            mem_pct,
+            disk_pct: None,
+            token_expires: None,
+            now: UnixTime(wall.unix_timestamp()),
+            clock_synced: true,
+            mqtt: self.iot.as_ref().map(|iot| iot.connection()),
+            wall: Some(wall),
+            faults: self.faults.list(),
+        };
+        if let Some(vitals) = &self.vitals {
+            readings.outbox_max_bytes = vitals.outbox_max_bytes;
+            readings.disk_pct = health::disk_pct(&vitals.data_dir);
+            readings.token_expires = vitals.own.expires();
+            readings.clock_synced = vitals.clock.is_synced();
+        }
+        (readings, cpu_pct)
+    }
+
     /// A fresh heartbeat payload (also the answer to `agent.health`).
     pub fn snapshot(&self) -> Map<String, Value> {
         let uptime = self.started.elapsed();
-        let (cpu_pct, mem_pct) = self.host.sample();
-        let links: Vec<&Link> = self.uplink.iter().chain(self.local.iter()).collect();
-        let faults = self.faults.list();
-        let degraded = !faults.is_empty() || links.iter().any(|link| !link.state().connected);
+        let (readings, cpu_pct) = self.read();
+        let limits = self
+            .vitals
+            .as_ref()
+            .map(|v| v.limits.clone())
+            .unwrap_or_else(|| nexus_config::HealthConfig {
+                outbox_full_pct: 100,
+                outbox_max_age: Duration::MAX,
+                disk_full_pct: 100,
+                mem_full_pct: 100,
+                token_expiry: Duration::ZERO,
+            });
+        let causes = health::causes(&limits, &readings);
         let outbox = self.outbox.stats();
         let mut payload = Map::new();
         payload.insert("node_id".into(), json!(self.node_id));
         payload.insert("mode".into(), json!(self.mode.as_str()));
         payload.insert(
             "status".into(),
-            json!(if degraded { "degraded" } else { "healthy" }),
+            json!(if causes.is_empty() {
+                "healthy"
+            } else {
+                "degraded"
+            }),
         );
         payload.insert("uptime_secs".into(), json!(uptime.as_secs()));
         payload.insert("cpu_pct".into(), json!(round1(cpu_pct)));
-        payload.insert("mem_pct".into(), json!(round1(mem_pct)));
+        payload.insert("mem_pct".into(), json!(round1(readings.mem_pct)));
+        if let Some(disk) = readings.disk_pct {
+            payload.insert("disk_pct".into(), json!(round1(disk)));
+        }
         payload.insert("agent_version".into(), json!(env!("CARGO_PKG_VERSION")));
         if let Some(uplink) = &self.uplink {
             payload.insert("uplink".into(), link_json(&uplink.state()));
@@ -139,6 +192,14 @@ impl Heartbeat {
                 "expired": outbox.expired,
             }),
         );
+        if let Some(expires) = readings.token_expires {
+            payload.insert(
+                "token_expires".into(),
+                json!(OffsetDateTime::from_unix_timestamp(expires.0)
+                    .map(nexus_federation::envelope::format_ts)
+                    .unwrap_or_default()),
+            );
+        }
         if let Some(iot) = &self.iot {
             payload.insert("iot".into(), iot_json(iot));
         }
@@ -149,26 +210,33 @@ impl Heartbeat {
                 json!({
                     "online": census.online,
                     "offline": census.offline,
+                    "unknown": census.unknown,
                     "forgotten": census.forgotten,
                 }),
             );
         }
         payload.insert(
             "causes".into(),
-            Value::Array(faults.iter().map(fault_json).collect()),
+            Value::Array(causes.iter().map(cause_json).collect()),
         );
         payload
     }
 }
 
-/// One entry of `causes`: which subsystem stopped, the kind of cause, the cause, when.
-fn fault_json(fault: &Fault) -> Value {
-    json!({
-        "subsystem": fault.subsystem,
-        "kind": fault.cause.kind(),
-        "cause": fault.cause.to_string(),
-        "since": nexus_federation::envelope::format_ts(fault.at),
-    })
+/// One entry of `causes`: what it concerns, the kind of cause, the sentence, since when.
+fn cause_json(cause: &Cause) -> Value {
+    let mut entry = json!({
+        "subsystem": cause.subsystem,
+        "kind": cause.kind,
+        "cause": cause.cause,
+    });
+    if let (Some(since), Some(map)) = (cause.since, entry.as_object_mut()) {
+        map.insert(
+            "since".into(),
+            json!(nexus_federation::envelope::format_ts(since)),
+        );
+    }
+    entry
 }
 
 fn link_json(state: &LinkState) -> Value {
@@ -271,160 +339,6 @@ impl Host {
     }
 }
 
-/// Most children watched: at the cap, the one silent longest is forgotten to make room (a
-/// fleet far larger than this is served by more hubs).
-const MAX_CHILDREN: usize = 100_000;
-/// A child silent for this many `offline_after`s, and at least [`FORGET_AFTER_MIN`], is
-/// gone: it is forgotten (counted in `forgotten`, no longer among the offline).
-const FORGET_AFTER_OFFLINES: u32 = 120;
-/// See [`FORGET_AFTER_OFFLINES`].
-const FORGET_AFTER_MIN: Duration = Duration::from_secs(3600);
-
-/// The last heartbeat of every child, by node id (a child that rotated its key is the same
-/// child), to tell online from silent ones; bounded, and forgetting children long gone.
-#[derive(Debug, Clone)]
-pub struct Children {
-    offline_after: Duration,
-    forget_after: Duration,
-    capacity: usize,
-    watch: Arc<Mutex<Watch>>,
-}
-
-#[derive(Debug, Default)]
-struct Watch {
-    seen: HashMap<String, ChildState>,
-    /// Children forgotten since the start (gone, or pushed out at the cap).
-    forgotten: u64,
-}
-
-#[derive(Debug)]
-struct ChildState {
-    last: Instant,
-    reported_offline: bool,
-}
-
-/// What the watch says about the children now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Census {
-    /// Heard within `offline_after`.
-    pub online: usize,
-    /// Silent longer than that, not yet forgotten.
-    pub offline: usize,
-    /// Forgotten since the start: silent far longer, or pushed out at the cap.
-    pub forgotten: u64,
-}
-
-impl Children {
-    /// A watch that calls a child offline after `offline_after` of silence, and forgets it
-    /// after [`FORGET_AFTER_OFFLINES`] times that (at least [`FORGET_AFTER_MIN`]).
-    pub fn new(offline_after: Duration) -> Self {
-        let forget_after = offline_after
-            .saturating_mul(FORGET_AFTER_OFFLINES)
-            .max(FORGET_AFTER_MIN);
-        Self::with_bounds(offline_after, forget_after, MAX_CHILDREN)
-    }
-
-    /// A watch with its bounds given: children forgotten after `forget_after` of silence,
-    /// at most `capacity` watched.
-    pub fn with_bounds(offline_after: Duration, forget_after: Duration, capacity: usize) -> Self {
-        Self {
-            offline_after,
-            forget_after: forget_after.max(offline_after),
-            capacity: capacity.max(1),
-            watch: Arc::default(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Watch> {
-        self.watch.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records a verified heartbeat of `node_id`.
-    pub fn heard(&self, node_id: &str, now: Instant) {
-        let mut watch = self.lock();
-        if let Some(state) = watch.seen.get_mut(node_id) {
-            if state.reported_offline {
-                info!(node_id, "Child is back online.");
-            }
-            state.last = now;
-            state.reported_offline = false;
-            return;
-        }
-        if watch.seen.len() >= self.capacity {
-            let silent = watch
-                .seen
-                .iter()
-                .min_by_key(|(_, state)| state.last)
-                .map(|(id, _)| id.clone());
-            if let Some(silent) = silent {
-                watch.seen.remove(&silent);
-                watch.forgotten += 1;
-                warn!(node_id = %silent, capacity = self.capacity, "Too many children to watch; forgetting the one silent longest.");
-            }
-        }
-        info!(node_id, "Child seen for the first time.");
-        watch.seen.insert(
-            node_id.to_owned(),
-            ChildState {
-                last: now,
-                reported_offline: false,
-            },
-        );
-    }
-
-    /// Marks silent children offline (logging each once) and forgets those silent for
-    /// `forget_after`; returns the census.
-    pub fn census_at(&self, now: Instant) -> Census {
-        let mut watch = self.lock();
-        let mut online = 0;
-        let mut offline = 0;
-        let mut gone = 0;
-        watch.seen.retain(|node_id, state| {
-            let silent = now.saturating_duration_since(state.last);
-            if silent > self.forget_after {
-                gone += 1;
-                info!(node_id = %node_id, silent_secs = silent.as_secs(), "Child silent far longer than offline_after; forgotten.");
-                return false;
-            }
-            if silent > self.offline_after {
-                offline += 1;
-                if !state.reported_offline {
-                    state.reported_offline = true;
-                    warn!(node_id = %node_id, silent_secs = silent.as_secs(), "Child went silent; reporting it offline.");
-                }
-            } else {
-                online += 1;
-            }
-            true
-        });
-        watch.forgotten += gone;
-        Census {
-            online,
-            offline,
-            forgotten: watch.forgotten,
-        }
-    }
-
-    /// Whether `node_id` is a child heard before (and not forgotten), and if so whether it
-    /// is online now.
-    pub fn online(&self, node_id: &str) -> Option<bool> {
-        self.lock()
-            .seen
-            .get(node_id)
-            .map(|state| state.last.elapsed() <= self.offline_after)
-    }
-
-    /// How many children are watched.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.lock().seen.len()
-    }
-
-    fn census(&self) -> Census {
-        self.census_at(Instant::now())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,6 +385,7 @@ mod tests {
             host: HostProbe(Arc::new(Mutex::new(Host { system: None }))),
             iot: None,
             faults,
+            vitals: None,
         }
     }
 
@@ -519,90 +434,5 @@ mod tests {
         assert_eq!(body["event_name"], EVENT_NAME);
         assert_eq!(body["payload"]["status"], "degraded");
         assert_eq!(body["payload"]["causes"][0]["subsystem"], "iot");
-    }
-
-    #[test]
-    fn a_silent_child_is_offline_until_heard_again() {
-        let children = Children::new(Duration::from_secs(30));
-        let t0 = Instant::now();
-        let counts = |c: Census| (c.online, c.offline);
-        children.heard("edge-01", t0);
-        children.heard("edge-02", t0);
-        assert_eq!(
-            counts(children.census_at(t0 + Duration::from_secs(10))),
-            (2, 0)
-        );
-        children.heard("edge-02", t0 + Duration::from_secs(20));
-        assert_eq!(
-            counts(children.census_at(t0 + Duration::from_secs(31))),
-            (1, 1)
-        );
-        children.heard("edge-01", t0 + Duration::from_secs(40));
-        assert_eq!(
-            counts(children.census_at(t0 + Duration::from_secs(41))),
-            (2, 0)
-        );
-    }
-
-    /// A child silent far longer than `offline_after` is gone: forgotten, counted as such,
-    /// and watched afresh if it ever comes back.
-    #[test]
-    fn a_child_silent_far_longer_than_offline_after_is_forgotten() {
-        let offline_after = Duration::from_secs(30);
-        let children = Children::new(offline_after);
-        let forget_after = FORGET_AFTER_MIN.max(offline_after * FORGET_AFTER_OFFLINES);
-        let t0 = Instant::now();
-        children.heard("edge-01", t0);
-        children.heard("edge-02", t0);
-        let mut now = t0;
-        // edge-02 keeps heartbeating; edge-01 stopped.
-        while now < t0 + forget_after {
-            now += Duration::from_secs(10);
-            children.heard("edge-02", now);
-            let census = children.census_at(now);
-            let silent_one = usize::from(now <= t0 + offline_after);
-            assert_eq!(census.online, 1 + silent_one);
-            assert_eq!(census.offline + census.online, 2, "offline until forgotten");
-        }
-        now += Duration::from_secs(10);
-        children.heard("edge-02", now);
-        let census = children.census_at(now);
-        assert_eq!((census.online, census.offline, census.forgotten), (1, 0, 1));
-        assert_eq!(children.online("edge-01"), None);
-        assert_eq!(children.len(), 1);
-        children.heard("edge-01", now);
-        let census = children.census_at(now);
-        assert_eq!((census.online, census.offline, census.forgotten), (2, 0, 1));
-    }
-
-    /// At the cap, a new child takes the place of the one silent longest.
-    #[test]
-    fn at_the_cap_the_child_silent_longest_makes_room() {
-        let children = Children::with_bounds(Duration::from_secs(30), Duration::from_secs(3600), 2);
-        let t0 = Instant::now();
-        children.heard("edge-01", t0);
-        children.heard("edge-02", t0 + Duration::from_secs(1));
-        children.heard("edge-01", t0 + Duration::from_secs(2));
-        children.heard("edge-03", t0 + Duration::from_secs(3));
-        assert_eq!(children.len(), 2);
-        assert_eq!(children.online("edge-02"), None, "silent longest");
-        assert!(children.online("edge-01").is_some());
-        assert!(children.online("edge-03").is_some());
-        assert_eq!(children.census_at(t0 + Duration::from_secs(4)).forgotten, 1);
-    }
-
-    /// The watch is keyed by node id: a child that rotated its key is the same child.
-    #[test]
-    fn a_child_back_with_a_rotated_key_is_the_same_child() {
-        let children = Children::new(Duration::from_secs(30));
-        let t0 = Instant::now();
-        children.heard("edge-01", t0);
-        let census = children.census_at(t0 + Duration::from_secs(60));
-        assert_eq!((census.online, census.offline), (0, 1));
-        // Heartbeats under the new key name the same node (the observer is given `source`).
-        children.heard("edge-01", t0 + Duration::from_secs(61));
-        let census = children.census_at(t0 + Duration::from_secs(62));
-        assert_eq!((census.online, census.offline), (1, 0));
-        assert_eq!(children.len(), 1);
     }
 }

@@ -19,9 +19,11 @@
 //! - `dlq`: `dlq list | show | replay | purge`, the dead-letter store for operators.
 //! - `sdnotify`: systemd's readiness and watchdog notifications (`Type=notify`).
 
+mod children;
 mod cli;
 mod commands;
 mod dlq;
+mod health;
 mod heartbeat;
 mod keygen;
 mod losses;

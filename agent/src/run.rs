@@ -42,6 +42,7 @@ use anyhow::Context as _;
 use nexus_config::{Config, Mode};
 use nexus_federation::backoff::{Backoff, Retry};
 use nexus_federation::bridge::UpBridge;
+use nexus_federation::clock::TrustClock;
 use nexus_federation::deadletter::DeadLetters;
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
 use nexus_federation::ingress::{Destination, Ingress, Landing};
@@ -57,8 +58,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::children::{self, Children, StatusReporter, STATUS_EVENT};
 use crate::commands::{CommandService, Rotation};
-use crate::heartbeat::{Children, Heartbeat, HostProbe, EVENT_NAME};
+use crate::health::Vitals;
+use crate::heartbeat::{Heartbeat, HostProbe, EVENT_NAME};
 use crate::keygen::load_secret;
 use crate::losses::LossAuditor;
 use crate::rejections::RejectionHandler;
@@ -67,6 +70,9 @@ use crate::trust_setup::TrustSetup;
 
 /// Local messages buffered per `[[bridge.up]]` subscription before the client drops them.
 const BRIDGE_BUFFER: usize = 1024;
+/// How often silent children are looked for (at most; the heartbeat interval if shorter):
+/// a child is reported within `offline_after` plus this.
+const STATUS_TICK: Duration = Duration::from_secs(1);
 
 /// How long subsystems get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1800);
@@ -177,6 +183,8 @@ struct Node {
     supervisor: Supervisor,
     /// Stops the uplink; cancelled after everything else (see [`shut_down`]).
     uplink_stop: CancellationToken,
+    /// The clock of token checks (the heartbeat reports it unsynced).
+    clock: Arc<TrustClock>,
 }
 
 impl Node {
@@ -203,6 +211,7 @@ impl Node {
             refusals,
             supervisor: Supervisor::new(),
             uplink_stop: CancellationToken::new(),
+            clock: Arc::clone(&trust.clock),
             config,
             key,
             links,
@@ -349,7 +358,7 @@ fn verifier(
     landing: Option<Landing>,
 ) -> ModeParts {
     let config = &node.config;
-    let children = Children::new(config.heartbeat.offline_after);
+    let children = Children::new(&config.node.id, config.heartbeat.offline_after);
     let watch = children.clone();
     let own_id = config.node.id.clone();
     let ingress = Ingress::new(
@@ -359,15 +368,34 @@ fn verifier(
         MAX_ENVELOPE_BYTES,
         Arc::clone(&node.gatekeeper),
     )
-    .with_observer(Arc::new(move |envelope| {
-        if envelope.event_name == EVENT_NAME && envelope.source != own_id {
-            watch.heard(&envelope.source, Instant::now());
+    .with_observer(Arc::new(move |envelope, parent| {
+        if envelope.source == own_id {
+            return;
+        }
+        if envelope.event_name == EVENT_NAME {
+            watch.heard(
+                &envelope.source,
+                parent,
+                Instant::now(),
+                time::OffsetDateTime::now_utc(),
+            );
+        } else if envelope.event_name == STATUS_EVENT {
+            children::note_report(&watch, envelope);
         }
     }))
     .with_refusals(RefusalSink::new(
         Stage::Ingress,
         Some(node.refusals.clone()),
     ));
+    let reporter = StatusReporter {
+        node_id: config.node.id.clone(),
+        key: node.key.clone(),
+        outbox: node.outbox.clone(),
+        children: children.clone(),
+        tick: config.heartbeat.interval.min(STATUS_TICK),
+    };
+    node.supervisor
+        .spawn("node status", |token| reporter.run(token));
     let gatekeeper = Arc::clone(&node.gatekeeper);
     let registry_link = local.clone();
     node.supervisor.spawn("chain registry", |token| {
@@ -403,6 +431,13 @@ fn heartbeat(node: &Node, started: Instant, parts: &ModeParts) -> Heartbeat {
         host: HostProbe::new(),
         iot: parts.iot.clone(),
         faults: node.supervisor.faults().clone(),
+        vitals: Some(Vitals {
+            limits: config.health.clone(),
+            outbox_max_bytes: config.outbox.max_bytes,
+            data_dir: config.node.data_dir.clone(),
+            own: node.own.clone(),
+            clock: Arc::clone(&node.clock),
+        }),
     }
 }
 

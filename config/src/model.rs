@@ -82,6 +82,11 @@ pub struct Config {
     pub local: Option<LinkConfig>,
     /// `[heartbeat]`: `edge.health` emission and watching.
     pub heartbeat: HeartbeatConfig,
+    /// `[health]`: what makes a heartbeat say `degraded`, beyond a link down or a
+    /// subsystem stopped.
+    pub health: HealthConfig,
+    /// `[metrics]`: the optional Prometheus listener.
+    pub metrics: MetricsConfig,
     /// `[log]`: tracing output.
     pub log: LogConfig,
     /// `[outbox]`: the bounded queue of events waiting for the next tier's ack.
@@ -253,6 +258,32 @@ pub struct HeartbeatConfig {
     /// `heartbeat.offline_after`: a child silent this long is reported offline.
     /// Default 3 × interval.
     pub offline_after: Duration,
+}
+
+/// `[health]`: the thresholds past which a node reports itself `degraded`, each with a
+/// cause named in its heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// `health.outbox_full_pct`: the outbox holds more than this share of `outbox.max_bytes`.
+    /// Default 80.
+    pub outbox_full_pct: u8,
+    /// `health.outbox_max_age`: the oldest queued event waits longer than this. Default 10 min.
+    pub outbox_max_age: Duration,
+    /// `health.disk_full_pct`: the file system of `node.data_dir` is fuller than this.
+    /// Default 90.
+    pub disk_full_pct: u8,
+    /// `health.mem_full_pct`: the host's memory in use is more than this. Default 90.
+    pub mem_full_pct: u8,
+    /// `health.token_expiry`: a token of the node's chain expires within this. Default 1 day.
+    pub token_expiry: Duration,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetricsConfig {
+    /// `metrics.listen`: the address of the `/metrics`, `/healthz` and `/readyz` listener;
+    /// none (the default) serves nothing.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[log]`.

@@ -113,6 +113,19 @@ impl Config {
             duration(self.heartbeat.offline_after)
         )?;
 
+        let health = &self.health;
+        writeln!(out, "\n[health]")?;
+        writeln!(out, "outbox_full_pct = {}", health.outbox_full_pct)?;
+        writeln!(out, "outbox_max_age = {}", duration(health.outbox_max_age))?;
+        writeln!(out, "disk_full_pct = {}", health.disk_full_pct)?;
+        writeln!(out, "mem_full_pct = {}", health.mem_full_pct)?;
+        writeln!(out, "token_expiry = {}", duration(health.token_expiry))?;
+
+        if let Some(listen) = self.metrics.listen {
+            writeln!(out, "\n[metrics]")?;
+            writeln!(out, "listen = {}", quote(&listen.to_string()))?;
+        }
+
         writeln!(out, "\n[log]")?;
         writeln!(out, "level = {}", quote(&self.log.level))?;
         writeln!(out, "format = {}", quote(self.log.format.as_str()))?;

@@ -68,6 +68,17 @@ impl TrustClock {
         self.now_at(wall, Instant::now())
     }
 
+    /// Whether the wall clock is usable for token checks now: not behind the last known
+    /// good time, and not before the build's floor.
+    pub fn is_synced(&self) -> bool {
+        self.now().is_ok()
+            && !self
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .warned_unsynced
+    }
+
     /// [`Self::now`] with the wall and monotonic clocks given (for tests).
     pub fn now_at(&self, wall: UnixTime, mono: Instant) -> Result<UnixTime, ClockError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -92,8 +92,10 @@ pub struct IngressCounters {
     pub landed_before: AtomicU64,
 }
 
-/// Called with every verified envelope (e.g. to watch children's heartbeats).
-pub type Observer = Arc<dyn Fn(&Envelope) + Send + Sync>;
+/// Called with every verified envelope and the node id of its signer's parent (the issuer
+/// of its token; `None` for a trust anchor or a node whose token a trust anchor issued),
+/// e.g. to watch children's heartbeats.
+pub type Observer = Arc<dyn Fn(&Envelope, Option<&str>) + Send + Sync>;
 
 /// The ingress pump.
 pub struct Ingress {
@@ -384,7 +386,11 @@ impl Ingress {
             {
                 Ok(admitted) => {
                     if let Some(observer) = &self.observer {
-                        observer(&envelope);
+                        let parent = match &admitted {
+                            Admitted::Node(grant) => grant.parent_id(),
+                            Admitted::Anchor => None,
+                        };
+                        observer(&envelope, parent);
                     }
                     let key = LandedKey::of(&envelope);
                     verified.push(Verified {

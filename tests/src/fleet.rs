@@ -65,7 +65,7 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Servers started, keys made, hub and member tokens issued (valid for a day).
+    /// Servers started, keys made, hub and member tokens issued (valid for a week: outside `health.token_expiry`).
     pub fn new() -> Self {
         Self::with_servers(
             NatsServer::start(),
@@ -227,7 +227,7 @@ impl Fleet {
             command.args(["--publish", pattern]);
         }
         if !extra.contains(&"--ttl") {
-            command.args(["--ttl", "1d"]);
+            command.args(["--ttl", "7d"]);
         }
         command.args(extra);
         command

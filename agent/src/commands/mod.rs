@@ -41,7 +41,8 @@ use nexus_federation::{Link, Outbox};
 use nexus_policies::SecretKey;
 use time::OffsetDateTime;
 
-use crate::heartbeat::{Children, Heartbeat};
+use crate::children::Children;
+use crate::heartbeat::Heartbeat;
 
 mod app;
 mod builtins;

@@ -1,10 +1,14 @@
-//! `[log]` (the tracing filter and format) and `[heartbeat]` (its interval and when a
-//! silent child counts as offline): small sections with defaults only.
+//! `[log]` (the tracing filter and format), `[heartbeat]` (its interval and when a silent
+//! child counts as offline), `[health]` (when a node is degraded) and `[metrics]` (the
+//! optional listener): small sections with defaults only.
 
 use super::reader::{Reader, Section};
-use super::schema::{HEARTBEAT_INTERVAL, LOG_LEVEL, OFFLINE_AFTER_INTERVALS};
+use super::schema::{
+    FULL_PCT, HEARTBEAT_INTERVAL, LOG_LEVEL, OFFLINE_AFTER_INTERVALS, OUTBOX_FULL_PCT,
+    OUTBOX_MAX_AGE, PCT_RANGE, TOKEN_EXPIRY,
+};
 use crate::error::ErrorKind;
-use crate::model::{HeartbeatConfig, LogConfig, LogFormat};
+use crate::model::{HealthConfig, HeartbeatConfig, LogConfig, LogFormat, MetricsConfig};
 
 /// The levels of a tracing filter.
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
@@ -22,6 +26,46 @@ impl Reader<'_> {
             interval,
             offline_after,
         }
+    }
+
+    /// `[health]`: thresholds, each defaulted on its own.
+    pub(super) fn health(&mut self, s: &Section<'_>) -> HealthConfig {
+        let pct = |reader: &mut Self, key: &str, default: u8| {
+            reader
+                .integer(s, key, PCT_RANGE.clone())
+                .and_then(|n| u8::try_from(n).ok())
+                .unwrap_or(default)
+        };
+        HealthConfig {
+            outbox_full_pct: pct(self, "outbox_full_pct", OUTBOX_FULL_PCT),
+            outbox_max_age: self.duration(s, "outbox_max_age", OUTBOX_MAX_AGE),
+            disk_full_pct: pct(self, "disk_full_pct", FULL_PCT),
+            mem_full_pct: pct(self, "mem_full_pct", FULL_PCT),
+            token_expiry: self.duration(s, "token_expiry", TOKEN_EXPIRY),
+        }
+    }
+
+    /// `[metrics]`: `listen` is a socket address (`127.0.0.1:9464`, `[::1]:9464`).
+    pub(super) fn metrics_listener(&mut self, s: &Section<'_>) -> MetricsConfig {
+        let listen =
+            self.optional_text(s, "listen")
+                .and_then(|got| match got.value.trim().parse() {
+                    Ok(address) => Some(address),
+                    Err(_) => {
+                        self.push(
+                            ErrorKind::InvalidValue,
+                            got.origin,
+                            &got.path,
+                            format!(
+                                "{:?} is not a socket address: use an IP address and a port, \
+                             e.g. \"127.0.0.1:9464\" (loopback only) or \"0.0.0.0:9464\"",
+                                got.value
+                            ),
+                        );
+                        None
+                    }
+                });
+        MetricsConfig { listen }
     }
 
     /// `[log]`: a bad value is reported, and its default used to carry on.

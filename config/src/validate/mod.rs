@@ -161,6 +161,10 @@ impl Reader<'_> {
 
         let section = self.section(root, "heartbeat");
         let heartbeat = self.heartbeat(&section);
+        let section = self.section(root, "health");
+        let health = self.health(&section);
+        let section = self.section(root, "metrics");
+        let metrics = self.metrics_listener(&section);
         let section = self.section(root, "log");
         let log = self.log(&section);
         let section = self.section(root, "outbox");
@@ -202,6 +206,8 @@ impl Reader<'_> {
             uplink,
             local,
             heartbeat,
+            health,
+            metrics,
             log,
             outbox,
             ingress,

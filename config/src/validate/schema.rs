@@ -32,6 +32,17 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     ("uplink", LINK_KEYS),
     ("local", LINK_KEYS),
     ("heartbeat", &["interval", "offline_after"]),
+    (
+        "health",
+        &[
+            "outbox_full_pct",
+            "outbox_max_age",
+            "disk_full_pct",
+            "mem_full_pct",
+            "token_expiry",
+        ],
+    ),
+    ("metrics", &["listen"]),
     ("log", &["level", "format"]),
     (
         "outbox",
@@ -89,6 +100,19 @@ pub(super) const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(10);
 pub(super) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 pub(super) const OFFLINE_AFTER_INTERVALS: u32 = 3;
 pub(super) const LOG_LEVEL: &str = "info";
+
+// ---- [health] and [metrics] ---------------------------------------------------------
+
+/// `health.outbox_full_pct` default.
+pub(super) const OUTBOX_FULL_PCT: u8 = 80;
+/// `health.outbox_max_age` default.
+pub(super) const OUTBOX_MAX_AGE: Duration = Duration::from_secs(10 * 60);
+/// `health.disk_full_pct` and `health.mem_full_pct` default.
+pub(super) const FULL_PCT: u8 = 90;
+/// The bounds of the `health.*_pct` keys.
+pub(super) const PCT_RANGE: RangeInclusive<i128> = 1..=100;
+/// `health.token_expiry` default.
+pub(super) const TOKEN_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
 
 // ---- [outbox], [ingress] and [dead_letter] ------------------------------------------
 

@@ -79,6 +79,15 @@ impl OwnChain {
         }
     }
 
+    /// The earliest expiry of the chain's tokens (when the node's grants end unless a
+    /// rotated token replaces them); `None` for a trust anchor or an unreadable token.
+    pub fn expires(&self) -> Option<nexus_policies::UnixTime> {
+        match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {
+            Own::Chain(chain) => chain.tokens().iter().map(|t| t.claims().expires).min(),
+            _ => None,
+        }
+    }
+
     /// The encoded chain (to present it, or send it beside a signed reply).
     pub fn bytes(&self) -> Option<Vec<u8>> {
         match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {

@@ -44,6 +44,9 @@ pub struct VerifiedGrant {
     publish: Vec<SubjectPattern>,
     receive: Vec<SubjectPattern>,
     anchor: PublicKey,
+    /// The node the leaf's issuer token is for: the node's parent in the tree, when it is
+    /// not a trust anchor.
+    parent_id: Option<String>,
     /// Leaf first, like the chain.
     windows: Vec<Window>,
 }
@@ -118,6 +121,7 @@ impl Verifier {
             publish: c.publish.clone(),
             receive: c.receive.clone(),
             anchor: top_claims.issuer_key,
+            parent_id: chain.get(1).map(|t| t.claims().node_id.clone()),
             windows: chain
                 .iter()
                 .map(|t| Window {
@@ -189,6 +193,12 @@ impl VerifiedGrant {
     /// The node the grant is for.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The node that issued the leaf token (the node's parent in the tree); `None` when a
+    /// trust anchor issued it.
+    pub fn parent_id(&self) -> Option<&str> {
+        self.parent_id.as_deref()
     }
 
     /// The node's key: its envelopes must verify with it.
