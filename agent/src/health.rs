@@ -38,6 +38,16 @@ pub struct Vitals {
     pub clock: Arc<TrustClock>,
 }
 
+/// Thresholds that nothing crosses: only links, the MQTT broker and stopped subsystems
+/// count (a heartbeat without [`Vitals`], in tests).
+pub const NO_LIMITS: HealthConfig = HealthConfig {
+    outbox_full_pct: 100,
+    outbox_max_age: Duration::MAX,
+    disk_full_pct: 100,
+    mem_full_pct: 100,
+    token_expiry: Duration::ZERO,
+};
+
 /// One reason a node is degraded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cause {

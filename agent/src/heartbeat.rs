@@ -141,22 +141,23 @@ impl Heartbeat {
         (readings, cpu_pct)
     }
 
+    /// The causes of `degraded` now (none: healthy).
+    pub fn causes(&self) -> Vec<Cause> {
+        self.judge(&self.read().0)
+    }
+
+    fn judge(&self, readings: &Readings) -> Vec<Cause> {
+        match &self.vitals {
+            Some(vitals) => health::causes(&vitals.limits, readings),
+            None => health::causes(&health::NO_LIMITS, readings),
+        }
+    }
+
     /// A fresh heartbeat payload (also the answer to `agent.health`).
     pub fn snapshot(&self) -> Map<String, Value> {
         let uptime = self.started.elapsed();
         let (readings, cpu_pct) = self.read();
-        let limits = self
-            .vitals
-            .as_ref()
-            .map(|v| v.limits.clone())
-            .unwrap_or_else(|| nexus_config::HealthConfig {
-                outbox_full_pct: 100,
-                outbox_max_age: Duration::MAX,
-                disk_full_pct: 100,
-                mem_full_pct: 100,
-                token_expiry: Duration::ZERO,
-            });
-        let causes = health::causes(&limits, &readings);
+        let causes = self.judge(&readings);
         let outbox = self.outbox.stats();
         let mut payload = Map::new();
         payload.insert("node_id".into(), json!(self.node_id));

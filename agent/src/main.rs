@@ -27,6 +27,7 @@ mod health;
 mod heartbeat;
 mod keygen;
 mod losses;
+mod metrics;
 mod rejections;
 mod request_cmd;
 mod revoke;

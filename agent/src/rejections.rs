@@ -32,6 +32,8 @@ pub struct RejectionHandler {
     pub outbox: Outbox,
     /// Where refused messages are kept (`None` if the store could not be opened).
     pub dead_letters: Option<DeadLetters>,
+    /// Refusals counted by stage and reason (for the metrics).
+    pub counts: crate::metrics::RefusalCounts,
 }
 
 impl RejectionHandler {
@@ -55,6 +57,8 @@ impl RejectionHandler {
                 }
                 return Err(SubsystemError::ChannelClosed("refusals"));
             };
+            self.counts
+                .add(refused.stage.as_str(), refused.rejection.reason.as_str());
             if let Some(store) = &self.dead_letters {
                 let mut letter = DeadLetter::new(
                     refused.stage.as_str(),

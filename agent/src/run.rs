@@ -41,16 +41,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use nexus_config::{Config, Mode};
 use nexus_federation::backoff::{Backoff, Retry};
-use nexus_federation::bridge::UpBridge;
+use nexus_federation::bridge::{BridgeCounters, UpBridge};
 use nexus_federation::clock::TrustClock;
 use nexus_federation::deadletter::DeadLetters;
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
-use nexus_federation::ingress::{Destination, Ingress, Landing};
+use nexus_federation::ingress::{Destination, Ingress, IngressCounters, Landing};
 use nexus_federation::ratelog::RateLimitedLog;
 use nexus_federation::refusal::{RefusalSink, RejectedMessage, Stage};
 use nexus_federation::revocation;
 use nexus_federation::trust::{Gatekeeper, OwnChain};
-use nexus_federation::uplink::{PresentationSlot, Uplink};
+use nexus_federation::uplink::{PresentationSlot, Uplink, UplinkTotals};
 use nexus_federation::{Link, Outbox, OutboxOptions, WhenFull};
 use nexus_iot_bridge::{Bridge, Stats as IotStats};
 use nexus_policies::{Chain, RevocationList, SecretKey};
@@ -64,6 +64,7 @@ use crate::health::Vitals;
 use crate::heartbeat::{Heartbeat, HostProbe, EVENT_NAME};
 use crate::keygen::load_secret;
 use crate::losses::LossAuditor;
+use crate::metrics::{self, CommandMetrics, RefusalCounts};
 use crate::rejections::RejectionHandler;
 use crate::supervisor::Supervisor;
 use crate::trust_setup::TrustSetup;
@@ -107,8 +108,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Mode::Root => root(&node)?,
     };
     let heartbeat = heartbeat(&node, started, &parts);
-    up_bridge(&node).await?;
-    commands(&node, parts.children, heartbeat.clone());
+    let bridge = up_bridge(&node).await?;
+    let latencies = CommandMetrics::default();
+    commands(
+        &node,
+        parts.children.clone(),
+        heartbeat.clone(),
+        latencies.clone(),
+    );
+    if let Some(listen) = node.config.metrics.listen {
+        let server = metrics::Server {
+            listen,
+            sources: metrics::Sources {
+                heartbeat: heartbeat.clone(),
+                ingress: parts.ingress.clone(),
+                uplink: Some(Arc::clone(&node.uplink_totals)),
+                bridge,
+                refusals: node.refusal_counts.clone(),
+                dead_letters: open_dead_letters(&node.config),
+                commands: latencies,
+            },
+        };
+        node.supervisor.spawn("metrics", |token| server.run(token));
+    }
     node.supervisor
         .spawn("heartbeat", |token| heartbeat.clone().run(token));
     shut_down(node, &heartbeat).await
@@ -185,6 +207,10 @@ struct Node {
     uplink_stop: CancellationToken,
     /// The clock of token checks (the heartbeat reports it unsynced).
     clock: Arc<TrustClock>,
+    /// Refusals by stage and reason (metrics).
+    refusal_counts: RefusalCounts,
+    /// The uplink's counters (metrics).
+    uplink_totals: Arc<UplinkTotals>,
 }
 
 impl Node {
@@ -212,6 +238,8 @@ impl Node {
             supervisor: Supervisor::new(),
             uplink_stop: CancellationToken::new(),
             clock: Arc::clone(&trust.clock),
+            refusal_counts: RefusalCounts::default(),
+            uplink_totals: Arc::default(),
             config,
             key,
             links,
@@ -232,6 +260,7 @@ impl Node {
             key: self.key.clone(),
             outbox: self.outbox.clone(),
             dead_letters: open_dead_letters(&self.config),
+            counts: self.refusal_counts.clone(),
         };
         self.supervisor
             .spawn("rejections", |token| handler.run(refusals, token));
@@ -258,7 +287,8 @@ impl Node {
             config.outbox.batch,
             max_backoff,
         )
-        .with_presentation(self.presentation.clone());
+        .with_presentation(self.presentation.clone())
+        .with_totals(Arc::clone(&self.uplink_totals));
         let token = self.uplink_stop.clone();
         self.supervisor
             .spawn_with("uplink", token.clone(), async move {
@@ -296,6 +326,8 @@ struct ModeParts {
     children: Option<Children>,
     /// The IoT bridge's counters (member with `[iot]`).
     iot: Option<Arc<IotStats>>,
+    /// The ingress' counters (hub, root).
+    ingress: Option<Arc<IngressCounters>>,
 }
 
 /// A member: the IoT bridge when `[iot]` is set (MQTT sensor messages → signed
@@ -325,6 +357,7 @@ fn member(node: &Node) -> anyhow::Result<ModeParts> {
     Ok(ModeParts {
         children: None,
         iot: Some(stats),
+        ingress: None,
     })
 }
 
@@ -396,6 +429,7 @@ fn verifier(
     };
     node.supervisor
         .spawn("node status", |token| reporter.run(token));
+    let ingress_counters = ingress.counters();
     let gatekeeper = Arc::clone(&node.gatekeeper);
     let registry_link = local.clone();
     node.supervisor.spawn("chain registry", |token| {
@@ -412,6 +446,7 @@ fn verifier(
     ModeParts {
         children: Some(children),
         iot: None,
+        ingress: Some(ingress_counters),
     }
 }
 
@@ -442,14 +477,15 @@ fn heartbeat(node: &Node, started: Instant, parts: &ModeParts) -> Heartbeat {
 }
 
 /// Local apps' subjects up (`[[bridge.up]]`); validation requires `[local]` and a tenant.
-async fn up_bridge(node: &Node) -> anyhow::Result<()> {
+/// Returns the bridge's counters, if it runs.
+async fn up_bridge(node: &Node) -> anyhow::Result<Option<Arc<BridgeCounters>>> {
     let config = &node.config;
     let (false, Some(local), Some(tenant)) = (
         config.bridge.up.is_empty(),
         &node.links.local,
         config.node.tenant.as_deref(),
     ) else {
-        return Ok(());
+        return Ok(None);
     };
     // Its own connection, with a small per-subscription buffer: a burst from an app
     // cannot fill the box's memory (what overflows is dropped, and its requests go
@@ -474,12 +510,18 @@ async fn up_bridge(node: &Node) -> anyhow::Result<()> {
         refusals: RefusalSink::new(Stage::Bridge, Some(node.refusals.clone())),
         counters: Arc::default(),
     };
+    let counters = Arc::clone(&bridge.counters);
     node.supervisor.spawn("bridge", |token| bridge.run(token));
-    Ok(())
+    Ok(Some(counters))
 }
 
 /// Commands to this node (built-ins, `[[bridge.down]]`) and, at a hub, to its members.
-fn commands(node: &Node, children: Option<Children>, heartbeat: Heartbeat) {
+fn commands(
+    node: &Node,
+    children: Option<Children>,
+    heartbeat: Heartbeat,
+    latencies: CommandMetrics,
+) {
     let config = &node.config;
     let (replay, log) = CommandService::shared_state();
     let commands = CommandService {
@@ -503,6 +545,7 @@ fn commands(node: &Node, children: Option<Children>, heartbeat: Heartbeat) {
             next_hop: node.links.next_hop.clone(),
         },
         started_wall: time::OffsetDateTime::now_utc(),
+        latencies,
         replay,
         log,
     };

@@ -219,6 +219,56 @@ fn offline_after_defaults_to_three_intervals() {
     });
 }
 
+/// `[health]` thresholds default, load, and are refused out of range; `[metrics] listen`
+/// is a socket address, refused naming the key otherwise.
+#[test]
+fn health_thresholds_and_the_metrics_listener_load_and_are_checked() {
+    Jail::expect_with(|jail| {
+        setup(jail, MEMBER)?;
+        let config = load_ok();
+        assert_eq!(config.health.outbox_full_pct, 80);
+        assert_eq!(config.health.outbox_max_age, Duration::from_secs(600));
+        assert_eq!(config.health.disk_full_pct, 90);
+        assert_eq!(config.health.mem_full_pct, 90);
+        assert_eq!(config.health.token_expiry, Duration::from_secs(86_400));
+        assert_eq!(config.metrics.listen, None);
+
+        setup(
+            jail,
+            &format!(
+                "{MEMBER}\n[health]\nmem_full_pct = 75\ntoken_expiry = \"7d\"\n\
+                 [metrics]\nlisten = \"127.0.0.1:9464\"\n"
+            ),
+        )?;
+        let config = load_ok();
+        assert_eq!(config.health.mem_full_pct, 75);
+        assert_eq!(config.health.token_expiry, Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            config.metrics.listen,
+            Some("127.0.0.1:9464".parse().expect("address"))
+        );
+
+        setup(
+            jail,
+            &format!(
+                "{MEMBER}\n[health]\ndisk_full_pct = 101\n[metrics]\nlisten = \"localhost\"\n"
+            ),
+        )?;
+        let errors = load_err().to_string();
+        assert!(
+            errors.contains("health.disk_full_pct")
+                && errors.contains("101 is out of range: use 1 to 100"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("metrics.listen")
+                && errors.contains("\"localhost\" is not a socket address"),
+            "{errors}"
+        );
+        Ok(())
+    });
+}
+
 /// A mistyped key is refused and the close known key is suggested.
 #[test]
 fn an_unknown_key_is_refused_with_a_suggestion() {

@@ -10,6 +10,7 @@
 //! While the link is down the pump waits for it instead of queueing into the client (whose
 //! publish blocks once ~2048 commands are pending): the outbox is the only queue.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,27 @@ pub struct Uplink {
     batch: usize,
     backoff: Backoff,
     presentation: PresentationSlot,
+    totals: Arc<UplinkTotals>,
+}
+
+/// The uplink's counters as it runs, shared (for metrics).
+#[derive(Debug, Default)]
+pub struct UplinkTotals {
+    /// Events acknowledged by the next tier.
+    pub acked: AtomicU64,
+    /// Of those, reported as duplicates (already stored).
+    pub duplicates: AtomicU64,
+    /// Failed publish attempts (each will be retried).
+    pub failures: AtomicU64,
+}
+
+impl UplinkTotals {
+    fn set(&self, counters: &UplinkCounters) {
+        self.acked.store(counters.acked, Ordering::Relaxed);
+        self.duplicates
+            .store(counters.duplicates, Ordering::Relaxed);
+        self.failures.store(counters.failures, Ordering::Relaxed);
+    }
 }
 
 /// This node's token chain, presented to the next tier once per connection.
@@ -92,7 +114,14 @@ impl Uplink {
             batch: batch.max(1),
             backoff: Backoff::new(Duration::from_millis(100), max_backoff),
             presentation: PresentationSlot::default(),
+            totals: Arc::default(),
         }
+    }
+
+    /// Keeps the counters in `totals` as the pump runs.
+    pub fn with_totals(mut self, totals: Arc<UplinkTotals>) -> Self {
+        self.totals = totals;
+        self
     }
 
     /// Presents `presentation` in the next tier's `NEXUS_CHAINS` bucket on every
@@ -172,6 +201,7 @@ impl Uplink {
             } else {
                 batch.len()
             };
+            self.totals.set(&counters);
             if failed == 0 {
                 retry.reset();
                 continue;

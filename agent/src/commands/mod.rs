@@ -108,6 +108,8 @@ pub struct CommandService {
     pub rotation: Rotation,
     /// Commands seen (shared by every listener).
     pub replay: Arc<Mutex<ReplayGuard>>,
+    /// How long commands took to answer (for the metrics).
+    pub latencies: crate::metrics::CommandMetrics,
     /// Quiet logs (shared): commands dropped unanswered.
     pub log: Arc<Mutex<RateLimitedLog>>,
     /// When this agent started: commands issued earlier are refused (the replay guard is

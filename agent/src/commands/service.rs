@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::reply::plain_error;
 use super::{CommandService, Refused, HEALTH, PING, ROTATE};
+use crate::metrics::CommandMetrics;
 
 /// Commands handled at once; more wait in the listener's queue.
 const IN_FLIGHT: usize = 64;
@@ -230,28 +231,34 @@ impl CommandService {
             debug!(subject = %message.subject, "Command without a reply subject; ignored.");
             return;
         };
-        let target = subject::parse_command_subject(message.subject.as_str()).map(|(n, _)| n);
+        let started = Instant::now();
+        let parsed = subject::parse_command_subject(message.subject.as_str());
+        let target = parsed.map(|(node, _)| node);
         let for_me = target == Some(self.node_id.as_str());
         if !for_me {
             if listen == Listen::OwnAndChildren {
                 if let Some(target) = target {
                     let target = target.to_owned();
                     self.route(link, &message, &target, reply_to).await;
+                    self.latencies.observe("routed", true, started.elapsed());
                 }
             }
             return;
         }
-        let (headers, body) = match self.answer(&message).await {
-            Ok(reply) => reply,
+        let label = parsed.map_or("other", |(_, command)| CommandMetrics::label(command));
+        let (ok, (headers, body)) = match self.answer(&message).await {
+            Ok(reply) => (true, reply),
             Err((rejection, envelope)) => {
                 self.refusals.refuse(&message, &rejection);
-                match envelope {
+                let reply = match envelope {
                     Some(command) => self.error_reply(&command, &rejection),
                     None => plain_error(&rejection),
-                }
+                };
+                (false, reply)
             }
         };
         self.respond(link, reply_to, headers, body).await;
+        self.latencies.observe(label, ok, started.elapsed());
     }
 
     /// Verifies a command for this node and answers it.
