@@ -121,6 +121,20 @@ pub enum Command {
         #[arg(long)]
         cbor: bool,
     },
+    /// The fleet as a tree (status, last heartbeat, outbox, cause) from the last heartbeat
+    /// of every node in the root's journal. Exit 0 when every node is healthy, 1 when any
+    /// is degraded, offline or unknown (or the journal cannot be read).
+    Fleet {
+        /// The root's config (its [local] NATS, journal and heartbeat.offline_after).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Draw again every heartbeat interval until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Print the nodes as one JSON array instead.
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+    },
     /// List, show, replay and purge this node's dead letters (rejected or undeliverable
     /// messages kept in `{data_dir}/deadletter.db`).
     Dlq {

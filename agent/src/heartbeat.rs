@@ -177,6 +177,9 @@ impl Heartbeat {
             payload.insert("disk_pct".into(), json!(round1(disk)));
         }
         payload.insert("agent_version".into(), json!(env!("CARGO_PKG_VERSION")));
+        if let Some(parent) = self.vitals.as_ref().and_then(|v| v.own.parent_id()) {
+            payload.insert("parent".into(), json!(parent));
+        }
         if let Some(uplink) = &self.uplink {
             payload.insert("uplink".into(), link_json(&uplink.state()));
         }

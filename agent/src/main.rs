@@ -23,6 +23,7 @@ mod children;
 mod cli;
 mod commands;
 mod dlq;
+mod fleet_cmd;
 mod health;
 mod heartbeat;
 mod keygen;
@@ -77,6 +78,26 @@ fn main() -> ExitCode {
             Err(error) => failed(&error),
         },
         Command::Dlq { command } => dlq::main(command),
+        Command::Fleet {
+            config,
+            watch,
+            json,
+        } => {
+            let config = match nexus_config::load(&config) {
+                Ok(config) => config,
+                Err(errors) => return config_failed(&errors),
+            };
+            let mut healthy = false;
+            let code = runtime(async {
+                healthy = fleet_cmd::fleet(&config, watch, json).await?;
+                Ok(())
+            });
+            if code == ExitCode::SUCCESS && !healthy {
+                ExitCode::FAILURE
+            } else {
+                code
+            }
+        }
         Command::Request {
             config,
             node,

@@ -116,6 +116,47 @@ async fn request(root: &AgentProcess, node: &str, command: &str) -> Output {
         .expect("nexus-agent runs")
 }
 
+/// `nexus-agent fleet --json` with the root's config: the exit code and each node's
+/// (status, parent).
+async fn fleet_view(root: &AgentProcess) -> (i32, Vec<(String, String, Option<String>)>) {
+    let out = tokio::process::Command::new(agent_bin())
+        .args(["fleet", "--json", "-c"])
+        .arg(root.config_path())
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .expect("nexus-agent runs");
+    let nodes: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "fleet --json printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let mut rows: Vec<(String, String, Option<String>)> = nodes
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|n| {
+            (
+                n["node_id"].as_str().unwrap_or_default().to_owned(),
+                n["status"].as_str().unwrap_or_default().to_owned(),
+                n["parent"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    rows.sort();
+    (out.status.code().unwrap_or(-1), rows)
+}
+
+fn row(node: &str, status: &str, parent: Option<&str>) -> (String, String, Option<String>) {
+    (
+        node.to_owned(),
+        status.to_owned(),
+        parent.map(str::to_owned),
+    )
+}
+
 /// The value of the one series `expr` selects at Prometheus, once there is one.
 fn value(prometheus: &Prometheus, expr: &str) -> Option<f64> {
     let result = prometheus.query(expr);
@@ -184,6 +225,34 @@ async fn degraded_causes_come_and_go_and_silent_nodes_are_reported_once() {
         },
     )
     .await;
+
+    // `fleet` at the root: the tree, all healthy, exit 0; the text view draws it.
+    wait_until("`fleet` shows every node healthy", DEADLINE, async || {
+        fleet_view(&root).await
+            == (0, {
+                let mut all = vec![
+                    row(fleet::HUB, "healthy", None),
+                    row(fleet::MEMBER, "healthy", Some(fleet::HUB)),
+                    row(fleet::ROOT, "healthy", None),
+                ];
+                all.sort();
+                all
+            })
+    })
+    .await;
+    let out = std::process::Command::new(agent_bin())
+        .args(["fleet", "-c"])
+        .arg(root.config_path())
+        .output()
+        .expect("nexus-agent runs");
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tree}");
+    assert!(
+        tree.contains(&format!("└─ {}", fleet::HUB))
+            && tree.contains(&format!("   └─ {}", fleet::MEMBER))
+            && tree.contains("3 nodes, 0 need attention"),
+        "{tree}"
+    );
 
     // Prometheus scrapes all three; the series are there with the figures of the fleet.
     wait_until("prometheus scrapes every agent", DEADLINE, async || {
@@ -422,6 +491,12 @@ async fn degraded_causes_come_and_go_and_silent_nodes_are_reported_once() {
         1.0,
     )
     .await;
+    let (code, nodes) = fleet_view(&root).await;
+    assert_eq!(code, 1, "a node offline: `fleet` exits 1");
+    assert!(
+        nodes.contains(&row(fleet::MEMBER, "offline", Some(fleet::HUB))),
+        "{nodes:?}"
+    );
     member.restart();
     wait_until("the hub reports the member online", DEADLINE, async || {
         reports(&statuses, 0, fleet::MEMBER).len() >= 2

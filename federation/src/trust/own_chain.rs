@@ -79,6 +79,15 @@ impl OwnChain {
         }
     }
 
+    /// The node this node's token was issued by (its parent in the tree), when a token
+    /// above its own names it; `None` when a trust anchor issued its token.
+    pub fn parent_id(&self) -> Option<String> {
+        match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {
+            Own::Chain(chain) => chain.tokens().get(1).map(|t| t.claims().node_id.clone()),
+            _ => None,
+        }
+    }
+
     /// The earliest expiry of the chain's tokens (when the node's grants end unless a
     /// rotated token replaces them); `None` for a trust anchor or an unreadable token.
     pub fn expires(&self) -> Option<nexus_policies::UnixTime> {
