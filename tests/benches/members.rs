@@ -19,6 +19,7 @@
 //! burst of them; the chain registries' sizes.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use nexus_e2e::bench::events::{read_key, stream_count};
 use nexus_e2e::bench::machine::{replace_block, Setup};
 use nexus_e2e::bench::members::{self, Censuses, SimMember, Swarm, MEMBERS_PER_CONNECTION};
 use nexus_e2e::bench::stats::{ms, percentile, process_cpu};
+use nexus_e2e::prometheus::http_get;
 use nexus_e2e::{fleet, wait_until, AgentProcess, Fleet, Launch};
 use nexus_federation::trust::CHAINS_BUCKET;
 use tokio::time::Instant;
@@ -138,6 +140,11 @@ struct Figures {
     root_census: (u64, u64),
     offline_hub_s: f64,
     offline_root_s: f64,
+    /// The hub's `edge.node_status` report of the stopped member, seen at the root.
+    reported_s: f64,
+    /// The hub's `/metrics`: median time of a scrape, ms, and its size.
+    metrics_ms: f64,
+    metrics_bytes: usize,
     first: Vec<Duration>,
     second: Vec<Duration>,
     first_cpu_us: f64,
@@ -197,18 +204,45 @@ async fn bucket_size(client: &async_nats::Client) -> (u64, u64) {
     }
 }
 
-fn agent(fleet: &Fleet, node: &str) -> AgentProcess {
+fn agent(fleet: &Fleet, node: &str, metrics: Option<SocketAddr>) -> AgentProcess {
+    let mut env = vec![
+        ("NEXUS_LOG__LEVEL".into(), "info".into()),
+        (
+            "NEXUS_HEARTBEAT__OFFLINE_AFTER".into(),
+            format!("{}s", OFFLINE_AFTER.as_secs()).into(),
+        ),
+    ];
+    if let Some(address) = metrics {
+        env.push(("NEXUS_METRICS__LISTEN".into(), address.to_string().into()));
+    }
     let launch = Launch {
-        env: vec![
-            ("NEXUS_LOG__LEVEL".into(), "info".into()),
-            (
-                "NEXUS_HEARTBEAT__OFFLINE_AFTER".into(),
-                format!("{}s", OFFLINE_AFTER.as_secs()).into(),
-            ),
-        ],
+        env,
         ..Launch::default()
     };
     fleet.spawn_with(node, "", &launch)
+}
+
+/// A loopback address with a port free now.
+fn free_address() -> SocketAddr {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// Five scrapes of `/metrics` at `address`: the median time (ms) and the body's size.
+fn scrape(address: SocketAddr) -> (f64, usize) {
+    let mut times = Vec::new();
+    let mut size = 0;
+    for _ in 0..5 {
+        let start = std::time::Instant::now();
+        match http_get(address, "/metrics") {
+            Ok((200, body)) => size = body.len(),
+            other => panic!("GET /metrics at {address}: {other:?}"),
+        }
+        times.push(start.elapsed());
+    }
+    times.sort();
+    (ms(times[2]), size)
 }
 
 /// One N: a fresh hub and root, the swarm, every measurement.
@@ -217,8 +251,9 @@ async fn run(n: usize, plan: Plan) -> Figures {
     fleet.interval = AGENT_INTERVAL;
     let root_client = fleet.root_nats.client().await;
     let censuses = Censuses::watch(&root_client, &[fleet::ROOT, fleet::HUB]).await;
-    let root = agent(&fleet, fleet::ROOT);
-    let hub = agent(&fleet, fleet::HUB);
+    let hub_metrics = free_address();
+    let root = agent(&fleet, fleet::ROOT, None);
+    let hub = agent(&fleet, fleet::HUB, Some(hub_metrics));
     let (hub_pid, root_pid) = (hub.pid().expect("hub pid"), root.pid().expect("root pid"));
     let mut swarm = Swarm::connect(
         &fleet.hub_nats.url(),
@@ -324,8 +359,25 @@ async fn run(n: usize, plan: Plan) -> Figures {
     )
     .await;
 
+    (fig.metrics_ms, fig.metrics_bytes) = scrape(hub_metrics);
+
     eprintln!("  one member stops");
+    let mut reports = root_client
+        .subscribe("nexus._core.edge.node_status.>")
+        .await
+        .expect("subscribe to node status");
+    root_client.flush().await.expect("flush");
     let last = swarm.stop(0).expect("member 0 heartbeated");
+    let reported = tokio::spawn(async move {
+        while let Some(message) = reports.next().await {
+            let body: serde_json::Value =
+                serde_json::from_slice(&message.payload).unwrap_or_default();
+            if body["payload"]["node_id"] == "m00000" && body["payload"]["status"] == "offline" {
+                return Some(Instant::now());
+            }
+        }
+        None
+    });
     let (mut hub_seen, mut root_seen) = (None, None);
     wait_until(
         "both censuses count the stopped member offline",
@@ -345,6 +397,12 @@ async fn run(n: usize, plan: Plan) -> Figures {
     .await;
     let after = |t: Option<Instant>| t.map_or(0.0, |t| t.duration_since(last).as_secs_f64());
     (fig.offline_hub_s, fig.offline_root_s) = (after(hub_seen), after(root_seen));
+    let report = tokio::time::timeout(Duration::from_secs(30), reported)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    fig.reported_s = after(report);
 
     eprintln!("  first events of fresh members (the others paused)");
     swarm.pause(true);
@@ -486,7 +544,7 @@ fn render(figures: &[Figures], setup: &Setup, command: &str, plan: Plan) -> Stri
         ));
     }
     out.push_str(
-        "\n| members | all online after | census hub / root (online, offline) | still all online when loaded | stopped member offline after: hub / root | first event → root: p50 / max | second event | hub CPU per first / second event | chain registry: hub / root bucket (entries, bytes) | chain per member |\n\
+        "\n| members | all online after | census hub / root (online, offline) | still all online when loaded | stopped member offline after: hub / root census, hub's report | first event → root: p50 / max | second event | hub CPU per first / second event | chain registry: hub / root bucket (entries, bytes) | chain per member |\n\
          |---:|---:|---|---|---|---|---|---|---|---:|\n",
     );
     for f in figures {
@@ -500,12 +558,23 @@ fn render(figures: &[Figures], setup: &Setup, command: &str, plan: Plan) -> Stri
             )
         };
         out.push_str(&format!(
-            "| {} | {:.1} s | {} ({}, {}) / {} ({}, {}) | {} | {:.1} s / {:.1} s | {} | {} | {:.0} / {:.0} µs | {} ({} KiB) / {} ({} KiB) | {} B |\n",
+            "| {} | {:.1} s | {} ({}, {}) / {} ({}, {}) | {} | {:.1} s / {:.1} s, {:.1} s | {} | {} | {:.0} / {:.0} µs | {} ({} KiB) / {} ({} KiB) | {} B |\n",
             f.n, f.all_online_s, f.n, f.hub_census.0, f.hub_census.1, f.n + 1, f.root_census.0,
             f.root_census.1, if f.census_ok_loaded { "yes" } else { "**no**" }, f.offline_hub_s,
-            f.offline_root_s, lat(&f.first), lat(&f.second), f.first_cpu_us, f.second_cpu_us,
+            f.offline_root_s, f.reported_s, lat(&f.first), lat(&f.second), f.first_cpu_us, f.second_cpu_us,
             f.hub_registry.0, f.hub_registry.1 / 1024, f.root_registry.0, f.root_registry.1 / 1024,
             f.chain_bytes
+        ));
+    }
+    out.push_str(
+        "\n| members | hub `GET /metrics`: median of 5 | exposition size |\n|---:|---:|---:|\n",
+    );
+    for f in figures {
+        out.push_str(&format!(
+            "| {} | {:.2} ms | {:.1} KiB |\n",
+            f.n,
+            f.metrics_ms,
+            f.metrics_bytes as f64 / 1024.0
         ));
     }
     if let Some(f) = figures.iter().find(|f| f.n == 1000) {
