@@ -135,6 +135,28 @@ pub enum Command {
         #[arg(long, conflicts_with = "watch")]
         json: bool,
     },
+    /// Where an event is: every tier answers a signed `agent.trace` command (its outbox,
+    /// dead letters, ingress, the root's journal); tiers that cannot be asked are named.
+    /// Exit 0 when it landed at the root, 1 otherwise.
+    Trace {
+        /// The root's config (its [local] NATS, key and journal).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The event's id (its `event_id`, a UUID).
+        #[arg(value_parser = parse::event_id)]
+        event_id: String,
+        /// How long each tier may take to answer, at most 5m.
+        #[arg(
+            long,
+            value_name = "DURATION",
+            default_value = "5s",
+            value_parser = parse::command_timeout
+        )]
+        timeout: Duration,
+        /// Print every tier's answer as one JSON array instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// List, show, replay and purge this node's dead letters (rejected or undeliverable
     /// messages kept in `{data_dir}/deadletter.db`).
     Dlq {

@@ -74,8 +74,9 @@ pub async fn fleet(config: &Config, watch: bool, json: bool) -> anyhow::Result<b
         .await
         .with_context(|| format!("cannot connect to the root's NATS at {url} ([local] url)"))?;
     let js = async_nats::jetstream::new(client);
+    let js = &js;
     loop {
-        let rows = read(&js, config).await?;
+        let rows = read(js, config).await?;
         let text = if json {
             serde_json::to_string(&rows_json(&rows)).unwrap_or_default()
         } else {
@@ -99,7 +100,7 @@ pub async fn fleet(config: &Config, watch: bool, json: bool) -> anyhow::Result<b
 }
 
 /// The last heartbeat of every node in the journal, as rows.
-async fn read(
+pub async fn read(
     js: &async_nats::jetstream::Context,
     config: &Config,
 ) -> anyhow::Result<Vec<NodeRow>> {

@@ -37,6 +37,7 @@ mod sdnotify;
 mod supervisor;
 mod tail;
 mod token_cmd;
+mod trace_cmd;
 mod trust_setup;
 
 use std::process::ExitCode;
@@ -78,6 +79,27 @@ fn main() -> ExitCode {
             Err(error) => failed(&error),
         },
         Command::Dlq { command } => dlq::main(command),
+        Command::Trace {
+            config,
+            event_id,
+            timeout,
+            json,
+        } => {
+            let config = match nexus_config::load(&config) {
+                Ok(config) => config,
+                Err(errors) => return config_failed(&errors),
+            };
+            let mut landed = false;
+            let code = runtime(async {
+                landed = trace_cmd::trace(&config, &event_id, timeout, json).await?;
+                Ok(())
+            });
+            if code == ExitCode::SUCCESS && !landed {
+                ExitCode::FAILURE
+            } else {
+                code
+            }
+        }
         Command::Fleet {
             config,
             watch,

@@ -40,7 +40,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::commands::{HEALTH, PING, ROTATE};
+use crate::commands::{HEALTH, PING, ROTATE, TRACE};
 use crate::heartbeat::Heartbeat;
 
 /// The OpenMetrics text format's content type.
@@ -85,7 +85,7 @@ fn latency_histogram() -> Histogram {
 }
 
 /// How long this node took to answer the commands it handled: by command (`agent.ping`,
-/// `agent.health`, `agent.token.rotate`, `app` for `[[bridge.down]]` deliveries, `routed`
+/// `agent.health`, `agent.token.rotate`, `agent.trace`, `app` for `[[bridge.down]]` deliveries, `routed`
 /// for a hub's routing to a member, `other`) and outcome (`ok`, `refused`).
 #[derive(Debug, Clone)]
 pub struct CommandMetrics(Latencies);
@@ -119,6 +119,8 @@ impl CommandMetrics {
             HEALTH
         } else if is(ROTATE) {
             ROTATE
+        } else if is(TRACE) {
+            TRACE
         } else if command.starts_with("agent.") {
             "other"
         } else {

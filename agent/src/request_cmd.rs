@@ -56,6 +56,138 @@ fn read_token(config: &Config) -> anyhow::Result<Option<Vec<u8>>> {
         .transpose()
 }
 
+/// A node's way to send signed commands: its key, its chain and its own NATS.
+pub struct Asker<'c> {
+    config: &'c Config,
+    key: nexus_policies::SecretKey,
+    chain: Option<Vec<u8>>,
+    link: Link,
+}
+
+impl<'c> Asker<'c> {
+    /// Loads the key and token of `config` and connects to its `[local]` NATS; `purpose`
+    /// names the connection (`request`, `trace`).
+    pub async fn connect(config: &'c Config, purpose: &str) -> anyhow::Result<Self> {
+        if config.node.mode == Mode::Member {
+            bail!(
+                "commands are sent from the root or a hub; {} is a member",
+                config.node.id
+            );
+        }
+        let link = config
+            .local
+            .as_ref()
+            .context("the config has no [local] NATS to send the command on")?;
+        let key = load_secret(&config.node.key)?;
+        let chain = read_token(config)?;
+        let link = connect(
+            "local",
+            link,
+            &format!("nexus-agent {purpose} {}", config.node.id),
+        )
+        .await?;
+        Ok(Self {
+            config,
+            key,
+            chain,
+            link,
+        })
+    }
+
+    /// JetStream on the node's own NATS.
+    pub fn jetstream(&self) -> &async_nats::jetstream::Context {
+        self.link.jetstream()
+    }
+
+    /// Sends command `name` to `node` and returns its verified reply (an `ok` one or an
+    /// error reply); errs when nobody answers in time, the reply does not verify, or a hub
+    /// refused it before it was signed.
+    pub async fn ask(
+        &self,
+        node: &str,
+        name: &str,
+        data: Map<String, Value>,
+        timeout: Duration,
+    ) -> anyhow::Result<(SignedEvent, Envelope)> {
+        let issuer = Issuer {
+            node_id: &self.config.node.id,
+            key: &self.key,
+            chain: self.chain.as_deref(),
+        };
+        let sealed = command::seal(
+            &issuer,
+            node,
+            name,
+            data,
+            timeout,
+            OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| anyhow!(e))?;
+        let request = async_nats::Request::new()
+            .payload(sealed.body.clone())
+            .headers(sealed.headers.clone())
+            .timeout(Some(timeout));
+        let answer = self
+            .link
+            .client()
+            .send_request(sealed.subject.clone(), request)
+            .await
+            .map_err(|error| match error.kind() {
+                RequestErrorKind::NoResponders => anyhow!(
+                    "no agent listens for commands on this NATS: is the node's hub (or the node) running?"
+                ),
+                RequestErrorKind::TimedOut => anyhow!(
+                    "no reply from node `{node}` within {}: no hub knows it (it never sent a \
+                     heartbeat through one), or it is slow",
+                    humantime::format_duration(timeout)
+                ),
+                _ => anyhow!("cannot send the command: {error}"),
+            })?;
+        if let Some(code) = answer.headers.as_ref().and_then(|h| h.get("Nexus-Error")) {
+            bail!(
+                "refused ({}): {}",
+                code.as_str(),
+                String::from_utf8_lossy(&answer.payload)
+            );
+        }
+        let chain = answer
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(command::HDR_CHAIN))
+            .map(|v| v.as_str().to_owned());
+        let (event, reply) = nexus_federation::SignedEvent::open_detached(
+            answer.headers.as_ref(),
+            answer.payload,
+            MAX_COMMAND_BYTES,
+        )
+        .map_err(|e| anyhow!("the reply does not verify: {e}"))?;
+        check_reply(
+            self.config,
+            &sealed.envelope,
+            node,
+            &event,
+            &reply,
+            chain.as_deref(),
+        )?;
+        Ok((event, reply))
+    }
+}
+
+/// `code: message` of an error reply.
+pub fn error_of(reply: &Envelope) -> String {
+    let code = reply
+        .payload
+        .get("code")
+        .and_then(Value::as_str)
+        .unwrap_or("error");
+    let message = reply
+        .payload
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    format!("{code}: {message}")
+}
+
 /// `request NODE COMMAND`.
 pub async fn request(
     config: &Config,
@@ -65,83 +197,8 @@ pub async fn request(
     timeout: Duration,
     json: bool,
 ) -> anyhow::Result<()> {
-    if config.node.mode == Mode::Member {
-        bail!(
-            "commands are sent from the root or a hub; {} is a member",
-            config.node.id
-        );
-    }
-    let link = config
-        .local
-        .as_ref()
-        .context("the config has no [local] NATS to send the command on")?;
-    let key = load_secret(&config.node.key)?;
-    let chain = read_token(config)?;
-    let issuer = Issuer {
-        node_id: &config.node.id,
-        key: &key,
-        chain: chain.as_deref(),
-    };
-    let sealed = command::seal(
-        &issuer,
-        node,
-        name,
-        data,
-        timeout,
-        OffsetDateTime::now_utc(),
-    )
-    .map_err(|e| anyhow!(e))?;
-    let link = connect(
-        "local",
-        link,
-        &format!("nexus-agent request {}", config.node.id),
-    )
-    .await?;
-    let request = async_nats::Request::new()
-        .payload(sealed.body.clone())
-        .headers(sealed.headers.clone())
-        .timeout(Some(timeout));
-    let answer = link
-        .client()
-        .send_request(sealed.subject.clone(), request)
-        .await
-        .map_err(|error| match error.kind() {
-            RequestErrorKind::NoResponders => anyhow!(
-                "no agent listens for commands on this NATS: is the node's hub (or the node) running?"
-            ),
-            RequestErrorKind::TimedOut => anyhow!(
-                "no reply from node `{node}` within {}: no hub knows it (it never sent a \
-                 heartbeat through one), or it is slow",
-                humantime::format_duration(timeout)
-            ),
-            _ => anyhow!("cannot send the command: {error}"),
-        })?;
-    if let Some(code) = answer.headers.as_ref().and_then(|h| h.get("Nexus-Error")) {
-        bail!(
-            "refused ({}): {}",
-            code.as_str(),
-            String::from_utf8_lossy(&answer.payload)
-        );
-    }
-    let chain = answer
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(command::HDR_CHAIN))
-        .map(|v| v.as_str().to_owned());
-    let (event, reply) = nexus_federation::SignedEvent::open_detached(
-        answer.headers.as_ref(),
-        answer.payload,
-        MAX_COMMAND_BYTES,
-    )
-    .map_err(|e| anyhow!("the reply does not verify: {e}"))?;
-    check_reply(
-        config,
-        &sealed.envelope,
-        node,
-        &event,
-        &reply,
-        chain.as_deref(),
-    )?;
+    let asker = Asker::connect(config, "request").await?;
+    let (event, reply) = asker.ask(node, name, data, timeout).await?;
     eprintln!(
         "reply {} from {} (signed by {}), correlation_id {}",
         reply.event_name,
@@ -158,20 +215,10 @@ pub async fn request(
         println!("{shown}");
         Ok(())
     } else {
-        let code = reply
-            .payload
-            .get("code")
-            .and_then(Value::as_str)
-            .unwrap_or("error");
-        let message = reply
-            .payload
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("");
         if json {
             println!("{shown}");
         }
-        bail!("{code}: {message}")
+        bail!("{}", error_of(&reply))
     }
 }
 

@@ -59,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::children::{self, Children, StatusReporter, STATUS_EVENT};
-use crate::commands::{CommandService, Rotation};
+use crate::commands::{CommandService, Rotation, TraceSources};
 use crate::health::Vitals;
 use crate::heartbeat::{Heartbeat, HostProbe, EVENT_NAME};
 use crate::keygen::load_secret;
@@ -545,6 +545,11 @@ fn commands(
             next_hop: node.links.next_hop.clone(),
         },
         started_wall: time::OffsetDateTime::now_utc(),
+        tracing: TraceSources {
+            dead_letters: open_dead_letters(config),
+            ingress: (config.node.mode != Mode::Member).then(|| config.ingress.stream.clone()),
+            journal: (config.node.mode == Mode::Root).then(|| config.landing.stream.clone()),
+        },
         latencies,
         replay,
         log,

@@ -26,5 +26,5 @@ pub mod sqlite;
 pub use deadletter::{DeadLetter, DeadLetters};
 pub use outbox::{
     LossKind, Losses, Numbered, Outbox, OutboxError, OutboxOptions, OutboxStats, Priority, Seal,
-    WhenFull,
+    Waiting, WhenFull,
 };

@@ -270,6 +270,28 @@ fn every_verb_refuses_a_bad_value_with_exit_2_naming_the_flag() {
             invalid("0", "--count"),
         ),
         (
+            "fleet",
+            line(&["fleet", "-c", config, "--watch", "--json"]),
+            "the argument '--watch' cannot be used with '--json'".to_owned(),
+        ),
+        (
+            "trace",
+            line(&["trace", "-c", config, "not-an-id"]),
+            invalid("not-an-id", "<EVENT_ID>"),
+        ),
+        (
+            "trace",
+            line(&[
+                "trace",
+                "-c",
+                config,
+                "0192f3a1-7c2e-7d40-8f00-0123456789ab",
+                "--timeout",
+                "soon",
+            ]),
+            invalid("soon", "--timeout"),
+        ),
+        (
             "request",
             line(&["request", "-c", config, "Edge.01", "agent.ping"]),
             invalid("Edge.01", "<NODE>"),

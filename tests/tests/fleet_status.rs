@@ -10,6 +10,7 @@
 //! - Every agent serves `/metrics`, `/healthz` and `/readyz`; a real Prometheus scrapes
 //!   them, and its HTTP API has the series, following the fleet through the above.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Output;
 use std::sync::{Arc, Mutex};
@@ -157,6 +158,37 @@ fn row(node: &str, status: &str, parent: Option<&str>) -> (String, String, Optio
     )
 }
 
+/// `nexus-agent trace EVENT_ID --json` with the root's config: the exit code and each
+/// node's answer (or why it could not be asked), by node id.
+async fn trace(root: &AgentProcess, event_id: &str) -> (i32, BTreeMap<String, Value>) {
+    let out = tokio::process::Command::new(agent_bin())
+        .args(["trace", event_id, "--json", "--timeout", "3s", "-c"])
+        .arg(root.config_path())
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .expect("nexus-agent runs");
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "trace --json printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let by_node = all
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|n| {
+            (
+                n["node_id"].as_str().unwrap_or_default().to_owned(),
+                n.clone(),
+            )
+        })
+        .collect();
+    (out.status.code().unwrap_or(-1), by_node)
+}
+
 /// The value of the one series `expr` selects at Prometheus, once there is one.
 fn value(prometheus: &Prometheus, expr: &str) -> Option<f64> {
     let result = prometheus.query(expr);
@@ -194,6 +226,7 @@ async fn degraded_causes_come_and_go_and_silent_nodes_are_reported_once() {
     fleet.interval = INTERVAL;
     let broker = Mosquitto::start();
     let statuses = Seen::watch(&fleet, "nexus._core.edge.node_status.>").await;
+    let readings = Seen::watch(&fleet, "nexus.*.iot.sensor_data").await;
     let member_beats = Seen::watch(
         &fleet,
         &format!("nexus._core.edge.health.{}", fleet::MEMBER),
@@ -378,6 +411,36 @@ async fn degraded_causes_come_and_go_and_silent_nodes_are_reported_once() {
         2.0,
     )
     .await;
+    // Where that reading is: every tier answers `agent.trace`; it landed at the root and
+    // waits nowhere.
+    let reading = wait_until("the reading lands at the root", DEADLINE, async || {
+        readings.all().first().cloned()
+    })
+    .await;
+    let event_id = reading["event_id"].as_str().expect("event_id").to_owned();
+    let (code, answers) = trace(&root, &event_id).await;
+    assert_eq!(code, 0, "landed: {answers:?}");
+    let journal = &answers[fleet::ROOT]["answer"]["journal"];
+    assert_eq!(journal["found"], true, "{answers:?}");
+    assert!(
+        journal["sequence"].as_u64().is_some_and(|s| s > 0),
+        "{journal}"
+    );
+    assert_eq!(answers[fleet::MEMBER]["answer"]["outbox"]["waiting"], false);
+    assert_eq!(
+        answers[fleet::MEMBER]["answer"]["dead_letters"],
+        serde_json::json!([])
+    );
+    assert!(
+        answers[fleet::HUB]["answer"]["ingress"].is_object(),
+        "{answers:?}"
+    );
+    // An id nobody has: answered everywhere, not landed.
+    let (code, answers) = trace(&root, "0192f3a1-7c2e-7d40-8f00-0123456789ab").await;
+    assert_eq!(code, 1);
+    assert_eq!(answers[fleet::ROOT]["answer"]["journal"]["found"], false);
+    assert_eq!(answers.len(), 3, "{answers:?}");
+
     // A command answered by the member: its latency is in the histogram.
     let out = request(&root, fleet::MEMBER, "agent.ping").await;
     assert!(
@@ -526,6 +589,14 @@ async fn degraded_causes_come_and_go_and_silent_nodes_are_reported_once() {
         },
     )
     .await;
+    let (code, answers) = trace(&root, &event_id).await;
+    assert_eq!(code, 0, "still landed: {answers:?}");
+    for node in [fleet::HUB, fleet::MEMBER] {
+        assert!(
+            answers[node]["not_asked"].is_string(),
+            "{node} cannot be asked with its hub down: {answers:?}"
+        );
+    }
     hub.restart();
     wait_until("the root reports both online again", DEADLINE, async || {
         reports(&statuses, from, fleet::HUB).last() == Some(&pair(fleet::ROOT, "online"))

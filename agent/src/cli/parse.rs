@@ -30,6 +30,24 @@ pub fn node_id(text: &str) -> Result<String, String> {
         .map_err(|reason| format!("not a node id ({reason}): use 1-64 chars of [a-z0-9_-]"))
 }
 
+/// An event id: a UUID in its hyphenated form (as every envelope's `event_id`), lower case.
+pub fn event_id(text: &str) -> Result<String, String> {
+    let hex: Vec<char> = text.chars().filter(|c| *c != '-').collect();
+    let shaped = text.len() == 36
+        && [8, 13, 18, 23]
+            .iter()
+            .all(|&i| text.as_bytes().get(i) == Some(&b'-'))
+        && hex.len() == 32
+        && hex.iter().all(char::is_ascii_hexdigit);
+    if shaped {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err("not an event id: use the envelope's event_id, a UUID like \
+             0192f3a1-7c2e-7d40-8f00-0123456789ab"
+            .to_owned())
+    }
+}
+
 /// A tenant id: 1-64 chars of `[a-z0-9_-]`, not the reserved `_core`.
 pub fn tenant_id(text: &str) -> Result<String, String> {
     nexus_policies::ids::check_tenant(text)

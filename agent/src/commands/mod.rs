@@ -49,6 +49,7 @@ mod builtins;
 mod reply;
 mod route;
 mod service;
+mod trace;
 mod verify;
 
 /// Commands remembered against replay.
@@ -60,6 +61,7 @@ pub const PING: &str = "agent.ping";
 pub const HEALTH: &str = "agent.health";
 /// Replaces this node's token.
 pub const ROTATE: &str = "agent.token.rotate";
+pub use trace::{TraceSources, TRACE};
 
 /// What token rotation needs.
 #[derive(Debug, Clone)]
@@ -108,6 +110,8 @@ pub struct CommandService {
     pub rotation: Rotation,
     /// Commands seen (shared by every listener).
     pub replay: Arc<Mutex<ReplayGuard>>,
+    /// Where `agent.trace` looks besides the outbox.
+    pub tracing: TraceSources,
     /// How long commands took to answer (for the metrics).
     pub latencies: crate::metrics::CommandMetrics,
     /// Quiet logs (shared): commands dropped unanswered.

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::reply::plain_error;
-use super::{CommandService, Refused, HEALTH, PING, ROTATE};
+use super::{CommandService, Refused, HEALTH, PING, ROTATE, TRACE};
 use crate::metrics::CommandMetrics;
 
 /// Commands handled at once; more wait in the listener's queue.
@@ -271,9 +271,10 @@ impl CommandService {
             PING => Ok(self.ping()),
             HEALTH => Ok(self.heartbeat.snapshot()),
             ROTATE => self.rotate(&command.envelope.payload).await,
+            TRACE => self.trace(&command.envelope.payload).await,
             name if name.starts_with("agent.") => Err(Rejection::new(
                 Reason::UnknownCommand,
-                format!("`{name}` is not a built-in command (agent.ping, agent.health, agent.token.rotate)"),
+                format!("`{name}` is not a built-in command (agent.ping, agent.health, agent.token.rotate, agent.trace)"),
             )),
             _ => return Ok(self.deliver(&command).await),
         };

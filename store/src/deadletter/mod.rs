@@ -497,6 +497,28 @@ impl DeadLetters {
         Ok(entries)
     }
 
+    /// The entries of the message whose `Nats-Msg-Id` header is `event_id` (an event's
+    /// id), oldest first: a scan of the headers, bounded by the store's `max_entries`.
+    pub fn find_event(&self, event_id: &str) -> Result<Vec<DeadLetterSummary>, DeadLetterError> {
+        // The headers column is JSON `[[name, value], …]`: the pair, as serde_json writes it.
+        let pair = format!(
+            "[\"Nats-Msg-Id\",{}]",
+            serde_json::Value::String(event_id.to_owned())
+        );
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {SUMMARY_COLUMNS} FROM dead_letters WHERE instr(headers, ?1) > 0 \
+                 ORDER BY id LIMIT 100"
+            ))
+            .map_err(StoreError::sqlite("find dead letters"))?;
+        let entries = stmt
+            .query_map([pair], read_summary)
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(StoreError::sqlite("find dead letters"))?;
+        Ok(entries)
+    }
+
     /// One entry, whole.
     pub fn get(&self, id: u64) -> Result<Option<DeadLetter>, DeadLetterError> {
         let conn = self.conn();

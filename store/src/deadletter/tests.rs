@@ -285,3 +285,25 @@ async fn a_garbage_file_is_moved_aside_and_a_fresh_store_starts() {
         .await
         .expect("record works");
 }
+
+/// The entries of one event are found by its id (the `Nats-Msg-Id` header), and only
+/// those: not another event's, nor an id that merely starts the same.
+#[tokio::test]
+async fn an_events_entries_are_found_by_its_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dl = store(&dir, 1 << 20, 100);
+    let ours = dl
+        .record(entry("bad_signature", b"ours", T0))
+        .await
+        .expect("record");
+    let mut other = entry("acl_denied", b"other", T0);
+    other.headers[0].1 = "01J0000000000000000000000-longer".to_owned();
+    dl.record(other).await.expect("record");
+    let found = dl.find_event("01J0000000000000000000000").expect("find");
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (found[0].id, found[0].reason.as_str()),
+        (ours, "bad_signature")
+    );
+    assert!(dl.find_event("nope").expect("find").is_empty());
+}

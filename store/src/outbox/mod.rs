@@ -138,6 +138,17 @@ use worker::Command;
 /// The unix-milliseconds wall clock the store reads (replaced in tests).
 pub(crate) type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
+/// An event still waiting in the outbox ([`Outbox::find`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    /// Its entry key.
+    pub entry: u64,
+    /// Whether it is a Control entry (else Bulk).
+    pub control: bool,
+    /// When it was queued, unix milliseconds.
+    pub enqueued_ms: i64,
+}
+
 /// Which queue an event waits in. Control overtakes Bulk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Priority {
@@ -647,6 +658,24 @@ impl Outbox {
             .is_ok()
         {
             let _ = answer.await;
+        }
+    }
+
+    /// The entry holding `event_id`, if it still waits for the next tier's ack (a scan of
+    /// the waiting entries, bounded by `max_bytes`).
+    pub async fn find(&self, event_id: &str) -> Result<Option<Waiting>, OutboxError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Find {
+            event_id: event_id.to_owned(),
+            reply,
+        })
+        .map_err(|_| OutboxError::Closed { event: None })?;
+        match answer.await {
+            Ok(result) => result.map_err(|source| OutboxError::Storage {
+                event: None,
+                source,
+            }),
+            Err(_) => Err(OutboxError::Closed { event: None }),
         }
     }
 

@@ -10,7 +10,7 @@ use nexus_wire::provenance::SignedEvent;
 use rusqlite::{params, Connection, OptionalExtension as _, Row};
 use tracing::error;
 
-use super::{Clock, LossKind, Priority, Seal, WhenFull};
+use super::{Clock, LossKind, Priority, Seal, Waiting, WhenFull};
 use crate::sqlite::{self, Schema, StoreError};
 use losses::{kind_of, read_or_make_epoch, GivenUp};
 
@@ -782,6 +782,32 @@ impl Store {
             store.record_losses(LossKind::Dropped, gone)?;
             store.refresh_oldest()
         })
+    }
+
+    /// The entry holding `event_id`, if one waits: its entry key, whether it is Control,
+    /// and when it was queued (unix ms).
+    pub fn find(&mut self, event_id: &str) -> Result<Option<Waiting>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, priority, enqueued_ms FROM outbox WHERE event_id = ?1 LIMIT 1",
+            )
+            .map_err(StoreError::sqlite("find an outbox entry"))?;
+        let mut rows = stmt
+            .query([event_id])
+            .map_err(StoreError::sqlite("find an outbox entry"))?;
+        let row = rows
+            .next()
+            .map_err(StoreError::sqlite("find an outbox entry"))?;
+        row.map(|row| {
+            Ok(Waiting {
+                entry: row.get::<_, i64>(0)?.max(0) as u64,
+                control: row.get::<_, i64>(1)? == 0,
+                enqueued_ms: row.get(2)?,
+            })
+        })
+        .transpose()
+        .map_err(StoreError::sqlite("find an outbox entry"))
     }
 
     /// Up to `max` entries: Control first, then at most `bulk_max` Bulk, each by seq; and

@@ -83,6 +83,28 @@ async fn batches_come_oldest_first_and_stay_until_acked() {
     assert_eq!(outbox.stats().depth, 3);
 }
 
+/// An event is found by its id while it waits, and no longer once acked.
+#[tokio::test]
+async fn a_waiting_event_is_found_by_its_id_until_acked() {
+    let outbox = Outbox::in_memory(1 << 20);
+    let (bulk, control) = (event(1), event(2));
+    let (bulk_id, control_id) = (bulk.event_id.clone(), control.event_id.clone());
+    let b = push(&outbox, bulk, Priority::Bulk).await;
+    let c = push(&outbox, control, Priority::Control).await;
+    let found = outbox.find(&bulk_id).await.expect("find").expect("waiting");
+    assert_eq!((found.entry, found.control), (b, false));
+    assert!(found.enqueued_ms > 0);
+    let found = outbox
+        .find(&control_id)
+        .await
+        .expect("find")
+        .expect("waiting");
+    assert_eq!((found.entry, found.control), (c, true));
+    assert_eq!(outbox.find("no-such-event").await.expect("find"), None);
+    outbox.ack(&[b]).await;
+    assert_eq!(outbox.find(&bulk_id).await.expect("find"), None);
+}
+
 /// Control entries overtake Bulk ones; within a priority the order is the push order.
 #[tokio::test]
 async fn control_comes_before_bulk_each_in_push_order() {

@@ -16,7 +16,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::warn;
 
 use super::store::{Batch, PushOutcome, Snapshot, Store, Write};
-use super::{LossKind, Losses, Numbered, OutboxError, Seal};
+use super::{LossKind, Losses, Numbered, OutboxError, Seal, Waiting};
 use crate::sqlite::StoreError;
 
 /// The most requests one group commit takes.
@@ -49,6 +49,10 @@ pub(crate) enum Command {
         bulk_max: usize,
         reply: oneshot::Sender<Result<Batch, StoreError>>,
     },
+    Find {
+        event_id: String,
+        reply: oneshot::Sender<Result<Option<Waiting>, StoreError>>,
+    },
 }
 
 impl Command {
@@ -78,6 +82,10 @@ enum Read {
         kind: LossKind,
         max_ranges: usize,
         reply: oneshot::Sender<Result<Option<Losses>, StoreError>>,
+    },
+    Find {
+        event_id: String,
+        reply: oneshot::Sender<Result<Option<Waiting>, StoreError>>,
     },
 }
 
@@ -170,6 +178,7 @@ pub(crate) fn run(
                     max_ranges,
                     reply,
                 }),
+                Command::Find { event_id, reply } => reads.push(Read::Find { event_id, reply }),
             }
         }
         if !writes.is_empty() {
@@ -198,6 +207,9 @@ pub(crate) fn run(
                     reply,
                 } => {
                     let _ = reply.send(store.losses(kind, max_ranges));
+                }
+                Read::Find { event_id, reply } => {
+                    let _ = reply.send(store.find(&event_id));
                 }
             }
         }
