@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use nexus_federation::outbox::Priority;
 use nexus_federation::subsystem::SubsystemError;
-use nexus_federation::{Encoding, Envelope, Outbox, OutboxError};
+use nexus_federation::{Encoding, Envelope, Link, Outbox, OutboxError};
 use nexus_policies::SecretKey;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
@@ -112,6 +112,9 @@ struct Watch {
     pending: VecDeque<StatusChange>,
     /// Changes dropped at [`MAX_PENDING`].
     dropped: u64,
+    /// Until when this node cannot hear its children (its ingress does not read while
+    /// the next hop is down): silences are not reported meanwhile.
+    blind_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -174,37 +177,67 @@ impl Children {
         self.watch.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a verified heartbeat of `node_id`, whose token `parent` issued (`None`:
-    /// a trust anchor did).
+    /// Records a verified heartbeat of `node_id` stored by this tier's ingress at `stored`
+    /// (wall clock), whose token `parent` issued (`None`: a trust anchor did).
+    pub fn heard_stored(&self, node_id: &str, parent: Option<&str>, stored: OffsetDateTime) {
+        let now = Instant::now();
+        let age = (OffsetDateTime::now_utc() - stored)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        let at = now.checked_sub(age).unwrap_or(now);
+        self.heard_at(node_id, parent, at, stored, now);
+    }
+
+    /// [`Self::heard_at`] of a heartbeat stored `now`.
+    #[cfg(test)]
     pub fn heard(&self, node_id: &str, parent: Option<&str>, now: Instant, wall: OffsetDateTime) {
+        self.heard_at(node_id, parent, now, wall, now);
+    }
+
+    /// Records a heartbeat of `node_id` stored at `at` (`wall` on the wall clock), read at
+    /// `now`. One older than what is known changes nothing; one older than `offline_after`
+    /// (a backlog read late) moves the last-seen time but does not bring a silent child
+    /// back.
+    pub fn heard_at(
+        &self,
+        node_id: &str,
+        parent: Option<&str>,
+        at: Instant,
+        wall: OffsetDateTime,
+        now: Instant,
+    ) {
         let via = parent.filter(|p| *p != self.own_id);
         let mut watch = self.lock();
         if let Some(state) = watch.seen.get_mut(node_id) {
-            let was = state.reported;
-            state.last = now;
-            state.last_wall = wall;
             if state.via.as_deref() != via {
                 state.via = via.map(str::to_owned);
             }
-            let by_parent = std::mem::take(&mut state.by_parent);
-            if was != NodeStatus::Online {
-                info!(node_id, was = was.as_str(), "Child is back online.");
-                state.reported = NodeStatus::Online;
-                state.back_at = Some(now);
-                if by_parent {
-                    return;
-                }
-                let change = StatusChange {
-                    node_id: node_id.to_owned(),
-                    status: NodeStatus::Online,
-                    last_seen: wall,
-                    silent: Duration::ZERO,
-                    via: via.map(str::to_owned),
-                };
-                watch.push(change);
-                drop(watch);
-                self.changed.notify_one();
+            if at <= state.last {
+                return;
             }
+            let (before, before_wall) = (state.last, state.last_wall);
+            state.last = at;
+            state.last_wall = wall;
+            let was = state.reported;
+            if was == NodeStatus::Online || now.saturating_duration_since(at) > self.offline_after {
+                return;
+            }
+            info!(node_id, was = was.as_str(), "Child is back online.");
+            state.reported = NodeStatus::Online;
+            state.back_at = Some(now);
+            if std::mem::take(&mut state.by_parent) {
+                return;
+            }
+            let change = StatusChange {
+                node_id: node_id.to_owned(),
+                status: NodeStatus::Online,
+                last_seen: before_wall,
+                silent: at.saturating_duration_since(before),
+                via: via.map(str::to_owned),
+            };
+            watch.push(change);
+            drop(watch);
+            self.changed.notify_one();
             return;
         }
         if watch.seen.len() >= self.capacity {
@@ -223,7 +256,7 @@ impl Children {
         watch.seen.insert(
             node_id.to_owned(),
             ChildState {
-                last: now,
+                last: at,
                 last_wall: wall,
                 via: via.map(str::to_owned),
                 reported: NodeStatus::Online,
@@ -231,6 +264,13 @@ impl Children {
                 back_at: None,
             },
         );
+    }
+
+    /// This node cannot hear its children until `until` (its own next hop is down, so its
+    /// ingress does not read): their silence is counted unknown and not reported.
+    pub fn blind(&self, until: Instant) {
+        let mut watch = self.lock();
+        watch.blind_until = Some(watch.blind_until.map_or(until, |u| u.max(until)));
     }
 
     /// Records a status report about `node_id` by `reporter` (an `edge.node_status` event
@@ -264,6 +304,7 @@ impl Children {
                     .map(|s| (id.clone(), (silent_for(s) > offline_after, s.back_at)))
             })
             .collect();
+        let blind = watch.blind_until.is_some_and(|until| now < until);
         let (mut online, mut offline, mut unknown, mut gone) = (0, 0, 0, 0);
         let mut changes = Vec::new();
         watch.seen.retain(|node_id, state| {
@@ -275,6 +316,10 @@ impl Children {
             }
             if silent <= offline_after {
                 online += 1;
+                return true;
+            }
+            if blind && state.reported == NodeStatus::Online {
+                unknown += 1;
                 return true;
             }
             let next = match &state.via {
@@ -289,6 +334,14 @@ impl Children {
                             && back_at.is_none_or(|at| {
                                 now.saturating_duration_since(at) > offline_after
                             }) =>
+                    {
+                        Some(NodeStatus::Offline)
+                    }
+                    // Its parent runs and has not reported it for twice `offline_after` (a
+                    // parent that restarted never heard it): it is offline.
+                    Some((false, _))
+                        if state.reported == NodeStatus::Online
+                            && silent > offline_after.saturating_mul(2) =>
                     {
                         Some(NodeStatus::Offline)
                     }
@@ -410,6 +463,9 @@ pub struct StatusReporter {
     pub children: Children,
     /// How often silences are looked for.
     pub tick: Duration,
+    /// Where this node's ingress forwards (hub: the parent; root: its own NATS): while it
+    /// is down the ingress does not read, so the children cannot be heard.
+    pub destination: Option<Link>,
 }
 
 impl StatusReporter {
@@ -424,7 +480,11 @@ impl StatusReporter {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = ticker.tick() => {
-                    self.children.census();
+                    let now = Instant::now();
+                    if self.destination.as_ref().is_some_and(|link| !link.state().connected) {
+                        self.children.blind(now + self.children.offline_after);
+                    }
+                    self.children.census_at(now);
                 }
                 _ = changed.notified() => {}
             }
@@ -582,7 +642,7 @@ mod tests {
     }
 
     /// At the root, a member behind a running hub is the hub's to report; a report by the
-    /// hub is taken as said.
+    /// hub is taken as said, a report by another node is not.
     #[test]
     fn members_behind_a_running_hub_are_reported_by_the_hub() {
         let children = Children::new(ROOT, Duration::from_secs(30));
@@ -590,22 +650,82 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         children.heard(HUB, None, at(0), wall());
         children.heard("edge-01", Some(HUB), at(0), wall());
-        for s in (10..=200).step_by(10) {
+        for s in (10..=30).step_by(10) {
+            children.heard(HUB, None, at(s), wall());
+            children.census_at(at(s));
+        }
+        children.noted("edge-01", NodeStatus::Offline, HUB);
+        for s in (40..=200).step_by(10) {
             children.heard(HUB, None, at(s), wall());
             let census = children.census_at(at(s));
-            assert_eq!(census.offline, usize::from(s > 30), "at {s} s");
+            assert_eq!(census.offline, 1, "at {s} s");
         }
-        assert_eq!(statuses(&children), vec![]);
-        // Its hub's report, and the member back: the hub reports both.
-        children.noted("edge-01", NodeStatus::Offline, HUB);
-        children.census_at(at(200));
+        assert_eq!(statuses(&children), vec![], "the hub said it");
+        // The member back: the hub reports that too.
         children.heard("edge-01", Some(HUB), at(201), wall());
         assert_eq!(statuses(&children), vec![]);
         assert_eq!(children.census_at(at(201)).online, 2);
-        // A report by some other node is not the parent's.
+
+        // A report by a node that is not its parent is not taken: silent with its hub,
+        // the member is still unknown to the root.
         children.noted("edge-01", NodeStatus::Offline, "hub-02");
-        children.heard("edge-01", Some(HUB), at(202), wall());
+        let census = children.census_at(at(240));
+        assert_eq!((census.offline, census.unknown), (1, 1));
+        let mut changes = statuses(&children);
+        changes.sort();
+        assert_eq!(
+            changes,
+            vec![pair("edge-01", "unknown"), pair(HUB, "offline")]
+        );
+    }
+
+    /// A member behind a running hub that the hub never reports (it restarted and never
+    /// heard it) is reported offline by the root after twice `offline_after`.
+    #[test]
+    fn a_member_its_running_hub_never_reports_is_reported_by_the_root() {
+        let children = Children::new(ROOT, Duration::from_secs(30));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        children.heard(HUB, None, at(0), wall());
+        children.heard("edge-01", Some(HUB), at(0), wall());
+        for s in (10..=60).step_by(10) {
+            children.heard(HUB, None, at(s), wall());
+            children.census_at(at(s));
+        }
         assert_eq!(statuses(&children), vec![]);
+        children.census_at(at(61));
+        assert_eq!(statuses(&children), vec![pair("edge-01", "offline")]);
+    }
+
+    /// While this node cannot hear its children (its next hop is down), their silence is
+    /// unknown and not reported; heartbeats read late from the backlog move the last-seen
+    /// time without bringing back a child reported silent.
+    #[test]
+    fn a_blind_node_reports_no_silence_and_a_late_backlog_brings_nobody_back() {
+        let children = Children::new(HUB, Duration::from_secs(30));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        children.heard("edge-01", None, at(0), wall());
+        children.heard("edge-02", None, at(0), wall());
+        children.blind(at(60));
+        let census = children.census_at(at(45));
+        assert_eq!((census.online, census.offline, census.unknown), (0, 0, 2));
+        assert_eq!(statuses(&children), vec![]);
+        // The next hop is back: the backlog is read; edge-01 ran, edge-02 had died at 5 s.
+        children.heard_at("edge-01", None, at(50), wall(), at(55));
+        children.heard_at("edge-02", None, at(5), wall(), at(55));
+        children.census_at(at(61));
+        assert_eq!(statuses(&children), vec![pair("edge-02", "offline")]);
+        // A copy of an old heartbeat of edge-02, read now: still offline.
+        children.heard_at("edge-02", None, at(10), wall(), at(62));
+        assert_eq!(statuses(&children), vec![]);
+        assert_eq!(children.census_at(at(62)).offline, 1);
+        // A fresh one: back, with how long it was silent.
+        children.heard_at("edge-02", None, at(70), wall(), at(70));
+        let back = children.take_changes();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].status, NodeStatus::Online);
+        assert_eq!(back[0].silent, Duration::from_secs(60));
     }
 
     #[test]

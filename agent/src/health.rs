@@ -225,22 +225,17 @@ fn whole_secs(duration: Duration) -> Duration {
     Duration::from_secs(duration.as_secs())
 }
 
-/// The share of the file system holding `dir` in use, %, from the mounted file systems
-/// (the one with the longest mount point that contains `dir`); `None` if none does.
+/// The share of the file system holding `dir` in use, % (as `df` counts it: blocks
+/// reserved for root are neither used nor available); `None` if it cannot be read. One
+/// `statvfs` of the data directory, a local file system.
+// The block counts are 32-bit on armv7 (`fsblkcnt_t`), 64-bit here: the conversions are
+// needed there.
+#[allow(clippy::useless_conversion)]
 pub fn disk_pct(dir: &Path) -> Option<f32> {
-    let dir: PathBuf = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
-    let disks = sysinfo::Disks::new_with_refreshed_list().ok()?;
-    disks
-        .iter()
-        .filter(|disk| dir.starts_with(disk.mount_point()))
-        .max_by_key(|disk| disk.mount_point().as_os_str().len())
-        .and_then(|disk| {
-            let total = disk.total_space();
-            (total > 0).then(|| {
-                let used = total.saturating_sub(disk.available_space());
-                (used as f64 / total as f64 * 100.0) as f32
-            })
-        })
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    let used = u64::from(stat.blocks()).saturating_sub(u64::from(stat.blocks_free()));
+    let usable = used + u64::from(stat.blocks_available());
+    (usable > 0).then(|| (used as f64 / usable as f64 * 100.0) as f32)
 }
 
 #[cfg(test)]

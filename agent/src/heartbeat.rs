@@ -110,8 +110,15 @@ impl Heartbeat {
     }
 
     /// What the heartbeat reads for [`health::causes`]; CPU %, memory %.
-    fn read(&self) -> (Readings, f32) {
-        let (cpu_pct, mem_pct) = self.host.sample();
+    /// With `cpu`, the CPU % since the previous heartbeat (and a new baseline); without,
+    /// 0 and the baseline untouched (probes and scrapes must not shorten the heartbeat's
+    /// CPU window).
+    fn read(&self, cpu: bool) -> (Readings, f32) {
+        let (cpu_pct, mem_pct) = if cpu {
+            self.host.sample()
+        } else {
+            (0.0, self.host.memory())
+        };
         let outbox = self.outbox.stats();
         let wall = OffsetDateTime::now_utc();
         let links = [("uplink", &self.uplink), ("local", &self.local)]
@@ -143,7 +150,7 @@ impl Heartbeat {
 
     /// The causes of `degraded` now (none: healthy).
     pub fn causes(&self) -> Vec<Cause> {
-        self.judge(&self.read().0)
+        self.judge(&self.read(false).0)
     }
 
     fn judge(&self, readings: &Readings) -> Vec<Cause> {
@@ -156,7 +163,7 @@ impl Heartbeat {
     /// A fresh heartbeat payload (also the answer to `agent.health`).
     pub fn snapshot(&self) -> Map<String, Value> {
         let uptime = self.started.elapsed();
-        let (readings, cpu_pct) = self.read();
+        let (readings, cpu_pct) = self.read(true);
         let causes = self.judge(&readings);
         let outbox = self.outbox.stats();
         let mut payload = Map::new();
@@ -296,6 +303,11 @@ impl HostProbe {
     fn sample(&self) -> (f32, f32) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).sample()
     }
+
+    /// Memory in use %, without a CPU sample.
+    fn memory(&self) -> f32 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).memory()
+    }
 }
 
 impl Default for HostProbe {
@@ -331,15 +343,23 @@ impl Host {
             return (0.0, 0.0);
         };
         system.refresh_cpu_usage();
+        let cpu = system.global_cpu_usage();
+        (cpu, self.memory())
+    }
+
+    /// Memory in use %.
+    fn memory(&mut self) -> f32 {
+        let Some(system) = self.system.as_mut() else {
+            return 0.0;
+        };
         system.refresh_memory();
         let total = system.total_memory();
         let used = total.saturating_sub(system.available_memory());
-        let mem = if total == 0 {
+        if total == 0 {
             0.0
         } else {
             (used as f64 / total as f64 * 100.0) as f32
-        };
-        (system.global_cpu_usage(), mem)
+        }
     }
 }
 

@@ -391,6 +391,9 @@ fn verifier(
     landing: Option<Landing>,
 ) -> ModeParts {
     let config = &node.config;
+    let destination_link = match &destination {
+        Destination::Parent(link) | Destination::Landing(link) => link.clone(),
+    };
     let children = Children::new(&config.node.id, config.heartbeat.offline_after);
     let watch = children.clone();
     let own_id = config.node.id.clone();
@@ -401,17 +404,12 @@ fn verifier(
         MAX_ENVELOPE_BYTES,
         Arc::clone(&node.gatekeeper),
     )
-    .with_observer(Arc::new(move |envelope, parent| {
+    .with_observer(Arc::new(move |envelope, parent, stored| {
         if envelope.source == own_id {
             return;
         }
         if envelope.event_name == EVENT_NAME {
-            watch.heard(
-                &envelope.source,
-                parent,
-                Instant::now(),
-                time::OffsetDateTime::now_utc(),
-            );
+            watch.heard_stored(&envelope.source, parent, stored);
         } else if envelope.event_name == STATUS_EVENT {
             children::note_report(&watch, envelope);
         }
@@ -426,6 +424,7 @@ fn verifier(
         outbox: node.outbox.clone(),
         children: children.clone(),
         tick: config.heartbeat.interval.min(STATUS_TICK),
+        destination: Some(destination_link),
     };
     node.supervisor
         .spawn("node status", |token| reporter.run(token));

@@ -92,10 +92,11 @@ pub struct IngressCounters {
     pub landed_before: AtomicU64,
 }
 
-/// Called with every verified envelope and the node id of its signer's parent (the issuer
-/// of its token; `None` for a trust anchor or a node whose token a trust anchor issued),
+/// Called with every verified envelope, the node id of its signer's parent (the issuer of
+/// its token; `None` for a trust anchor or a node whose token a trust anchor issued) and
+/// when this tier's ingress stream stored it (so that a backlog read late is seen as old),
 /// e.g. to watch children's heartbeats.
-pub type Observer = Arc<dyn Fn(&Envelope, Option<&str>) + Send + Sync>;
+pub type Observer = Arc<dyn Fn(&Envelope, Option<&str>, time::OffsetDateTime) + Send + Sync>;
 
 /// The ingress pump.
 pub struct Ingress {
@@ -390,7 +391,11 @@ impl Ingress {
                             Admitted::Node(grant) => grant.parent_id(),
                             Admitted::Anchor => None,
                         };
-                        observer(&envelope, parent);
+                        let stored = message.info().map_or_else(
+                            |_| time::OffsetDateTime::now_utc(),
+                            |info| info.published,
+                        );
+                        observer(&envelope, parent, stored);
                     }
                     let key = LandedKey::of(&envelope);
                     verified.push(Verified {

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use nexus_e2e::bench::events::stream_count;
 use nexus_e2e::prometheus::http_get;
 use nexus_e2e::{
     agent_bin, fleet, mosquitto_client_bin, payload_json, wait_until, AgentProcess, Fleet,
@@ -30,6 +31,8 @@ const OFFLINE_AFTER: Duration = Duration::from_secs(3);
 /// Process start-up, connects and stream creation on a loaded 2-core CI box.
 const STARTUP: Duration = Duration::from_secs(30);
 const DEADLINE: Duration = Duration::from_secs(30);
+/// Where node status reports land.
+const STATUS_SUBJECTS: &str = "nexus._core.edge.node_status.>";
 
 /// Every message on `subject` at the root's NATS, as JSON envelopes, in arrival order.
 #[derive(Clone, Default)]
@@ -607,5 +610,50 @@ async fn degraded_causes_come_and_go_and_silent_nodes_are_reported_once() {
         reports(&statuses, from, fleet::MEMBER),
         vec![pair(fleet::ROOT, "unknown"), pair(fleet::ROOT, "online")],
         "the member ran throughout: never reported offline"
+    );
+
+    // The root's NATS (the hub's uplink) down for twice offline_after: the hub cannot read
+    // its ingress meanwhile, so it reports no silence of the member, which ran throughout;
+    // nor does the root of the hub.
+    // Counted in the journal: a subscriber on the root's NATS misses what lands before it
+    // has reconnected.
+    let root_js = async_nats::jetstream::new(fleet.root_nats.client().await);
+    let reported = async || stream_count(&root_js, "NEXUS_EVENTS", STATUS_SUBJECTS).await;
+    let hub_heartbeats = format!("nexus._core.edge.health.{}", fleet::HUB);
+    let before = reported().await;
+    assert_eq!(
+        before,
+        statuses.len(),
+        "the journal holds every report seen"
+    );
+    fleet.root_nats.stop();
+    // The outage itself (a duration of the scenario, not a wait for a condition).
+    tokio::time::sleep(OFFLINE_AFTER * 2).await;
+    fleet.root_nats.restart();
+    let beats = member_beats.len();
+    wait_until("member heartbeats land again", DEADLINE, async || {
+        member_beats.len() >= beats + 3
+    })
+    .await;
+    // The hub's heartbeats queued after any report it queued (its outbox sends Control
+    // events in order): once three of them landed, so would have such a report. One more
+    // offline_after of member heartbeats for the blind period to end.
+    let root_js = async_nats::jetstream::new(fleet.root_nats.client().await);
+    let hub_seen = stream_count(&root_js, "NEXUS_EVENTS", &hub_heartbeats).await;
+    let settled = member_beats.len() + 3;
+    wait_until(
+        "three more hub and member heartbeats",
+        DEADLINE,
+        async || {
+            stream_count(&root_js, "NEXUS_EVENTS", &hub_heartbeats).await >= hub_seen + 3
+                && member_beats.len() >= settled
+        },
+    )
+    .await;
+    assert_eq!(
+        stream_count(&root_js, "NEXUS_EVENTS", STATUS_SUBJECTS).await,
+        before,
+        "an outage of the hub's uplink is no silence of its member: {:?}",
+        statuses.all()
     );
 }
