@@ -89,16 +89,7 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(errors) => return config_failed(&errors),
             };
-            let mut landed = false;
-            let code = runtime(async {
-                landed = trace_cmd::trace(&config, &event_id, timeout, json).await?;
-                Ok(())
-            });
-            if code == ExitCode::SUCCESS && !landed {
-                ExitCode::FAILURE
-            } else {
-                code
-            }
+            runtime_check(trace_cmd::trace(&config, &event_id, timeout, json))
         }
         Command::Fleet {
             config,
@@ -109,16 +100,7 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(errors) => return config_failed(&errors),
             };
-            let mut healthy = false;
-            let code = runtime(async {
-                healthy = fleet_cmd::fleet(&config, watch, json).await?;
-                Ok(())
-            });
-            if code == ExitCode::SUCCESS && !healthy {
-                ExitCode::FAILURE
-            } else {
-                code
-            }
+            runtime_check(fleet_cmd::fleet(&config, watch, json))
         }
         Command::Request {
             config,
@@ -196,6 +178,23 @@ where
     match runtime.block_on(future) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => failed(&error),
+    }
+}
+
+/// [`runtime`] of a check: exit 0 when it answers `true`, 1 when `false` or failed.
+fn runtime_check<F>(future: F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let mut passed = false;
+    let code = runtime(async {
+        passed = future.await?;
+        Ok(())
+    });
+    if code == ExitCode::SUCCESS && !passed {
+        ExitCode::FAILURE
+    } else {
+        code
     }
 }
 
