@@ -410,6 +410,21 @@ impl Children {
             .map(|state| state.last.elapsed() <= self.offline_after)
     }
 
+    /// A watched child's status now, as reported (or about to be): online while heard
+    /// within `offline_after`; else what was reported of it, `unknown` while that is
+    /// still `online` (this node cannot hear it, or the next look has not run yet).
+    pub fn status(&self, node_id: &str) -> Option<NodeStatus> {
+        self.lock().seen.get(node_id).map(|state| {
+            if state.last.elapsed() <= self.offline_after {
+                NodeStatus::Online
+            } else if state.reported == NodeStatus::Online {
+                NodeStatus::Unknown
+            } else {
+                state.reported
+            }
+        })
+    }
+
     /// How many children are watched.
     #[cfg(test)]
     fn len(&self) -> usize {

@@ -29,6 +29,7 @@ mod heartbeat;
 mod keygen;
 mod losses;
 mod metrics;
+mod page;
 mod rejections;
 mod request_cmd;
 mod revoke;

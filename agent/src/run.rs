@@ -65,6 +65,7 @@ use crate::heartbeat::{Heartbeat, HostProbe, EVENT_NAME};
 use crate::keygen::load_secret;
 use crate::losses::LossAuditor;
 use crate::metrics::{self, CommandMetrics, RefusalCounts};
+use crate::page::{self, Board};
 use crate::rejections::RejectionHandler;
 use crate::supervisor::Supervisor;
 use crate::trust_setup::TrustSetup;
@@ -131,9 +132,57 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         };
         node.supervisor.spawn("metrics", |token| server.run(token));
     }
+    if let (Some(listen), Some(board)) = (node.config.page.listen, parts.board.clone()) {
+        let server = page_server(
+            &node.config,
+            listen,
+            board.with_heartbeat(heartbeat.clone()),
+        )?;
+        node.supervisor.spawn("page", |token| server.run(token));
+    }
     node.supervisor
         .spawn("heartbeat", |token| heartbeat.clone().run(token));
     shut_down(node, &heartbeat).await
+}
+
+/// The fleet page's server: its token read from `page.token_file`, its TLS from
+/// `page.cert_file` and `page.key_file`.
+fn page_server(
+    config: &nexus_config::Config,
+    listen: std::net::SocketAddr,
+    board: Board,
+) -> anyhow::Result<page::Server> {
+    let token = match &config.page.token_file {
+        None => None,
+        Some(path) => {
+            let bytes = nexus_config::read_capped(path, 4096)
+                .with_context(|| format!("cannot read page.token_file {}", path.display()))?;
+            let token = String::from_utf8(bytes)
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .with_context(|| {
+                    format!(
+                        "page.token_file {} holds no token: write one line of printable text",
+                        path.display()
+                    )
+                })?;
+            Some(token)
+        }
+    };
+    let tls = match &config.page.tls {
+        None => None,
+        Some(tls) => Some(
+            nexus_tls::server_config("page", &tls.cert_file, &tls.key_file)
+                .context("cannot set up the fleet page's HTTPS")?,
+        ),
+    };
+    Ok(page::Server {
+        listen,
+        board,
+        token,
+        tls,
+    })
 }
 
 /// This node's NATS links, and where its own events go.
@@ -328,6 +377,8 @@ struct ModeParts {
     iot: Option<Arc<IotStats>>,
     /// The ingress' counters (hub, root).
     ingress: Option<Arc<IngressCounters>>,
+    /// What the fleet page shows (hub, root).
+    board: Option<Board>,
 }
 
 /// A member: the IoT bridge when `[iot]` is set (MQTT sensor messages → signed
@@ -358,6 +409,7 @@ fn member(node: &Node) -> anyhow::Result<ModeParts> {
         children: None,
         iot: Some(stats),
         ingress: None,
+        board: None,
     })
 }
 
@@ -397,6 +449,13 @@ fn verifier(
     let children = Children::new(&config.node.id, config.heartbeat.offline_after);
     let watch = children.clone();
     let own_id = config.node.id.clone();
+    let board = Board::new(
+        &config.node.id,
+        config.node.mode.as_str(),
+        Some(children.clone()),
+        None,
+    );
+    let shown = config.page.listen.is_some().then(|| board.clone());
     let ingress = Ingress::new(
         local.clone(),
         config.ingress.clone(),
@@ -405,6 +464,9 @@ fn verifier(
         Arc::clone(&node.gatekeeper),
     )
     .with_observer(Arc::new(move |envelope, parent, stored| {
+        if let Some(board) = &shown {
+            board.observe(envelope, parent, stored);
+        }
         if envelope.source == own_id {
             return;
         }
@@ -446,6 +508,7 @@ fn verifier(
         children: Some(children),
         iot: None,
         ingress: Some(ingress_counters),
+        board: Some(board),
     }
 }
 

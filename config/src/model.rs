@@ -87,6 +87,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// `[metrics]`: the optional Prometheus listener.
     pub metrics: MetricsConfig,
+    /// `[page]`.
+    pub page: PageConfig,
     /// `[log]`: tracing output.
     pub log: LogConfig,
     /// `[outbox]`: the bounded queue of events waiting for the next tier's ack.
@@ -284,6 +286,30 @@ pub struct MetricsConfig {
     /// `metrics.listen`: the address of the `/metrics`, `/healthz` and `/readyz` listener;
     /// none (the default) serves nothing.
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[page]`: the live fleet page of a hub or the root (off unless `listen` is set).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PageConfig {
+    /// `page.listen`: the address the page is served on; none (the default) serves
+    /// nothing.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `page.token_file`: a file holding the bearer token every request must carry
+    /// (`Authorization: Bearer …`, or the cookie set by opening `/?token=…` once); none:
+    /// no token asked.
+    pub token_file: Option<PathBuf>,
+    /// `page.cert_file` and `page.key_file`: PEM certificate chain and key to serve HTTPS;
+    /// none: plain HTTP.
+    pub tls: Option<ServerTls>,
+}
+
+/// A server certificate and its key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
 }
 
 /// `[log]`.

@@ -125,6 +125,29 @@ impl Config {
             writeln!(out, "\n[metrics]")?;
             writeln!(out, "listen = {}", quote(&listen.to_string()))?;
         }
+        if let Some(listen) = self.page.listen {
+            writeln!(out, "\n[page]")?;
+            writeln!(out, "listen = {}", quote(&listen.to_string()))?;
+            if let Some(token_file) = &self.page.token_file {
+                writeln!(
+                    out,
+                    "token_file = {}",
+                    quote(&token_file.display().to_string())
+                )?;
+            }
+            if let Some(tls) = &self.page.tls {
+                writeln!(
+                    out,
+                    "cert_file = {}",
+                    quote(&tls.cert_file.display().to_string())
+                )?;
+                writeln!(
+                    out,
+                    "key_file = {}",
+                    quote(&tls.key_file.display().to_string())
+                )?;
+            }
+        }
 
         writeln!(out, "\n[log]")?;
         writeln!(out, "level = {}", quote(&self.log.level))?;

@@ -35,8 +35,36 @@ impl Config {
             }
         }
         commands_fed_back(self, &mut warnings);
+        exposed_page(self, &mut warnings);
         warnings
     }
+}
+
+/// A fleet page listening beyond loopback without a token (anyone who reaches the port
+/// sees the fleet), or with a token but without TLS (the token crosses the network in
+/// clear text).
+fn exposed_page(config: &Config, warnings: &mut Vec<ConfigWarning>) {
+    let page = &config.page;
+    let Some(listen) = page.listen else { return };
+    if listen.ip().is_loopback() {
+        return;
+    }
+    let message = match (&page.token_file, &page.tls) {
+        (None, _) => format!(
+            "the fleet page listens on {listen} without a token: anyone who reaches that \
+             port sees every node of the fleet; set page.token_file (and cert_file + \
+             key_file), or listen on 127.0.0.1"
+        ),
+        (Some(_), None) => format!(
+            "the fleet page listens on {listen} over plain HTTP: its bearer token crosses \
+             the network in clear text; set page.cert_file and page.key_file"
+        ),
+        (Some(_), Some(_)) => return,
+    };
+    warnings.push(ConfigWarning {
+        key: "page.listen".to_owned(),
+        message,
+    });
 }
 
 /// An empty `[role.tls]` table with only clear-text URLs: the table alone requires TLS, so

@@ -61,6 +61,39 @@ pub fn prometheus_bin() -> PathBuf {
     })
 }
 
+/// `$CHROMIUM_BIN`, which `./dev setup` sets.
+pub const CHROMIUM_BIN_ENV: &str = "CHROMIUM_BIN";
+/// `$CHROMEDRIVER_BIN`, which `./dev setup` sets.
+pub const CHROMEDRIVER_BIN_ENV: &str = "CHROMEDRIVER_BIN";
+
+/// Chromium (Debian's `chromium`): `$CHROMIUM_BIN`, else `PATH`, else `/usr/bin/chromium`.
+/// Panics with [`INSTALL_HINT`].
+pub fn chromium_bin() -> PathBuf {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        from_env(CHROMIUM_BIN_ENV)
+            .or_else(|| on_path("chromium", true))
+            .or_else(|| executable(Path::new("/usr/bin/chromium")))
+    })
+    .clone()
+    .unwrap_or_else(|| panic!("chromium not found (set ${CHROMIUM_BIN_ENV}): {INSTALL_HINT}"))
+}
+
+/// Its WebDriver (Debian's `chromium-driver`): `$CHROMEDRIVER_BIN`, else `PATH`, else
+/// `/usr/bin/chromedriver`. Panics with [`INSTALL_HINT`].
+pub fn chromedriver_bin() -> PathBuf {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        from_env(CHROMEDRIVER_BIN_ENV)
+            .or_else(|| on_path("chromedriver", true))
+            .or_else(|| executable(Path::new("/usr/bin/chromedriver")))
+    })
+    .clone()
+    .unwrap_or_else(|| {
+        panic!("chromedriver not found (set ${CHROMEDRIVER_BIN_ENV}): {INSTALL_HINT}")
+    })
+}
+
 /// The mosquitto broker: `$MOSQUITTO_BIN`, else `PATH`, else `/usr/sbin/mosquitto` (Debian
 /// installs it outside a normal user's `PATH`). Panics with [`INSTALL_HINT`].
 pub fn mosquitto_bin() -> PathBuf {

@@ -34,6 +34,7 @@
 pub mod agent;
 pub mod bench;
 pub mod bins;
+pub mod browser;
 pub mod cluster;
 pub mod examples;
 pub mod fleet;
@@ -50,6 +51,7 @@ pub use agent::{keygen, AgentProcess, Launch};
 pub use bins::{
     agent_bin, mosquitto_bin, mosquitto_client_bin, nats_server_bin, prometheus_bin, INSTALL_HINT,
 };
+pub use browser::Browser;
 pub use cluster::NatsCluster;
 pub use fleet::{Fleet, NodeKey};
 pub use mosquitto::Mosquitto;

@@ -133,6 +133,34 @@ fn provider() -> Arc<CryptoProvider> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
+/// The TLS server side of a listener (the fleet page, `[page]`): the certificate chain of
+/// `cert_file` and the key of `key_file`, HTTP/1.1 only. `section` names the config
+/// section in errors (`page`).
+pub fn server_config(
+    section: &str,
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = load_certs(&format!("{section}.cert_file"), cert_file)?;
+    let key = load_key(&format!("{section}.key_file"), key_file)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup {
+            problem: e.to_string(),
+        })?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            bad_pem(
+                &format!("{section}.key_file"),
+                key_file,
+                format!("does not go with {}: {e}", cert_file.display()),
+            )
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The TLS client side of one connection: the config to hand its client (async-nats,
 /// rumqttc), and where its certificate verifier records why it refused a server.
 #[derive(Debug)]

@@ -8,10 +8,15 @@ use super::schema::{
     OUTBOX_MAX_AGE, PCT_RANGE, TOKEN_EXPIRY,
 };
 use crate::error::ErrorKind;
-use crate::model::{HealthConfig, HeartbeatConfig, LogConfig, LogFormat, MetricsConfig};
+use crate::model::{
+    HealthConfig, HeartbeatConfig, LogConfig, LogFormat, MetricsConfig, Mode, PageConfig, ServerTls,
+};
 
 /// The levels of a tracing filter.
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// The shortest bearer token `page.token_file` may hold.
+pub const MIN_PAGE_TOKEN: usize = 16;
 
 impl Reader<'_> {
     /// `[heartbeat]`: `offline_after` defaults to a multiple of the interval read.
@@ -47,25 +52,106 @@ impl Reader<'_> {
 
     /// `[metrics]`: `listen` is a socket address (`127.0.0.1:9464`, `[::1]:9464`).
     pub(super) fn metrics_listener(&mut self, s: &Section<'_>) -> MetricsConfig {
-        let listen =
-            self.optional_text(s, "listen")
-                .and_then(|got| match got.value.trim().parse() {
-                    Ok(address) => Some(address),
-                    Err(_) => {
-                        self.push(
-                            ErrorKind::InvalidValue,
-                            got.origin,
-                            &got.path,
-                            format!(
-                                "{:?} is not a socket address: use an IP address and a port, \
-                             e.g. \"127.0.0.1:9464\" (loopback only) or \"0.0.0.0:9464\"",
-                                got.value
-                            ),
-                        );
-                        None
-                    }
-                });
-        MetricsConfig { listen }
+        MetricsConfig {
+            listen: self.listen(s, 9464),
+        }
+    }
+
+    /// `[page]` (hubs and the root): `listen` as for `[metrics]`, an optional
+    /// `token_file` (readable, one token of at least [`MIN_PAGE_TOKEN`] characters) and
+    /// optional `cert_file` + `key_file` (PEM, both or neither).
+    pub(super) fn page(&mut self, s: &Section<'_>, mode: Option<Mode>) -> PageConfig {
+        if !s.present {
+            return PageConfig::default();
+        }
+        if mode == Some(Mode::Member) {
+            self.push(
+                ErrorKind::ForbiddenSection,
+                s.origin.clone(),
+                "page",
+                "a member has no fleet to show: remove the [page] section (hubs serve the \
+                 page of their site, the root that of the whole fleet)"
+                    .to_owned(),
+            );
+            return PageConfig::default();
+        }
+        let listen = self.listen(s, 9470);
+        let token_file = self
+            .optional_text(s, "token_file")
+            .and_then(|got| self.path(got))
+            .and_then(|got| {
+                let problem = match super::preflight::read_capped(&got.value, 4096) {
+                    Err(error) => format!("cannot read {}: {error}", got.value.display()),
+                    Ok(bytes) => match std::str::from_utf8(&bytes).map(str::trim) {
+                        Ok(token)
+                            if token.len() >= MIN_PAGE_TOKEN
+                                && token.chars().all(|c| c.is_ascii_graphic()) =>
+                        {
+                            return Some(got.value);
+                        }
+                        _ => format!(
+                            "{} must hold one token of at least {MIN_PAGE_TOKEN} printable \
+                             ASCII characters (no spaces), e.g. made with \
+                             `head -c 24 /dev/urandom | base64 > page.token`",
+                            got.value.display()
+                        ),
+                    },
+                };
+                self.push(ErrorKind::InvalidValue, got.origin, &got.path, problem);
+                None
+            });
+        let cert_file = self.pem_file(s, "cert_file", "certificate");
+        let key_file = self.pem_file(s, "key_file", "private key");
+        let tls = match (cert_file, key_file) {
+            (Ok(Some(cert_file)), Ok(Some(key_file))) => Some(ServerTls {
+                cert_file,
+                key_file,
+            }),
+            (Ok(Some(_)), Ok(None)) | (Ok(None), Ok(Some(_))) => {
+                let (given, missing) = if self.raw(s, "cert_file").is_some() {
+                    ("cert_file", "key_file")
+                } else {
+                    ("key_file", "cert_file")
+                };
+                self.push(
+                    ErrorKind::MissingKey,
+                    self.fallback.clone(),
+                    &format!("page.{missing}"),
+                    format!(
+                        "{given} is set without {missing}: HTTPS needs both (or neither, for \
+                         plain HTTP)"
+                    ),
+                );
+                None
+            }
+            _ => None,
+        };
+        PageConfig {
+            listen,
+            token_file,
+            tls,
+        }
+    }
+
+    /// `listen`: a socket address, or none.
+    fn listen(&mut self, s: &Section<'_>, port: u16) -> Option<std::net::SocketAddr> {
+        let got = self.optional_text(s, "listen")?;
+        match got.value.trim().parse() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                self.push(
+                    ErrorKind::InvalidValue,
+                    got.origin,
+                    &got.path,
+                    format!(
+                        "{:?} is not a socket address: use an IP address and a port, \
+                         e.g. \"127.0.0.1:{port}\" (loopback only) or \"0.0.0.0:{port}\"",
+                        got.value
+                    ),
+                );
+                None
+            }
+        }
     }
 
     /// `[log]`: a bad value is reported, and its default used to carry on.

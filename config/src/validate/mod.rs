@@ -165,6 +165,8 @@ impl Reader<'_> {
         let health = self.health(&section);
         let section = self.section(root, "metrics");
         let metrics = self.metrics_listener(&section);
+        let section = self.section(root, "page");
+        let page = self.page(&section, mode);
         let section = self.section(root, "log");
         let log = self.log(&section);
         let section = self.section(root, "outbox");
@@ -208,6 +210,7 @@ impl Reader<'_> {
             heartbeat,
             health,
             metrics,
+            page,
             log,
             outbox,
             ingress,

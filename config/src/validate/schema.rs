@@ -43,6 +43,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
         ],
     ),
     ("metrics", &["listen"]),
+    ("page", &["listen", "token_file", "cert_file", "key_file"]),
     ("log", &["level", "format"]),
     (
         "outbox",
