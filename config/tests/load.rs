@@ -269,6 +269,80 @@ fn health_thresholds_and_the_metrics_listener_load_and_are_checked() {
     });
 }
 
+/// `[page]`: loads at a hub with its token file and certificate; refused on a member, with
+/// a token too short, or a certificate without its key; warned about beyond loopback.
+#[test]
+fn the_fleet_page_section_loads_and_is_checked() {
+    Jail::expect_with(|jail| {
+        setup(jail, HUB)?;
+        assert_eq!(load_ok().page, nexus_config::PageConfig::default());
+        jail.create_file("page.token", "0123456789abcdef-token\n")?;
+        jail.create_file("short.token", "short\n")?;
+        jail.create_file(
+            "page.crt",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )?;
+        jail.create_file(
+            "page.key",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )?;
+
+        setup(
+            jail,
+            &format!(
+                "{HUB}\n[page]\nlisten = \"127.0.0.1:9470\"\ntoken_file = \"page.token\"\n\
+                 cert_file = \"page.crt\"\nkey_file = \"page.key\"\n"
+            ),
+        )?;
+        let config = load_ok();
+        assert_eq!(
+            config.page.listen,
+            Some("127.0.0.1:9470".parse().expect("address"))
+        );
+        assert!(config
+            .page
+            .token_file
+            .as_ref()
+            .is_some_and(|p| p.ends_with("page.token")));
+        assert!(config.page.tls.is_some());
+        assert!(config.warnings().iter().all(|w| w.key != "page.listen"));
+
+        setup(jail, &format!("{HUB}\n[page]\nlisten = \"0.0.0.0:9470\"\n"))?;
+        let warnings = load_ok().warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.key == "page.listen" && w.message.contains("without a token")),
+            "{warnings:?}"
+        );
+
+        setup(
+            jail,
+            &format!("{MEMBER}\n[page]\nlisten = \"127.0.0.1:9470\"\n"),
+        )?;
+        let errors = load_err().to_string();
+        assert!(errors.contains("a member has no fleet to show"), "{errors}");
+
+        setup(
+            jail,
+            &format!(
+                "{HUB}\n[page]\nlisten = \"127.0.0.1:9470\"\ntoken_file = \"short.token\"\n\
+                 cert_file = \"page.crt\"\n"
+            ),
+        )?;
+        let errors = load_err().to_string();
+        assert!(
+            errors.contains("page.token_file") && errors.contains("at least 16"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("page.key_file") && errors.contains("HTTPS needs both"),
+            "{errors}"
+        );
+        Ok(())
+    });
+}
+
 /// A mistyped key is refused and the close known key is suggested.
 #[test]
 fn an_unknown_key_is_refused_with_a_suggestion() {

@@ -145,6 +145,12 @@ struct Figures {
     /// The hub's `/metrics`: median time of a scrape, ms, and its size.
     metrics_ms: f64,
     metrics_bytes: usize,
+    /// The hub's fleet page in headless Chromium: rows drawn, the first full draw (ms), and
+    /// `GET /api/fleet` (median of 5, ms; size).
+    page_rows: u64,
+    page_render_ms: f64,
+    page_api_ms: f64,
+    page_api_bytes: usize,
     first: Vec<Duration>,
     second: Vec<Duration>,
     first_cpu_us: f64,
@@ -204,7 +210,12 @@ async fn bucket_size(client: &async_nats::Client) -> (u64, u64) {
     }
 }
 
-fn agent(fleet: &Fleet, node: &str, metrics: Option<SocketAddr>) -> AgentProcess {
+fn agent(
+    fleet: &Fleet,
+    node: &str,
+    metrics: Option<SocketAddr>,
+    page: Option<SocketAddr>,
+) -> AgentProcess {
     let mut env = vec![
         ("NEXUS_LOG__LEVEL".into(), "info".into()),
         (
@@ -214,6 +225,9 @@ fn agent(fleet: &Fleet, node: &str, metrics: Option<SocketAddr>) -> AgentProcess
     ];
     if let Some(address) = metrics {
         env.push(("NEXUS_METRICS__LISTEN".into(), address.to_string().into()));
+    }
+    if let Some(address) = page {
+        env.push(("NEXUS_PAGE__LISTEN".into(), address.to_string().into()));
     }
     let launch = Launch {
         env,
@@ -229,15 +243,32 @@ fn free_address() -> SocketAddr {
         .expect("a free port")
 }
 
-/// Five scrapes of `/metrics` at `address`: the median time (ms) and the body's size.
-fn scrape(address: SocketAddr) -> (f64, usize) {
+/// The hub's fleet page opened in headless Chromium: the rows of its first full draw
+/// (every member and the hub) and how long that draw took in the page (ms).
+async fn page_render(address: SocketAddr, n: usize) -> (u64, f64) {
+    let browser = nexus_e2e::Browser::start().await;
+    browser.goto(&format!("http://{address}/")).await;
+    let script = "return [Number(document.body.dataset.rows || 0), \
+                  Number(document.body.dataset.renderMs || 0)];";
+    let mut drawn = (0, 0.0);
+    wait_until("the page draws every member", SETUP_DEADLINE, async || {
+        let got = browser.eval(script).await;
+        drawn = (got[0].as_u64().unwrap_or(0), got[1].as_f64().unwrap_or(0.0));
+        drawn.0 > n as u64
+    })
+    .await;
+    drawn
+}
+
+/// Five GETs of `path` at `address`: the median time (ms) and the body's size.
+fn scrape_path(address: SocketAddr, path: &str) -> (f64, usize) {
     let mut times = Vec::new();
     let mut size = 0;
     for _ in 0..5 {
         let start = std::time::Instant::now();
-        match http_get(address, "/metrics") {
+        match http_get(address, path) {
             Ok((200, body)) => size = body.len(),
-            other => panic!("GET /metrics at {address}: {other:?}"),
+            other => panic!("GET {path} at {address}: {other:?}"),
         }
         times.push(start.elapsed());
     }
@@ -252,8 +283,9 @@ async fn run(n: usize, plan: Plan) -> Figures {
     let root_client = fleet.root_nats.client().await;
     let censuses = Censuses::watch(&root_client, &[fleet::ROOT, fleet::HUB]).await;
     let hub_metrics = free_address();
-    let root = agent(&fleet, fleet::ROOT, None);
-    let hub = agent(&fleet, fleet::HUB, Some(hub_metrics));
+    let hub_page = free_address();
+    let root = agent(&fleet, fleet::ROOT, None, None);
+    let hub = agent(&fleet, fleet::HUB, Some(hub_metrics), Some(hub_page));
     let (hub_pid, root_pid) = (hub.pid().expect("hub pid"), root.pid().expect("root pid"));
     let mut swarm = Swarm::connect(
         &fleet.hub_nats.url(),
@@ -359,7 +391,9 @@ async fn run(n: usize, plan: Plan) -> Figures {
     )
     .await;
 
-    (fig.metrics_ms, fig.metrics_bytes) = scrape(hub_metrics);
+    (fig.metrics_ms, fig.metrics_bytes) = scrape_path(hub_metrics, "/metrics");
+    (fig.page_api_ms, fig.page_api_bytes) = scrape_path(hub_page, "/api/fleet");
+    (fig.page_rows, fig.page_render_ms) = page_render(hub_page, n).await;
 
     eprintln!("  one member stops");
     let mut reports = root_client
@@ -575,6 +609,20 @@ fn render(figures: &[Figures], setup: &Setup, command: &str, plan: Plan) -> Stri
             f.n,
             f.metrics_ms,
             f.metrics_bytes as f64 / 1024.0
+        ));
+    }
+    out.push_str(
+        "\n| members | hub fleet page in headless Chromium: rows, first full draw | \
+         `GET /api/fleet`: median of 5 | its size |\n|---:|---:|---:|---:|\n",
+    );
+    for f in figures {
+        out.push_str(&format!(
+            "| {} | {} rows, {:.0} ms | {:.1} ms | {:.0} KiB |\n",
+            f.n,
+            f.page_rows,
+            f.page_render_ms,
+            f.page_api_ms,
+            f.page_api_bytes as f64 / 1024.0
         ));
     }
     if let Some(f) = figures.iter().find(|f| f.n == 1000) {
