@@ -278,6 +278,7 @@ fn the_fleet_page_section_loads_and_is_checked() {
         assert_eq!(load_ok().page, nexus_config::PageConfig::default());
         jail.create_file("page.token", "0123456789abcdef-token\n")?;
         jail.create_file("short.token", "short\n")?;
+        jail.create_file("odd.token", "0123456789abcdef;token\n")?;
         jail.create_file(
             "page.crt",
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
@@ -337,6 +338,16 @@ fn the_fleet_page_section_loads_and_is_checked() {
         );
         assert!(
             errors.contains("page.key_file") && errors.contains("HTTPS needs both"),
+            "{errors}"
+        );
+
+        setup(
+            jail,
+            &format!("{HUB}\n[page]\nlisten = \"127.0.0.1:9470\"\ntoken_file = \"odd.token\"\n"),
+        )?;
+        let errors = load_err().to_string();
+        assert!(
+            errors.contains("letters, digits and -._~+/= only"),
             "{errors}"
         );
         Ok(())

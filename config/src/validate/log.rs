@@ -85,13 +85,16 @@ impl Reader<'_> {
                     Ok(bytes) => match std::str::from_utf8(&bytes).map(str::trim) {
                         Ok(token)
                             if token.len() >= MIN_PAGE_TOKEN
-                                && token.chars().all(|c| c.is_ascii_graphic()) =>
+                                && token.chars().all(|c| {
+                                    c.is_ascii_alphanumeric() || "-._~+/=".contains(c)
+                                }) =>
                         {
                             return Some(got.value);
                         }
                         _ => format!(
-                            "{} must hold one token of at least {MIN_PAGE_TOKEN} printable \
-                             ASCII characters (no spaces), e.g. made with \
+                            "{} must hold one token of at least {MIN_PAGE_TOKEN} characters, \
+                             letters, digits and -._~+/= only (it travels in a header, a \
+                             cookie and an address), e.g. made with \
                              `head -c 24 /dev/urandom | base64 > page.token`",
                             got.value.display()
                         ),
