@@ -1,13 +1,18 @@
 //! A real headless Chromium, driven over WebDriver (Debian's `chromium` and
 //! `chromium-driver`, which `./dev setup` installs): chromedriver runs as a child process on
-//! a loopback port, and [`fantoccini`] speaks WebDriver to it.
+//! a loopback port, and [`Session`] speaks the few W3C WebDriver commands the tests need
+//! (new session, navigate, execute script, screenshot, delete session) as JSON over HTTP.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -20,7 +25,7 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 /// A chromedriver process and one headless Chromium session; both end when dropped.
 #[derive(Debug)]
 pub struct Browser {
-    client: Option<Client>,
+    client: Option<Session>,
     proc: Proc,
     dir: TempDir,
 }
@@ -64,10 +69,7 @@ impl Browser {
         );
         let deadline = Instant::now() + START_DEADLINE;
         let client = loop {
-            let attempt = ClientBuilder::new(HttpConnector::new())
-                .capabilities(capabilities.clone())
-                .connect(&format!("http://127.0.0.1:{port}"))
-                .await;
+            let attempt = Session::new(port, &capabilities).await;
             match attempt {
                 Ok(client) => break client,
                 Err(error) if Instant::now() < deadline => {
@@ -93,14 +95,14 @@ impl Browser {
         }
     }
 
-    fn client(&self) -> &Client {
+    fn client(&self) -> &Session {
         self.client.as_ref().expect("a session until drop")
     }
 
     /// Opens `url`.
     pub async fn goto(&self, url: &str) {
         self.client()
-            .goto(url)
+            .command(Method::POST, "url", json!({ "url": url }))
             .await
             .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
     }
@@ -108,17 +110,28 @@ impl Browser {
     /// Runs `script` (a function body: `return …`) in the page; its result.
     pub async fn eval(&self, script: &str) -> Value {
         self.client()
-            .execute(script, Vec::new())
+            .command(
+                Method::POST,
+                "execute/sync",
+                json!({ "script": script, "args": [] }),
+            )
             .await
             .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
     }
 
     /// A PNG of the window.
     pub async fn screenshot(&self) -> Vec<u8> {
-        self.client()
-            .screenshot()
+        let encoded = self
+            .client()
+            .command(Method::GET, "screenshot", Value::Null)
             .await
-            .unwrap_or_else(|e| panic!("cannot take a screenshot: {e}"))
+            .unwrap_or_else(|e| panic!("cannot take a screenshot: {e}"));
+        let encoded = encoded
+            .as_str()
+            .unwrap_or_else(|| panic!("a screenshot is a string, not {encoded}"));
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap_or_else(|e| panic!("the screenshot is not base64: {e}"))
     }
 
     /// Where chromedriver logs.
@@ -134,11 +147,99 @@ impl Drop for Browser {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 tokio::task::block_in_place(|| {
                     handle.block_on(async {
-                        let _ = tokio::time::timeout(Duration::from_secs(5), client.close()).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(5), client.delete()).await;
                     });
                 });
             }
         }
         self.proc.stop(Duration::from_secs(2));
+    }
+}
+
+/// One WebDriver session at a loopback chromedriver.
+#[derive(Debug)]
+struct Session {
+    http: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    id: String,
+}
+
+impl Session {
+    /// `POST /session` with `capabilities` as the `alwaysMatch` set.
+    async fn new(
+        port: u16,
+        capabilities: &serde_json::Map<String, Value>,
+    ) -> Result<Session, String> {
+        let http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let base = format!("http://127.0.0.1:{port}/session");
+        let body = json!({ "capabilities": { "alwaysMatch": capabilities } });
+        let value = request(&http, Method::POST, &base, body).await?;
+        let id = value
+            .get("sessionId")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("no sessionId in {value}"))?
+            .to_owned();
+        Ok(Session { http, base, id })
+    }
+
+    /// A command of this session (`path` after `/session/{id}/`); the reply's `value`.
+    async fn command(&self, method: Method, path: &str, body: Value) -> Result<Value, String> {
+        let url = format!("{}/{}/{path}", self.base, self.id);
+        request(&self.http, method, &url, body).await
+    }
+
+    /// `DELETE /session/{id}`: Chromium exits.
+    async fn delete(self) {
+        let url = format!("{}/{}", self.base, self.id);
+        let _ = request(&self.http, Method::DELETE, &url, Value::Null).await;
+    }
+}
+
+/// One WebDriver request: JSON in (none when `body` is null), the reply's `value` out, or the
+/// driver's `error: message` when it refused.
+async fn request(
+    http: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    body: Value,
+) -> Result<Value, String> {
+    let body = if body.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(body.to_string())
+    };
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(Full::new(body))
+        .map_err(|e| format!("{url}: {e}"))?;
+    let response = http
+        .request(request)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{url}: reading the reply: {e}"))?
+        .to_bytes();
+    let reply: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        format!(
+            "{url}: {status}, not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })?;
+    let value = reply.get("value").cloned().unwrap_or(Value::Null);
+    if status.is_success() {
+        Ok(value)
+    } else {
+        let error = value
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("error");
+        let message = value.get("message").and_then(Value::as_str).unwrap_or("");
+        Err(format!("{url}: {status} {error}: {message}"))
     }
 }
