@@ -132,6 +132,11 @@ impl UpBridge {
                     .await?,
             );
         }
+        // The subscriptions reach the server before the bridge says it is subscribed, so an
+        // app that asks right after sees a responder (not `no responders`).
+        if let Err(error) = self.local.client().flush().await {
+            debug!(%error, "Cannot flush the bridge's subscriptions; they go with the next write.");
+        }
         Ok(subscriptions)
     }
 

@@ -28,7 +28,8 @@
 //! - [`prometheus`]: [`Prometheus`], a real Prometheus scraping the agents' `/metrics`;
 //!   [`prometheus::http_get`].
 //! - [`proxy`]: [`Proxy`], a TCP proxy that can be frozen (a half-open link, lost acks).
-//! - [`wait`]: [`wait_until`], [`assert_eventually!`], [`collect_until`], [`payload_json`].
+//! - [`wait`]: [`wait_until`], [`assert_eventually!`], [`collect_until`], [`payload_json`],
+//!   [`request_answered`].
 //! - `process`: the owned-child plumbing all of them share (signals, bounded waits, logs).
 
 pub mod agent;
@@ -59,4 +60,6 @@ pub use nats::{NatsServer, NatsServerBuilder};
 pub use process::pid_exists;
 pub use prometheus::Prometheus;
 pub use proxy::Proxy;
-pub use wait::{collect_until, payload_json, wait_until, Outcome, DEFAULT_DEADLINE};
+pub use wait::{
+    collect_until, payload_json, request_answered, wait_until, Outcome, DEFAULT_DEADLINE,
+};

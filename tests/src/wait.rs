@@ -171,3 +171,28 @@ fn summarize(msgs: &[async_nats::Message]) -> String {
     }
     out
 }
+
+/// A request to a subscriber that may still be subscribing (a bridge that runs on its own
+/// connection, set up after the heartbeat a test waits for): while the server answers
+/// `no responders` — nobody received the request, so asking again has no side effect — it is
+/// asked again, until `deadline`. Any other failure panics with the subject.
+pub async fn request_answered(
+    client: &async_nats::Client,
+    subject: &str,
+    body: bytes::Bytes,
+    deadline: Duration,
+) -> async_nats::Message {
+    let give_up = Instant::now() + deadline;
+    loop {
+        match client.request(subject.to_owned(), body.clone()).await {
+            Ok(answer) => return answer,
+            Err(error)
+                if error.kind() == async_nats::RequestErrorKind::NoResponders
+                    && Instant::now() < give_up =>
+            {
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+            Err(error) => panic!("no answer on {subject}: {error}"),
+        }
+    }
+}

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use nexus_e2e::landing::{landed_count, wait_landed};
 use nexus_e2e::{
-    agent_bin, collect_until, fleet, keygen, payload_json, wait_until, AgentProcess, Fleet,
+    agent_bin, collect_until, fleet, keygen, payload_json, request_answered, wait_until,
+    AgentProcess, Fleet,
 };
 use nexus_federation::command::{self, Issuer, MAX_COMMAND_BYTES};
 use nexus_federation::{NatsProvenance as _, SignedEvent};
@@ -566,11 +567,7 @@ async fn local_publishes_go_up_wrapped_and_refusals_are_answered_with_a_reason()
         .expect("subscribe");
     fed.root_client.flush().await.expect("flush");
     let ask = async |subject: &str, body: Bytes| -> Value {
-        let answer = fed
-            .app
-            .request(subject.to_owned(), body)
-            .await
-            .expect("the bridge answers");
+        let answer = request_answered(&fed.app, subject, body, DEADLINE).await;
         serde_json::from_slice(&answer.payload).expect("a JSON answer")
     };
 

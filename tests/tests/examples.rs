@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use nexus_e2e::examples::{text, ExampleFleet, DEADLINE};
-use nexus_e2e::{fleet, wait_until};
+use nexus_e2e::{fleet, request_answered, wait_until};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,14 +70,13 @@ async fn the_shipped_examples_carry_a_whole_fleet() {
     site.sensor("zigbee2mqtt/broken-sensor", "not json");
 
     // A bridged app event: the request is answered once it is on the member's disk.
-    let answer = site
-        .app
-        .request(
-            "app.booking.created",
-            json!({"booking_id": "b-1"}).to_string().into(),
-        )
-        .await
-        .expect("the up-bridge answers");
+    let answer = request_answered(
+        &site.app,
+        "app.booking.created",
+        json!({"booking_id": "b-1"}).to_string().into(),
+        DEADLINE,
+    )
+    .await;
     let answer: Value = serde_json::from_slice(&answer.payload).expect("JSON");
     assert_eq!(answer["ok"], true, "{answer}");
 
