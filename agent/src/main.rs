@@ -53,6 +53,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match nexus_config::load(&config) {
             Ok(config) => {
+                if let Err(error) = nexus_events::Registry::load(config.events.registry.as_deref())
+                {
+                    eprintln!(
+                        "{}: error: events.registry: {error}",
+                        display_source(&config)
+                    );
+                    return ExitCode::from(2);
+                }
                 println!("{}", config.redacted());
                 let warnings = config.warnings();
                 let source = display_source(&config);

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use nexus_config::{Config, Mode};
+use nexus_events::Registry;
 use nexus_federation::backoff::{Backoff, Retry};
 use nexus_federation::bridge::{BridgeCounters, UpBridge};
 use nexus_federation::clock::TrustClock;
@@ -100,6 +101,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&node.data_dir)
         .with_context(|| format!("cannot create node.data_dir {}", node.data_dir.display()))?;
     let trust = TrustSetup::load(&config, &key)?;
+    let events = Arc::new(
+        Registry::load(config.events.registry.as_deref())
+            .context("cannot load the event registry (events.registry)")?,
+    );
+    info!(
+        entries = events.len(),
+        hash = %events.hash(),
+        "Event registry loaded."
+    );
     let links = Links::connect(&config).await?;
     let outbox = open_outbox(&config)?;
     let node = Node::start(config, key, &trust, links, outbox);
@@ -109,7 +119,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Mode::Root => root(&node)?,
     };
     let heartbeat = heartbeat(&node, started, &parts);
-    let bridge = up_bridge(&node).await?;
+    let bridge = up_bridge(&node, &events).await?;
     let latencies = CommandMetrics::default();
     commands(
         &node,
@@ -540,7 +550,10 @@ fn heartbeat(node: &Node, started: Instant, parts: &ModeParts) -> Heartbeat {
 
 /// Local apps' subjects up (`[[bridge.up]]`); validation requires `[local]` and a tenant.
 /// Returns the bridge's counters, if it runs.
-async fn up_bridge(node: &Node) -> anyhow::Result<Option<Arc<BridgeCounters>>> {
+async fn up_bridge(
+    node: &Node,
+    events: &Arc<Registry>,
+) -> anyhow::Result<Option<Arc<BridgeCounters>>> {
     let config = &node.config;
     let (false, Some(local), Some(tenant)) = (
         config.bridge.up.is_empty(),
@@ -571,6 +584,7 @@ async fn up_bridge(node: &Node) -> anyhow::Result<Option<Arc<BridgeCounters>>> {
         grants: node.own.clone(),
         refusals: RefusalSink::new(Stage::Bridge, Some(node.refusals.clone())),
         counters: Arc::default(),
+        events: Arc::clone(events),
     };
     let counters = Arc::clone(&bridge.counters);
     node.supervisor.spawn("bridge", |token| bridge.run(token));

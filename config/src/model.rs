@@ -89,6 +89,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[page]`.
     pub page: PageConfig,
+    /// `[events]`: the operator's event registry.
+    pub events: EventsConfig,
     /// `[log]`: tracing output.
     pub log: LogConfig,
     /// `[outbox]`: the bounded queue of events waiting for the next tier's ack.
@@ -286,6 +288,14 @@ pub struct MetricsConfig {
     /// `metrics.listen`: the address of the `/metrics`, `/healthz` and `/readyz` listener;
     /// none (the default) serves nothing.
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[events]`: where the operator's registry of events is (docs/events.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventsConfig {
+    /// `events.registry`: a directory of `NAME/VERSION/{schema.json, event.toml,
+    /// examples/}` beside the agent's own events; none: the built-in events only.
+    pub registry: Option<PathBuf>,
 }
 
 /// `[page]`: the live fleet page of a hub or the root (off unless `listen` is set).

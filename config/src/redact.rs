@@ -125,6 +125,10 @@ impl Config {
             writeln!(out, "\n[metrics]")?;
             writeln!(out, "listen = {}", quote(&listen.to_string()))?;
         }
+        if let Some(registry) = &self.events.registry {
+            writeln!(out, "\n[events]")?;
+            writeln!(out, "registry = {}", quote(&registry.display().to_string()))?;
+        }
         if let Some(listen) = self.page.listen {
             writeln!(out, "\n[page]")?;
             writeln!(out, "listen = {}", quote(&listen.to_string()))?;

@@ -43,6 +43,7 @@ use crate::refusal::{Reason, RefusalSink, Rejection};
 use crate::subject;
 use crate::subsystem::SubsystemError;
 use crate::trust::OwnChain;
+use nexus_events::{Registry, Verdict};
 
 /// The principal of local apps in `[[acl]]` rules (the id no node may have).
 pub const LOCAL_PRINCIPAL: &str = nexus_policies::ids::LOCAL;
@@ -84,6 +85,9 @@ pub struct UpBridge {
     pub refusals: RefusalSink,
     /// Live counters (refusals: [`RefusalSink::counts`]).
     pub counters: Arc<BridgeCounters>,
+    /// The event registry: a registered event's payload must satisfy its schema before it
+    /// is signed (docs/events.md); an unregistered one goes up as it is.
+    pub events: Arc<Registry>,
 }
 
 /// A message turned into an envelope (sealed once the outbox numbers it), or why not.
@@ -233,11 +237,37 @@ impl UpBridge {
                 format!("this node's token does not grant publishing on `{subject}`"),
             ));
         }
+        let envelope = self.check_schema(envelope)?;
         let encoding = match rule.encoding {
             BridgeEncoding::Json => Encoding::Json,
             BridgeEncoding::Cbor => Encoding::Cbor,
         };
         Ok((envelope, encoding))
+    }
+
+    /// A registered event's payload against its schema (the payload is moved out to be
+    /// checked and back, not copied).
+    fn check_schema(&self, mut envelope: Envelope) -> Result<Envelope, Rejection> {
+        if self
+            .events
+            .get(&envelope.event_name, envelope.version)
+            .is_none()
+        {
+            return Ok(envelope);
+        }
+        let payload = Value::Object(std::mem::take(&mut envelope.payload));
+        let verdict = self
+            .events
+            .validate(&envelope.event_name, envelope.version, &payload);
+        if let Value::Object(map) = payload {
+            envelope.payload = map;
+        }
+        match verdict {
+            Verdict::Invalid(invalid) => {
+                Err(Rejection::new(Reason::SchemaInvalid, invalid.to_string()).at(invalid.pointer))
+            }
+            Verdict::Valid | Verdict::Unknown => Ok(envelope),
+        }
     }
 
     /// A bare object becomes a new envelope's payload; a complete envelope keeps its ids,
@@ -319,7 +349,11 @@ impl UpBridge {
                 }
                 Err(rejection) => {
                     self.refusals.refuse(&message, &rejection);
-                    json!({"ok": false, "code": rejection.reason.as_str(), "message": rejection.detail})
+                    let mut reply = json!({"ok": false, "code": rejection.reason.as_str(), "message": rejection.detail});
+                    if let Some(pointer) = rejection.pointer {
+                        reply["pointer"] = Value::String(pointer);
+                    }
+                    reply
                 }
             };
             if let Some(reply_to) = message.reply.clone() {

@@ -6,7 +6,8 @@
 //! - `nexus-policies` is pure: keys, ACLs, tokens. No runtime, no network, no storage.
 //! - `nexus-config` parses and validates; it connects to nothing and stores nothing.
 //! - `nexus-wire` (envelope, provenance, subjects, refusal reasons) is pure too: the fuzz
-//!   targets build on it and `nexus-policies` alone.
+//!   targets build on it and `nexus-policies` alone. So is `nexus-events` (the registry of
+//!   event schemas).
 //! - `nexus-runtime` (subsystem contract, retry waits) and `nexus-store` (outbox, dead
 //!   letters) run on tokio but speak no network protocol; `nexus-tls` builds rustls
 //!   settings and needs no runtime.
@@ -34,6 +35,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("nexus-policies", &[]),
     ("nexus-config", &["nexus-policies"]),
     ("nexus-wire", &["nexus-policies"]),
+    ("nexus-events", &["nexus-policies"]),
     ("nexus-runtime", &[]),
     ("nexus-tls", &["nexus-config"]),
     (
@@ -44,6 +46,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "nexus-federation",
         &[
             "nexus-config",
+            "nexus-events",
             "nexus-policies",
             "nexus-runtime",
             "nexus-store",
@@ -66,6 +69,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "nexus-agent",
         &[
             "nexus-config",
+            "nexus-events",
             "nexus-federation",
             "nexus-iot-bridge",
             "nexus-policies",
@@ -172,6 +176,13 @@ fn config_connects_to_nothing_and_stores_nothing() {
 #[test]
 fn wire_is_pure() {
     assert_free_of_io("nexus-wire");
+}
+
+/// The event registry is pure too: validating a payload needs no runtime, and the fuzz
+/// targets could build on it.
+#[test]
+fn events_is_pure() {
+    assert_free_of_io("nexus-events");
 }
 
 #[test]

@@ -82,6 +82,8 @@ pub enum Reason {
     BadEventName,
     /// A complete envelope whose `event_name` is not the one its subject maps to.
     EventNameMismatch,
+    /// The payload does not satisfy its registered event's JSON Schema.
+    SchemaInvalid,
     /// The outbox is full (`when_full = "reject"`): back-pressure, not dead-lettered.
     OutboxFull,
     /// The outbox cannot take events: back-pressure, not dead-lettered.
@@ -134,7 +136,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order ([`Reason::index`]).
-    pub const ALL: [Reason; 47] = [
+    pub const ALL: [Reason; 48] = [
         Reason::BadHeaders,
         Reason::BadSignature,
         Reason::Oversized,
@@ -160,6 +162,7 @@ impl Reason {
         Reason::Undeliverable,
         Reason::BadEventName,
         Reason::EventNameMismatch,
+        Reason::SchemaInvalid,
         Reason::OutboxFull,
         Reason::OutboxUnavailable,
         Reason::Internal,
@@ -212,6 +215,7 @@ impl Reason {
             Reason::Undeliverable => "undeliverable",
             Reason::BadEventName => "bad_event_name",
             Reason::EventNameMismatch => "event_name_mismatch",
+            Reason::SchemaInvalid => "schema_invalid",
             Reason::OutboxFull => "outbox_full",
             Reason::OutboxUnavailable => "outbox_unavailable",
             Reason::Internal => "internal",
@@ -286,6 +290,9 @@ pub struct Rejection {
     pub reason: Reason,
     /// What exactly was wrong.
     pub detail: String,
+    /// Where in the payload ([`Reason::SchemaInvalid`]): the JSON pointer of the first
+    /// failing field, `""` for the payload itself.
+    pub pointer: Option<String>,
 }
 
 impl Rejection {
@@ -294,7 +301,14 @@ impl Rejection {
         Self {
             reason,
             detail: detail.into(),
+            pointer: None,
         }
+    }
+
+    /// The same refusal, located at `pointer` in the payload.
+    pub fn at(mut self, pointer: impl Into<String>) -> Self {
+        self.pointer = Some(pointer.into());
+        self
     }
 }
 

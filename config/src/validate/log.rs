@@ -9,7 +9,8 @@ use super::schema::{
 };
 use crate::error::ErrorKind;
 use crate::model::{
-    HealthConfig, HeartbeatConfig, LogConfig, LogFormat, MetricsConfig, Mode, PageConfig, ServerTls,
+    EventsConfig, HealthConfig, HeartbeatConfig, LogConfig, LogFormat, MetricsConfig, Mode,
+    PageConfig, ServerTls,
 };
 
 /// The levels of a tracing filter.
@@ -55,6 +56,28 @@ impl Reader<'_> {
         MetricsConfig {
             listen: self.listen(s, 9464),
         }
+    }
+
+    /// `[events]`: `registry` is an existing directory (its files are read and compiled by
+    /// the agent at start and by `check`, which name the file of any error).
+    pub(super) fn events(&mut self, s: &Section<'_>) -> EventsConfig {
+        let registry = self
+            .optional_text(s, "registry")
+            .and_then(|got| self.path(got))
+            .and_then(|got| {
+                if got.value.is_dir() {
+                    return Some(got.value);
+                }
+                let problem = format!(
+                    "{} is not a directory: point it at your event registry (NAME/VERSION/ \
+                     directories; `nexus-agent events scaffold NAME --version 1 --dir DIR` \
+                     starts one), or remove the key",
+                    got.value.display()
+                );
+                self.push(ErrorKind::InvalidValue, got.origin, &got.path, problem);
+                None
+            });
+        EventsConfig { registry }
     }
 
     /// `[page]` (hubs and the root): `listen` as for `[metrics]`, an optional

@@ -167,6 +167,8 @@ impl Reader<'_> {
         let metrics = self.metrics_listener(&section);
         let section = self.section(root, "page");
         let page = self.page(&section, mode);
+        let section = self.section(root, "events");
+        let events = self.events(&section);
         let section = self.section(root, "log");
         let log = self.log(&section);
         let section = self.section(root, "outbox");
@@ -211,6 +213,7 @@ impl Reader<'_> {
             health,
             metrics,
             page,
+            events,
             log,
             outbox,
             ingress,

@@ -44,6 +44,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     ),
     ("metrics", &["listen"]),
     ("page", &["listen", "token_file", "cert_file", "key_file"]),
+    ("events", &["registry"]),
     ("log", &["level", "format"]),
     (
         "outbox",
