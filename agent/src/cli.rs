@@ -164,6 +164,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::dlq::DlqCommand,
     },
+    /// The event registry: list, show, validate a payload, scaffold a new event, lint a
+    /// registry, print the AsyncAPI 3.0 document.
+    Events {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::events_cmd::EventsCommand,
+    },
     /// Issue, inspect and verify capability token chains.
     Token {
         /// What to do with tokens.

@@ -17,12 +17,15 @@
 //! - `rejections`: refused messages → dead letters and audit events.
 //! - `losses`: what the outbox drops or expires → a WARN and an audit event.
 //! - `dlq`: `dlq list | show | replay | purge`, the dead-letter store for operators.
+//! - `events_cmd`: `events list | show | validate | scaffold | lint | asyncapi`, the event
+//!   registry.
 //! - `sdnotify`: systemd's readiness and watchdog notifications (`Type=notify`).
 
 mod children;
 mod cli;
 mod commands;
 mod dlq;
+mod events_cmd;
 mod fleet_cmd;
 mod health;
 mod heartbeat;
@@ -88,6 +91,10 @@ fn main() -> ExitCode {
             Err(error) => failed(&error),
         },
         Command::Dlq { command } => dlq::main(command),
+        Command::Events { command } => match events_cmd::main(command) {
+            Ok(code) => code,
+            Err(error) => failed(&error),
+        },
         Command::Trace {
             config,
             event_id,

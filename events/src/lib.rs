@@ -10,9 +10,11 @@
 //!   at landing, `events validate`).
 //! - [`lint`]: the naming rules and the breaking changes within a version (`events lint`).
 //! - [`scaffold`]: a new event's skeleton (`events scaffold`).
+//! - [`asyncapi`]: the AsyncAPI 3.0 document of every subject (`events asyncapi`).
 //!
 //! Pure: no runtime, no network. Reading a registry directory is the only I/O.
 
+pub mod asyncapi;
 pub mod lint;
 pub mod registry;
 pub mod scaffold;

@@ -18,7 +18,7 @@ use crate::registry::{Entry, Kind, Registry};
 
 /// The namespaces of the agent's own events and commands: an operator's event may not use
 /// them.
-pub const RESERVED_NAMESPACES: &[&str] = &["agent", "audit", "edge", "iot", "nexus"];
+pub const RESERVED_NAMESPACES: &[&str] = &["agent", "audit", "edge", "iot"];
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -156,7 +156,12 @@ fn naming(entry: &Entry) -> Vec<(Severity, String)> {
     }
     let last = tokens.last().copied().unwrap_or_default();
     match entry.meta.kind {
-        Kind::Event if !looks_past(last) && entry.origin != crate::registry::Origin::Builtin => {
+        // `{command}.result`: a `[[bridge.down]]` command's answer, landed as an event.
+        Kind::Event
+            if !looks_past(last)
+                && last != "result"
+                && entry.origin != crate::registry::Origin::Builtin =>
+        {
             found.push((
                 Severity::Warning,
                 format!(

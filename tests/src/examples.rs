@@ -125,7 +125,7 @@ impl ExampleFleet {
         let (verb, rest) = args.split_first().expect("a verb");
         let mut command = tokio::process::Command::new(agent_bin());
         command.arg(verb);
-        if *verb == "dlq" {
+        if *verb == "dlq" || *verb == "events" {
             command
                 .args(&rest[..1])
                 .arg("-c")
@@ -211,9 +211,20 @@ pub fn overrides(fleet: &Fleet, broker: &Mosquitto, node: &str) -> Vec<(String, 
             ("NEXUS_UPLINK__URL", fleet.hub_nats.url()),
             ("NEXUS_LOCAL__URL", fleet.member_nats.url()),
             ("NEXUS_IOT__URL", broker.url()),
+            // The example's registry (config/examples/events), as member.toml describes.
+            (
+                "NEXUS_EVENTS__REGISTRY",
+                example_registry().display().to_string(),
+            ),
         ]),
     }
     env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// The example's event registry: `config/examples/events` (booking.created and
+/// booking.cancel.result).
+pub fn example_registry() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/events")
 }
 
 fn token(fleet: &Fleet, node: &str) -> String {

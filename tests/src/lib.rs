@@ -21,6 +21,8 @@
 //!   root); one can be SIGKILLed and restarted, a stream's leader found or stepped down.
 //! - [`mosquitto`]: [`Mosquitto`], a persistent mosquitto broker on a free port.
 //! - [`agent`]: [`AgentProcess`] (`nexus-agent run`) and [`keygen`].
+//! - [`contract`]: envelopes against the event registry; the AsyncAPI document through the
+//!   official parser.
 //! - [`examples`]: [`examples::ExampleFleet`], the fleet of `config/examples/*.toml` as shipped.
 //! - [`fleet`]: [`Fleet`], root + hub + member with keys and CLI-issued tokens.
 //! - [`landing`]: a member-like uplink into a hub's ingress; readers of the root's landing.
@@ -37,6 +39,7 @@ pub mod bench;
 pub mod bins;
 pub mod browser;
 pub mod cluster;
+pub mod contract;
 pub mod examples;
 pub mod fleet;
 pub mod landing;

@@ -8,16 +8,23 @@
 //! dead-lettered at the hub or the root. The demo runs the same fleet; it is run here
 //! briefly too, so that it cannot rot.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use nexus_e2e::examples::{text, ExampleFleet, DEADLINE};
-use nexus_e2e::{fleet, request_answered, wait_until};
+use nexus_e2e::{contract, fleet, request_answered, wait_until};
+use nexus_events::asyncapi;
+use nexus_federation::envelope::{Encoding, Envelope};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_examples_carry_a_whole_fleet() {
     let site = ExampleFleet::start().await;
+    // Everything the fleet publishes at the root, for the contract check at the end.
+    let root_client = site.fleet.root_nats.client().await;
+    let mut published = root_client.subscribe("nexus.>").await.expect("subscribe");
+    root_client.flush().await.expect("flush");
 
     // `check` takes each example with the deployer's overrides, without a warning.
     for node in [fleet::ROOT, fleet::HUB, fleet::MEMBER] {
@@ -89,6 +96,19 @@ async fn the_shipped_examples_carry_a_whole_fleet() {
         .expect("the up-bridge answers");
     let refused: Value = serde_json::from_slice(&refused.payload).expect("JSON");
     assert_eq!(refused["ok"], false, "{refused}");
+    // An event of the example's registry whose payload breaks its schema: refused before
+    // it is signed, with the pointer of the failing field.
+    let invalid = site
+        .app
+        .request(
+            "app.booking.created",
+            r#"{"booking_id": "b-2", "seats": 0}"#.into(),
+        )
+        .await
+        .expect("the up-bridge answers");
+    let invalid: Value = serde_json::from_slice(&invalid.payload).expect("JSON");
+    assert_eq!(invalid["code"], "schema_invalid", "{invalid}");
+    assert_eq!(invalid["pointer"], "/seats", "{invalid}");
 
     // A command from the root's CLI, answered by the app.
     let out = wait_until(
@@ -170,14 +190,16 @@ async fn the_shipped_examples_carry_a_whole_fleet() {
 
     // The member refused the app's bad message itself, and its audit reached the root.
     let audits = site
-        .landed("NEXUS_CORE", "nexus._core.audit.rejected", 1)
+        .landed("NEXUS_CORE", "nexus._core.audit.rejected", 2)
         .await;
-    assert!(
-        audits
-            .iter()
-            .any(|a| a["source"] == fleet::MEMBER && a["payload"]["stage"] == "bridge"),
-        "{audits:?}"
-    );
+    for reason in ["malformed", "schema_invalid"] {
+        assert!(
+            audits.iter().any(|a| a["source"] == fleet::MEMBER
+                && a["payload"]["stage"] == "bridge"
+                && a["payload"]["reason"] == reason),
+            "{reason}: {audits:?}"
+        );
+    }
 
     // Nothing was refused on the way: the hub's and the root's dead-letter stores are empty
     // (the member keeps the broken reading and the app's bad message, the refusals meant
@@ -202,7 +224,53 @@ async fn the_shipped_examples_carry_a_whole_fleet() {
         .map(|l| l["stage"].as_str().unwrap_or("?"))
         .collect();
     stages.sort_unstable();
-    assert_eq!(stages, ["bridge", "iot"], "{}", text(&out));
+    assert_eq!(stages, ["bridge", "bridge", "iot"], "{}", text(&out));
+
+    // The event contract on real traffic: every envelope published at the root is a
+    // registered event whose payload satisfies its schema, on a subject of the AsyncAPI
+    // document — which the AsyncAPI project's own parser accepts.
+    let out = site.cli(fleet::MEMBER, &["events", "asyncapi"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let document: Value = serde_json::from_slice(&out.stdout).expect("a JSON document");
+    let path = site.fleet.path().join("asyncapi.json");
+    std::fs::write(&path, &out.stdout).expect("write the document");
+    let parsed = contract::parse_asyncapi(&path);
+    assert_eq!(parsed.status.code(), Some(0), "{}", text(&parsed));
+    let registry = contract::registry();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    // Everything above waited for its events to land, so they are all here already.
+    while let Some(Some(message)) = published.next().now_or_never() {
+        let encoding = match message.headers.as_ref().and_then(|h| h.get("Content-Type")) {
+            Some(value) if value.as_str() == "application/cbor" => Encoding::Cbor,
+            _ => Encoding::Json,
+        };
+        let envelope = Envelope::decode(&message.payload, encoding, 1 << 20)
+            .unwrap_or_else(|e| panic!("{}: not an envelope: {e}", message.subject));
+        let envelope = serde_json::to_value(&envelope).expect("an envelope is JSON");
+        if let Err(problem) = contract::check(&registry, &envelope) {
+            panic!("{}: {problem}", message.subject);
+        }
+        assert!(
+            asyncapi::covers(&document, message.subject.as_str()),
+            "{} is not a channel of the AsyncAPI document",
+            message.subject
+        );
+        *seen
+            .entry(envelope["event_name"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    for event in [
+        "edge.health",
+        "iot.sensor_data",
+        "audit.rejected",
+        "booking.created",
+        "booking.cancel.result",
+    ] {
+        assert!(
+            seen.contains_key(event),
+            "no {event} seen at the root: {seen:?}"
+        );
+    }
 }
 
 /// The demo (`./dev demo`) runs the same fleet for a person: briefly here, so that it

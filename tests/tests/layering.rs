@@ -85,6 +85,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "nexus-e2e",
         &[
             "nexus-config",
+            "nexus-events",
             "nexus-federation",
             "nexus-policies",
             "nexus-runtime",
