@@ -57,6 +57,9 @@ pub struct Heartbeat {
     pub faults: Faults,
     /// The other causes of `degraded`: thresholds, token, clock, disk.
     pub vitals: Option<Vitals>,
+    /// The event registry's hash (`nexus_events::Registry::hash`): nodes reporting the
+    /// same hash validate events alike.
+    pub events_registry: String,
 }
 
 impl Heartbeat {
@@ -184,6 +187,9 @@ impl Heartbeat {
             payload.insert("disk_pct".into(), json!(round1(disk)));
         }
         payload.insert("agent_version".into(), json!(env!("CARGO_PKG_VERSION")));
+        if !self.events_registry.is_empty() {
+            payload.insert("events_registry".into(), json!(self.events_registry));
+        }
         if let Some(parent) = self.vitals.as_ref().and_then(|v| v.own.parent_id()) {
             payload.insert("parent".into(), json!(parent));
         }
@@ -410,7 +416,22 @@ mod tests {
             iot: None,
             faults,
             vitals: None,
+            events_registry: "sha256:0123456789abcdef".into(),
         }
+    }
+
+    /// What the heartbeat writes is what its registered schema (edge.health@1) says (a
+    /// member's with the IoT bridge is checked on real traffic in tests/tests/examples.rs;
+    /// a degraded one below).
+    #[test]
+    fn a_heartbeat_satisfies_its_registered_schema() {
+        let registry = nexus_events::Registry::builtin().expect("the built-in registry");
+        let payload = Value::Object(member_heartbeat(Faults::default()).snapshot());
+        assert_eq!(
+            registry.validate(EVENT_NAME, 1, &payload),
+            nexus_events::Verdict::Valid,
+            "{payload}"
+        );
     }
 
     /// Without faults (and without links to be down) a node is healthy, with no causes.
@@ -447,6 +468,13 @@ mod tests {
         assert_eq!(causes[0]["subsystem"], "iot");
         assert_eq!(causes[0]["kind"], "store_closed");
         assert_eq!(causes[0]["cause"], "the outbox is closed");
+        let registry = nexus_events::Registry::builtin().expect("the built-in registry");
+        let payload = Value::Object(snapshot.clone());
+        assert_eq!(
+            registry.validate(EVENT_NAME, 1, &payload),
+            nexus_events::Verdict::Valid,
+            "a degraded heartbeat satisfies edge.health@1: {payload}"
+        );
         assert!(causes[0]["since"].is_string());
 
         let mut warned = false;

@@ -118,7 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Mode::Hub => hub(&node)?,
         Mode::Root => root(&node)?,
     };
-    let heartbeat = heartbeat(&node, started, &parts);
+    let heartbeat = heartbeat(&node, started, &parts, &events);
     let bridge = up_bridge(&node, &events).await?;
     let latencies = CommandMetrics::default();
     commands(
@@ -523,9 +523,10 @@ fn verifier(
 }
 
 /// This node's heartbeat, reporting on what the mode built and on the supervisor's faults.
-fn heartbeat(node: &Node, started: Instant, parts: &ModeParts) -> Heartbeat {
+fn heartbeat(node: &Node, started: Instant, parts: &ModeParts, events: &Registry) -> Heartbeat {
     let config = &node.config;
     Heartbeat {
+        events_registry: events.hash(),
         node_id: config.node.id.clone(),
         mode: config.node.mode,
         key: node.key.clone(),

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use nexus_e2e::landing::{landed_count, wait_landed};
 use nexus_e2e::{
-    agent_bin, collect_until, fleet, keygen, payload_json, request_answered, wait_until,
+    agent_bin, collect_until, contract, fleet, keygen, payload_json, request_answered, wait_until,
     AgentProcess, Fleet,
 };
 use nexus_federation::command::{self, Issuer, MAX_COMMAND_BYTES};
@@ -160,6 +160,8 @@ async fn commands_from_the_root_reach_local_apps_and_built_ins_through_the_hub()
     let out = fed.request(fleet::MEMBER, "agent.ping", &["--json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let ping = reply_of(&out);
+    let registry = contract::registry();
+    contract::check(&registry, &ping).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ping["event_name"], "agent.ping.result");
     assert_eq!(ping["source"], fleet::MEMBER);
     assert_eq!(ping["headers"]["status"], "ok");
@@ -169,6 +171,11 @@ async fn commands_from_the_root_reach_local_apps_and_built_ins_through_the_hub()
     let out = fed.request(fleet::MEMBER, "agent.health", &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let health: Value = serde_json::from_slice(&out.stdout).expect("a JSON payload");
+    assert_eq!(
+        registry.validate("agent.health.result", 1, &health),
+        nexus_events::Verdict::Valid,
+        "{health}"
+    );
     assert_eq!(health["node_id"], fleet::MEMBER);
     assert!(health["outbox"]["depth"].is_u64(), "{health}");
 
@@ -443,6 +450,11 @@ async fn commands_are_verified_at_the_member_and_rotation_keeps_traffic_flowing(
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let rotated: Value = serde_json::from_slice(&out.stdout).expect("JSON payload");
+    assert_eq!(
+        contract::registry().validate("agent.token.rotate.result", 1, &rotated),
+        nexus_events::Verdict::Valid,
+        "{rotated}"
+    );
     assert_eq!(rotated["token_id"], new_id.as_str());
     assert_eq!(
         std::fs::read(fed.fleet.token_path(fleet::MEMBER)).expect("token file"),

@@ -419,6 +419,8 @@ async fn a_full_outbox_under_drop_oldest_drops_the_oldest_readings_and_counts_th
         .expect("an outbox loss audit reaches the root")
         .expect("subscription open");
     let audit = nexus_e2e::payload_json(&audit);
+    nexus_e2e::contract::check(&nexus_e2e::contract::registry(), &audit)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(audit["source"], fleet::MEMBER, "{audit}");
     assert_eq!(audit["payload"]["kind"], "dropped", "{audit}");
     let count = audit["payload"]["count"].as_u64().expect("count");

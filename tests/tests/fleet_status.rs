@@ -20,8 +20,8 @@ use futures::StreamExt as _;
 use nexus_e2e::bench::events::stream_count;
 use nexus_e2e::prometheus::http_get;
 use nexus_e2e::{
-    agent_bin, fleet, mosquitto_client_bin, payload_json, wait_until, AgentProcess, Fleet,
-    Mosquitto, Prometheus,
+    agent_bin, contract, fleet, mosquitto_client_bin, payload_json, wait_until, AgentProcess,
+    Fleet, Mosquitto, Prometheus,
 };
 use serde_json::Value;
 
@@ -178,6 +178,17 @@ async fn trace(root: &AgentProcess, event_id: &str) -> (i32, BTreeMap<String, Va
             String::from_utf8_lossy(&out.stderr)
         )
     });
+    // Each answer is the payload of a real agent.trace.result: what its schema says.
+    let registry = contract::registry();
+    for node in all.as_array().into_iter().flatten() {
+        if let Some(answer) = node.get("answer") {
+            assert_eq!(
+                registry.validate("agent.trace.result", 1, answer),
+                nexus_events::Verdict::Valid,
+                "{answer}"
+            );
+        }
+    }
     let by_node = all
         .as_array()
         .expect("an array")
@@ -626,6 +637,12 @@ async fn degraded_causes_come_and_go_and_silent_nodes_are_reported_once() {
         statuses.len(),
         "the journal holds every report seen"
     );
+    // Every report (offline, unknown, online; of members and hubs) is what edge.node_status@1
+    // says.
+    let registry = contract::registry();
+    for status in statuses.all() {
+        contract::check(&registry, &status).unwrap_or_else(|e| panic!("{e}"));
+    }
     fleet.root_nats.stop();
     // The outage itself (a duration of the scenario, not a wait for a condition).
     tokio::time::sleep(OFFLINE_AFTER * 2).await;

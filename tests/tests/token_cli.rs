@@ -494,6 +494,8 @@ async fn issue_with_server_records_the_audit_event() {
     let envelope: serde_json::Value =
         serde_json::from_slice(&message.payload).expect("a JSON envelope");
     assert_eq!(envelope["event_name"], "audit.cap_token_issued");
+    nexus_e2e::contract::check(&nexus_e2e::contract::registry(), &envelope)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(envelope["source"], "hub-msk");
     let payload = &envelope["payload"];
     assert_eq!(payload["token_id"], token_id.as_str());
