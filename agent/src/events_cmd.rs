@@ -34,6 +34,7 @@ pub enum EventsCommand {
     /// An event's metadata, schema and examples.
     Show {
         /// NAME@VERSION, or NAME for its latest version.
+        #[arg(value_parser = parse::event_spec)]
         event: String,
         #[command(flatten)]
         source: Source,
@@ -42,6 +43,7 @@ pub enum EventsCommand {
     /// 1 with the JSON pointer of the first failing field when not.
     Validate {
         /// NAME@VERSION, or NAME for its latest version.
+        #[arg(value_parser = parse::event_spec)]
         event: String,
         /// The JSON file (`-` for stdin): the payload, or an envelope with it.
         file: PathBuf,
@@ -57,7 +59,7 @@ pub enum EventsCommand {
         #[arg(value_parser = parse::event_name)]
         name: String,
         /// Its version.
-        #[arg(long, value_name = "N", default_value_t = 1)]
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         version: u32,
         /// The registry directory.
         #[arg(long, value_name = "DIR", default_value = ".")]

@@ -59,7 +59,8 @@ impl RejectionHandler {
             };
             self.counts
                 .add(refused.stage.as_str(), refused.rejection.reason.as_str());
-            if let Some(store) = &self.dead_letters {
+            // Landed anyway (an `audit` policy): nothing to keep, only to report.
+            if let Some(store) = self.dead_letters.as_ref().filter(|_| !refused.landed) {
                 let mut letter = DeadLetter::new(
                     refused.stage.as_str(),
                     refused.rejection.reason.as_str(),

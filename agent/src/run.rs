@@ -46,7 +46,7 @@ use nexus_federation::bridge::{BridgeCounters, UpBridge};
 use nexus_federation::clock::TrustClock;
 use nexus_federation::deadletter::DeadLetters;
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
-use nexus_federation::ingress::{Destination, Ingress, IngressCounters, Landing};
+use nexus_federation::ingress::{Contract, Destination, Ingress, IngressCounters, Landing};
 use nexus_federation::ratelog::RateLimitedLog;
 use nexus_federation::refusal::{RefusalSink, RejectedMessage, Stage};
 use nexus_federation::revocation;
@@ -116,7 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let parts = match node.config.node.mode {
         Mode::Member => member(&node)?,
         Mode::Hub => hub(&node)?,
-        Mode::Root => root(&node)?,
+        Mode::Root => root(&node, &events)?,
     };
     let heartbeat = heartbeat(&node, started, &parts, &events);
     let bridge = up_bridge(&node, &events).await?;
@@ -429,17 +429,30 @@ fn hub(node: &Node) -> anyhow::Result<ModeParts> {
     let local = node.links.local(Mode::Hub)?;
     let parent = node.links.next_hop.clone();
     let destination = Destination::Parent(parent.clone());
-    Ok(verifier(node, local, destination, Some(parent), None))
+    Ok(verifier(node, local, destination, Some(parent), None, None))
 }
 
 /// The root: creates the landing streams, then verifies its children's traffic (and its
 /// own events) and lands it.
-fn root(node: &Node) -> anyhow::Result<ModeParts> {
+fn root(node: &Node, events: &Arc<Registry>) -> anyhow::Result<ModeParts> {
     let local = node.links.local(Mode::Root)?;
     let config = &node.config;
     let landing = Landing::new(&config.landing, config.ingress.duplicate_window);
     let destination = Destination::Landing(local.clone());
-    Ok(verifier(node, local, destination, None, Some(landing)))
+    // What lands is checked against the registry ([events] unknown / invalid).
+    let contract = Contract {
+        registry: Arc::clone(events),
+        unknown: config.events.unknown,
+        invalid: config.events.invalid,
+    };
+    Ok(verifier(
+        node,
+        local,
+        destination,
+        None,
+        Some(landing),
+        Some(contract),
+    ))
 }
 
 /// Hubs and the root: the watch over children (heard through their verified heartbeats),
@@ -451,6 +464,7 @@ fn verifier(
     destination: Destination,
     parent: Option<Link>,
     landing: Option<Landing>,
+    contract: Option<Contract>,
 ) -> ModeParts {
     let config = &node.config;
     let destination_link = match &destination {
@@ -490,6 +504,10 @@ fn verifier(
         Stage::Ingress,
         Some(node.refusals.clone()),
     ));
+    let ingress = match contract {
+        Some(contract) => ingress.with_contract(contract),
+        None => ingress,
+    };
     let reporter = StatusReporter {
         node_id: config.node.id.clone(),
         key: node.key.clone(),

@@ -290,12 +290,49 @@ pub struct MetricsConfig {
     pub listen: Option<std::net::SocketAddr>,
 }
 
-/// `[events]`: where the operator's registry of events is (docs/events.md).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// `[events]`: the operator's registry of events, and what the root's landing does with
+/// events it does not know or whose payload breaks their schema (docs/events.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventsConfig {
     /// `events.registry`: a directory of `NAME/VERSION/{schema.json, event.toml,
     /// examples/}` beside the agent's own events; none: the built-in events only.
     pub registry: Option<PathBuf>,
+    /// `events.unknown` (the root's landing): an event whose `event@version` is not
+    /// registered. Default `land`.
+    pub unknown: LandingPolicy,
+    /// `events.invalid` (the root's landing): a registered event whose payload does not
+    /// satisfy its schema. Default `audit`.
+    pub invalid: LandingPolicy,
+}
+
+/// What the root's landing does with an event that fails a registry check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LandingPolicy {
+    /// `land`: it lands, counted only.
+    Land,
+    /// `audit`: it lands, and the root audits it (`audit.rejected`, counted and logged;
+    /// not dead-lettered, since it landed).
+    Audit,
+    /// `refuse`: it does not land: dead-lettered at the root with its reason (replayable
+    /// once the registry or the producer is fixed) and audited.
+    Refuse,
+}
+
+config_names!(LandingPolicy {
+    Land => "land",
+    Audit => "audit",
+    Refuse => "refuse",
+});
+
+impl Default for EventsConfig {
+    /// No operator registry; unknown events land, invalid ones land and are audited.
+    fn default() -> Self {
+        Self {
+            registry: None,
+            unknown: LandingPolicy::Land,
+            invalid: LandingPolicy::Audit,
+        }
+    }
 }
 
 /// `[page]`: the live fleet page of a hub or the root (off unless `listen` is set).

@@ -125,10 +125,12 @@ impl Config {
             writeln!(out, "\n[metrics]")?;
             writeln!(out, "listen = {}", quote(&listen.to_string()))?;
         }
+        writeln!(out, "\n[events]")?;
         if let Some(registry) = &self.events.registry {
-            writeln!(out, "\n[events]")?;
             writeln!(out, "registry = {}", quote(&registry.display().to_string()))?;
         }
+        writeln!(out, "unknown = {}", quote(self.events.unknown.as_str()))?;
+        writeln!(out, "invalid = {}", quote(self.events.invalid.as_str()))?;
         if let Some(listen) = self.page.listen {
             writeln!(out, "\n[page]")?;
             writeln!(out, "listen = {}", quote(&listen.to_string()))?;

@@ -32,7 +32,8 @@ use bytes::Bytes;
 use futures::future::{join_all, BoxFuture};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
-use nexus_config::IngressConfig;
+use nexus_config::{IngressConfig, LandingPolicy};
+use nexus_events::{Registry, Verdict};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -98,6 +99,65 @@ pub struct IngressCounters {
 /// e.g. to watch children's heartbeats.
 pub type Observer = Arc<dyn Fn(&Envelope, Option<&str>, time::OffsetDateTime) + Send + Sync>;
 
+/// The root's registry check at landing (`[events]`, docs/events.md): what happens to an
+/// event whose `event@version` is not registered, or whose payload breaks its schema.
+#[derive(Debug, Clone)]
+pub struct Contract {
+    /// The built-in events and the operator's.
+    pub registry: Arc<Registry>,
+    /// `events.unknown`.
+    pub unknown: LandingPolicy,
+    /// `events.invalid`.
+    pub invalid: LandingPolicy,
+}
+
+impl Contract {
+    /// What to do with `envelope`, and why, when it fails a check; `None` when it passes
+    /// or when the policy lands it anyway. The payload is moved out to be checked and
+    /// back, not copied; an unregistered event costs one map lookup.
+    fn judge(&self, envelope: &mut Envelope) -> Option<(LandingPolicy, Rejection)> {
+        let known = self
+            .registry
+            .get(&envelope.event_name, envelope.version)
+            .is_some();
+        if !known {
+            return (self.unknown != LandingPolicy::Land).then(|| {
+                let detail = format!(
+                    "{}@{} is not in the registry ({}; events.unknown = \"{}\")",
+                    envelope.event_name,
+                    envelope.version,
+                    self.registry.hash(),
+                    self.unknown.as_str()
+                );
+                (
+                    self.unknown,
+                    Rejection::new(Reason::UnregisteredEvent, detail),
+                )
+            });
+        }
+        if self.invalid == LandingPolicy::Land {
+            return None;
+        }
+        let payload = serde_json::Value::Object(std::mem::take(&mut envelope.payload));
+        let verdict = self
+            .registry
+            .validate(&envelope.event_name, envelope.version, &payload);
+        if let serde_json::Value::Object(map) = payload {
+            envelope.payload = map;
+        }
+        match verdict {
+            Verdict::Invalid(invalid) => {
+                let detail = format!("{invalid} (events.invalid = \"{}\")", self.invalid.as_str());
+                Some((
+                    self.invalid,
+                    Rejection::new(Reason::SchemaInvalid, detail).at(invalid.pointer),
+                ))
+            }
+            Verdict::Valid | Verdict::Unknown => None,
+        }
+    }
+}
+
 /// The ingress pump.
 pub struct Ingress {
     local: Link,
@@ -108,6 +168,8 @@ pub struct Ingress {
     counters: Arc<IngressCounters>,
     gatekeeper: Arc<Gatekeeper>,
     refusals: RefusalSink,
+    /// The registry check (the root's landing only).
+    contract: Option<Contract>,
     /// Failed onward publishes are logged from the batches in flight.
     forward_log: Mutex<RateLimitedLog>,
 }
@@ -139,6 +201,7 @@ impl Ingress {
             counters: Arc::default(),
             gatekeeper,
             refusals: RefusalSink::new(Stage::Ingress, None),
+            contract: None,
             forward_log: Mutex::new(RateLimitedLog::new(Duration::from_secs(60))),
         }
     }
@@ -147,6 +210,12 @@ impl Ingress {
     /// refusals are counted and logged, but not stored.
     pub fn with_refusals(mut self, refusals: RefusalSink) -> Self {
         self.refusals = refusals;
+        self
+    }
+
+    /// Checks every admitted event against `contract` before it lands (a root's ingress).
+    pub fn with_contract(mut self, contract: Contract) -> Self {
+        self.contract = Some(contract);
         self
     }
 
@@ -373,7 +442,7 @@ impl Ingress {
         let opened = self.open(&batch).await;
         let mut verified = Vec::with_capacity(batch.len());
         for (message, opened) in batch.into_iter().zip(opened) {
-            let (event, envelope) = match opened {
+            let (event, mut envelope) = match opened {
                 Ok(opened) => opened,
                 Err(error) => {
                     self.reject(&message, Rejection::from(&error)).await;
@@ -386,6 +455,17 @@ impl Ingress {
                 .await
             {
                 Ok(admitted) => {
+                    let judged = self.contract.as_ref().and_then(|c| c.judge(&mut envelope));
+                    match judged {
+                        None | Some((LandingPolicy::Land, _)) => {}
+                        Some((LandingPolicy::Audit, rejection)) => {
+                            self.refusals.notice_delivered(&message, &rejection);
+                        }
+                        Some((LandingPolicy::Refuse, rejection)) => {
+                            self.reject(&message, rejection).await;
+                            continue;
+                        }
+                    }
                     if let Some(observer) = &self.observer {
                         let parent = match &admitted {
                             Admitted::Node(grant) => grant.parent_id(),

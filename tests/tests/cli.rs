@@ -338,6 +338,36 @@ fn every_verb_refuses_a_bad_value_with_exit_2_naming_the_flag() {
             invalid("{", "--data"),
         ),
         (
+            "events list",
+            line(&["events", "list", "--json", "--markdown"]),
+            "the argument '--json' cannot be used with '--markdown'".to_owned(),
+        ),
+        (
+            "events show",
+            line(&["events", "show", "booking.created@0"]),
+            invalid("booking.created@0", "<EVENT>"),
+        ),
+        (
+            "events validate",
+            line(&["events", "validate", "Booking", "payload.json"]),
+            invalid("Booking", "<EVENT>"),
+        ),
+        (
+            "events scaffold",
+            line(&["events", "scaffold", "booking.created", "--version", "0"]),
+            invalid("0", "--version <N>"),
+        ),
+        (
+            "events lint",
+            line(&["events", "lint", "a", "b"]),
+            "unexpected argument 'b'".to_owned(),
+        ),
+        (
+            "events asyncapi",
+            line(&["events", "asyncapi", "--registry", "a", "-c", "b"]),
+            "cannot be used with".to_owned(),
+        ),
+        (
             "dlq list",
             line(&["dlq", "list", "-c", config, "--since", "yesterday"]),
             invalid("yesterday", "--since"),

@@ -212,3 +212,144 @@ fn a_broken_registry_file_is_named_with_the_problem() {
         "{said}"
     );
 }
+
+/// Every schema's list of refusal codes (audit.rejected's `reason`, the commands' error
+/// replies) is the agent's whole list, in its order: a new reason cannot be forgotten in
+/// the contract.
+#[test]
+fn the_schemas_list_every_refusal_code() {
+    let codes: Vec<Value> = nexus_federation::refusal::Reason::ALL
+        .iter()
+        .map(|r| Value::String(r.as_str().to_owned()))
+        .collect();
+    fn enums<'a>(value: &'a Value, out: &mut Vec<&'a Vec<Value>>) {
+        match value {
+            Value::Object(map) => {
+                for (key, inner) in map {
+                    match inner {
+                        Value::Array(list)
+                            if key == "enum" && list.contains(&json!("bad_signature")) =>
+                        {
+                            out.push(list)
+                        }
+                        _ => enums(inner, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| enums(v, out)),
+            _ => {}
+        }
+    }
+    let registry = contract::registry();
+    let mut checked = 0;
+    for entry in registry.entries() {
+        let mut found = Vec::new();
+        enums(&entry.schema, &mut found);
+        for list in found {
+            assert_eq!(list, &codes, "{}: the refusal codes", entry.id());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "{checked} lists of refusal codes checked");
+}
+
+/// The root's landing under `[events] unknown = "audit"` and `invalid = "refuse"`, with a
+/// member that has no registry (so it checks nothing itself): a valid registered event
+/// lands; an unregistered one lands and is audited; an invalid one does not land, is
+/// kept in the root's dead letters with the pointer, and is audited.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_root_lands_audits_or_refuses_by_its_policies() {
+    use futures::StreamExt as _;
+    use nexus_e2e::examples::example_registry;
+    use nexus_e2e::{fleet, request_answered, wait_until, Fleet};
+    use std::time::Duration;
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    let fleet = Fleet::new();
+    let root_client = fleet.root_nats.client().await;
+    let mut landed = root_client
+        .subscribe(format!("nexus.{}.booking.>", fleet::TENANT))
+        .await
+        .expect("subscribe");
+    let mut audits = root_client
+        .subscribe("nexus._core.audit.rejected")
+        .await
+        .expect("subscribe");
+    root_client.flush().await.expect("flush");
+    let root = fleet.spawn(
+        fleet::ROOT,
+        &format!(
+            "[events]\nregistry = \"{}\"\nunknown = \"audit\"\ninvalid = \"refuse\"\n",
+            example_registry().display()
+        ),
+    );
+    let _hub = fleet.spawn(fleet::HUB, "");
+    let _member = fleet.spawn(
+        fleet::MEMBER,
+        "[bridge]\n[[bridge.up]]\nlocal = \"app.booking.*\"\nevent = \"booking.*\"\n",
+    );
+    let app = fleet.member_nats.client().await;
+    for (subject, body) in [
+        ("app.booking.created", r#"{"booking_id": "b-1"}"#),
+        ("app.booking.created", r#"{"booking_id": 7}"#),
+        ("app.booking.noted", r#"{"note": "window seat"}"#),
+    ] {
+        let answer = request_answered(&app, subject, body.into(), DEADLINE).await;
+        let answer: Value = serde_json::from_slice(&answer.payload).expect("JSON");
+        assert_eq!(answer["ok"], true, "the member has no registry: {answer}");
+    }
+
+    // Both audits come from the root, at its ingress.
+    let mut reasons = Vec::new();
+    let mut details = Vec::new();
+    wait_until("the root audits both", DEADLINE, async || {
+        while let Some(Some(message)) = futures::FutureExt::now_or_never(audits.next()) {
+            let audit: Value = serde_json::from_slice(&message.payload).expect("JSON");
+            if audit["source"] == fleet::ROOT && audit["payload"]["stage"] == "ingress" {
+                reasons.push(audit["payload"]["reason"].as_str().unwrap_or("").to_owned());
+                details.push(audit["payload"]["detail"].as_str().unwrap_or("").to_owned());
+            }
+        }
+        reasons.sort();
+        (reasons == ["schema_invalid", "unregistered_event"]).then_some(())
+    })
+    .await;
+    assert!(
+        details.iter().any(|d| d.contains("/booking_id")),
+        "{details:?}"
+    );
+
+    // The root's dead letters keep the refused one only (the unregistered one landed).
+    let out = Command::new(agent_bin())
+        .args(["dlq", "list", "--json", "-c"])
+        .arg(root.config_path())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("nexus-agent runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let letters: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(letters.len(), 1, "{}", text(&out));
+    assert_eq!(letters[0]["reason"], "schema_invalid", "{}", text(&out));
+
+    // What landed: the valid event and the unregistered one, never the invalid one (its
+    // refusal was audited above, after its turn in the ingress).
+    let mut payloads = Vec::new();
+    wait_until("two events land", DEADLINE, async || {
+        while let Some(Some(message)) = futures::FutureExt::now_or_never(landed.next()) {
+            let envelope: Value = serde_json::from_slice(&message.payload).expect("JSON");
+            payloads.push(envelope["payload"].clone());
+        }
+        (payloads.len() >= 2).then_some(())
+    })
+    .await;
+    payloads.sort_by_key(|p| p.to_string());
+    assert_eq!(
+        payloads,
+        [json!({"booking_id": "b-1"}), json!({"note": "window seat"})],
+        "{}",
+        root.log()
+    );
+}

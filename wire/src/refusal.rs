@@ -84,6 +84,8 @@ pub enum Reason {
     EventNameMismatch,
     /// The payload does not satisfy its registered event's JSON Schema.
     SchemaInvalid,
+    /// (root landing, `events.unknown`) The `event@version` is not in the registry.
+    UnregisteredEvent,
     /// The outbox is full (`when_full = "reject"`): back-pressure, not dead-lettered.
     OutboxFull,
     /// The outbox cannot take events: back-pressure, not dead-lettered.
@@ -136,7 +138,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order ([`Reason::index`]).
-    pub const ALL: [Reason; 48] = [
+    pub const ALL: [Reason; 49] = [
         Reason::BadHeaders,
         Reason::BadSignature,
         Reason::Oversized,
@@ -163,6 +165,7 @@ impl Reason {
         Reason::BadEventName,
         Reason::EventNameMismatch,
         Reason::SchemaInvalid,
+        Reason::UnregisteredEvent,
         Reason::OutboxFull,
         Reason::OutboxUnavailable,
         Reason::Internal,
@@ -216,6 +219,7 @@ impl Reason {
             Reason::BadEventName => "bad_event_name",
             Reason::EventNameMismatch => "event_name_mismatch",
             Reason::SchemaInvalid => "schema_invalid",
+            Reason::UnregisteredEvent => "unregistered_event",
             Reason::OutboxFull => "outbox_full",
             Reason::OutboxUnavailable => "outbox_unavailable",
             Reason::Internal => "internal",

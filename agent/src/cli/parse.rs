@@ -65,6 +65,23 @@ pub fn subject_pattern(text: &str) -> Result<SubjectPattern, String> {
     })
 }
 
+/// `NAME` or `NAME@VERSION` (a version ≥ 1): an entry of the event registry.
+pub fn event_spec(text: &str) -> Result<String, String> {
+    let (name, version) = match text.rsplit_once('@') {
+        Some((name, version)) => (name, Some(version)),
+        None => (text, None),
+    };
+    event_name(name)?;
+    if let Some(version) = version {
+        if !version.parse::<u32>().is_ok_and(|v| v >= 1) {
+            return Err(format!(
+                "`{version}` is not a version: NAME@1, NAME@2, … (or NAME for its latest)"
+            ));
+        }
+    }
+    Ok(text.to_owned())
+}
+
 /// An event or command name: two or more dot-separated tokens of `[a-z0-9_-]`.
 pub fn event_name(text: &str) -> Result<String, String> {
     if nexus_federation::subject::is_valid_event_name(text) {

@@ -9,8 +9,8 @@ use super::schema::{
 };
 use crate::error::ErrorKind;
 use crate::model::{
-    EventsConfig, HealthConfig, HeartbeatConfig, LogConfig, LogFormat, MetricsConfig, Mode,
-    PageConfig, ServerTls,
+    EventsConfig, HealthConfig, HeartbeatConfig, LandingPolicy, LogConfig, LogFormat,
+    MetricsConfig, Mode, PageConfig, ServerTls,
 };
 
 /// The levels of a tracing filter.
@@ -59,7 +59,8 @@ impl Reader<'_> {
     }
 
     /// `[events]`: `registry` is an existing directory (its files are read and compiled by
-    /// the agent at start and by `check`, which name the file of any error).
+    /// the agent at start and by `check`, which name the file of any error); `unknown`
+    /// (default `land`) and `invalid` (default `audit`) are landing policies.
     pub(super) fn events(&mut self, s: &Section<'_>) -> EventsConfig {
         let registry = self
             .optional_text(s, "registry")
@@ -77,7 +78,17 @@ impl Reader<'_> {
                 self.push(ErrorKind::InvalidValue, got.origin, &got.path, problem);
                 None
             });
-        EventsConfig { registry }
+        let policy = |reader: &mut Self, key: &str, default: LandingPolicy| match reader
+            .optional_text(s, key)
+        {
+            None => default,
+            Some(got) => reader.choice(got, "a policy").unwrap_or(default),
+        };
+        EventsConfig {
+            registry,
+            unknown: policy(self, "unknown", LandingPolicy::Land),
+            invalid: policy(self, "invalid", LandingPolicy::Audit),
+        }
     }
 
     /// `[page]` (hubs and the root): `listen` as for `[metrics]`, an optional

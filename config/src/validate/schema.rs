@@ -44,7 +44,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     ),
     ("metrics", &["listen"]),
     ("page", &["listen", "token_file", "cert_file", "key_file"]),
-    ("events", &["registry"]),
+    ("events", &["registry", "unknown", "invalid"]),
     ("log", &["level", "format"]),
     (
         "outbox",

@@ -72,6 +72,9 @@ pub struct RejectedMessage {
     /// When it entered this node's ingress stream (the first attempt follows at once), if
     /// JetStream said.
     pub first_at: Option<OffsetDateTime>,
+    /// It went on anyway (the root's landing under an `audit` policy): audited, and not
+    /// dead-lettered.
+    pub landed: bool,
 }
 
 /// Refusals counted by reason, since the stage started.
@@ -141,13 +144,25 @@ impl RefusalSink {
 
     /// Refuses a core NATS message (a local app's, or a command): delivered once.
     pub fn refuse(&self, message: &async_nats::Message, rejection: &Rejection) {
-        self.take(message, rejection, || (1, None));
+        self.take(message, rejection, false, || (1, None));
     }
 
     /// Refuses a message of a JetStream stream: its delivery count and the time it entered
     /// the stream go with it.
     pub fn refuse_delivered(&self, message: &jetstream::Message, rejection: &Rejection) {
-        self.take(message, rejection, || {
+        self.take(message, rejection, false, || {
+            let info = message.info().ok();
+            let attempts = info
+                .as_ref()
+                .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1));
+            (attempts, info.map(|i| i.published))
+        });
+    }
+
+    /// Reports a message of a JetStream stream that goes on all the same (an `audit`
+    /// landing policy): counted, logged and audited like a refusal, not dead-lettered.
+    pub fn notice_delivered(&self, message: &jetstream::Message, rejection: &Rejection) {
+        self.take(message, rejection, true, || {
             let info = message.info().ok();
             let attempts = info
                 .as_ref()
@@ -160,6 +175,7 @@ impl RefusalSink {
         &self,
         message: &async_nats::Message,
         rejection: &Rejection,
+        landed: bool,
         delivery: impl FnOnce() -> (u32, Option<OffsetDateTime>),
     ) {
         let reason = rejection.reason;
@@ -178,6 +194,9 @@ impl RefusalSink {
             // The stages' own sentences (and the ingress' signer field), as before the sink.
             let (code, detail, subject) = (reason.as_str(), &rejection.detail, &message.subject);
             match self.stage {
+                Stage::Ingress if landed => {
+                    warn!(reason = code, %detail, %subject, signer = signer.as_deref().unwrap_or("-"), suppressed, "Event landed although the registry check failed (an `audit` policy of [events]).");
+                }
                 Stage::Ingress => {
                     warn!(reason = code, %detail, %subject, signer = signer.as_deref().unwrap_or("-"), suppressed, "Envelope rejected; it is not forwarded.");
                 }
@@ -205,6 +224,7 @@ impl RefusalSink {
             signer,
             attempts,
             first_at,
+            landed,
         };
         if letters.try_send(letter).is_err() {
             match self.stage {
