@@ -123,7 +123,7 @@ pub fn main(command: EventsCommand) -> anyhow::Result<ExitCode> {
                 let rows: Vec<Value> = registry.entries().map(row).collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if markdown {
-                print!("{}", catalog(&registry));
+                print!("{}", registry.catalog());
             } else {
                 print!("{}", table(&registry));
             }
@@ -269,27 +269,6 @@ fn table(registry: &Registry) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
-    }
-    out
-}
-
-/// The catalog table of docs/events.md.
-pub fn catalog(registry: &Registry) -> String {
-    let mut out = String::from(
-        "| event | version | kind | subject | domain stream | retention | ordering key |\n\
-         |---|---|---|---|---|---|---|\n",
-    );
-    for entry in registry.entries() {
-        out.push_str(&format!(
-            "| `{}` | {} | {} | `{}` | {} | {} | {} |\n",
-            entry.name,
-            entry.version,
-            entry.meta.kind.as_str(),
-            entry.subject(),
-            or_dash(&entry.meta.domain),
-            or_dash(&entry.meta.retention),
-            or_dash(&entry.meta.ordering_key),
-        ));
     }
     out
 }

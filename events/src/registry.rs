@@ -384,6 +384,34 @@ impl Registry {
         }
     }
 
+    /// The catalog table (Markdown) of docs/events.md: one row per entry.
+    pub fn catalog(&self) -> String {
+        let dash = |text: &str| {
+            if text.is_empty() {
+                "-".to_owned()
+            } else {
+                text.to_owned()
+            }
+        };
+        let mut out = String::from(
+            "| event | version | kind | subject | domain stream | retention | ordering key |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        for entry in self.entries.values() {
+            out.push_str(&format!(
+                "| `{}` | {} | {} | `{}` | {} | {} | {} |\n",
+                entry.name,
+                entry.version,
+                entry.meta.kind.as_str(),
+                entry.subject(),
+                dash(&entry.meta.domain),
+                dash(&entry.meta.retention),
+                dash(&entry.meta.ordering_key),
+            ));
+        }
+        out
+    }
+
     /// A digest of every entry (name, version, schema, metadata): `sha256:` + 16 hex
     /// digits. Two nodes with the same hash validate alike; the heartbeat reports it.
     pub fn hash(&self) -> String {

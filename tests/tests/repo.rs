@@ -291,3 +291,21 @@ fn the_sensor_refusal_table_lists_exactly_the_iot_reasons() {
         "docs/iot.md, \"Bad input\", must list iot-bridge/src/mapping.rs's Reason::ALL, in order"
     );
 }
+
+/// docs/events.md's catalog is the built-in registry's (`nexus-agent events list
+/// --markdown` writes it): an event added, renamed or moved to another domain shows there.
+#[test]
+fn the_events_catalog_is_the_registry() {
+    let page = read(&root().join("docs/events.md"));
+    let catalog = page
+        .split_once("<!-- catalog:begin -->\n")
+        .and_then(|(_, rest)| rest.split_once("<!-- catalog:end -->"))
+        .map(|(table, _)| table)
+        .expect("docs/events.md has the catalog markers");
+    let registry = nexus_events::Registry::builtin().expect("the built-in registry");
+    assert_eq!(
+        catalog,
+        registry.catalog(),
+        "regenerate it with `nexus-agent events list --markdown`"
+    );
+}
