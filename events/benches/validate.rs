@@ -52,7 +52,10 @@ fn main() {
         let payload = example(name);
         let text = payload.to_string();
         let entry = registry.find(name).expect("registered");
-        assert!(entry.check(&payload).is_ok(), "{name}: its example validates");
+        assert!(
+            entry.check(&payload).is_ok(),
+            "{name}: its example validates"
+        );
         let parse = per_op(5, iters, || {
             black_box(serde_json::from_str::<Value>(black_box(&text)).ok());
         });
