@@ -200,7 +200,9 @@ cmd_arm_proof() { # arm-proof [--profile P] [TARGET...]
 #   /usr/bin/nexus-agent
 #   /lib/systemd/system/nexus-agent.service      (cross/deb/nexus-agent.service)
 #   /etc/nexus-agent/examples/{member,hub,root}.toml   (conffiles, from config/examples)
-#   /usr/share/nexus-agent/schemas/*.json        (the JSON Schemas of typed events)
+#   /usr/share/nexus-agent/events/NAME/VERSION/  (the built-in event registry, for reading:
+#                                                 the binary embeds it; docs/events.md)
+#   /etc/nexus-agent/examples/events/            (the member example's own registry)
 #   /usr/share/doc/nexus-agent/                  (copyright, changelog, deploy guide)
 # Maintainer scripts (cross/deb/): the nexus-agent system user and /var/lib/nexus-agent.
 
@@ -234,7 +236,7 @@ deb_build_one() { # deb_build_one ARCH BINARY OUTDIR
     stage="$out/$name"
     rm -rf "$stage"
     install -d -m 0755 "$stage/DEBIAN" "$stage/usr/bin" "$stage/lib/systemd/system" \
-        "$stage/etc/nexus-agent/examples" "$stage/usr/share/nexus-agent/schemas" \
+        "$stage/etc/nexus-agent/examples" "$stage/usr/share/nexus-agent" \
         "$stage/usr/share/doc/nexus-agent"
     install -m 0755 "$bin" "$stage/usr/bin/nexus-agent"
     install -m 0644 "$ROOT/cross/deb/nexus-agent.service" "$stage/lib/systemd/system/"
@@ -242,9 +244,11 @@ deb_build_one() { # deb_build_one ARCH BINARY OUTDIR
     for f in "$ROOT"/config/examples/*.toml; do
         install -m 0644 "$f" "$stage/etc/nexus-agent/examples/"
     done
-    for f in "$ROOT"/iot-bridge/schemas/*.json; do
-        install -m 0644 "$f" "$stage/usr/share/nexus-agent/schemas/"
-    done
+    # The registries: directories of NAME/VERSION/{schema.json, event.toml, examples/}.
+    cp -R "$ROOT/events/registry" "$stage/usr/share/nexus-agent/events"
+    cp -R "$ROOT/config/examples/events" "$stage/etc/nexus-agent/examples/events"
+    find "$stage/usr/share/nexus-agent/events" "$stage/etc/nexus-agent/examples/events" \
+        -type d -exec chmod 0755 {} + -o -type f -exec chmod 0644 {} +
     install -m 0644 "$ROOT/docs/deploy-raspberry-pi.md" "$stage/usr/share/doc/nexus-agent/"
     cat >"$stage/usr/share/doc/nexus-agent/copyright" <<COPYRIGHT
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
