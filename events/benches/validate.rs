@@ -1,5 +1,5 @@
 //! What a registry check costs per event, beside what the member spends on the same event
-//! anyway: validating a payload against its registered schema (jsonschema, draft 2020-12)
+//! anyway: validating a payload against its registered schema (boon, draft 2020-12)
 //! for `iot.sensor_data`, `edge.health` and the example's `booking.created`, against the
 //! Ed25519 signature every event gets (the dominant part of sealing, docs/benchmarks.md
 //! "Envelope hot path") and a bare JSON parse of the same payload.

@@ -119,7 +119,8 @@ pub struct Entry {
     pub examples: Vec<(String, Value)>,
     /// Where it comes from.
     pub origin: Origin,
-    validator: jsonschema::Validator,
+    schemas: boon::Schemas,
+    index: boon::SchemaIndex,
 }
 
 impl fmt::Debug for Entry {
@@ -150,13 +151,21 @@ impl Entry {
 
     /// The payload against the schema: the first failure, located.
     pub fn check(&self, payload: &Value) -> Result<(), Invalid> {
-        match self.validator.iter_errors(payload).next() {
-            None => Ok(()),
-            Some(error) => Err(Invalid {
-                event: self.id(),
-                pointer: error.instance_path().to_string(),
-                message: error.to_string(),
-            }),
+        match self.schemas.validate(payload, self.index) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                // The error is a tree (a group per keyword); its first leaf is the first
+                // failing field.
+                let mut leaf = &error;
+                while let Some(cause) = leaf.causes.first() {
+                    leaf = cause;
+                }
+                Err(Invalid {
+                    event: self.id(),
+                    pointer: leaf.instance_location.to_string(),
+                    message: leaf.kind.to_string(),
+                })
+            }
         }
     }
 }
@@ -474,7 +483,7 @@ fn build_entry(
             ))
         }
     }
-    let validator = jsonschema::draft202012::new(&schema)
+    let (schemas, index) = compile(name, version, &schema)
         .map_err(|e| LoadError::invalid(&schema_path, format!("not a usable JSON Schema: {e}")))?;
     let meta_path = at.join("event.toml");
     let meta: Meta = toml::from_str(meta)
@@ -493,8 +502,54 @@ fn build_entry(
         schema,
         examples: parsed,
         origin,
-        validator,
+        schemas,
+        index,
     })
+}
+
+/// Schemas refer only to themselves (`$defs`): nothing is fetched, from the network or
+/// from files.
+struct NoRemote;
+
+impl boon::UrlLoader for NoRemote {
+    fn load(&self, url: &str) -> Result<Value, Box<dyn std::error::Error>> {
+        Err(
+            format!("{url}: a registry schema refers only to itself (`$defs`); nothing is fetched")
+                .into(),
+        )
+    }
+}
+
+/// Compiles one schema (checked against the draft 2020-12 meta-schema on the way).
+fn compile(
+    name: &str,
+    version: u32,
+    schema: &Value,
+) -> Result<(boon::Schemas, boon::SchemaIndex), String> {
+    let mut schemas = boon::Schemas::new();
+    let mut compiler = boon::Compiler::new();
+    compiler.set_default_draft(boon::Draft::V2020_12);
+    compiler.use_loader(Box::new(NoRemote));
+    let location = format!("urn:nexus-events:{name}:{version}");
+    compiler
+        .add_resource(&location, schema.clone())
+        .map_err(|e| with_causes(&e))?;
+    let index = compiler
+        .compile(&location, &mut schemas)
+        .map_err(|e| with_causes(&e))?;
+    Ok((schemas, index))
+}
+
+/// An error and its causes, `: `-separated.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
@@ -642,7 +697,13 @@ mod tests {
 
     #[test]
     fn bad_files_are_refused_with_their_path() {
-        let cases: [(&str, &str, &str, &str); 6] = [
+        let cases: [(&str, &str, &str, &str); 7] = [
+            (
+                "booking.created",
+                "1",
+                "{\"$schema\": \"https://json-schema.org/draft/2020-12/schema\", \"$ref\": \"https://example.invalid/other.json\"}",
+                "nothing is fetched",
+            ),
             ("Booking.created", "1", "{}", "is not an event name"),
             ("booking.created", "0", "{}", "is not a version"),
             ("booking.created", "1", "{not json", "not JSON"),

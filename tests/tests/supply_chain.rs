@@ -12,7 +12,7 @@ use serde_json::Value;
 /// Licences we accept for anything linked into the agent (SPDX identifiers).
 const ALLOWED: &[&str] = &[
     "MIT",
-    // MIT without the attribution clause (borrow-or-share, under jsonschema's URI parser).
+    // MIT without the attribution clause (borrow-or-share, under boon's URI parser).
     "MIT-0",
     "Apache-2.0",
     "BSD-2-Clause",
@@ -31,10 +31,6 @@ const KNOWN_DUPLICATES: &[(&str, &str)] = &[
     (
         "base64",
         "0.22 ours and async-nats'; 0.23 of a newer dependency",
-    ),
-    (
-        "bit-vec",
-        "fancy-regex (jsonschema's patterns) through bit-set 0.8; yasna (rcgen, tests only) on 0.9",
     ),
     (
         "cpufeatures",
