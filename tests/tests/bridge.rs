@@ -124,6 +124,12 @@ async fn commands_from_the_root_reach_local_apps_and_built_ins_through_the_hub()
         .subscribe("nexus.salon-001.booking.cancel.result")
         .await
         .expect("subscribe");
+    // The commands themselves, as the CLI sends them into the root's NATS.
+    let mut commands = fed
+        .root_client
+        .subscribe("_nexus.cmd.>")
+        .await
+        .expect("subscribe");
     fed.root_client.flush().await.expect("flush");
 
     // The local app: answers cancellations and remembers the correlation id it was given.
@@ -273,6 +279,32 @@ async fn commands_from_the_root_reach_local_apps_and_built_ins_through_the_hub()
     })
     .await;
     drop(fed.hub);
+
+    // Every built-in command sent above is what its registered schema says, on a channel
+    // of the AsyncAPI document.
+    let document = nexus_events::asyncapi::document(&registry);
+    let mut checked = std::collections::BTreeSet::new();
+    while let Some(Some(message)) = futures::FutureExt::now_or_never(commands.next()) {
+        let command = payload_json(&message);
+        let name = command["event_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        // (The unknown commands this test sends on purpose, agent.reboot…, are not.)
+        if registry.find(&name).is_some() {
+            contract::check(&registry, &command).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                nexus_events::asyncapi::covers(&document, message.subject.as_str()),
+                "{} is not a channel of the AsyncAPI document",
+                message.subject
+            );
+            checked.insert(name);
+        }
+    }
+    assert!(
+        checked.contains("agent.ping") && checked.contains("agent.health"),
+        "{checked:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
