@@ -317,6 +317,20 @@ mod tests {
                               "seats": {"type": "integer"}}})
     }
 
+    /// A registry of one `booking.created@1` with `example`.
+    fn one_booking(example: &Value) -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "booking.created",
+            &booking(),
+            META,
+            Some(example),
+        );
+        let registry = Registry::from_dir(dir.path()).expect("loads");
+        (dir, registry)
+    }
+
     fn errors(findings: &[Finding]) -> Vec<String> {
         findings
             .iter()
@@ -334,16 +348,8 @@ mod tests {
 
     #[test]
     fn a_good_event_passes_and_names_are_checked() {
-        let dir = tempfile::tempdir().expect("tempdir");
         let example = json!({"booking_id": "b-1", "state": "new"});
-        write(
-            dir.path(),
-            "booking.created",
-            &booking(),
-            META,
-            Some(&example),
-        );
-        let registry = Registry::from_dir(dir.path()).expect("loads");
+        let (_dir, registry) = one_booking(&example);
         assert_eq!(lint(&registry, None), Vec::new());
 
         let dir = tempfile::tempdir().expect("tempdir");
@@ -390,16 +396,7 @@ mod tests {
 
     #[test]
     fn an_invalid_example_is_an_error_with_its_pointer() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let example = json!({"booking_id": "b-1", "state": "lost"});
-        write(
-            dir.path(),
-            "booking.created",
-            &booking(),
-            META,
-            Some(&example),
-        );
-        let registry = Registry::from_dir(dir.path()).expect("loads");
+        let (_dir, registry) = one_booking(&json!({"booking_id": "b-1", "state": "lost"}));
         let errors = errors(&lint(&registry, None));
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
@@ -410,16 +407,8 @@ mod tests {
 
     #[test]
     fn breaking_changes_within_a_version_are_caught_and_compatible_ones_pass() {
-        let before_dir = tempfile::tempdir().expect("tempdir");
         let example = json!({"booking_id": "b-1", "state": "new"});
-        write(
-            before_dir.path(),
-            "booking.created",
-            &booking(),
-            META,
-            Some(&example),
-        );
-        let before = Registry::from_dir(before_dir.path()).expect("loads");
+        let (_before_dir, before) = one_booking(&example);
         let changed = |edit: &dyn Fn(&mut Value)| -> Vec<String> {
             let dir = tempfile::tempdir().expect("tempdir");
             let mut schema = booking();

@@ -150,25 +150,13 @@ impl RefusalSink {
     /// Refuses a message of a JetStream stream: its delivery count and the time it entered
     /// the stream go with it.
     pub fn refuse_delivered(&self, message: &jetstream::Message, rejection: &Rejection) {
-        self.take(message, rejection, false, || {
-            let info = message.info().ok();
-            let attempts = info
-                .as_ref()
-                .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1));
-            (attempts, info.map(|i| i.published))
-        });
+        self.take(message, rejection, false, || delivery(message));
     }
 
     /// Reports a message of a JetStream stream that goes on all the same (an `audit`
     /// landing policy): counted, logged and audited like a refusal, not dead-lettered.
     pub fn notice_delivered(&self, message: &jetstream::Message, rejection: &Rejection) {
-        self.take(message, rejection, true, || {
-            let info = message.info().ok();
-            let attempts = info
-                .as_ref()
-                .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1));
-            (attempts, info.map(|i| i.published))
-        });
+        self.take(message, rejection, true, || delivery(message));
     }
 
     fn take(
@@ -239,6 +227,15 @@ impl RefusalSink {
             }
         }
     }
+}
+
+/// How many times JetStream delivered `message`, and when it entered the stream.
+fn delivery(message: &jetstream::Message) -> (u32, Option<OffsetDateTime>) {
+    let info = message.info().ok();
+    let attempts = info
+        .as_ref()
+        .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1));
+    (attempts, info.map(|i| i.published))
 }
 
 /// A message's headers as (name, value) pairs, in order.
