@@ -271,6 +271,52 @@ fn health_thresholds_and_the_metrics_listener_load_and_are_checked() {
 
 /// `[page]`: loads at a hub with its token file and certificate; refused on a member, with
 /// a token too short, or a certificate without its key; warned about beyond loopback.
+/// `[events]`: the registry is an existing directory (relative to the file), the landing
+/// policies default to `land` (unknown) and `audit` (invalid), and a bad value is refused
+/// on its key.
+#[test]
+fn the_events_section_loads_and_is_checked() {
+    Jail::expect_with(|jail| {
+        setup(jail, MEMBER)?;
+        let defaults = load_ok().events;
+        assert_eq!(defaults, nexus_config::EventsConfig::default());
+        assert_eq!(defaults.unknown, nexus_config::LandingPolicy::Land);
+        assert_eq!(defaults.invalid, nexus_config::LandingPolicy::Audit);
+        assert_eq!(defaults.registry, None);
+
+        std::fs::create_dir_all(jail.directory().join("events")).map_err(|e| e.to_string())?;
+        setup(
+            jail,
+            &format!("{MEMBER}\n[events]\nregistry = \"events\"\nunknown = \"refuse\"\ninvalid = \"land\"\n"),
+        )?;
+        let events = load_ok().events;
+        assert!(events
+            .registry
+            .as_ref()
+            .is_some_and(|p| p.is_absolute() && p.ends_with("events")));
+        assert_eq!(events.unknown, nexus_config::LandingPolicy::Refuse);
+        assert_eq!(events.invalid, nexus_config::LandingPolicy::Land);
+
+        for (extra, key) in [
+            ("registry = \"no-such-dir\"", "events.registry"),
+            ("registry = \"member.toml\"", "events.registry"),
+            ("unknown = \"drop\"", "events.unknown"),
+            ("invalid = 3", "events.invalid"),
+        ] {
+            setup(jail, &format!("{MEMBER}\n[events]\n{extra}\n"))?;
+            let errors = load_err();
+            let error = errors
+                .find(key)
+                .unwrap_or_else(|| panic!("{extra}: no error on {key}: {errors}"));
+            assert!(
+                matches!(error.kind, ErrorKind::InvalidValue | ErrorKind::InvalidType),
+                "{extra}: {error}"
+            );
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn the_fleet_page_section_loads_and_is_checked() {
     Jail::expect_with(|jail| {
