@@ -11,7 +11,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use nexus_events::lint::{lint, Severity};
-use nexus_events::{Entry, Registry, Verdict};
+use nexus_events::{Entry, Origin, Registry, Verdict};
 use serde_json::{json, Value};
 
 use crate::cli::parse;
@@ -319,7 +319,12 @@ fn payload_of(entry: &Entry, value: Value) -> anyhow::Result<Value> {
 fn lint_cmd(dir: Option<&Path>, against: Option<&str>) -> anyhow::Result<ExitCode> {
     let builtin = Registry::builtin()?;
     let (registry, label) = match dir {
-        Some(dir) => (Registry::from_dir(dir)?, dir.display().to_string()),
+        Some(dir) => {
+            let mut registry = Registry::from_dir(dir)?;
+            // The repository's own events/registry (or a copy): the agent's rules apply.
+            registry.adopt_builtin_copies(&builtin);
+            (registry, dir.display().to_string())
+        }
         None => (Registry::builtin()?, "the built-in events".to_owned()),
     };
     let mut extracted = None;
@@ -346,7 +351,8 @@ fn lint_cmd(dir: Option<&Path>, against: Option<&str>) -> anyhow::Result<ExitCod
     if dir.is_some() {
         // An operator's directory may not redefine the agent's own events.
         for entry in registry.entries() {
-            if builtin.get(&entry.name, entry.version).is_some() {
+            if entry.origin != Origin::Builtin && builtin.get(&entry.name, entry.version).is_some()
+            {
                 findings.push(nexus_events::lint::Finding {
                     severity: Severity::Error,
                     event: entry.id(),

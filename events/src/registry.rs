@@ -350,6 +350,24 @@ impl Registry {
         Ok(())
     }
 
+    /// Marks the entries that are exact copies (schema and metadata) of `builtin`'s as
+    /// built-in: linting the repository's own `events/registry/` then applies the rules of
+    /// the agent's events, not an operator's. Returns how many.
+    pub fn adopt_builtin_copies(&mut self, builtin: &Registry) -> usize {
+        let mut adopted = 0;
+        for (key, entry) in &mut self.entries {
+            let same = builtin
+                .entries
+                .get(key)
+                .is_some_and(|b| b.schema == entry.schema && b.meta == entry.meta);
+            if same {
+                entry.origin = Origin::Builtin;
+                adopted += 1;
+            }
+        }
+        adopted
+    }
+
     /// Every entry, by name then version.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.entries.values()

@@ -166,6 +166,20 @@ fn a_scaffold_lints_clean_and_a_breaking_change_is_caught_against_a_dir_and_a_gi
     assert!(String::from_utf8_lossy(&out.stdout).contains("namespace `edge` is the agent's own"));
 }
 
+/// The repository's own registry lints clean as a directory too (CONTRIBUTING.md's
+/// command): its entries are the built-ins, so the agent's rules apply to them.
+#[test]
+fn the_repositorys_own_registry_lints_clean() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../events/registry");
+    let out = agent(&["events", "lint", dir.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0 error(s)"),
+        "{}",
+        text(&out)
+    );
+}
+
 #[test]
 fn the_official_parser_takes_the_document_and_refuses_a_broken_one() {
     let dir = tempfile::tempdir().expect("tempdir");
