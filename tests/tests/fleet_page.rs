@@ -111,6 +111,11 @@ async fn the_page_shows_the_fleet_live_and_a_killed_member_offline() {
         "[iot]\nurl = \"{}\"\nreconnect_max_delay = \"500ms\"\n\n[[iot.sensors]]\ntopic = \"sensors/{{sensor_id}}/{{metric}}\"\n",
         broker.url(),
     );
+    // The member validates with the example's registry: its hash is not the root's.
+    let iot = format!(
+        "{iot}\n[events]\nregistry = \"{}\"\n",
+        nexus_e2e::examples::example_registry().display()
+    );
     let member = fleet.spawn(fleet::MEMBER, &iot);
 
     // Without the token: refused, and told how to give it.
@@ -172,6 +177,22 @@ async fn the_page_shows_the_fleet_live_and_a_killed_member_offline() {
         ]),
         "root, then its hub, then the hub's member"
     );
+    // Each node's event registry beside its version: the member's, not the root's, marked.
+    let registries = browser
+        .eval(
+            "return [...document.querySelectorAll('#rows tr')]\
+             .map(r => { const s = r.querySelector('small.registry'); \
+                         return s ? [r.dataset.id, s.classList.contains('down'), s.textContent] : [r.dataset.id]; });",
+        )
+        .await;
+    let registries = registries.as_array().expect("an array");
+    for row in registries {
+        let drifted = row[0] == fleet::MEMBER;
+        assert_eq!(row[1], drifted, "{row}: only the member's registry differs");
+        let text = row[2].as_str().unwrap_or_default();
+        assert_eq!(text.starts_with("registry "), drifted, "{row}");
+        assert_eq!(text.trim_start_matches("registry ").len(), 8, "{row}");
+    }
     let render_ms = browser.eval("return document.body.dataset.renderMs;").await;
     eprintln!("3 nodes drawn in {render_ms} ms");
 

@@ -35,6 +35,7 @@ const HEALTH_FIELDS: &[&str] = &[
     "mem_pct",
     "disk_pct",
     "agent_version",
+    "events_registry",
     "uplink",
     "local",
     "outbox",

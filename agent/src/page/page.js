@@ -33,6 +33,18 @@ function expires(text) {
   return left < 1 ? `<span class="down">${esc(text)}</span>` : `${left.toFixed(0)} d`;
 }
 
+// The node's event registry hash, short; marked when it is not this node's (the node
+// validates events differently: docs/events.md).
+function registry(h) {
+  const hash = h.events_registry;
+  if (!hash) return "";
+  const mine = nodes.has(own) ? (nodes.get(own).health || {}).events_registry : null;
+  const drift = mine && hash !== mine;
+  const short = String(hash).replace(/^sha256:/, "").slice(0, 8);
+  return ` <small class="${drift ? "registry down" : "registry"}" title="event registry ${esc(hash)}` +
+    `${drift ? ", not this node's" : ""}">${drift ? "registry " : ""}${esc(short)}</small>`;
+}
+
 function sparkline(points) {
   if (!points.length) return "";
   const values = points.map((p) => p[1]);
@@ -68,7 +80,7 @@ function cells(row, depth) {
     `<td class="num">${iot ? `${iot.received} / ${iot.forwarded} ${iot.connected ? "" : '<span class="down">broker down</span>'}` : "–"}</td>` +
     `<td class="num">${dead}</td>` +
     `<td>${expires(h.token_expires)}</td>` +
-    `<td>${esc(h.agent_version || "–")}</td>` +
+    `<td>${esc(h.agent_version || "–")}${registry(h)}</td>` +
     `<td>${readings(row.readings)}</td>`;
 }
 
