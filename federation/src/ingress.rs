@@ -123,10 +123,9 @@ impl Contract {
         if !known {
             return (self.unknown != LandingPolicy::Land).then(|| {
                 let detail = format!(
-                    "{}@{} is not in the registry ({}; events.unknown = \"{}\")",
+                    "{}@{} is not in this root's event registry (events.unknown = \"{}\")",
                     envelope.event_name,
                     envelope.version,
-                    self.registry.hash(),
                     self.unknown.as_str()
                 );
                 (
