@@ -12,12 +12,12 @@ pub fn payload(n: usize) -> bytes::Bytes {
     format!(r#"{{"n": {n}, "booking_id": "b-{n}", "seats": 2, "note": "bench"}}"#).into()
 }
 
-/// Requests [`payload`]`(n)` on `subject`; panics unless the bridge answers `ok`.
+/// Requests [`payload`]`(n)` on `subject`; panics unless the bridge answers `ok`. While
+/// the bridge is not subscribed yet (its own connection, set up after the member's first
+/// heartbeat), `no responders` is asked again (`crate::request_answered`): only the
+/// warm-up request can meet that.
 pub async fn request(app: &async_nats::Client, subject: String, n: usize) {
-    let answer = app
-        .request(subject, payload(n))
-        .await
-        .expect("the bridge answers");
+    let answer = crate::request_answered(app, &subject, payload(n), Duration::from_secs(30)).await;
     let body: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap_or_default();
     assert_eq!(body["ok"], true, "{body}");
 }
