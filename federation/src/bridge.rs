@@ -43,7 +43,7 @@ use crate::refusal::{Reason, RefusalSink, Rejection};
 use crate::subject;
 use crate::subsystem::SubsystemError;
 use crate::trust::OwnChain;
-use nexus_events::{Registry, Verdict};
+use nexus_events::Registry;
 
 /// The principal of local apps in `[[acl]]` rules (the id no node may have).
 pub const LOCAL_PRINCIPAL: &str = nexus_policies::ids::LOCAL;
@@ -248,25 +248,19 @@ impl UpBridge {
     /// A registered event's payload against its schema (the payload is moved out to be
     /// checked and back, not copied).
     fn check_schema(&self, mut envelope: Envelope) -> Result<Envelope, Rejection> {
-        if self
-            .events
-            .get(&envelope.event_name, envelope.version)
-            .is_none()
-        {
+        let Some(entry) = self.events.get(&envelope.event_name, envelope.version) else {
             return Ok(envelope);
-        }
+        };
         let payload = Value::Object(std::mem::take(&mut envelope.payload));
-        let verdict = self
-            .events
-            .validate(&envelope.event_name, envelope.version, &payload);
+        let checked = entry.check(&payload);
         if let Value::Object(map) = payload {
             envelope.payload = map;
         }
-        match verdict {
-            Verdict::Invalid(invalid) => {
+        match checked {
+            Err(invalid) => {
                 Err(Rejection::new(Reason::SchemaInvalid, invalid.to_string()).at(invalid.pointer))
             }
-            Verdict::Valid | Verdict::Unknown => Ok(envelope),
+            Ok(()) => Ok(envelope),
         }
     }
 

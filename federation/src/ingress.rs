@@ -33,7 +33,7 @@ use futures::future::{join_all, BoxFuture};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
 use nexus_config::{IngressConfig, LandingPolicy};
-use nexus_events::{Registry, Verdict};
+use nexus_events::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -116,11 +116,7 @@ impl Contract {
     /// or when the policy lands it anyway. The payload is moved out to be checked and
     /// back, not copied; an unregistered event costs one map lookup.
     fn judge(&self, envelope: &mut Envelope) -> Option<(LandingPolicy, Rejection)> {
-        let known = self
-            .registry
-            .get(&envelope.event_name, envelope.version)
-            .is_some();
-        if !known {
+        let Some(entry) = self.registry.get(&envelope.event_name, envelope.version) else {
             return (self.unknown != LandingPolicy::Land).then(|| {
                 let detail = format!(
                     "{}@{} is not in this root's event registry (events.unknown = \"{}\")",
@@ -133,26 +129,24 @@ impl Contract {
                     Rejection::new(Reason::UnregisteredEvent, detail),
                 )
             });
-        }
+        };
         if self.invalid == LandingPolicy::Land {
             return None;
         }
         let payload = serde_json::Value::Object(std::mem::take(&mut envelope.payload));
-        let verdict = self
-            .registry
-            .validate(&envelope.event_name, envelope.version, &payload);
+        let checked = entry.check(&payload);
         if let serde_json::Value::Object(map) = payload {
             envelope.payload = map;
         }
-        match verdict {
-            Verdict::Invalid(invalid) => {
+        match checked {
+            Err(invalid) => {
                 let detail = format!("{invalid} (events.invalid = \"{}\")", self.invalid.as_str());
                 Some((
                     self.invalid,
                     Rejection::new(Reason::SchemaInvalid, detail).at(invalid.pointer),
                 ))
             }
-            Verdict::Valid | Verdict::Unknown => None,
+            Ok(()) => None,
         }
     }
 }

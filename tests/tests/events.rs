@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use nexus_e2e::examples::text;
 use nexus_e2e::{agent_bin, contract};
 use serde_json::{json, Value};
 
@@ -17,15 +18,6 @@ fn agent(args: &[&str]) -> Output {
         .env_remove("RUST_LOG")
         .output()
         .expect("nexus-agent runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn git(dir: &Path, args: &[&str]) {
