@@ -171,6 +171,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::events_cmd::EventsCommand,
     },
+    /// Desired config for nodes below this tier: push a signed document, and see status,
+    /// diff and history (docs/remote-config.md).
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::remote_config::cmd::ConfigCommand,
+    },
     /// Issue, inspect and verify capability token chains.
     Token {
         /// What to do with tokens.

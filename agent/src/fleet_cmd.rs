@@ -104,14 +104,35 @@ pub async fn read(
     js: &async_nats::jetstream::Context,
     config: &Config,
 ) -> anyhow::Result<Vec<NodeRow>> {
-    let journal = &config.landing.stream;
+    let beats = read_envelopes(
+        js,
+        &config.landing.stream,
+        HEARTBEATS,
+        DeliverPolicy::LastPerSubject,
+    )
+    .await?;
+    Ok(rows(
+        &beats,
+        OffsetDateTime::now_utc(),
+        config.heartbeat.offline_after,
+    ))
+}
+
+/// The envelopes on `filter` in `journal` (a stream: the root's journal, a hub's
+/// ingress), as `deliver` picks them; what does not decode is skipped.
+pub async fn read_envelopes(
+    js: &async_nats::jetstream::Context,
+    journal: &str,
+    filter: &str,
+    deliver: DeliverPolicy,
+) -> anyhow::Result<Vec<Envelope>> {
     let stream = js.get_stream(journal).await.with_context(|| {
-        format!("cannot open the journal stream {journal} (is the root agent running?)")
+        format!("cannot open the stream {journal} (is the agent running?)")
     })?;
     let mut consumer = stream
         .create_consumer(pull::OrderedConfig {
-            filter_subject: HEARTBEATS.to_owned(),
-            deliver_policy: DeliverPolicy::LastPerSubject,
+            filter_subject: filter.to_owned(),
+            deliver_policy: deliver,
             ..Default::default()
         })
         .await
@@ -153,11 +174,7 @@ pub async fn read(
             }
         }
     }
-    Ok(rows(
-        &beats,
-        OffsetDateTime::now_utc(),
-        config.heartbeat.offline_after,
-    ))
+    Ok(beats)
 }
 
 /// The rows of `beats` (one per node, the newest) at `now`, with the silence rule.

@@ -60,6 +60,8 @@ pub struct Heartbeat {
     /// The event registry's hash (`nexus_events::Registry::hash`): nodes reporting the
     /// same hash validate events alike.
     pub events_registry: String,
+    /// The running config's hash, version and sync state (`crate::remote_config`).
+    pub config: Option<crate::remote_config::Report>,
 }
 
 impl Heartbeat {
@@ -189,6 +191,9 @@ impl Heartbeat {
         payload.insert("agent_version".into(), json!(env!("CARGO_PKG_VERSION")));
         if !self.events_registry.is_empty() {
             payload.insert("events_registry".into(), json!(self.events_registry));
+        }
+        if let Some(config) = self.config.as_ref().and_then(|r| r.get()) {
+            payload.insert("config".into(), config);
         }
         if let Some(parent) = self.vitals.as_ref().and_then(|v| v.own.parent_id()) {
             payload.insert("parent".into(), json!(parent));
@@ -417,6 +422,7 @@ mod tests {
             faults,
             vitals: None,
             events_registry: "sha256:0123456789abcdef".into(),
+            config: None,
         }
     }
 

@@ -34,6 +34,7 @@ mod losses;
 mod metrics;
 mod page;
 mod rejections;
+mod remote_config;
 mod request_cmd;
 mod revoke;
 mod run;
@@ -54,16 +55,10 @@ fn main() -> ExitCode {
     nexus_federation::tls::install_crypto_provider(); // docs/pitfalls.md, "rustls crypto provider"
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match nexus_config::load(&config) {
+        // The same rules decide whether a desired config is applied
+        // (crate::remote_config::apply).
+        Command::Check { config: path } => match remote_config::apply::check_rules(&path) {
             Ok(config) => {
-                if let Err(error) = nexus_events::Registry::load(config.events.registry.as_deref())
-                {
-                    eprintln!(
-                        "{}: error: events.registry: {error}",
-                        display_source(&config)
-                    );
-                    return ExitCode::from(2);
-                }
                 println!("{}", config.redacted());
                 let warnings = config.warnings();
                 let source = display_source(&config);
@@ -76,7 +71,11 @@ fn main() -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
-            Err(errors) => config_failed(&errors),
+            Err(remote_config::apply::CheckFailure::Config(errors)) => config_failed(&errors),
+            Err(remote_config::apply::CheckFailure::Registry(error)) => {
+                eprintln!("{}: error: {error}", path.display());
+                ExitCode::from(2)
+            }
         },
         Command::Keygen { out, force } => match keygen::keygen(&out, force) {
             Ok(public) => {
@@ -148,6 +147,7 @@ fn main() -> ExitCode {
             let data = data.unwrap_or_default();
             runtime(async move { request_cmd::publish(&config, &event, data, cbor).await })
         }
+        Command::Config { command } => runtime_check(remote_config::cmd::main(command)),
         Command::Token { command } => match token_cmd::run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => failed(&error),
@@ -158,22 +158,40 @@ fn main() -> ExitCode {
             json,
             count,
         } => runtime(async move { tail::tail(&pattern, &server, json, count).await }),
-        Command::Run { config } => {
-            let config = match nexus_config::load(&config) {
+        Command::Run { config: path } => {
+            // A desired config on trial that keeps the agent from starting is rolled
+            // back before anything else (crate::remote_config::state).
+            let files = remote_config::state::Files::new(&path);
+            remote_config::state::boot(&files);
+            let config = match nexus_config::load(&path) {
                 Ok(config) => config,
+                Err(errors)
+                    if remote_config::state::roll_back_unloadable(&files, &errors.to_string()) =>
+                {
+                    match nexus_config::load(&path) {
+                        Ok(config) => config,
+                        Err(errors) => return config_failed(&errors),
+                    }
+                }
                 Err(errors) => return config_failed(&errors),
             };
             if let Err(error) = run::init_logging(&config.log) {
                 eprintln!("error: {error:#}");
                 return ExitCode::from(2);
             }
-            runtime(async move {
+            let code = runtime(async move {
                 let result = run::run(config).await;
                 if let Err(error) = &result {
                     tracing::error!(error = format!("{error:#}"), "nexus-agent failed.");
                 }
                 result
-            })
+            });
+            if remote_config::restart_requested() {
+                let error = remote_config::reexec();
+                eprintln!("error: cannot restart with the new config file: {error}");
+                return ExitCode::from(1);
+            }
+            code
         }
     }
 }

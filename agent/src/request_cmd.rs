@@ -29,7 +29,7 @@ use crate::keygen::load_secret;
 /// How long to wait for the NATS server before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn connect(role: &'static str, link: &LinkConfig, name: &str) -> anyhow::Result<Link> {
+pub async fn connect(role: &'static str, link: &LinkConfig, name: &str) -> anyhow::Result<Link> {
     let url = nexus_config::redact_url(&link.url);
     let connected = Link::connect(role, link, name)
         .await

@@ -67,6 +67,10 @@ use crate::keygen::load_secret;
 use crate::losses::LossAuditor;
 use crate::metrics::{self, CommandMetrics, RefusalCounts};
 use crate::page::{self, Board};
+use crate::remote_config::apply::Applier;
+use crate::remote_config::relay::{Journal, Relay};
+use crate::remote_config::state::{file_hash, Files};
+use crate::remote_config::Report;
 use crate::rejections::RejectionHandler;
 use crate::supervisor::Supervisor;
 use crate::trust_setup::TrustSetup;
@@ -118,7 +122,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Mode::Hub => hub(&node)?,
         Mode::Root => root(&node, &events)?,
     };
-    let heartbeat = heartbeat(&node, started, &parts, &events);
+    let config_report = Report::default();
+    let heartbeat = heartbeat(&node, started, &parts, &events, config_report.clone());
+    remote_config(&node, started, config_report);
     let bridge = up_bridge(&node, &events).await?;
     let latencies = CommandMetrics::default();
     commands(
@@ -541,10 +547,17 @@ fn verifier(
 }
 
 /// This node's heartbeat, reporting on what the mode built and on the supervisor's faults.
-fn heartbeat(node: &Node, started: Instant, parts: &ModeParts, events: &Registry) -> Heartbeat {
+fn heartbeat(
+    node: &Node,
+    started: Instant,
+    parts: &ModeParts,
+    events: &Registry,
+    config_report: Report,
+) -> Heartbeat {
     let config = &node.config;
     Heartbeat {
         events_registry: events.hash(),
+        config: Some(config_report),
         node_id: config.node.id.clone(),
         mode: config.node.mode,
         key: node.key.clone(),
@@ -565,6 +578,67 @@ fn heartbeat(node: &Node, started: Instant, parts: &ModeParts, events: &Registry
             clock: Arc::clone(&node.clock),
         }),
     }
+}
+
+/// Desired config from the tier above (every mode; `crate::remote_config`), and (hub) the
+/// copy of the root's documents for this site, (hub, root) the announcement of documents
+/// this node issues. Off without a config file (nothing to replace).
+fn remote_config(node: &Node, started: Instant, report: Report) {
+    let config = &node.config;
+    let Some(path) = config.source.clone() else {
+        return;
+    };
+    let mode = config.node.mode;
+    let (source, owns_source) = match mode {
+        Mode::Root => (node.links.local.clone(), true),
+        _ => (node.links.uplink.clone(), false),
+    };
+    let Some(source) = source else { return };
+    let running = std::fs::read(&path).unwrap_or_default();
+    let applier = Applier {
+        config: config.clone(),
+        files: Files::new(&path),
+        running_hash: file_hash(&running),
+        source: source.clone(),
+        owns_source,
+        key: node.key.clone(),
+        own: node.own.clone(),
+        links: node
+            .links
+            .uplink
+            .iter()
+            .chain(node.links.local.iter())
+            .cloned()
+            .collect(),
+        faults: node.supervisor.faults().clone(),
+        outbox: node.outbox.clone(),
+        restart: node.supervisor.shutdown().clone(),
+        report,
+        started,
+    };
+    node.supervisor
+        .spawn("remote config", |token| applier.run(token));
+    let Some(local) = node.links.local.clone().filter(|_| mode != Mode::Member) else {
+        return;
+    };
+    if mode == Mode::Hub {
+        let relay = Relay {
+            source,
+            local: local.clone(),
+            node_id: config.node.id.clone(),
+            anchors: config.trust.root_keys.clone(),
+        };
+        node.supervisor.spawn("config relay", |token| relay.run(token));
+    }
+    let journal = Journal {
+        local,
+        node_id: config.node.id.clone(),
+        key: node.key.clone(),
+        outbox: node.outbox.clone(),
+        mark: config.node.data_dir.join("config-issued.rev"),
+    };
+    node.supervisor
+        .spawn("config journal", |token| journal.run(token));
 }
 
 /// Local apps' subjects up (`[[bridge.up]]`); validation requires `[local]` and a tenant.

@@ -52,6 +52,7 @@
 //! - `warn`: [`Config::warnings`], what is valid but probably not meant (printed by
 //!   `check`, logged by `run`).
 
+pub mod desired;
 mod error;
 mod model;
 mod redact;

@@ -91,6 +91,8 @@ pub struct Config {
     pub page: PageConfig,
     /// `[events]`: the operator's event registry.
     pub events: EventsConfig,
+    /// `[remote_config]`: desired-config documents from the tier above.
+    pub remote_config: RemoteConfigConfig,
     /// `[log]`: tracing output.
     pub log: LogConfig,
     /// `[outbox]`: the bounded queue of events waiting for the next tier's ack.
@@ -322,6 +324,44 @@ config_names!(LandingPolicy {
     Land => "land",
     Audit => "audit",
     Refuse => "refuse",
+});
+
+/// `[remote_config]`: whether and how this node takes desired-config documents from the
+/// tier above (docs/remote-config.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteConfigConfig {
+    /// `remote_config.accept`: whose documents are applied. Default `tree`.
+    pub accept: RemoteAccept,
+    /// `remote_config.gate`: how long an applied document has to bring the node up
+    /// healthy (links up, no subsystem stopped) before the previous file is restored.
+    /// Default 60 s.
+    pub gate: Duration,
+}
+
+impl Default for RemoteConfigConfig {
+    fn default() -> Self {
+        Self {
+            accept: RemoteAccept::Tree,
+            gate: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Whose desired-config documents a node applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteAccept {
+    /// `tree`: the root's, and its parent hub's within the hub's limits.
+    Tree,
+    /// `root`: the root's only.
+    Root,
+    /// `off`: none; the file on the box is the only config.
+    Off,
+}
+
+config_names!(RemoteAccept {
+    Tree => "tree",
+    Root => "root",
+    Off => "off",
 });
 
 impl Default for EventsConfig {

@@ -125,6 +125,13 @@ impl Config {
             writeln!(out, "\n[metrics]")?;
             writeln!(out, "listen = {}", quote(&listen.to_string()))?;
         }
+        writeln!(out, "\n[remote_config]")?;
+        writeln!(
+            out,
+            "accept = {}",
+            quote(self.remote_config.accept.as_str())
+        )?;
+        writeln!(out, "gate = {}", duration(self.remote_config.gate))?;
         writeln!(out, "\n[events]")?;
         if let Some(registry) = &self.events.registry {
             writeln!(out, "registry = {}", quote(&registry.display().to_string()))?;

@@ -243,6 +243,9 @@ pub enum TokenError {
     /// A revocation list whose signature does not verify over its exact bytes.
     #[error("revocation list signature does not verify")]
     RevocationListBadSignature,
+    /// A desired-config document whose signature does not verify over its exact bytes.
+    #[error("desired config signature does not verify")]
+    DesiredConfigBadSignature,
 }
 
 /// How a link between a child token and its parent is broken.

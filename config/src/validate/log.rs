@@ -1,6 +1,7 @@
 //! `[log]` (the tracing filter and format), `[heartbeat]` (its interval and when a silent
 //! child counts as offline), `[health]` (when a node is degraded) and `[metrics]` (the
-//! optional listener): small sections with defaults only.
+//! optional listener), `[remote_config]` (whose documents apply, and the health gate): small
+//! sections with defaults only.
 
 use super::reader::{Reader, Section};
 use super::schema::{
@@ -10,8 +11,9 @@ use super::schema::{
 use crate::error::ErrorKind;
 use crate::model::{
     EventsConfig, HealthConfig, HeartbeatConfig, LandingPolicy, LogConfig, LogFormat,
-    MetricsConfig, Mode, PageConfig, ServerTls,
+    MetricsConfig, Mode, PageConfig, RemoteConfigConfig, ServerTls,
 };
+use std::time::Duration;
 
 /// The levels of a tracing filter.
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
@@ -89,6 +91,26 @@ impl Reader<'_> {
             unknown: policy(self, "unknown", LandingPolicy::Land),
             invalid: policy(self, "invalid", LandingPolicy::Audit),
         }
+    }
+
+    /// `[remote_config]`: `accept` (default `tree`) and `gate` (default 60 s, at least 1 s).
+    pub(super) fn remote_config(&mut self, s: &Section<'_>) -> RemoteConfigConfig {
+        let defaults = RemoteConfigConfig::default();
+        let accept = match self.optional_text(s, "accept") {
+            None => defaults.accept,
+            Some(got) => self.choice(got, "a source").unwrap_or(defaults.accept),
+        };
+        let gate = self.duration(s, "gate", defaults.gate);
+        if gate < Duration::from_secs(1) {
+            let origin = self.origin_or_fallback(s, "gate");
+            self.push(
+                ErrorKind::InvalidValue,
+                origin,
+                "remote_config.gate",
+                "must be at least 1s: the node needs time to connect before it is judged".into(),
+            );
+        }
+        RemoteConfigConfig { accept, gate }
     }
 
     /// `[page]` (hubs and the root): `listen` as for `[metrics]`, an optional

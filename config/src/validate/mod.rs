@@ -169,6 +169,8 @@ impl Reader<'_> {
         let page = self.page(&section, mode);
         let section = self.section(root, "events");
         let events = self.events(&section);
+        let section = self.section(root, "remote_config");
+        let remote_config = self.remote_config(&section);
         let section = self.section(root, "log");
         let log = self.log(&section);
         let section = self.section(root, "outbox");
@@ -214,6 +216,7 @@ impl Reader<'_> {
             metrics,
             page,
             events,
+            remote_config,
             log,
             outbox,
             ingress,

@@ -45,6 +45,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     ("metrics", &["listen"]),
     ("page", &["listen", "token_file", "cert_file", "key_file"]),
     ("events", &["registry", "unknown", "invalid"]),
+    ("remote_config", &["accept", "gate"]),
     ("log", &["level", "format"]),
     (
         "outbox",

@@ -97,6 +97,18 @@ impl OwnChain {
         }
     }
 
+    /// The subjects the token lets this node publish and receive (none without a
+    /// readable chain).
+    pub fn grants(&self) -> (Vec<nexus_policies::SubjectPattern>, Vec<nexus_policies::SubjectPattern>) {
+        match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {
+            Own::Chain(chain) => {
+                let claims = chain.leaf().claims();
+                (claims.publish.clone(), claims.receive.clone())
+            }
+            _ => (Vec::new(), Vec::new()),
+        }
+    }
+
     /// The encoded chain (to present it, or send it beside a signed reply).
     pub fn bytes(&self) -> Option<Vec<u8>> {
         match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {

@@ -49,6 +49,7 @@ mod cache;
 mod cbor;
 mod chain;
 mod claims;
+mod desired;
 mod revocation;
 mod verify;
 
@@ -58,6 +59,7 @@ mod tests;
 pub use cache::{ChainCache, DEFAULT_CACHE_CAPACITY};
 pub use chain::{check_attenuation, Chain, ChainKey, Token};
 pub use claims::{Claims, Role, TokenId, TokenIdError, CLAIMS_VERSION};
+pub use desired::{DesiredConfig, DesiredSpec, MAX_DESIRED_BYTES};
 pub use revocation::{RevocationList, RevocationSet};
 pub use verify::{VerifiedGrant, Verifier, DEFAULT_SKEW};
 

@@ -1,0 +1,187 @@
+//! The rules of a desired-config document that need no I/O: how a patch is applied to the
+//! current file ([`render`]), which values are secrets that never travel in a document
+//! ([`find_secrets`]), and what a hub may not change in its member's config
+//! ([`hub_limits`]). The agent applies them before validating the result with the same
+//! [`crate::load`] that `nexus-agent check` runs.
+
+use nexus_policies::SubjectPattern;
+
+use crate::{AclPolicy, Config};
+
+/// Section and key names whose values are secrets whatever they look like.
+const SECRET_NAMES: &[&str] = &["password", "pass", "secret", "seed", "private_key", "credentials"];
+
+/// The file a document asks for: `toml` itself (whole file), or `current` with the
+/// top-level sections named in `patch` replaced by (or, when absent from `toml`, removed
+/// as) those of `toml`. Errors name what does not parse.
+pub fn render(current: &str, patch: Option<&[String]>, toml: &str) -> Result<String, String> {
+    let desired: toml::Table = toml
+        .parse()
+        .map_err(|e| format!("the document's TOML does not parse: {e}"))?;
+    let Some(sections) = patch else {
+        return Ok(toml.to_owned());
+    };
+    if let Some(extra) = desired.keys().find(|k| !sections.contains(k)) {
+        return Err(format!(
+            "the patch holds section `{extra}`, which it does not name: name it in --keys or remove it"
+        ));
+    }
+    let mut table: toml::Table = current
+        .parse()
+        .map_err(|e| format!("the current config file does not parse as TOML: {e}"))?;
+    for section in sections {
+        match desired.get(section) {
+            Some(value) => {
+                table.insert(section.clone(), value.clone());
+            }
+            None => {
+                table.remove(section);
+            }
+        }
+    }
+    toml::to_string(&table).map_err(|e| format!("cannot write the patched config: {e}"))
+}
+
+/// Every value of `toml` that carries a secret, by key path: PEM blocks, credentials in
+/// URLs, and keys named like secrets. Config files name secret files (`node.key`,
+/// `*_file`); a document must never carry their content.
+pub fn find_secrets(toml: &str) -> Vec<String> {
+    let Ok(table) = toml.parse::<toml::Table>() else {
+        return Vec::new(); // render reports the parse error
+    };
+    let mut found = Vec::new();
+    walk(&toml::Value::Table(table), String::new(), &mut found);
+    found
+}
+
+fn walk(value: &toml::Value, path: String, found: &mut Vec<String>) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let path = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                let lower = key.to_ascii_lowercase();
+                if SECRET_NAMES.iter().any(|s| lower == *s || lower.ends_with(&format!("_{s}"))) {
+                    found.push(format!("`{path}` is a secret: keep it in a file on the box and name the file"));
+                    continue;
+                }
+                walk(value, path, found);
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk(item, format!("{path}[{i}]"), found);
+            }
+        }
+        toml::Value::String(text) => {
+            if text.contains("-----BEGIN") {
+                found.push(format!("`{path}` holds a PEM block (a key or certificate): name its file instead"));
+            } else if url_has_password(text) {
+                found.push(format!("`{path}` is a URL with a password: use a credentials file on the box"));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn url_has_password(text: &str) -> bool {
+    let Some((_, rest)) = text.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// What a hub may not do with its member's config, as errors: change `[node]` or
+/// `[trust]` (identity and trust are the root's), or allow in `[[acl]]` a subject the
+/// member's token does not grant (`publish`, `receive`: the token's patterns).
+pub fn hub_limits(
+    current: &Config,
+    desired: &Config,
+    publish: &[SubjectPattern],
+    receive: &[SubjectPattern],
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    if current.node != desired.node {
+        errors.push("[node] may be changed by the root only, not by a hub".to_owned());
+    }
+    if current.trust != desired.trust {
+        errors.push("[trust] may be changed by the root only, not by a hub".to_owned());
+    }
+    if let AclPolicy::Rules(acl) = &desired.acl {
+        for (i, rule) in acl.rules().iter().enumerate() {
+            let lists = [
+                ("allow_publish", &rule.allow_publish, publish),
+                ("allow_receive", &rule.allow_receive, receive),
+            ];
+            for (name, patterns, grants) in lists {
+                for (j, pattern) in patterns.iter().enumerate() {
+                    if !grants.iter().any(|g| g.covers(pattern)) {
+                        errors.push(format!(
+                            "acl[{i}].{name}[{j}] `{}` is wider than the node's token grants: a hub may not widen its member beyond its token",
+                            pattern.as_str()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CURRENT: &str = "[node]\nid = \"edge-01\"\n\n[heartbeat]\ninterval = \"5s\"\n\n[iot]\nbroker = \"mqtt://a:1883\"\n";
+
+    #[test]
+    fn a_whole_file_is_taken_as_is() {
+        let toml = "[node]\nid = \"edge-02\"\n";
+        assert_eq!(render(CURRENT, None, toml).as_deref(), Ok(toml));
+    }
+
+    #[test]
+    fn a_patch_replaces_and_removes_named_sections_only() {
+        let patch = ["heartbeat".to_owned(), "iot".to_owned()];
+        let out = render(CURRENT, Some(&patch), "[heartbeat]\ninterval = \"1s\"\n").expect("renders");
+        let table: toml::Table = out.parse().expect("parses");
+        assert_eq!(table["heartbeat"]["interval"].as_str(), Some("1s"));
+        assert!(table.get("iot").is_none(), "named but absent: removed");
+        assert_eq!(table["node"]["id"].as_str(), Some("edge-01"));
+    }
+
+    #[test]
+    fn a_patch_with_an_unnamed_section_or_bad_toml_is_an_error() {
+        let patch = ["heartbeat".to_owned()];
+        let err = render(CURRENT, Some(&patch), "[iot]\nbroker = \"x\"\n").expect_err("unnamed");
+        assert!(err.contains("`iot`"), "{err}");
+        let err = render(CURRENT, None, "[node\n").expect_err("bad toml");
+        assert!(err.contains("does not parse"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_found_by_name_and_by_content() {
+        let toml = r#"
+[uplink]
+url = "nats://app:hunter2@hub:4222"
+[iot]
+broker = "mqtt://127.0.0.1:1883"
+mqtt_password = "x"
+[[iot.sensors]]
+note = "-----BEGIN PRIVATE KEY-----"
+"#;
+        let found = find_secrets(toml);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].contains("iot.mqtt_password"), "{found:?}");
+        assert!(found[1].contains("iot.sensors[0].note"), "{found:?}");
+        assert!(found[2].contains("uplink.url"), "{found:?}");
+        assert!(find_secrets("[uplink]\nurl = \"nats://hub:4222\"\n[node]\nkey = \"node.key\"\n").is_empty());
+        assert!(!url_has_password("nats://user@hub:4222"));
+    }
+}
