@@ -126,9 +126,10 @@ pub async fn read_envelopes(
     filter: &str,
     deliver: DeliverPolicy,
 ) -> anyhow::Result<Vec<Envelope>> {
-    let stream = js.get_stream(journal).await.with_context(|| {
-        format!("cannot open the stream {journal} (is the agent running?)")
-    })?;
+    let stream = js
+        .get_stream(journal)
+        .await
+        .with_context(|| format!("cannot open the stream {journal} (is the agent running?)"))?;
     let mut consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: filter.to_owned(),

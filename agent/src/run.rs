@@ -67,11 +67,11 @@ use crate::keygen::load_secret;
 use crate::losses::LossAuditor;
 use crate::metrics::{self, CommandMetrics, RefusalCounts};
 use crate::page::{self, Board};
+use crate::rejections::RejectionHandler;
 use crate::remote_config::apply::Applier;
 use crate::remote_config::relay::{Journal, Relay};
 use crate::remote_config::state::{file_hash, Files};
 use crate::remote_config::Report;
-use crate::rejections::RejectionHandler;
 use crate::supervisor::Supervisor;
 use crate::trust_setup::TrustSetup;
 
@@ -628,7 +628,8 @@ fn remote_config(node: &Node, started: Instant, report: Report) {
             node_id: config.node.id.clone(),
             anchors: config.trust.root_keys.clone(),
         };
-        node.supervisor.spawn("config relay", |token| relay.run(token));
+        node.supervisor
+            .spawn("config relay", |token| relay.run(token));
     }
     let journal = Journal {
         local,

@@ -9,7 +9,14 @@ use nexus_policies::SubjectPattern;
 use crate::{AclPolicy, Config};
 
 /// Section and key names whose values are secrets whatever they look like.
-const SECRET_NAMES: &[&str] = &["password", "pass", "secret", "seed", "private_key", "credentials"];
+const SECRET_NAMES: &[&str] = &[
+    "password",
+    "pass",
+    "secret",
+    "seed",
+    "private_key",
+    "credentials",
+];
 
 /// The file a document asks for: `toml` itself (whole file), or `current` with the
 /// top-level sections named in `patch` replaced by (or, when absent from `toml`, removed
@@ -64,8 +71,13 @@ fn walk(value: &toml::Value, path: String, found: &mut Vec<String>) {
                     format!("{path}.{key}")
                 };
                 let lower = key.to_ascii_lowercase();
-                if SECRET_NAMES.iter().any(|s| lower == *s || lower.ends_with(&format!("_{s}"))) {
-                    found.push(format!("`{path}` is a secret: keep it in a file on the box and name the file"));
+                if SECRET_NAMES
+                    .iter()
+                    .any(|s| lower == *s || lower.ends_with(&format!("_{s}")))
+                {
+                    found.push(format!(
+                        "`{path}` is a secret: keep it in a file on the box and name the file"
+                    ));
                     continue;
                 }
                 walk(value, path, found);
@@ -78,9 +90,13 @@ fn walk(value: &toml::Value, path: String, found: &mut Vec<String>) {
         }
         toml::Value::String(text) => {
             if text.contains("-----BEGIN") {
-                found.push(format!("`{path}` holds a PEM block (a key or certificate): name its file instead"));
+                found.push(format!(
+                    "`{path}` holds a PEM block (a key or certificate): name its file instead"
+                ));
             } else if url_has_password(text) {
-                found.push(format!("`{path}` is a URL with a password: use a credentials file on the box"));
+                found.push(format!(
+                    "`{path}` is a URL with a password: use a credentials file on the box"
+                ));
             }
         }
         _ => {}
@@ -149,7 +165,8 @@ mod tests {
     #[test]
     fn a_patch_replaces_and_removes_named_sections_only() {
         let patch = ["heartbeat".to_owned(), "iot".to_owned()];
-        let out = render(CURRENT, Some(&patch), "[heartbeat]\ninterval = \"1s\"\n").expect("renders");
+        let out =
+            render(CURRENT, Some(&patch), "[heartbeat]\ninterval = \"1s\"\n").expect("renders");
         let table: toml::Table = out.parse().expect("parses");
         assert_eq!(table["heartbeat"]["interval"].as_str(), Some("1s"));
         assert!(table.get("iot").is_none(), "named but absent: removed");
@@ -181,7 +198,10 @@ note = "-----BEGIN PRIVATE KEY-----"
         assert!(found[0].contains("iot.mqtt_password"), "{found:?}");
         assert!(found[1].contains("iot.sensors[0].note"), "{found:?}");
         assert!(found[2].contains("uplink.url"), "{found:?}");
-        assert!(find_secrets("[uplink]\nurl = \"nats://hub:4222\"\n[node]\nkey = \"node.key\"\n").is_empty());
+        assert!(
+            find_secrets("[uplink]\nurl = \"nats://hub:4222\"\n[node]\nkey = \"node.key\"\n")
+                .is_empty()
+        );
         assert!(!url_has_password("nats://user@hub:4222"));
     }
 }

@@ -41,6 +41,5 @@ pub use pattern::SubjectPattern;
 pub use rewrite::{RewriteError, SubjectRewrite};
 pub use token::{
     Chain, ChainCache, Claims, DesiredConfig, DesiredSpec, RevocationList, RevocationSet, Role,
-    Token, TokenId, VerifiedGrant,
-    Verifier,
+    Token, TokenId, VerifiedGrant, Verifier,
 };

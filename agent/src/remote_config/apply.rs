@@ -165,7 +165,11 @@ impl Applier {
         };
         let version = pending.doc.version;
         let gate = self.config.remote_config.gate;
-        info!(version, gate_secs = gate.as_secs(), "Trying desired config: it must be healthy within the gate.");
+        info!(
+            version,
+            gate_secs = gate.as_secs(),
+            "Trying desired config: it must be healthy within the gate."
+        );
         let deadline = self.started + gate;
         loop {
             let unhealthy = self.unhealthy();
@@ -246,7 +250,9 @@ impl Applier {
                 // Not trusted: reported, but `seen` stays (a forged document must not
                 // block the genuine one it claims to replace).
                 warn!(version, %issuer, %error, "Desired config refused.");
-                state.record(version, &issuer, state::Result::Refused).errors = vec![error];
+                state
+                    .record(version, &issuer, state::Result::Refused)
+                    .errors = vec![error];
                 self.keep(state).await;
                 return false;
             }
@@ -257,19 +263,35 @@ impl Applier {
                 errors.truncate(MAX_ERRORS);
                 warn!(version, %issuer, errors = %errors.join("; "), "Desired config refused.");
                 let _ = std::fs::remove_file(&self.files.candidate);
-                state.record(version, &issuer, state::Result::Refused).errors = errors;
+                state
+                    .record(version, &issuer, state::Result::Refused)
+                    .errors = errors;
                 self.keep(state).await;
                 false
             }
             Ok(hash) if hash == self.running_hash => {
                 let _ = std::fs::remove_file(&self.files.candidate);
-                state.applied = Some(Applied { version, issuer: issuer.clone(), hash });
+                state.applied = Some(Applied {
+                    version,
+                    issuer: issuer.clone(),
+                    hash,
+                });
                 state.record(version, &issuer, state::Result::Applied);
                 info!(version, %issuer, "Desired config is the running file already.");
                 self.keep(state).await;
                 false
             }
-            Ok(hash) => self.switch(state, Applied { version, issuer, hash }).await,
+            Ok(hash) => {
+                self.switch(
+                    state,
+                    Applied {
+                        version,
+                        issuer,
+                        hash,
+                    },
+                )
+                .await
+            }
         }
     }
 
@@ -304,26 +326,40 @@ impl Applier {
         }
         let current = std::fs::read_to_string(&self.files.config)
             .map_err(|e| vec![format!("cannot read {}: {e}", self.files.config.display())])?;
-        let text = desired::render(&current, spec.patch.as_deref(), &spec.toml)
-            .map_err(|e| vec![e])?;
+        let text =
+            desired::render(&current, spec.patch.as_deref(), &spec.toml).map_err(|e| vec![e])?;
         let mode = state::file_mode(&self.files.config);
         write_atomically(&self.files.candidate, text.as_bytes(), mode).map_err(|e| {
-            vec![format!("cannot write {}: {e}", self.files.candidate.display())]
+            vec![format!(
+                "cannot write {}: {e}",
+                self.files.candidate.display()
+            )]
         })?;
         let desired = check_rules(&self.files.candidate).map_err(|failure| match failure {
             CheckFailure::Config(errors) => errors
                 .iter()
-                .map(|e| e.to_string().replace(&*self.files.candidate.to_string_lossy(), "document"))
+                .map(|e| {
+                    e.to_string()
+                        .replace(&*self.files.candidate.to_string_lossy(), "document")
+                })
                 .collect(),
             CheckFailure::Registry(e) => vec![e],
         })?;
         let mut errors = Vec::new();
         if desired.node.id != self.config.node.id || desired.node.mode != self.config.node.mode {
-            errors.push("node.id and node.mode cannot change remotely: they are who this node is".to_owned());
+            errors.push(
+                "node.id and node.mode cannot change remotely: they are who this node is"
+                    .to_owned(),
+            );
         }
         if by == IssuedBy::Parent {
             let (publish, receive) = self.own.grants();
-            errors.extend(desired::hub_limits(&self.config, &desired, &publish, &receive));
+            errors.extend(desired::hub_limits(
+                &self.config,
+                &desired,
+                &publish,
+                &receive,
+            ));
         }
         if errors.is_empty() {
             Ok(file_hash(text.as_bytes()))
@@ -337,7 +373,13 @@ impl Applier {
     async fn switch(&self, state: &mut State, doc: Applied) -> bool {
         let version = doc.version;
         let result = std::fs::read(&self.files.config)
-            .and_then(|bytes| write_atomically(&self.files.previous, &bytes, state::file_mode(&self.files.config)))
+            .and_then(|bytes| {
+                write_atomically(
+                    &self.files.previous,
+                    &bytes,
+                    state::file_mode(&self.files.config),
+                )
+            })
             .and_then(|()| {
                 state.pending = Some(Pending {
                     doc,

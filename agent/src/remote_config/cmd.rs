@@ -80,9 +80,8 @@ pub enum ConfigCommand {
 
 /// Runs one command; `Ok(false)` for exit 1 (`status` with a node not in sync).
 pub async fn main(command: ConfigCommand) -> anyhow::Result<bool> {
-    let load = |path: &PathBuf| {
-        nexus_config::load(path).map_err(|errors| anyhow::anyhow!("{errors}"))
-    };
+    let load =
+        |path: &PathBuf| nexus_config::load(path).map_err(|errors| anyhow::anyhow!("{errors}"));
     match command {
         ConfigCommand::Push {
             config,
@@ -161,13 +160,25 @@ impl Tier {
     /// The newest heartbeat of every node (`nexus._core.edge.health.{node}`).
     async fn heartbeats(&self) -> anyhow::Result<Vec<Envelope>> {
         let filter = format!("{}nexus._core.edge.health.>", self.prefix);
-        read_envelopes(self.link.jetstream(), &self.stream, &filter, DeliverPolicy::LastPerSubject).await
+        read_envelopes(
+            self.link.jetstream(),
+            &self.stream,
+            &filter,
+            DeliverPolicy::LastPerSubject,
+        )
+        .await
     }
 
     /// Every `audit.{…}` event `event` kept (one subject for the fleet), oldest first.
     async fn audits(&self, event: &str) -> anyhow::Result<Vec<Envelope>> {
         let filter = format!("{}nexus._core.{event}", self.prefix);
-        read_envelopes(self.link.jetstream(), &self.stream, &filter, DeliverPolicy::All).await
+        read_envelopes(
+            self.link.jetstream(),
+            &self.stream,
+            &filter,
+            DeliverPolicy::All,
+        )
+        .await
     }
 
     /// The document in the bucket for `node`.
@@ -257,8 +268,8 @@ async fn push(
     file: &std::path::Path,
     keys: Vec<String>,
 ) -> anyhow::Result<()> {
-    let toml = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read {}", file.display()))?;
+    let toml =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     // What can be judged here is judged here; the node checks everything again.
     let patch = (!keys.is_empty()).then_some(keys);
     desired::render("", patch.as_deref(), &toml)
@@ -303,7 +314,10 @@ async fn push(
             Some(sections) => format!("sections {}", sections.join(", ")),
             None => "whole file".to_owned(),
         };
-        println!("{node}: desired config v{version} ({what}) stored in {}", super::BUCKET);
+        println!(
+            "{node}: desired config v{version} ({what}) stored in {}",
+            super::BUCKET
+        );
     }
     Ok(())
 }
@@ -325,18 +339,28 @@ fn judge(
     outcome: Option<&Envelope>,
 ) -> StatusRow {
     let running = reported.and_then(|r| r["version"].as_u64());
-    let said = reported.and_then(|r| r["state"].as_str()).unwrap_or("unknown");
+    let said = reported
+        .and_then(|r| r["state"].as_str())
+        .unwrap_or("unknown");
     let detail_of = |v: &Value| {
         v["cause"]
             .as_str()
             .map(str::to_owned)
-            .or_else(|| v["errors"].as_array().map(|e| {
-                e.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; ")
-            }))
+            .or_else(|| {
+                v["errors"].as_array().map(|e| {
+                    e.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+            })
             .unwrap_or_default()
     };
     let (state, detail) = match (desired, reported) {
-        (_, None) => ("unknown".to_owned(), "no heartbeat with a config report".to_owned()),
+        (_, None) => (
+            "unknown".to_owned(),
+            "no heartbeat with a config report".to_owned(),
+        ),
         (None, Some(r)) => match said {
             "desired" => ("in_sync".to_owned(), String::new()),
             other => (other.to_owned(), detail_of(r)),
@@ -346,8 +370,7 @@ fn judge(
             other => (other.to_owned(), detail_of(r)),
         },
         (Some(d), Some(r)) => {
-            if r["desired_version"].as_u64() == Some(d)
-                && matches!(said, "refused" | "rolled_back")
+            if r["desired_version"].as_u64() == Some(d) && matches!(said, "refused" | "rolled_back")
             {
                 (said.to_owned(), detail_of(r))
             } else if let Some(o) = outcome.filter(|o| {
@@ -381,7 +404,8 @@ async fn status(
 ) -> anyhow::Result<bool> {
     let filter = match pattern {
         Some(p) => Some(
-            Principal::parse(p).map_err(|e| anyhow::anyhow!("`{p}` is not a node id or glob: {e}"))?,
+            Principal::parse(p)
+                .map_err(|e| anyhow::anyhow!("`{p}` is not a node id or glob: {e}"))?,
         ),
         None => None,
     };
@@ -402,7 +426,9 @@ async fn status(
         let desired = tier.desired(node).await?.map(|d| d.spec().version);
         rows.push(judge(node, desired, reported.as_ref(), outcomes.get(node)));
     }
-    let all_good = rows.iter().all(|r| r.state == "in_sync" || (r.state == "local" && r.desired.is_none()));
+    let all_good = rows
+        .iter()
+        .all(|r| r.state == "in_sync" || (r.state == "local" && r.desired.is_none()));
     if json {
         let list: Vec<Value> = rows
             .iter()
@@ -413,10 +439,21 @@ async fn status(
             .collect();
         println!("{}", Value::from(list));
     } else {
-        let mut out = format!("{:<24} {:>12} {:>12}  {:<12} DETAIL\n", "NODE", "DESIRED", "RUNNING", "STATE");
+        let mut out = format!(
+            "{:<24} {:>12} {:>12}  {:<12} DETAIL\n",
+            "NODE", "DESIRED", "RUNNING", "STATE"
+        );
         let v = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("v{v}"));
         for r in &rows {
-            let _ = writeln!(out, "{:<24} {:>12} {:>12}  {:<12} {}", r.node, v(r.desired), v(r.running), r.state, r.detail);
+            let _ = writeln!(
+                out,
+                "{:<24} {:>12} {:>12}  {:<12} {}",
+                r.node,
+                v(r.desired),
+                v(r.running),
+                r.state,
+                r.detail
+            );
         }
         print!("{out}");
     }
@@ -425,24 +462,46 @@ async fn status(
 
 /// Documents of `node` known to this tier by version: the bucket's history, and at the
 /// root the `audit.config_issued` events of hubs.
-async fn documents(tier: &Tier, node: &str) -> anyhow::Result<BTreeMap<u64, (String, String, Option<Vec<String>>, i64)>> {
+async fn documents(
+    tier: &Tier,
+    node: &str,
+) -> anyhow::Result<BTreeMap<u64, (String, String, Option<Vec<String>>, i64)>> {
     let mut docs = BTreeMap::new();
     for doc in tier.versions(node).await? {
         let s = doc.spec();
-        docs.insert(s.version, (s.issuer_id.clone(), s.toml.clone(), s.patch.clone(), s.issued_at.0));
+        docs.insert(
+            s.version,
+            (
+                s.issuer_id.clone(),
+                s.toml.clone(),
+                s.patch.clone(),
+                s.issued_at.0,
+            ),
+        );
     }
     for event in tier.audits(ISSUED_EVENT).await.unwrap_or_default() {
         let p = &event.payload;
         if p.get("node_id").and_then(Value::as_str) != Some(node) {
             continue;
         }
-        let Some(version) = p.get("version").and_then(Value::as_u64) else { continue };
+        let Some(version) = p.get("version").and_then(Value::as_u64) else {
+            continue;
+        };
         let sections = p.get("sections").and_then(Value::as_array).map(|a| {
-            a.iter().filter_map(Value::as_str).map(str::to_owned).collect()
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
         });
         docs.entry(version).or_insert((
-            p.get("issuer").and_then(Value::as_str).unwrap_or("?").to_owned(),
-            p.get("toml").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            p.get("issuer")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned(),
+            p.get("toml")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
             sections,
             p.get("issued_at").and_then(Value::as_i64).unwrap_or(0),
         ));
@@ -471,7 +530,9 @@ async fn diff(tier: &Tier, node: &str) -> anyhow::Result<()> {
             text.clone()
         }
         None if running == 0 => {
-            println!("--- {node} runs its local file (no document applied)\n+++ desired v{desired}");
+            println!(
+                "--- {node} runs its local file (no document applied)\n+++ desired v{desired}"
+            );
             String::new()
         }
         None => {
@@ -561,10 +622,19 @@ async fn history(tier: &Tier, node: &str, json: bool) -> anyhow::Result<()> {
         let issued = row["issued_at"]
             .as_i64()
             .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
             .unwrap_or_else(|| "?".to_owned());
         let what = match row["sections"].as_array() {
-            Some(s) => format!("sections {}", s.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")),
+            Some(s) => format!(
+                "sections {}",
+                s.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             None => "whole file".to_owned(),
         };
         let mut line = format!(
@@ -599,23 +669,43 @@ mod tests {
     #[test]
     fn status_says_what_a_node_runs() {
         let r = |v: u64, state: &str| json!({"version": v, "state": state, "hash": "h"});
-        assert_eq!(judge("n", Some(3), Some(&r(3, "desired")), None).state, "in_sync");
-        assert_eq!(judge("n", Some(3), Some(&r(2, "desired")), None).state, "pending");
+        assert_eq!(
+            judge("n", Some(3), Some(&r(3, "desired")), None).state,
+            "in_sync"
+        );
+        assert_eq!(
+            judge("n", Some(3), Some(&r(2, "desired")), None).state,
+            "pending"
+        );
         assert_eq!(judge("n", None, Some(&r(0, "local")), None).state, "local");
-        assert_eq!(judge("n", Some(3), Some(&r(3, "drifted")), None).state, "drifted");
+        assert_eq!(
+            judge("n", Some(3), Some(&r(3, "drifted")), None).state,
+            "drifted"
+        );
         assert_eq!(judge("n", Some(3), None, None).state, "unknown");
         let refused = json!({"version": 2, "state": "refused", "desired_version": 3,
                              "errors": ["iot.broker: bad", "acl[0]: wide"]});
         let row = judge("n", Some(3), Some(&refused), None);
-        assert_eq!((row.state.as_str(), row.detail.as_str()), ("refused", "iot.broker: bad; acl[0]: wide"));
+        assert_eq!(
+            (row.state.as_str(), row.detail.as_str()),
+            ("refused", "iot.broker: bad; acl[0]: wide")
+        );
     }
 
     #[test]
     fn targets_expand_globs_over_known_nodes() {
-        let known: BTreeMap<String, Option<Value>> =
-            ["edge-01", "edge-02", "gw-01"].iter().map(|n| (n.to_string(), None)).collect();
-        assert_eq!(targets("edge-*", &known).expect("glob"), vec!["edge-01", "edge-02"]);
-        assert_eq!(targets("gw-01,new-node", &known).expect("ids"), vec!["gw-01", "new-node"]);
+        let known: BTreeMap<String, Option<Value>> = ["edge-01", "edge-02", "gw-01"]
+            .iter()
+            .map(|n| (n.to_string(), None))
+            .collect();
+        assert_eq!(
+            targets("edge-*", &known).expect("glob"),
+            vec!["edge-01", "edge-02"]
+        );
+        assert_eq!(
+            targets("gw-01,new-node", &known).expect("ids"),
+            vec!["gw-01", "new-node"]
+        );
         assert!(targets("zz-*", &known).is_err());
         assert!(targets("Bad Id", &known).is_err());
     }

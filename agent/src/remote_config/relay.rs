@@ -47,7 +47,10 @@ impl Relay {
                 return Ok(());
             }
             if let Ok(from) = bucket(&self.source, false).await {
-                match (from.watch_with_history("desired.>").await, bucket(&self.local, true).await) {
+                match (
+                    from.watch_with_history("desired.>").await,
+                    bucket(&self.local, true).await,
+                ) {
                     (Ok(mut watch), Ok(to)) => {
                         retry.reset();
                         loop {
@@ -67,7 +70,9 @@ impl Relay {
                         }
                     }
                     (Err(error), _) => warn!(%error, "Cannot watch the root's desired config yet."),
-                    (_, Err(error)) => warn!(%error, "Cannot open this hub's desired-config bucket yet."),
+                    (_, Err(error)) => {
+                        warn!(%error, "Cannot open this hub's desired-config bucket yet.")
+                    }
                 }
             }
             if !retry.wait(&shutdown).await {
@@ -103,7 +108,11 @@ impl Relay {
             return;
         }
         match to.put(key, bytes.to_vec().into()).await {
-            Ok(_) => info!(node, version = doc.spec().version, "Root's desired config copied for this site."),
+            Ok(_) => info!(
+                node,
+                version = doc.spec().version,
+                "Root's desired config copied for this site."
+            ),
             Err(error) => warn!(%key, %error, "Cannot copy the root's desired config."),
         }
     }
@@ -158,11 +167,17 @@ impl Journal {
                                         continue;
                                     }
                                     if let Ok(doc) = DesiredConfig::decode(&entry.value) {
-                                        if doc.issuer_key() == &own && !self.announce(&doc, &entry.value).await {
+                                        if doc.issuer_key() == &own
+                                            && !self.announce(&doc, &entry.value).await
+                                        {
                                             break;
                                         }
                                     }
-                                    if let Err(e) = write_atomically(&self.mark, entry.revision.to_string().as_bytes(), 0o640) {
+                                    if let Err(e) = write_atomically(
+                                        &self.mark,
+                                        entry.revision.to_string().as_bytes(),
+                                        0o640,
+                                    ) {
                                         warn!(error = %e, "Cannot record the announced desired-config revision.");
                                     }
                                 }

@@ -190,8 +190,7 @@ impl State {
         };
         let mut report = serde_json::json!({ "hash": running_hash, "version": version });
         if let Some(last) = &self.last {
-            if last.result != Result::Applied && last.version > version && self.pending.is_none()
-            {
+            if last.result != Result::Applied && last.version > version && self.pending.is_none() {
                 state = last.result.as_str();
                 report["desired_version"] = last.version.into();
                 if let Some(cause) = &last.cause {
@@ -229,8 +228,9 @@ pub fn roll_back(files: &Files, state: &mut State, cause: &str) -> std::io::Resu
     };
     let previous = std::fs::read(&files.previous)?;
     write_atomically(&files.config, &previous, file_mode(&files.config))?;
-    state.record(pending.doc.version, &pending.doc.issuer, Result::RolledBack).cause =
-        Some(cause.to_owned());
+    state
+        .record(pending.doc.version, &pending.doc.issuer, Result::RolledBack)
+        .cause = Some(cause.to_owned());
     state.save(files)?;
     Ok(true)
 }
@@ -330,7 +330,11 @@ mod tests {
         let files = trial(dir.path());
         for start in 1..=MAX_TRIAL_STARTS {
             boot(&files);
-            assert_eq!(std::fs::read(&files.config).expect("read"), b"new", "start {start}");
+            assert_eq!(
+                std::fs::read(&files.config).expect("read"),
+                b"new",
+                "start {start}"
+            );
         }
         boot(&files);
         assert_eq!(std::fs::read(&files.config).expect("read"), b"old");
@@ -346,7 +350,10 @@ mod tests {
     fn an_unloadable_file_is_rolled_back_only_during_a_trial() {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = trial(dir.path());
-        assert!(roll_back_unloadable(&files, "agent.toml: node.id: missing\nmore"));
+        assert!(roll_back_unloadable(
+            &files,
+            "agent.toml: node.id: missing\nmore"
+        ));
         assert_eq!(std::fs::read(&files.config).expect("read"), b"old");
         assert!(!roll_back_unloadable(&files, "again"), "no trial any more");
     }

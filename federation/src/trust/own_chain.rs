@@ -99,7 +99,12 @@ impl OwnChain {
 
     /// The subjects the token lets this node publish and receive (none without a
     /// readable chain).
-    pub fn grants(&self) -> (Vec<nexus_policies::SubjectPattern>, Vec<nexus_policies::SubjectPattern>) {
+    pub fn grants(
+        &self,
+    ) -> (
+        Vec<nexus_policies::SubjectPattern>,
+        Vec<nexus_policies::SubjectPattern>,
+    ) {
         match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {
             Own::Chain(chain) => {
                 let claims = chain.leaf().claims();

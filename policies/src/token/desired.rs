@@ -129,8 +129,7 @@ impl DesiredConfig {
     /// The signature is checked by [`DesiredConfig::verify`].
     pub fn decode(bytes: &[u8]) -> Result<Self, TokenError> {
         let wire: DocWire = cbor::decode(bytes, "desired config", MAX_DESIRED_BYTES)?;
-        let body: BodyWire =
-            cbor::decode(&wire.doc.0, "desired config body", MAX_DESIRED_BYTES)?;
+        let body: BodyWire = cbor::decode(&wire.doc.0, "desired config body", MAX_DESIRED_BYTES)?;
         if body.v != CLAIMS_VERSION {
             return Err(TokenError::UnsupportedVersion(body.v));
         }
