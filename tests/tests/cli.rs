@@ -338,6 +338,40 @@ fn every_verb_refuses_a_bad_value_with_exit_2_naming_the_flag() {
             invalid("{", "--data"),
         ),
         (
+            "config push",
+            line(&["config", "push", "-c", config, "edge-*,", "file.toml"]),
+            invalid("edge-*,", "<TARGET>"),
+        ),
+        (
+            "config push",
+            line(&[
+                "config",
+                "push",
+                "-c",
+                config,
+                "edge-01",
+                "f.toml",
+                "--keys",
+                "iot.sensors",
+            ]),
+            invalid("iot.sensors", "--keys"),
+        ),
+        (
+            "config status",
+            line(&["config", "status", "-c", config, "Edge*"]),
+            invalid("Edge*", "[PATTERN]"),
+        ),
+        (
+            "config diff",
+            line(&["config", "diff", "-c", config, "edge.01"]),
+            invalid("edge.01", "<NODE>"),
+        ),
+        (
+            "config history",
+            line(&["config", "history", "-c", config, "local"]),
+            invalid("local", "<NODE>"),
+        ),
+        (
             "events list",
             line(&["events", "list", "--json", "--markdown"]),
             "the argument '--json' cannot be used with '--markdown'".to_owned(),

@@ -193,6 +193,18 @@ async fn the_page_shows_the_fleet_live_and_a_killed_member_offline() {
         assert_eq!(text.starts_with("registry "), drifted, "{row}");
         assert_eq!(text.trim_start_matches("registry ").len(), 8, "{row}");
     }
+    // Each node's config sync state: every node runs its own file (no document pushed).
+    let configs = browser
+        .eval(
+            "return [...document.querySelectorAll('#rows tr')]\
+             .map(r => { const s = r.querySelector('small.config'); return s ? s.textContent : null; });",
+        )
+        .await;
+    assert_eq!(
+        configs,
+        serde_json::json!(["config local", "config local", "config local"]),
+        "the config state of each row"
+    );
     let render_ms = browser.eval("return document.body.dataset.renderMs;").await;
     eprintln!("3 nodes drawn in {render_ms} ms");
 

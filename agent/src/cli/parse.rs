@@ -30,6 +30,39 @@ pub fn node_id(text: &str) -> Result<String, String> {
         .map_err(|reason| format!("not a node id ({reason}): use 1-64 chars of [a-z0-9_-]"))
 }
 
+/// Node ids or globs (`edge-*`), comma-separated, as `config push` targets.
+pub fn node_targets(text: &str) -> Result<String, String> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err("an empty target: give node ids or globs separated by commas".to_owned());
+    }
+    for part in &parts {
+        node_pattern(part)?;
+    }
+    Ok(text.to_owned())
+}
+
+/// A node id, or a glob of node-id characters and `*` (`edge-*`).
+pub fn node_pattern(text: &str) -> Result<String, String> {
+    let plain = text.replace('*', "a");
+    if text.contains('*') && !text.is_empty() {
+        node_id(&plain).map(|_| text.to_owned()).map_err(|_| {
+            format!("`{text}` is not a node glob: node-id characters [a-z0-9_-] and `*`")
+        })
+    } else {
+        node_id(text)
+    }
+}
+
+/// A top-level config section name (`iot`, `heartbeat`, `remote_config`).
+pub fn section_name(text: &str) -> Result<String, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        Ok(text.to_owned())
+    } else {
+        Err("not a section name: lower-case letters and `_`, e.g. iot or heartbeat".to_owned())
+    }
+}
+
 /// An event id: a UUID in its hyphenated form (as every envelope's `event_id`), lower case.
 pub fn event_id(text: &str) -> Result<String, String> {
     let hex: Vec<char> = text.chars().filter(|c| *c != '-').collect();

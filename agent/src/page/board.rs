@@ -36,6 +36,7 @@ const HEALTH_FIELDS: &[&str] = &[
     "disk_pct",
     "agent_version",
     "events_registry",
+    "config",
     "uplink",
     "local",
     "outbox",

@@ -45,6 +45,18 @@ function registry(h) {
     `${drift ? ", not this node's" : ""}">${drift ? "registry " : ""}${esc(short)}</small>`;
 }
 
+// The running config's sync state (docs/remote-config.md); marked unless it is the desired
+// document's or the box's own.
+function configState(h) {
+  const c = h.config;
+  if (!c || !c.state) return "";
+  const bad = ["refused", "rolled_back", "drifted"].includes(c.state);
+  const version = c.version ? `v${c.version}` : "local";
+  const title = c.cause || (c.errors || []).join("; ") || `config ${c.hash || ""}`;
+  return ` <small class="${bad ? "config down" : "config"}" title="${esc(title)}">` +
+    `config ${esc(version)}${c.state === "desired" || c.state === "local" ? "" : " " + esc(c.state)}</small>`;
+}
+
 function sparkline(points) {
   if (!points.length) return "";
   const values = points.map((p) => p[1]);
@@ -80,7 +92,7 @@ function cells(row, depth) {
     `<td class="num">${iot ? `${iot.received} / ${iot.forwarded} ${iot.connected ? "" : '<span class="down">broker down</span>'}` : "–"}</td>` +
     `<td class="num">${dead}</td>` +
     `<td>${expires(h.token_expires)}</td>` +
-    `<td>${esc(h.agent_version || "–")}${registry(h)}</td>` +
+    `<td>${esc(h.agent_version || "–")}${registry(h)}${configState(h)}</td>` +
     `<td>${readings(row.readings)}</td>`;
 }
 

@@ -35,12 +35,13 @@ pub enum ConfigCommand {
         config: PathBuf,
         /// The node(s): ids separated by commas, or globs such as `edge-*` matched
         /// against the nodes this tier has heard of.
+        #[arg(value_parser = crate::cli::parse::node_targets)]
         target: String,
         /// The TOML file: the whole config, or (with --keys) the sections to replace.
         file: PathBuf,
         /// Replace only these top-level sections of each node's file (comma-separated,
         /// e.g. `iot,heartbeat`); a named section absent from FILE is removed.
-        #[arg(long, value_delimiter = ',', value_name = "SECTIONS")]
+        #[arg(long, value_delimiter = ',', value_name = "SECTIONS", value_parser = crate::cli::parse::section_name)]
         keys: Vec<String>,
     },
     /// Desired vs reported config per node: in_sync, pending, refused (with errors),
@@ -51,6 +52,7 @@ pub enum ConfigCommand {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// Only nodes matching this id or glob.
+        #[arg(value_parser = crate::cli::parse::node_pattern)]
         pattern: Option<String>,
         /// Print JSON instead.
         #[arg(long)]
@@ -62,6 +64,7 @@ pub enum ConfigCommand {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// The node.
+        #[arg(value_parser = crate::cli::parse::node_id)]
         node: String,
     },
     /// Every document issued for the node (by this tier, and at the root by its hubs)
@@ -71,6 +74,7 @@ pub enum ConfigCommand {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// The node.
+        #[arg(value_parser = crate::cli::parse::node_id)]
         node: String,
         /// Print JSON instead.
         #[arg(long)]
