@@ -84,16 +84,24 @@ pub fn restart_requested() -> bool {
 }
 
 /// Replaces this process with a new start of the same binary and arguments (same pid, so
-/// systemd keeps supervising it). Returns only when that fails.
+/// systemd keeps supervising it): the running executable, or (when it was replaced on
+/// disk, e.g. by a package upgrade) the path it was started as. Returns only when both
+/// fail; the caller exits, and systemd's `Restart=` starts it.
 pub fn reexec() -> std::io::Error {
     use std::os::unix::process::CommandExt as _;
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(error) => return error,
+    let start = |program: &std::ffi::OsStr| {
+        std::process::Command::new(program)
+            .args(std::env::args_os().skip(1))
+            .exec()
     };
-    std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .exec()
+    let first = match std::env::current_exe() {
+        Ok(exe) => start(exe.as_os_str()),
+        Err(error) => error,
+    };
+    match std::env::args_os().next() {
+        Some(argv0) => start(&argv0),
+        None => first,
+    }
 }
 
 /// The `config` object of heartbeats, kept current by the [`apply::Applier`].
