@@ -1,8 +1,9 @@
 //! Remote config: the time from `config push` at the root to the member running the
 //! document, healthy (docs/benchmarks.md, "Remote config").
 //!
-//! `cargo build --release -p nexus-agent && NEXUS_E2E_AGENT_BIN=target/release/nexus-agent
-//! cargo bench --profile dev -p nexus-e2e --bench remote_config` (needs nats-server). Root,
+//! `cargo build --release -p nexus-agent && NEXUS_E2E_AGENT_BIN=$PWD/target/release/nexus-agent
+//! cargo bench --profile dev -p nexus-e2e --bench remote_config` (needs nats-server; the
+//! variable must be an absolute path: a bench runs in tests/). Root,
 //! hub and member are real agents on loopback nats-servers, heartbeats every second. Each
 //! round pushes a patch of `[heartbeat]` with the real CLI (the root signs it and stores it
 //! in its bucket, the hub copies it for its site, the member validates it, writes it,
