@@ -31,6 +31,7 @@
 //! - `refusal`: the one sink where every stage's refusals (`Reason`, `Rejection`, from the
 //!   wire crate) are counted, logged and handed to the dead-letter writer.
 //! - `revocation`: signed revocation lists, watched from above, persisted, passed down.
+//! - `follow`: following a key-value bucket on a link (watch, hand over, watch again).
 //! - `clock`: the trust clock of boxes without an RTC (last known good time).
 //! - `replicas`: how many servers of a JetStream cluster keep the streams and buckets a
 //!   hub or root creates, and what a refusal of that count means.
@@ -38,6 +39,7 @@
 pub mod bridge;
 pub mod clock;
 pub mod command;
+pub mod follow;
 pub mod headers;
 pub mod ingress;
 pub mod landed;

@@ -8,18 +8,15 @@
 //! the tier below. A list older than the one held is ignored, so a replayed old list cannot
 //! un-revoke anything.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
-
 use bytes::Bytes;
-use futures::StreamExt as _;
 use nexus_policies::token::{RevocationList, RevocationSet};
 use nexus_policies::PublicKey;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::backoff::{Backoff, Retry};
+use crate::follow::{follow, Follower, Next};
 use crate::link::Link;
 use crate::subsystem::SubsystemError;
 use crate::trust::{self, Gatekeeper};
@@ -66,60 +63,17 @@ pub struct Sync {
 }
 
 impl Sync {
-    /// Watches for new lists until `shutdown`, re-watching after every error (so it
-    /// always ends `Ok`).
+    /// Watches for new lists until `shutdown` ([`follow`]: it always ends `Ok`).
     pub async fn run(
         self,
         initial: Option<RevocationList>,
         shutdown: CancellationToken,
     ) -> Result<(), SubsystemError> {
-        let mut current = initial;
-        let mut retry = Retry::new(Backoff::new(
-            Duration::from_millis(500),
-            Duration::from_secs(15),
-        ));
-        let mut warned = false;
-        loop {
-            if !self.source.wait_connected(&shutdown).await {
-                return Ok(());
-            }
-            match trust::bucket(&self.source, trust::TRUST_BUCKET, self.owns_source).await {
-                Ok(store) => match store.watch_with_history(trust::REVOCATIONS_KEY).await {
-                    Ok(mut watch) => {
-                        retry.reset();
-                        warned = false;
-                        loop {
-                            // Cancel safety: an entry not yet yielded stays in the stream.
-                            let entry = tokio::select! {
-                                _ = shutdown.cancelled() => return Ok(()),
-                                entry = watch.next() => entry,
-                            };
-                            match entry {
-                                Some(Ok(entry)) => self.apply(&entry.value, &mut current).await,
-                                Some(Err(error)) => {
-                                    warn!(%error, "Revocation watch failed; watching again.");
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                    }
-                    Err(error) if !warned => {
-                        warned = true;
-                        warn!(%error, "Cannot watch for revocations yet; retrying.");
-                    }
-                    Err(_) => {}
-                },
-                Err(error) if !warned => {
-                    warned = true;
-                    info!(%error, "No revocation bucket on the tier above yet; retrying.");
-                }
-                Err(_) => {}
-            }
-            if !retry.wait(&shutdown).await {
-                return Ok(());
-            }
-        }
+        let mut following = Following {
+            sync: &self,
+            current: initial,
+        };
+        follow(&self.source, "revocations", &shutdown, &mut following).await
     }
 
     async fn apply(&self, bytes: &Bytes, current: &mut Option<RevocationList>) {
@@ -173,6 +127,36 @@ impl Sync {
             }
         }
         *current = Some(list);
+    }
+}
+
+/// The revocation key on the tier above, and the list held.
+struct Following<'a> {
+    sync: &'a Sync,
+    current: Option<RevocationList>,
+}
+
+impl Follower for Following<'_> {
+    type With = ();
+
+    async fn open(&mut self) -> Result<(async_nats::jetstream::kv::Watch, ()), String> {
+        let store = trust::bucket(
+            &self.sync.source,
+            trust::TRUST_BUCKET,
+            self.sync.owns_source,
+        )
+        .await
+        .map_err(|e| format!("no revocation bucket on the tier above: {e}"))?;
+        let watch = store
+            .watch_with_history(trust::REVOCATIONS_KEY)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((watch, ()))
+    }
+
+    async fn handle(&mut self, _: &(), entry: async_nats::jetstream::kv::Entry) -> Next {
+        self.sync.apply(&entry.value, &mut self.current).await;
+        Next::More
     }
 }
 

@@ -80,7 +80,10 @@ async fn bench(rounds: usize) {
         std::path::PathBuf::from(name)
     };
     wait_until("the member's first config report", DEADLINE, async || {
-        seen.lock().expect("lock").last().is_some_and(|r| r["state"] == "local")
+        seen.lock()
+            .expect("lock")
+            .last()
+            .is_some_and(|r| r["state"] == "local")
     })
     .await;
     let (mut on_box, mut at_root) = (Vec::new(), Vec::new());
@@ -98,7 +101,11 @@ async fn bench(rounds: usize) {
             .stdin(Stdio::null())
             .output()
             .expect("config push");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let version: u64 = stdout
             .split_once(" v")

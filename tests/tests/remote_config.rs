@@ -314,6 +314,21 @@ async fn root_documents_apply_refuse_and_roll_back_on_a_running_member() {
         row["running_version"], version,
         "the previous document still runs"
     );
+    let diff = cli(&[
+        "config",
+        "diff",
+        "-c",
+        root_config.to_str().expect("utf-8"),
+        fleet::MEMBER,
+    ]);
+    let shown = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        shown.contains(&format!("--- {} runs v{version}", fleet::MEMBER))
+            && shown.contains("+ interval = \"often\"")
+            && shown.contains("- topic = \"meters/{sensor_id}/{metric}\""),
+        "{}",
+        text(&diff)
+    );
 
     // 3. A document that breaks the uplink: the member rolls back by itself.
     let broken = "[uplink]\nurl = \"nats://127.0.0.1:1\"\nreconnect_max_delay = \"500ms\"\n";

@@ -16,9 +16,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
+use async_nats::jetstream::kv;
 use nexus_config::{desired, Config, ConfigErrors, RemoteAccept};
-use nexus_federation::backoff::{Backoff, Retry};
+use nexus_federation::follow::{follow, Follower, Next};
 use nexus_federation::fsutil::write_atomically;
 use nexus_federation::outbox::Priority;
 use nexus_federation::subsystem::SubsystemError;
@@ -104,57 +104,17 @@ impl Applier {
             shutdown.cancelled().await;
             return Ok(());
         }
-        let mut retry = Retry::new(Backoff::new(
-            Duration::from_millis(500),
-            Duration::from_secs(15),
-        ));
-        let mut warned = false;
-        let own_key = key(&self.config.node.id);
-        loop {
-            if !self.source.wait_connected(&shutdown).await {
-                return Ok(());
-            }
-            match bucket(&self.source, self.owns_source).await {
-                Ok(store) => match store.watch_with_history(&own_key).await {
-                    Ok(mut watch) => {
-                        retry.reset();
-                        warned = false;
-                        loop {
-                            // Cancel safety: an entry not yet yielded stays in the stream.
-                            let entry = tokio::select! {
-                                _ = shutdown.cancelled() => return Ok(()),
-                                entry = watch.next() => entry,
-                            };
-                            match entry {
-                                Some(Ok(entry)) => {
-                                    if self.take(&entry.value, &mut state).await {
-                                        return Ok(()); // restarting
-                                    }
-                                }
-                                Some(Err(error)) => {
-                                    warn!(%error, "Desired-config watch failed; watching again.");
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                    }
-                    Err(error) if !warned => {
-                        warned = true;
-                        warn!(%error, "Cannot watch for desired config yet; retrying.");
-                    }
-                    Err(_) => {}
-                },
-                Err(error) if !warned => {
-                    warned = true;
-                    info!(%error, "No desired-config bucket on the tier above yet; retrying.");
-                }
-                Err(_) => {}
-            }
-            if !retry.wait(&shutdown).await {
-                return Ok(());
-            }
-        }
+        let mut watching = Watching {
+            applier: &self,
+            state,
+        };
+        follow(
+            &self.source,
+            "this node's desired config",
+            &shutdown,
+            &mut watching,
+        )
+        .await
     }
 
     /// The health gate of a trial. Returns whether the agent keeps running (the trial
@@ -436,6 +396,36 @@ impl Applier {
         let seal = envelope.into_sealer(Encoding::Json, self.key.clone());
         if let Err(e) = self.outbox.push_numbered(seal, Priority::Control).await {
             warn!(error = %e, "Cannot queue the desired-config outcome event.");
+        }
+    }
+}
+
+/// This node's key on the tier above, and the state it updates.
+struct Watching<'a> {
+    applier: &'a Applier,
+    state: State,
+}
+
+impl Follower for Watching<'_> {
+    type With = ();
+
+    async fn open(&mut self) -> Result<(kv::Watch, ()), String> {
+        let a = self.applier;
+        let store = bucket(&a.source, a.owns_source)
+            .await
+            .map_err(|e| format!("no desired-config bucket on the tier above: {e}"))?;
+        let watch = store
+            .watch_with_history(key(&a.config.node.id))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((watch, ()))
+    }
+
+    async fn handle(&mut self, _: &(), entry: kv::Entry) -> Next {
+        if self.applier.take(&entry.value, &mut self.state).await {
+            Next::Stop // restarting
+        } else {
+            Next::More
         }
     }
 }

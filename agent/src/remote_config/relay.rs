@@ -3,11 +3,9 @@
 //! issue as an `audit.config_issued` event ([`Journal`]).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures::StreamExt as _;
-use nexus_federation::backoff::{Backoff, Retry};
+use nexus_federation::follow::{follow, Follower, Next};
 use nexus_federation::fsutil::write_atomically;
 use nexus_federation::outbox::Priority;
 use nexus_federation::subsystem::SubsystemError;
@@ -24,6 +22,7 @@ use super::{bucket, node_of, ISSUED_EVENT};
 /// A hub's copy of the root's documents for its members: every document in the root's
 /// bucket that a trust anchor signed, unless the hub's own bucket holds a version as new
 /// (one the hub issued itself). A member verifies what it gets again.
+#[derive(Debug)]
 pub struct Relay {
     /// The root's NATS.
     pub source: Link,
@@ -36,49 +35,15 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Copies until `shutdown`, watching again after every error.
+    /// Copies until `shutdown` ([`follow`]).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), SubsystemError> {
-        let mut retry = Retry::new(Backoff::new(
-            Duration::from_millis(500),
-            Duration::from_secs(15),
-        ));
-        loop {
-            if !self.source.wait_connected(&shutdown).await {
-                return Ok(());
-            }
-            if let Ok(from) = bucket(&self.source, false).await {
-                match (
-                    from.watch_with_history("desired.>").await,
-                    bucket(&self.local, true).await,
-                ) {
-                    (Ok(mut watch), Ok(to)) => {
-                        retry.reset();
-                        loop {
-                            // Cancel safety: an entry not yet yielded stays in the stream.
-                            let entry = tokio::select! {
-                                _ = shutdown.cancelled() => return Ok(()),
-                                entry = watch.next() => entry,
-                            };
-                            match entry {
-                                Some(Ok(entry)) => self.copy(&to, &entry.key, &entry.value).await,
-                                Some(Err(error)) => {
-                                    warn!(%error, "Watch of the root's desired config failed; watching again.");
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                    }
-                    (Err(error), _) => warn!(%error, "Cannot watch the root's desired config yet."),
-                    (_, Err(error)) => {
-                        warn!(%error, "Cannot open this hub's desired-config bucket yet.")
-                    }
-                }
-            }
-            if !retry.wait(&shutdown).await {
-                return Ok(());
-            }
-        }
+        follow(
+            &self.source,
+            "the root's desired config",
+            &shutdown,
+            &mut &self,
+        )
+        .await
     }
 
     async fn copy(&self, to: &kv::Store, key: &str, bytes: &[u8]) {
@@ -122,6 +87,7 @@ impl Relay {
 /// `audit.config_issued` event, through the outbox (so the root gets a hub's documents
 /// once the hub reaches it again). The last announced bucket revision is kept in
 /// `{data_dir}/config-issued.rev`.
+#[derive(Debug)]
 pub struct Journal {
     /// This node's own NATS.
     pub local: Link,
@@ -136,67 +102,15 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Announces until `shutdown`.
+    /// Announces until `shutdown` ([`follow`]).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), SubsystemError> {
-        let mut retry = Retry::new(Backoff::new(
-            Duration::from_millis(500),
-            Duration::from_secs(15),
-        ));
-        let own = self.key.public();
-        loop {
-            if !self.local.wait_connected(&shutdown).await {
-                return Ok(());
-            }
-            let after = std::fs::read_to_string(&self.mark)
-                .ok()
-                .and_then(|t| t.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            match bucket(&self.local, true).await {
-                Ok(store) => match store.watch_all_from_revision(after + 1).await {
-                    Ok(mut watch) => {
-                        retry.reset();
-                        loop {
-                            // Cancel safety: an entry not yet yielded stays in the stream.
-                            let entry = tokio::select! {
-                                _ = shutdown.cancelled() => return Ok(()),
-                                entry = watch.next() => entry,
-                            };
-                            match entry {
-                                Some(Ok(entry)) => {
-                                    if entry.revision <= after {
-                                        continue;
-                                    }
-                                    if let Ok(doc) = DesiredConfig::decode(&entry.value) {
-                                        if doc.issuer_key() == &own
-                                            && !self.announce(&doc, &entry.value).await
-                                        {
-                                            break;
-                                        }
-                                    }
-                                    if let Err(e) = write_atomically(
-                                        &self.mark,
-                                        entry.revision.to_string().as_bytes(),
-                                        0o640,
-                                    ) {
-                                        warn!(error = %e, "Cannot record the announced desired-config revision.");
-                                    }
-                                }
-                                Some(Err(error)) => {
-                                    warn!(%error, "Watch of this node's desired config failed; watching again.");
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                    }
-                    Err(error) => warn!(%error, "Cannot watch this node's desired config yet."),
-                },
-                Err(error) => warn!(%error, "Cannot open this node's desired-config bucket yet."),
-            }
-            if !retry.wait(&shutdown).await {
-                return Ok(());
-            }
-        }
+        follow(
+            &self.local,
+            "this node's desired-config bucket",
+            &shutdown,
+            &mut &self,
+        )
+        .await
     }
 
     /// Queues the event; `false` when the outbox refused it (tried again later).
@@ -231,5 +145,63 @@ impl Journal {
                 false
             }
         }
+    }
+}
+
+impl Follower for &Relay {
+    /// This hub's bucket.
+    type With = kv::Store;
+
+    async fn open(&mut self) -> Result<(kv::Watch, kv::Store), String> {
+        let from = bucket(&self.source, false)
+            .await
+            .map_err(|e| format!("no desired-config bucket at the root: {e}"))?;
+        let to = bucket(&self.local, true)
+            .await
+            .map_err(|e| format!("cannot open this hub's desired-config bucket: {e}"))?;
+        let watch = from
+            .watch_with_history("desired.>")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((watch, to))
+    }
+
+    async fn handle(&mut self, to: &kv::Store, entry: kv::Entry) -> Next {
+        self.copy(to, &entry.key, &entry.value).await;
+        Next::More
+    }
+}
+
+impl Follower for &Journal {
+    /// The last revision announced when the watch opened.
+    type With = u64;
+
+    async fn open(&mut self) -> Result<(kv::Watch, u64), String> {
+        let after = std::fs::read_to_string(&self.mark)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let store = bucket(&self.local, true).await.map_err(|e| e.to_string())?;
+        let watch = store
+            .watch_all_from_revision(after + 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((watch, after))
+    }
+
+    async fn handle(&mut self, after: &u64, entry: kv::Entry) -> Next {
+        if entry.revision <= *after {
+            return Next::More;
+        }
+        if let Ok(doc) = DesiredConfig::decode(&entry.value) {
+            if doc.issuer_key() == &self.key.public() && !self.announce(&doc, &entry.value).await {
+                return Next::Rewatch; // from the mark: tried again
+            }
+        }
+        let mark = entry.revision.to_string();
+        if let Err(e) = write_atomically(&self.mark, mark.as_bytes(), 0o640) {
+            warn!(error = %e, "Cannot record the announced desired-config revision.");
+        }
+        Next::More
     }
 }
