@@ -15,11 +15,9 @@
 //! `--rounds N` (default 10).
 
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
-use nexus_e2e::{agent_bin, fleet, payload_json, wait_until, Fleet};
+use nexus_e2e::{agent_bin, fleet, wait_until, Fleet, Seen};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -54,23 +52,12 @@ fn ms(d: Duration) -> String {
 
 async fn bench(rounds: usize) {
     let fleet = Fleet::new();
-    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let client = fleet.root_nats.client().await;
-    let mut sub = client
-        .subscribe(format!("nexus._core.edge.health.{}", fleet::MEMBER))
-        .await
-        .expect("subscribe");
-    client.flush().await.expect("flush");
-    let sink = Arc::clone(&seen);
-    tokio::spawn(async move {
-        let _client = client;
-        while let Some(message) = sub.next().await {
-            let beat = payload_json(&message);
-            sink.lock()
-                .expect("lock")
-                .push(beat["payload"]["config"].clone());
-        }
-    });
+    let beats = Seen::watch(
+        &fleet.root_nats,
+        &format!("nexus._core.edge.health.{}", fleet::MEMBER),
+    )
+    .await;
+    let report = || beats.last_payload().map(|p| p["config"].clone());
     let root = fleet.spawn(fleet::ROOT, "");
     let _hub = fleet.spawn(fleet::HUB, "");
     let member = fleet.spawn(fleet::MEMBER, "[remote_config]\ngate = \"30s\"\n");
@@ -80,10 +67,7 @@ async fn bench(rounds: usize) {
         std::path::PathBuf::from(name)
     };
     wait_until("the member's first config report", DEADLINE, async || {
-        seen.lock()
-            .expect("lock")
-            .last()
-            .is_some_and(|r| r["state"] == "local")
+        report().is_some_and(|r| r["state"] == "local")
     })
     .await;
     let (mut on_box, mut at_root) = (Vec::new(), Vec::new());
@@ -122,10 +106,7 @@ async fn bench(rounds: usize) {
         .await;
         on_box.push(pushed.elapsed());
         wait_until("the root hears the member runs it", DEADLINE, async || {
-            seen.lock()
-                .expect("lock")
-                .last()
-                .is_some_and(|r| r["state"] == "desired" && r["version"] == version)
+            report().is_some_and(|r| r["state"] == "desired" && r["version"] == version)
         })
         .await;
         at_root.push(pushed.elapsed());

@@ -64,5 +64,5 @@ pub use process::pid_exists;
 pub use prometheus::Prometheus;
 pub use proxy::Proxy;
 pub use wait::{
-    collect_until, payload_json, request_answered, wait_until, Outcome, DEFAULT_DEADLINE,
+    collect_until, payload_json, request_answered, wait_until, Outcome, Seen, DEFAULT_DEADLINE,
 };

@@ -105,6 +105,30 @@ impl Mosquitto {
         self.proc.stop(STOP_GRACE);
     }
 
+    /// `mosquitto_pub -q 1 -l`: one message per line of `lines` on `topic`, on one
+    /// connection; `args` adds options (e.g. `-V mqttv5`). Panics with its stderr if it fails.
+    pub fn publish_lines(&self, args: &[&str], topic: &str, lines: &[String]) {
+        let mut child = Command::new(crate::bins::mosquitto_client_bin("mosquitto_pub"))
+            .args(["-h", "127.0.0.1", "-p", &self.port().to_string(), "-q", "1"])
+            .args(args)
+            .args(["-t", topic, "-l"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run mosquitto_pub -l");
+        let mut stdin = child.stdin.take().expect("stdin");
+        for line in lines {
+            writeln!(stdin, "{line}").expect("write a line");
+        }
+        drop(stdin);
+        let out = child.wait_with_output().expect("mosquitto_pub exits");
+        assert!(
+            out.status.success(),
+            "mosquitto_pub -l: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Kills the broker at once (SIGKILL + wait), like a crash: state since its last save
     /// is lost, as it would be on a real crash.
     pub fn kill(&self) {

@@ -196,3 +196,62 @@ pub async fn request_answered(
         }
     }
 }
+
+/// Every message on a subject of a NATS server, as JSON envelopes in arrival order,
+/// collected by a subscriber in the background (subscribed before [`Seen::watch`] returns).
+#[derive(Debug, Clone, Default)]
+pub struct Seen(std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>);
+
+impl Seen {
+    /// Subscribes to `subject` on `server`.
+    pub async fn watch(server: &crate::NatsServer, subject: &str) -> Self {
+        let client = server.client().await;
+        let mut subscriber = client
+            .subscribe(subject.to_owned())
+            .await
+            .expect("subscribe");
+        client.flush().await.expect("flush");
+        let seen = Self::default();
+        let sink = seen.clone();
+        tokio::spawn(async move {
+            let _client = client;
+            while let Some(message) = subscriber.next().await {
+                sink.0.lock().expect("lock").push(payload_json(&message));
+            }
+        });
+        seen
+    }
+
+    /// Everything so far.
+    pub fn all(&self) -> Vec<serde_json::Value> {
+        self.0.lock().expect("lock").clone()
+    }
+
+    /// How many so far.
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("lock").len()
+    }
+
+    /// Whether nothing came yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The payloads after the first `from`.
+    pub fn since(&self, from: usize) -> Vec<serde_json::Value> {
+        self.all()
+            .into_iter()
+            .skip(from)
+            .map(|envelope| envelope["payload"].clone())
+            .collect()
+    }
+
+    /// The last payload, if any.
+    pub fn last_payload(&self) -> Option<serde_json::Value> {
+        self.0
+            .lock()
+            .expect("lock")
+            .last()
+            .map(|envelope| envelope["payload"].clone())
+    }
+}

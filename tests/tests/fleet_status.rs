@@ -13,15 +13,13 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Output;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use nexus_e2e::bench::events::stream_count;
 use nexus_e2e::prometheus::http_get;
 use nexus_e2e::{
-    agent_bin, contract, fleet, mosquitto_client_bin, payload_json, wait_until, AgentProcess,
-    Fleet, Mosquitto, Prometheus,
+    agent_bin, contract, fleet, mosquitto_client_bin, wait_until, AgentProcess, Fleet, Mosquitto,
+    Prometheus, Seen,
 };
 use serde_json::Value;
 
@@ -33,47 +31,6 @@ const STARTUP: Duration = Duration::from_secs(30);
 const DEADLINE: Duration = Duration::from_secs(30);
 /// Where node status reports land.
 const STATUS_SUBJECTS: &str = "nexus._core.edge.node_status.>";
-
-/// Every message on `subject` at the root's NATS, as JSON envelopes, in arrival order.
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Value>>>);
-
-impl Seen {
-    async fn watch(fleet: &Fleet, subject: &str) -> Self {
-        let client = fleet.root_nats.client().await;
-        let mut subscriber = client
-            .subscribe(subject.to_owned())
-            .await
-            .expect("subscribe");
-        client.flush().await.expect("flush");
-        let seen = Self::default();
-        let sink = seen.clone();
-        tokio::spawn(async move {
-            let _client = client;
-            while let Some(message) = subscriber.next().await {
-                sink.0.lock().expect("lock").push(payload_json(&message));
-            }
-        });
-        seen
-    }
-
-    fn all(&self) -> Vec<Value> {
-        self.0.lock().expect("lock").clone()
-    }
-
-    fn len(&self) -> usize {
-        self.0.lock().expect("lock").len()
-    }
-
-    /// The payloads after the first `from`.
-    fn since(&self, from: usize) -> Vec<Value> {
-        self.all()
-            .into_iter()
-            .skip(from)
-            .map(|envelope| envelope["payload"].clone())
-            .collect()
-    }
-}
 
 /// The status reports about `node` since `from`: (reporter, status).
 fn reports(statuses: &Seen, from: usize, node: &str) -> Vec<(String, String)> {
@@ -239,10 +196,10 @@ async fn degraded_causes_come_and_go_and_silent_nodes_are_reported_once() {
     let mut fleet = Fleet::new();
     fleet.interval = INTERVAL;
     let broker = Mosquitto::start();
-    let statuses = Seen::watch(&fleet, "nexus._core.edge.node_status.>").await;
-    let readings = Seen::watch(&fleet, "nexus.*.iot.sensor_data").await;
+    let statuses = Seen::watch(&fleet.root_nats, "nexus._core.edge.node_status.>").await;
+    let readings = Seen::watch(&fleet.root_nats, "nexus.*.iot.sensor_data").await;
     let member_beats = Seen::watch(
-        &fleet,
+        &fleet.root_nats,
         &format!("nexus._core.edge.health.{}", fleet::MEMBER),
     )
     .await;

@@ -195,33 +195,7 @@ fn mosquitto_pub(broker: &Mosquitto, protocol: Protocol, topic: &str, message: &
 
 /// `mosquitto_pub -q 1 -l`: one message per line of `lines`, on one connection.
 fn mosquitto_pub_lines(broker: &Mosquitto, protocol: Protocol, topic: &str, lines: &[String]) {
-    let mut child = Command::new(mosquitto_client_bin("mosquitto_pub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port().to_string(),
-            "-q",
-            "1",
-            "-V",
-            protocol.mosquitto(),
-        ])
-        .args(["-t", topic, "-l"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run mosquitto_pub -l");
-    let mut stdin = child.stdin.take().expect("stdin");
-    for line in lines {
-        writeln!(stdin, "{line}").expect("write a line");
-    }
-    drop(stdin);
-    let out = child.wait_with_output().expect("mosquitto_pub exits");
-    assert!(
-        out.status.success(),
-        "mosquitto_pub -l: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    broker.publish_lines(&["-V", protocol.mosquitto()], topic, lines);
 }
 
 /// Publishes every message at QoS 1 with rumqttc and returns once the broker acked them all.

@@ -11,17 +11,12 @@
 //!   during a push applies it on return; the root, back, has the hub's documents and the
 //!   outcomes in `config history`.
 
-use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use nexus_e2e::landing::read_landed;
-use nexus_e2e::{
-    agent_bin, fleet, mosquitto_client_bin, payload_json, wait_until, Fleet, Mosquitto,
-};
+use nexus_e2e::{agent_bin, fleet, wait_until, Fleet, Mosquitto, Seen};
 use serde_json::Value;
 
 /// Process start-up, connects and stream creation on a loaded 2-core CI box.
@@ -107,65 +102,9 @@ async fn wait_status(
     .await
 }
 
-/// Every heartbeat `config` report of `node` at the root's NATS, in arrival order.
-#[derive(Clone, Default)]
-struct Reports(Arc<Mutex<Vec<Value>>>);
-
-impl Reports {
-    async fn watch(fleet: &Fleet, node: &str) -> Self {
-        let client = fleet.root_nats.client().await;
-        let mut sub = client
-            .subscribe(format!("nexus._core.edge.health.{node}"))
-            .await
-            .expect("subscribe");
-        client.flush().await.expect("flush");
-        let reports = Self::default();
-        let sink = reports.clone();
-        tokio::spawn(async move {
-            let _client = client;
-            while let Some(message) = sub.next().await {
-                let beat = payload_json(&message);
-                sink.0
-                    .lock()
-                    .expect("lock")
-                    .push(beat["payload"]["config"].clone());
-            }
-        });
-        reports
-    }
-
-    fn last(&self) -> Option<Value> {
-        self.0.lock().expect("lock").last().cloned()
-    }
-}
-
-/// One line per reading on `topic`, on one MQTT connection (QoS 1).
-fn publish_lines(broker: &Mosquitto, topic: &str, lines: &[String]) {
-    let mut child = Command::new(mosquitto_client_bin("mosquitto_pub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port().to_string(),
-            "-q",
-            "1",
-        ])
-        .args(["-t", topic, "-l"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run mosquitto_pub -l");
-    let mut stdin = child.stdin.take().expect("stdin");
-    for line in lines {
-        writeln!(stdin, "{line}").expect("write a line");
-    }
-    drop(stdin);
-    let out = child.wait_with_output().expect("mosquitto_pub exits");
-    assert!(
-        out.status.success(),
-        "mosquitto_pub: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The `config` report of the last heartbeat in `beats`.
+fn last_report(beats: &Seen) -> Option<Value> {
+    beats.last_payload().map(|p| p["config"].clone())
 }
 
 /// Readings at the root by metric.
@@ -179,7 +118,11 @@ async fn landed_metrics(js: &async_nats::jetstream::Context) -> (usize, usize) {
 async fn root_documents_apply_refuse_and_roll_back_on_a_running_member() {
     let fleet = Fleet::new();
     let broker = Mosquitto::start();
-    let reports = Reports::watch(&fleet, fleet::MEMBER).await;
+    let reports = Seen::watch(
+        &fleet.root_nats,
+        &format!("nexus._core.edge.health.{}", fleet::MEMBER),
+    )
+    .await;
     let root = fleet.spawn(fleet::ROOT, "");
     let _hub = fleet.spawn(fleet::HUB, "");
     // A slow drain keeps readings queued in the member's outbox across its restart.
@@ -190,9 +133,7 @@ async fn root_documents_apply_refuse_and_roll_back_on_a_running_member() {
     let member = fleet.spawn(fleet::MEMBER, &member_extra);
     let root_config = root.config_path().to_path_buf();
     wait_until("the member reports a local config", STARTUP, async || {
-        reports
-            .last()
-            .is_some_and(|r| r["state"] == "local" && r["version"] == 0)
+        last_report(&reports).is_some_and(|r| r["state"] == "local" && r["version"] == 0)
     })
     .await;
     wait_until(
@@ -205,7 +146,7 @@ async fn root_documents_apply_refuse_and_roll_back_on_a_running_member() {
 
     // 1. A new mapping while 30 readings wait in the outbox (5/s).
     let readings: Vec<String> = (0..30).map(|i| format!("{}.5", 20 + i % 5)).collect();
-    publish_lines(&broker, "sensors/t-01/temperature", &readings);
+    broker.publish_lines(&[], "sensors/t-01/temperature", &readings);
     let patch = format!(
         "{}\n[[iot.sensors]]\ntopic = \"meters/{{sensor_id}}/{{metric}}\"\npayload = \"number\"\nmetrics = {{ power = \"W\" }}\n",
         iot(&broker)
@@ -237,9 +178,7 @@ async fn root_documents_apply_refuse_and_roll_back_on_a_running_member() {
         "the member runs the document, healthy",
         DEADLINE,
         async || {
-            reports
-                .last()
-                .filter(|r| r["state"] == "desired" && r["version"] == version)
+            last_report(&reports).filter(|r| r["state"] == "desired" && r["version"] == version)
         },
     )
     .await;
@@ -254,7 +193,7 @@ async fn root_documents_apply_refuse_and_roll_back_on_a_running_member() {
         async || member.log().matches("MQTT subscriptions confirmed").count() >= 2,
     )
     .await;
-    publish_lines(&broker, "meters/m-01/power", &["1250".to_owned()]);
+    broker.publish_lines(&[], "meters/m-01/power", &["1250".to_owned()]);
     let (distinct, copies) = wait_until(
         "31 readings at the root, the new metric too",
         DEADLINE,
@@ -359,8 +298,7 @@ async fn root_documents_apply_refuse_and_roll_back_on_a_running_member() {
         "the member is back on its previous document",
         DEADLINE,
         async || {
-            reports
-                .last()
+            last_report(&reports)
                 .is_some_and(|r| r["state"] == "rolled_back" && r["version"] == version)
         },
     )
