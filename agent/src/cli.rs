@@ -17,7 +17,7 @@ use self::parse::{PublicKeyArg, PublicKeyParser, RoleArg, Ttl};
 #[derive(Debug, Parser)]
 #[command(
     name = "nexus-agent",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("NEXUS_AGENT_TARGET"), ")"),
+    version = concat!(env!("NEXUS_AGENT_VERSION"), " (", env!("NEXUS_AGENT_TARGET"), ")"),
     about,
     long_about = None,
     propagate_version = true
@@ -177,6 +177,19 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: crate::remote_config::cmd::ConfigCommand,
+    },
+    /// Agent releases at the root: publish a signed binary, list, show (docs/updates.md).
+    Release {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::update::cmd::ReleaseCommand,
+    },
+    /// Rollouts of a release to the fleet, in waves per hub: start, status, pause, resume,
+    /// abort (docs/updates.md).
+    Rollout {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::update::cmd::RolloutCommand,
     },
     /// Issue, inspect and verify capability token chains.
     Token {

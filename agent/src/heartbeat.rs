@@ -62,6 +62,8 @@ pub struct Heartbeat {
     pub events_registry: String,
     /// The running config's hash, version and sync state (`crate::remote_config`).
     pub config: Option<crate::remote_config::Report>,
+    /// The update state: installing, on trial, refused, rolled back (`crate::update`).
+    pub update: Option<crate::remote_config::Report>,
 }
 
 impl Heartbeat {
@@ -188,12 +190,15 @@ impl Heartbeat {
         if let Some(disk) = readings.disk_pct {
             payload.insert("disk_pct".into(), json!(round1(disk)));
         }
-        payload.insert("agent_version".into(), json!(env!("CARGO_PKG_VERSION")));
+        payload.insert("agent_version".into(), json!(env!("NEXUS_AGENT_VERSION")));
         if !self.events_registry.is_empty() {
             payload.insert("events_registry".into(), json!(self.events_registry));
         }
         if let Some(config) = self.config.as_ref().and_then(|r| r.get()) {
             payload.insert("config".into(), config);
+        }
+        if let Some(update) = self.update.as_ref().and_then(|r| r.get()) {
+            payload.insert("update".into(), update);
         }
         if let Some(parent) = self.vitals.as_ref().and_then(|v| v.own.parent_id()) {
             payload.insert("parent".into(), json!(parent));
@@ -423,6 +428,7 @@ mod tests {
             vitals: None,
             events_registry: "sha256:0123456789abcdef".into(),
             config: None,
+            update: None,
         }
     }
 

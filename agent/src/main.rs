@@ -44,6 +44,7 @@ mod tail;
 mod token_cmd;
 mod trace_cmd;
 mod trust_setup;
+mod update;
 
 use std::process::ExitCode;
 
@@ -148,6 +149,8 @@ fn main() -> ExitCode {
             runtime(async move { request_cmd::publish(&config, &event, data, cbor).await })
         }
         Command::Config { command } => runtime_check(remote_config::cmd::main(command)),
+        Command::Release { command } => runtime_check(update::cmd::release(command)),
+        Command::Rollout { command } => runtime_check(update::cmd::rollout(command)),
         Command::Token { command } => match token_cmd::run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => failed(&error),
@@ -159,6 +162,11 @@ fn main() -> ExitCode {
             count,
         } => runtime(async move { tail::tail(&pattern, &server, json, count).await }),
         Command::Run { config: path } => {
+            if cfg!(nexus_test_bad_build) {
+                // The update tests' broken release (agent/build.rs): it exits at once.
+                eprintln!("error: this is a deliberately broken build (NEXUS_AGENT_TEST_BAD=exit)");
+                return ExitCode::from(3);
+            }
             // A desired config on trial that keeps the agent from starting is rolled
             // back before anything else (crate::remote_config::state).
             let files = remote_config::state::Files::new(&path);
@@ -175,6 +183,22 @@ fn main() -> ExitCode {
                 }
                 Err(errors) => return config_failed(&errors),
             };
+            // The release on trial or active runs instead of this binary
+            // (crate::update::state).
+            let me = std::env::var(update::state::SLOT_ENV).ok();
+            if let update::state::Boot::Exec { path: bin, slot } =
+                update::state::boot(&config.node.data_dir, me.as_deref(), update::version())
+            {
+                let error = update::state::exec(&bin, slot.as_deref());
+                eprintln!(
+                    "error: cannot start {}: {error}; going on with this binary",
+                    bin.display()
+                );
+                let mut state = update::state::UpdateState::load(&config.node.data_dir);
+                state.roll_back(format!("cannot start {}: {error}", bin.display()));
+                state.active = None;
+                let _ = state.save(&config.node.data_dir);
+            }
             if let Err(error) = run::init_logging(&config.log) {
                 eprintln!("error: {error:#}");
                 return ExitCode::from(2);

@@ -340,7 +340,7 @@ impl Collector for Snapshot {
         let s = &self.sources;
         let heartbeat = &s.heartbeat;
         let node = heartbeat.node_id.as_str();
-        let version = env!("CARGO_PKG_VERSION");
+        let version = env!("NEXUS_AGENT_VERSION");
         family(
             &mut e,
             "agent_info",

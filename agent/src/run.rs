@@ -74,6 +74,8 @@ use crate::remote_config::state::{file_hash, Files};
 use crate::remote_config::Report;
 use crate::supervisor::Supervisor;
 use crate::trust_setup::TrustSetup;
+use crate::update::install::Installer;
+use crate::update::waves::Waves;
 
 /// Local messages buffered per `[[bridge.up]]` subscription before the client drops them.
 const BRIDGE_BUFFER: usize = 1024;
@@ -96,7 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node_id = %node.id,
         mode = %node.mode,
         public_key = %key.public(),
-        version = env!("CARGO_PKG_VERSION"),
+        version = env!("NEXUS_AGENT_VERSION"),
         "Starting nexus-agent."
     );
     for warning in config.warnings() {
@@ -123,8 +125,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Mode::Root => root(&node, &events)?,
     };
     let config_report = Report::default();
-    let heartbeat = heartbeat(&node, started, &parts, &events, config_report.clone());
+    let update_report = Report::default();
+    let heartbeat = heartbeat(
+        &node,
+        started,
+        &parts,
+        &events,
+        config_report.clone(),
+        update_report.clone(),
+    );
     remote_config(&node, started, config_report);
+    updates(&node, started, &parts, update_report);
     let bridge = up_bridge(&node, &events).await?;
     let latencies = CommandMetrics::default();
     commands(
@@ -485,7 +496,9 @@ fn verifier(
         Some(children.clone()),
         None,
     );
-    let shown = config.page.listen.is_some().then(|| board.clone());
+    // The page shows the board; a rollout's waves read it (children's versions).
+    let shown = (config.page.listen.is_some() || !config.trust.release_keys.is_empty())
+        .then(|| board.clone());
     let ingress = Ingress::new(
         local.clone(),
         config.ingress.clone(),
@@ -553,11 +566,13 @@ fn heartbeat(
     parts: &ModeParts,
     events: &Registry,
     config_report: Report,
+    update_report: Report,
 ) -> Heartbeat {
     let config = &node.config;
     Heartbeat {
         events_registry: events.hash(),
         config: Some(config_report),
+        update: Some(update_report),
         node_id: config.node.id.clone(),
         mode: config.node.mode,
         key: node.key.clone(),
@@ -640,6 +655,51 @@ fn remote_config(node: &Node, started: Instant, report: Report) {
     };
     node.supervisor
         .spawn("config journal", |token| journal.run(token));
+}
+
+/// Agent updates (`crate::update`): a member or hub installs what the tier above starts;
+/// a hub or the root runs the rollout's waves for its children (with `trust.release_keys`).
+fn updates(node: &Node, started: Instant, parts: &ModeParts, report: Report) {
+    let config = &node.config;
+    if let Some(source) = node.links.uplink.clone() {
+        let installer = Installer {
+            node_id: config.node.id.clone(),
+            data_dir: config.node.data_dir.clone(),
+            source,
+            anchors: config.trust.root_keys.clone(),
+            release_keys: config.trust.release_keys.clone(),
+            gate: config.updates.gate,
+            links: node
+                .links
+                .uplink
+                .iter()
+                .chain(node.links.local.iter())
+                .cloned()
+                .collect(),
+            faults: node.supervisor.faults().clone(),
+            restart: node.supervisor.shutdown().clone(),
+            report,
+            started,
+        };
+        node.supervisor
+            .spawn("updates", |token| installer.run(token));
+    }
+    let (Some(local), Some(board)) = (node.links.local.clone(), parts.board.clone()) else {
+        return;
+    };
+    if config.node.mode == Mode::Member || config.trust.release_keys.is_empty() {
+        return;
+    }
+    let waves = Waves {
+        node_id: config.node.id.clone(),
+        data_dir: config.node.data_dir.clone(),
+        source: node.links.uplink.clone(),
+        local,
+        anchors: config.trust.root_keys.clone(),
+        release_keys: config.trust.release_keys.clone(),
+        board,
+    };
+    node.supervisor.spawn("rollout", |token| waves.run(token));
 }
 
 /// Local apps' subjects up (`[[bridge.up]]`); validation requires `[local]` and a tenant.

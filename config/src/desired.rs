@@ -20,7 +20,10 @@ const SECRET_NAMES: &[&str] = &[
 
 /// The file a document asks for: `toml` itself (whole file), or `current` with the
 /// top-level sections named in `patch` replaced by (or, when absent from `toml`, removed
-/// as) those of `toml`. Errors name what does not parse.
+/// as) those of `toml`. The patch works on the text, section by section (a section is a
+/// top-level table with its sub-tables and arrays of tables, as headers name them): the
+/// rest of the file, comments included, stays as it is; a replaced section takes the place
+/// of its first block. Errors name what does not parse.
 pub fn render(current: &str, patch: Option<&[String]>, toml: &str) -> Result<String, String> {
     let desired: toml::Table = toml
         .parse()
@@ -33,20 +36,91 @@ pub fn render(current: &str, patch: Option<&[String]>, toml: &str) -> Result<Str
             "the patch holds section `{extra}`, which it does not name: name it in --keys or remove it"
         ));
     }
-    let mut table: toml::Table = current
-        .parse()
+    current
+        .parse::<toml::Table>()
         .map_err(|e| format!("the current config file does not parse as TOML: {e}"))?;
-    for section in sections {
-        match desired.get(section) {
-            Some(value) => {
-                table.insert(section.clone(), value.clone());
-            }
-            None => {
-                table.remove(section);
+    let incoming = blocks(toml);
+    if incoming
+        .iter()
+        .any(|(name, text)| name.is_none() && !text.trim().is_empty())
+    {
+        return Err(
+            "the patch has keys outside any section: put them under a [section] header".to_owned(),
+        );
+    }
+    let mut out = String::with_capacity(current.len() + toml.len());
+    let mut placed: Vec<&str> = Vec::new();
+    for (name, text) in blocks(current) {
+        match name.filter(|n| sections.iter().any(|s| s == n)) {
+            None => out.push_str(text),
+            Some(name) if placed.contains(&name) => {}
+            Some(name) => {
+                placed.push(name);
+                for (_, new) in incoming.iter().filter(|(n, _)| *n == Some(name)) {
+                    push_block(&mut out, new);
+                }
             }
         }
     }
-    toml::to_string(&table).map_err(|e| format!("cannot write the patched config: {e}"))
+    for section in sections {
+        if !placed.contains(&section.as_str()) {
+            for (_, new) in incoming
+                .iter()
+                .filter(|(n, _)| *n == Some(section.as_str()))
+            {
+                push_block(&mut out, new);
+            }
+        }
+    }
+    out.parse::<toml::Table>()
+        .map_err(|e| format!("the patched config does not parse as TOML: {e}"))?;
+    Ok(out)
+}
+
+/// Appends a block, on a line of its own.
+fn push_block(out: &mut String, block: &str) {
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(block);
+    if !block.ends_with('\n') {
+        out.push('\n');
+    }
+}
+
+/// The text split at table headers: (the header's top-level name, the text up to the next
+/// header); `None` for what precedes the first header.
+fn blocks(text: &str) -> Vec<(Option<&str>, &str)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut name = None;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if let Some(next) = header_name(line) {
+            if at > start || name.is_some() {
+                out.push((name, &text[start..at]));
+            }
+            start = at;
+            name = Some(next);
+        }
+        at += line.len();
+    }
+    if at > start || name.is_some() {
+        out.push((name, &text[start..at]));
+    }
+    out
+}
+
+/// The top-level name of a `[a.b]` or `[[a.b]]` header line.
+fn header_name(line: &str) -> Option<&str> {
+    let rest = line.trim_start().strip_prefix('[')?;
+    let rest = rest.strip_prefix('[').unwrap_or(rest).trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .unwrap_or(rest.len());
+    let name = &rest[..end];
+    let after = rest[end..].trim_start();
+    (!name.is_empty() && (after.starts_with('.') || after.starts_with(']'))).then_some(name)
 }
 
 /// Every value of `toml` that carries a secret, by key path: PEM blocks, credentials in
@@ -160,6 +234,28 @@ mod tests {
     fn a_whole_file_is_taken_as_is() {
         let toml = "[node]\nid = \"edge-02\"\n";
         assert_eq!(render(CURRENT, None, toml).as_deref(), Ok(toml));
+    }
+
+    #[test]
+    fn a_patch_keeps_the_rest_of_the_file_and_its_comments() {
+        let current = "# my box\n[node]\nid = \"edge-01\" # keep\n\n[iot]\nurl = \"a\"\n\n[[iot.sensors]]\ntopic = \"x/{sensor_id}\"\n\n[log]\nlevel = \"info\"\n";
+        let patch = ["iot".to_owned()];
+        let out = render(current, Some(&patch), "[iot]\nurl = \"b\"\n").expect("renders");
+        assert_eq!(out, "# my box\n[node]\nid = \"edge-01\" # keep\n\n[iot]\nurl = \"b\"\n[log]\nlevel = \"info\"\n");
+        let out = render(
+            current,
+            Some(&["heartbeat".to_owned()]),
+            "[heartbeat]\ninterval = \"1s\"\n",
+        )
+        .expect("appends");
+        assert!(
+            out.starts_with(current) && out.ends_with("[heartbeat]\ninterval = \"1s\"\n"),
+            "{out}"
+        );
+        assert!(
+            render(current, Some(&patch), "url = \"c\"\n").is_err(),
+            "keys outside a section"
+        );
     }
 
     #[test]

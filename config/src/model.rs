@@ -93,6 +93,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// `[remote_config]`: desired-config documents from the tier above.
     pub remote_config: RemoteConfigConfig,
+    /// `[updates]`: agent releases installed from the tier above.
+    pub updates: UpdatesConfig,
     /// `[log]`: tracing output.
     pub log: LogConfig,
     /// `[outbox]`: the bounded queue of events waiting for the next tier's ack.
@@ -347,6 +349,23 @@ impl Default for RemoteConfigConfig {
     }
 }
 
+/// `[updates]`: agent releases (docs/updates.md). Updates are off until
+/// `trust.release_keys` lists a key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdatesConfig {
+    /// `updates.gate`: how long a new agent version has to come up healthy (links up, no
+    /// subsystem stopped) before the previous binary is switched back. Default 60 s.
+    pub gate: Duration,
+}
+
+impl Default for UpdatesConfig {
+    fn default() -> Self {
+        Self {
+            gate: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Whose desired-config documents a node applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoteAccept {
@@ -476,6 +495,9 @@ pub struct TrustConfig {
     /// one during a rotation). At least one; weak keys are refused. From the environment,
     /// `NEXUS_TRUST__ROOT_KEYS` is a comma-separated list.
     pub root_keys: Vec<PublicKey>,
+    /// `trust.release_keys`: the keys that sign agent releases (`nexus-agent release
+    /// publish`), never a root key. Empty (the default): this node installs no update.
+    pub release_keys: Vec<PublicKey>,
     /// `trust.clock_skew`: the allowed clock difference on both ends of a token's
     /// validity window. Default 60 s.
     pub clock_skew: Duration,

@@ -95,6 +95,14 @@ impl Config {
             .map(|k| quote(&k.to_string()))
             .collect();
         writeln!(out, "root_keys = [{}]", keys.join(", "))?;
+        if !trust.release_keys.is_empty() {
+            let keys: Vec<String> = trust
+                .release_keys
+                .iter()
+                .map(|k| quote(&k.to_string()))
+                .collect();
+            writeln!(out, "release_keys = [{}]", keys.join(", "))?;
+        }
         writeln!(out, "clock_skew = {}", duration(trust.clock_skew))?;
         writeln!(
             out,
@@ -132,6 +140,8 @@ impl Config {
             quote(self.remote_config.accept.as_str())
         )?;
         writeln!(out, "gate = {}", duration(self.remote_config.gate))?;
+        writeln!(out, "\n[updates]")?;
+        writeln!(out, "gate = {}", duration(self.updates.gate))?;
         writeln!(out, "\n[events]")?;
         if let Some(registry) = &self.events.registry {
             writeln!(out, "registry = {}", quote(&registry.display().to_string()))?;

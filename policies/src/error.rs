@@ -243,6 +243,17 @@ pub enum TokenError {
     /// A revocation list whose signature does not verify over its exact bytes.
     #[error("revocation list signature does not verify")]
     RevocationListBadSignature,
+    /// A release manifest or rollout signed by a key not trusted for it.
+    #[error("{what} signed by {signer}, which is not trusted for it")]
+    UntrustedSigner {
+        /// What was signed.
+        what: &'static str,
+        /// Its signer key (boxed: the key type is large, errors stay small).
+        signer: Box<crate::keys::PublicKey>,
+    },
+    /// A release manifest or rollout whose signature does not verify over its exact bytes.
+    #[error("{0} signature does not verify")]
+    BadDocumentSignature(&'static str),
     /// A desired-config document whose signature does not verify over its exact bytes.
     #[error("desired config signature does not verify")]
     DesiredConfigBadSignature,

@@ -40,6 +40,7 @@ pub use keys::{PublicKey, SecretKey, Signature};
 pub use pattern::SubjectPattern;
 pub use rewrite::{RewriteError, SubjectRewrite};
 pub use token::{
-    Chain, ChainCache, Claims, DesiredConfig, DesiredSpec, RevocationList, RevocationSet, Role,
-    Token, TokenId, VerifiedGrant, Verifier,
+    AgentVersion, Chain, ChainCache, Claims, DesiredConfig, DesiredSpec, ReleaseManifest,
+    ReleaseSpec, RevocationList, RevocationSet, Role, Rollout, RolloutSpec, RolloutState, Token,
+    TokenId, VerifiedGrant, Verifier,
 };

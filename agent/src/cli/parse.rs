@@ -54,6 +54,20 @@ pub fn node_pattern(text: &str) -> Result<String, String> {
     }
 }
 
+/// A target triple (`aarch64-unknown-linux-gnu`): letters, digits, `_` and `-`.
+pub fn target_triple(text: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&text.len())
+        && text.contains('-')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err("not a target triple, e.g. aarch64-unknown-linux-gnu (`nexus-agent --version` names a binary's)".to_owned())
+    }
+}
+
 /// A top-level config section name (`iot`, `heartbeat`, `remote_config`).
 pub fn section_name(text: &str) -> Result<String, String> {
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {

@@ -20,7 +20,7 @@ impl CommandService {
         let mut payload = Map::new();
         payload.insert("node_id".into(), json!(self.node_id));
         payload.insert("mode".into(), json!(self.mode.as_str()));
-        payload.insert("agent_version".into(), json!(env!("CARGO_PKG_VERSION")));
+        payload.insert("agent_version".into(), json!(env!("NEXUS_AGENT_VERSION")));
         payload.insert(
             "uptime_secs".into(),
             json!(self.heartbeat.started.elapsed().as_secs()),

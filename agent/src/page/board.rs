@@ -37,6 +37,7 @@ const HEALTH_FIELDS: &[&str] = &[
     "agent_version",
     "events_registry",
     "config",
+    "update",
     "uplink",
     "local",
     "outbox",

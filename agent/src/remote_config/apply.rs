@@ -132,15 +132,15 @@ impl Applier {
         );
         let deadline = self.started + gate;
         loop {
-            let unhealthy = self.unhealthy();
-            if unhealthy.is_none() {
+            let problem = unhealthy(&self.links, &self.faults);
+            if problem.is_none() {
                 break;
             }
             if Instant::now() >= deadline {
                 let cause = format!(
                     "not healthy within the {}s gate: {}",
                     gate.as_secs(),
-                    unhealthy.unwrap_or_default()
+                    problem.unwrap_or_default()
                 );
                 error!(version, %cause, "Desired config rolled back; restarting with the previous file.");
                 if let Err(e) = state::roll_back(&self.files, state, &cause) {
@@ -168,23 +168,6 @@ impl Applier {
         self.report.set(state.report(&self.running_hash));
         self.announce(state).await;
         true
-    }
-
-    /// What keeps the node from being healthy, if anything.
-    fn unhealthy(&self) -> Option<String> {
-        for link in &self.links {
-            let s = link.state();
-            if !s.connected {
-                return Some(match s.last_error {
-                    Some(e) => format!("{} link not connected ({e})", link.role()),
-                    None => format!("{} link not connected", link.role()),
-                });
-            }
-        }
-        self.faults
-            .list()
-            .first()
-            .map(|f| format!("subsystem {} stopped: {}", f.subsystem, f.cause))
     }
 
     /// Handles one bucket value. Returns whether the agent restarts to apply it.
@@ -428,6 +411,24 @@ impl Follower for Watching<'_> {
             Next::More
         }
     }
+}
+
+/// What keeps a node from being healthy (the health gate of a trial), if anything: a NATS
+/// link not connected, or a subsystem stopped.
+pub fn unhealthy(links: &[Link], faults: &Faults) -> Option<String> {
+    for link in links {
+        let s = link.state();
+        if !s.connected {
+            return Some(match s.last_error {
+                Some(e) => format!("{} link not connected ({e})", link.role()),
+                None => format!("{} link not connected", link.role()),
+            });
+        }
+    }
+    faults
+        .list()
+        .first()
+        .map(|f| format!("subsystem {} stopped: {}", f.subsystem, f.cause))
 }
 
 fn sync_dir(file: &Path) -> std::io::Result<()> {

@@ -100,17 +100,23 @@ impl Reader<'_> {
             None => defaults.accept,
             Some(got) => self.choice(got, "a source").unwrap_or(defaults.accept),
         };
-        let gate = self.duration(s, "gate", defaults.gate);
+        let gate = self.gate(s, "remote_config.gate", defaults.gate);
+        RemoteConfigConfig { accept, gate }
+    }
+
+    /// A health gate (`remote_config.gate`, `updates.gate`): a duration of at least 1 s.
+    pub(super) fn gate(&mut self, s: &Section<'_>, path: &str, default: Duration) -> Duration {
+        let gate = self.duration(s, "gate", default);
         if gate < Duration::from_secs(1) {
             let origin = self.origin_or_fallback(s, "gate");
             self.push(
                 ErrorKind::InvalidValue,
                 origin,
-                "remote_config.gate",
+                path,
                 "must be at least 1s: the node needs time to connect before it is judged".into(),
             );
         }
-        RemoteConfigConfig { accept, gate }
+        gate
     }
 
     /// `[page]` (hubs and the root): `listen` as for `[metrics]`, an optional

@@ -55,7 +55,7 @@ use figment::value::{Dict, Value};
 use figment::Figment;
 
 use crate::error::{ConfigErrors, ErrorKind, Origin};
-use crate::model::{Config, LinkConfig, Mode, NodeConfig};
+use crate::model::{Config, LinkConfig, Mode, NodeConfig, UpdatesConfig};
 use crate::source;
 
 pub use preflight::read_capped;
@@ -171,6 +171,10 @@ impl Reader<'_> {
         let events = self.events(&section);
         let section = self.section(root, "remote_config");
         let remote_config = self.remote_config(&section);
+        let section = self.section(root, "updates");
+        let updates = UpdatesConfig {
+            gate: self.gate(&section, "updates.gate", UpdatesConfig::default().gate),
+        };
         let section = self.section(root, "log");
         let log = self.log(&section);
         let section = self.section(root, "outbox");
@@ -217,6 +221,7 @@ impl Reader<'_> {
             page,
             events,
             remote_config,
+            updates,
             log,
             outbox,
             ingress,

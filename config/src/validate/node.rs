@@ -82,7 +82,24 @@ impl Reader<'_> {
             return None;
         }
         s.dict?;
-        let root_keys = self.root_keys(s);
+        let root_keys = self.public_keys(s, "root_keys", "the root's");
+        let release_keys = match self.raw(s, "release_keys") {
+            None => Some(Vec::new()),
+            Some(_) => self.public_keys(s, "release_keys", "a release key's"),
+        };
+        if let (Some(roots), Some(releases)) = (&root_keys, &release_keys) {
+            if releases.iter().any(|k| roots.contains(k)) {
+                let origin = self.origin_or_fallback(s, "release_keys");
+                self.push(
+                    ErrorKind::InvalidValue,
+                    origin,
+                    "trust.release_keys",
+                    "a release key must not be a root key: sign releases with a key of their own \
+                     (`nexus-agent keygen --out release.key`), kept offline (docs/updates.md)"
+                        .to_owned(),
+                );
+            }
+        }
         let clock_skew = self.duration(s, "clock_skew", CLOCK_SKEW);
         let revocations_file = match self.optional_text(s, "revocations_file") {
             Some(got) => self
@@ -92,15 +109,17 @@ impl Reader<'_> {
         };
         Some(TrustConfig {
             root_keys: root_keys?,
+            release_keys: release_keys?,
             clock_skew,
             revocations_file: revocations_file?,
         })
     }
 
-    /// `trust.root_keys`: a non-empty list of public keys. From the environment, where
-    /// every value is a string, a comma-separated list.
-    fn root_keys(&mut self, s: &Section<'_>) -> Option<Vec<PublicKey>> {
-        let Some((value, origin, path)) = self.raw(s, "root_keys") else {
+    /// `trust.root_keys` (required) or `trust.release_keys`: a non-empty list of public
+    /// keys (`whose`: "the root's", "a release key's"). From the environment, where every
+    /// value is a string, a comma-separated list.
+    fn public_keys(&mut self, s: &Section<'_>, key: &str, whose: &str) -> Option<Vec<PublicKey>> {
+        let Some((value, origin, path)) = self.raw(s, key) else {
             self.push(
                 ErrorKind::MissingKey,
                 self.fallback.clone(),
@@ -143,7 +162,7 @@ impl Reader<'_> {
                 ErrorKind::InvalidValue,
                 origin,
                 &path,
-                "no trust anchor: list at least one root public key (\"ed25519:…\")".to_owned(),
+                format!("an empty list: give at least one of {whose} public keys (\"ed25519:…\"), or remove the key"),
             );
             return None;
         }
@@ -166,8 +185,7 @@ impl Reader<'_> {
                 Err(error) => {
                     // A secret key pasted here must not be echoed into logs.
                     let shown = if text.trim_start().starts_with(SECRET_KEY_PREFIX) {
-                        "this is a SECRET key (keep it off configs): use the root's .pub file"
-                            .to_owned()
+                        format!("this is a SECRET key (keep it off configs): use {whose} .pub file")
                     } else {
                         format!(
                             "{:?} is not an Ed25519 public key ({error})",
@@ -178,7 +196,7 @@ impl Reader<'_> {
                         ErrorKind::BadPublicKey,
                         origin.clone(),
                         &item_path,
-                        format!("{shown}; use the \"ed25519:…\" line of the root's key .pub file"),
+                        format!("{shown}; use the \"ed25519:…\" line of {whose} .pub file"),
                     );
                     bad = true;
                 }

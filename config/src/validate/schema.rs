@@ -28,7 +28,15 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
         "node",
         &["id", "mode", "tenant", "key", "token", "data_dir"],
     ),
-    ("trust", &["root_keys", "clock_skew", "revocations_file"]),
+    (
+        "trust",
+        &[
+            "root_keys",
+            "release_keys",
+            "clock_skew",
+            "revocations_file",
+        ],
+    ),
     ("uplink", LINK_KEYS),
     ("local", LINK_KEYS),
     ("heartbeat", &["interval", "offline_after"]),
@@ -46,6 +54,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     ("page", &["listen", "token_file", "cert_file", "key_file"]),
     ("events", &["registry", "unknown", "invalid"]),
     ("remote_config", &["accept", "gate"]),
+    ("updates", &["gate"]),
     ("log", &["level", "format"]),
     (
         "outbox",

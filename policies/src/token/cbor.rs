@@ -109,6 +109,39 @@ impl<'de> serde::Deserialize<'de> for ByteBuf {
     }
 }
 
+/// A signed document's wire form: `{ "doc": bstr, "sig": bstr(64) }`, the signature over
+/// the exact `doc` bytes (desired config, release manifests, rollouts).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignedWire {
+    doc: ByteBuf,
+    sig: ByteArray<64>,
+}
+
+#[derive(Serialize)]
+struct SignedWireRef<'a> {
+    doc: BytesRef<'a>,
+    sig: ByteArray<64>,
+}
+
+/// Wraps a signed document body and its signature.
+pub(crate) fn seal(body: &[u8], sig: &crate::keys::Signature) -> Vec<u8> {
+    encode(&SignedWireRef {
+        doc: BytesRef(body),
+        sig: ByteArray(sig.to_bytes()),
+    })
+}
+
+/// The body and signature of a signed document (untrusted: at most `max` bytes).
+pub(crate) fn unseal(
+    bytes: &[u8],
+    what: &'static str,
+    max: usize,
+) -> Result<(Vec<u8>, crate::keys::Signature), TokenError> {
+    let wire: SignedWire = decode(bytes, what, max)?;
+    Ok((wire.doc.0, crate::keys::Signature::from_bytes(&wire.sig.0)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::cbor::{self, ByteArray, ByteBuf, BytesRef};
+use super::cbor::{self, ByteArray};
 use super::claims::{key, CLAIMS_VERSION};
 use crate::clock::UnixTime;
 use crate::error::TokenError;
@@ -63,19 +63,6 @@ struct BodyWire {
     toml: String,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DocWire {
-    doc: ByteBuf,
-    sig: ByteArray<64>,
-}
-
-#[derive(Serialize)]
-struct DocWireRef<'a> {
-    doc: BytesRef<'a>,
-    sig: ByteArray<64>,
-}
-
 impl DesiredConfig {
     /// Signs `spec` with `issuer`'s key.
     pub fn issue(spec: DesiredSpec, issuer: &SecretKey) -> Result<Self, TokenError> {
@@ -119,17 +106,14 @@ impl DesiredConfig {
 
     /// The wire form (see the module docs).
     pub fn encode(&self) -> Vec<u8> {
-        cbor::encode(&DocWireRef {
-            doc: BytesRef(&self.body),
-            sig: ByteArray(self.sig.to_bytes()),
-        })
+        cbor::seal(&self.body, &self.sig)
     }
 
     /// Decodes a document from exactly `bytes` (untrusted: at most [`MAX_DESIRED_BYTES`]).
     /// The signature is checked by [`DesiredConfig::verify`].
     pub fn decode(bytes: &[u8]) -> Result<Self, TokenError> {
-        let wire: DocWire = cbor::decode(bytes, "desired config", MAX_DESIRED_BYTES)?;
-        let body: BodyWire = cbor::decode(&wire.doc.0, "desired config body", MAX_DESIRED_BYTES)?;
+        let (doc, sig) = cbor::unseal(bytes, "desired config", MAX_DESIRED_BYTES)?;
+        let body: BodyWire = cbor::decode(&doc, "desired config body", MAX_DESIRED_BYTES)?;
         if body.v != CLAIMS_VERSION {
             return Err(TokenError::UnsupportedVersion(body.v));
         }
@@ -145,8 +129,8 @@ impl DesiredConfig {
         Ok(Self {
             spec,
             issuer_key: key("issuer_key", &body.issuer_key.0)?,
-            body: wire.doc.0,
-            sig: Signature::from_bytes(&wire.sig.0),
+            body: doc,
+            sig,
         })
     }
 

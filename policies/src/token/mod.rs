@@ -50,6 +50,7 @@ mod cbor;
 mod chain;
 mod claims;
 mod desired;
+mod release;
 mod revocation;
 mod verify;
 
@@ -60,6 +61,10 @@ pub use cache::{ChainCache, DEFAULT_CACHE_CAPACITY};
 pub use chain::{check_attenuation, Chain, ChainKey, Token};
 pub use claims::{Claims, Role, TokenId, TokenIdError, CLAIMS_VERSION};
 pub use desired::{DesiredConfig, DesiredSpec, MAX_DESIRED_BYTES};
+pub use release::{
+    AgentVersion, ReleaseManifest, ReleaseSpec, Rollout, RolloutSpec, RolloutState,
+    MAX_RELEASE_DOC_BYTES,
+};
 pub use revocation::{RevocationList, RevocationSet};
 pub use verify::{VerifiedGrant, Verifier, DEFAULT_SKEW};
 

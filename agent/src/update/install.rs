@@ -1,0 +1,511 @@
+//! The subsystem that installs releases on this node (member, hub): it judges a trial
+//! first, then follows `go.{node}` on the tier above and installs what the rollout there
+//! names.
+//!
+//! Before anything is written the rollout must be signed by a trust anchor and select this
+//! node, and the release's manifest must be signed by a release key
+//! (`trust.release_keys`), be built for this node's target, not be a downgrade (unless the
+//! rollout allows it) and allow replacing this version (`min_version`). The binary is
+//! downloaded chunk by chunk into `{data_dir}/downloads/` (fsynced, resumed after a link
+//! cut or a restart from the last chunk kept), its size and SHA-256 checked against the
+//! manifest, then moved to `{data_dir}/bin/` and put on trial; the agent restarts into it
+//! (`crate::update::state::boot`). Each refusal is reported with its reason and the
+//! release is not tried again for that rollout.
+
+use std::io::{Read as _, Seek as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::kv;
+use futures::StreamExt as _;
+use nexus_federation::follow::{follow, Follower, Next};
+use nexus_federation::fsutil::write_atomically;
+use nexus_federation::subsystem::SubsystemError;
+use nexus_federation::Link;
+use nexus_policies::{PublicKey, ReleaseManifest, ReleaseSpec, Rollout, RolloutState};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::state::{Pending, Slot, UpdateState, SLOT_ENV};
+use super::{
+    bucket, go_key, hex_digest, manifest_key, object_name, objects, selected, version, OBJECTS,
+    TARGET, VERSION,
+};
+use crate::remote_config::{request_restart, Report};
+use crate::supervisor::Faults;
+
+/// How often a trial looks at the node's health.
+const TRIAL_TICK: Duration = Duration::from_millis(200);
+/// The longest wait for the next chunk before the download is resumed later.
+const CHUNK_WAIT: Duration = Duration::from_secs(10);
+/// How much is written between two recorded resume points.
+const RESUME_EVERY: u64 = 1024 * 1024;
+
+/// The update subsystem of one node.
+pub struct Installer {
+    /// This node.
+    pub node_id: String,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// The tier above.
+    pub source: Link,
+    /// The trust anchors (rollouts).
+    pub anchors: Vec<PublicKey>,
+    /// The release keys (manifests); none: updates are off.
+    pub release_keys: Vec<PublicKey>,
+    /// The health gate.
+    pub gate: Duration,
+    /// Links that must be up for a trial to pass.
+    pub links: Vec<Link>,
+    /// Subsystems that stopped on their own.
+    pub faults: Faults,
+    /// The agent's shutdown (cancelled to restart).
+    pub restart: CancellationToken,
+    /// What heartbeats say (`update`).
+    pub report: Report,
+    /// When the agent started (the gate counts from it).
+    pub started: Instant,
+}
+
+/// Why an install did not happen.
+enum Stop {
+    /// Refused for good (for this rollout), with the reason.
+    Refuse(String),
+    /// Not now (a link, the tier above not ready); tried again.
+    Later(String),
+}
+
+/// Where a download is, to resume it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Resume {
+    nuid: String,
+    written: u64,
+    last_seq: u64,
+}
+
+impl Installer {
+    /// Judges a trial, then installs until `shutdown` or a restart.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SubsystemError> {
+        let mut state = UpdateState::load(&self.data_dir);
+        let me = std::env::var(SLOT_ENV).ok();
+        if let Some(pending) = state.pending.clone() {
+            if me.as_deref() == Some(pending.slot.version.as_str()) {
+                self.set_report(&state, "pending", None);
+                if !self.trial(&mut state, pending, &shutdown).await {
+                    return Ok(());
+                }
+            }
+        }
+        self.set_report(&state, "idle", None);
+        if self.release_keys.is_empty() {
+            shutdown.cancelled().await;
+            return Ok(());
+        }
+        let mut following = Following {
+            installer: &self,
+            state,
+        };
+        follow(
+            &self.source,
+            "this node's rollout",
+            &shutdown,
+            &mut following,
+        )
+        .await
+    }
+
+    fn set_report(&self, state: &UpdateState, doing: &str, release: Option<&str>) {
+        let mut report = json!({ "state": doing, "target": TARGET });
+        if let Some(release) = release {
+            report["release"] = release.into();
+        }
+        if let Some(last) = &state.last {
+            if doing == "idle" && last.result != "applied" {
+                report["state"] = last.result.clone().into();
+                report["release"] = last.version.clone().into();
+            }
+            report["rollout"] = last.rollout.into();
+            if let Some(cause) = &last.cause {
+                report["cause"] = cause.clone().into();
+            }
+        }
+        if let Some(pending) = &state.pending {
+            report["release"] = pending.slot.version.clone().into();
+            report["rollout"] = pending.rollout.into();
+        }
+        self.report.set(report);
+    }
+
+    /// The health gate of a trial; `false` when it rolled back and restarts.
+    async fn trial(
+        &self,
+        state: &mut UpdateState,
+        pending: Pending,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let deadline = self.started + self.gate;
+        info!(
+            version = VERSION,
+            gate_secs = self.gate.as_secs(),
+            "Trying a new agent version: it must be healthy within the gate."
+        );
+        loop {
+            let problem = crate::remote_config::apply::unhealthy(&self.links, &self.faults);
+            if problem.is_none() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let cause = format!(
+                    "not healthy within the {}s gate: {}",
+                    self.gate.as_secs(),
+                    problem.unwrap_or_default()
+                );
+                error!(version = VERSION, %cause, "New agent version rolled back; restarting with the previous one.");
+                state.roll_back(cause);
+                if let Err(e) = state.save(&self.data_dir) {
+                    error!(error = %e, "Cannot record the rollback; the next start rolls back by its count.");
+                }
+                request_restart(&self.restart);
+                return false;
+            }
+            // Cancel safety: a timer only.
+            tokio::select! {
+                _ = shutdown.cancelled() => return true,
+                _ = tokio::time::sleep(TRIAL_TICK) => {}
+            }
+        }
+        state.pending = None;
+        state.active = Some(pending.slot.clone());
+        state.record(pending.rollout, &pending.slot.version, "applied", None);
+        if let Err(e) = state.save(&self.data_dir) {
+            warn!(error = %e, "Cannot record the applied update; it is judged again at the next start.");
+        }
+        let took = OffsetDateTime::now_utc().unix_timestamp() - pending.since;
+        info!(
+            version = VERSION,
+            took_secs = took,
+            "New agent version applied and healthy."
+        );
+        true
+    }
+
+    /// One `go.{node}` value. `Some(next)`: what the follower does.
+    async fn take(&self, bytes: &[u8], state: &mut UpdateState) -> Next {
+        if bytes.is_empty() {
+            return Next::More;
+        }
+        let rollout = match Rollout::decode(bytes).and_then(|r| r.verify(&self.anchors).map(|()| r))
+        {
+            Ok(rollout) => rollout,
+            Err(e) => {
+                warn!(error = %e, "A rollout that does not verify was ignored.");
+                return Next::More;
+            }
+        };
+        let spec = rollout.spec();
+        let release = spec.version.to_string();
+        if spec.state != RolloutState::Active
+            || !selected(&self.node_id, spec)
+            || spec.version == version()
+        {
+            return Next::More;
+        }
+        if state
+            .last
+            .as_ref()
+            .is_some_and(|l| l.rollout == spec.id && l.version == release)
+        {
+            return Next::More; // done, refused or rolled back: not again for this rollout
+        }
+        self.set_report(state, "downloading", Some(&release));
+        match self
+            .fetch(spec.id, spec.version, spec.allow_downgrade)
+            .await
+        {
+            Ok(path) => self.switch(state, spec.id, &release, path).await,
+            Err(Stop::Refuse(reason)) => {
+                warn!(release = %release, %reason, "Update refused.");
+                state.record(spec.id, &release, "refused", Some(reason));
+                if let Err(e) = state.save(&self.data_dir) {
+                    warn!(error = %e, "Cannot record the refusal.");
+                }
+                self.set_report(state, "idle", None);
+                Next::More
+            }
+            Err(Stop::Later(reason)) => {
+                info!(release = %release, %reason, "Update postponed; trying again.");
+                self.set_report(state, "idle", None);
+                Next::Rewatch
+            }
+        }
+    }
+
+    /// Checks the manifest and downloads the binary; the verified file.
+    async fn fetch(
+        &self,
+        rollout: u64,
+        release: nexus_policies::AgentVersion,
+        downgrade: bool,
+    ) -> Result<PathBuf, Stop> {
+        let own = version();
+        if release < own && !downgrade {
+            return Err(Stop::Refuse(format!(
+                "{release} would downgrade {own}: the rollout does not allow downgrades"
+            )));
+        }
+        let store = bucket(&self.source, false)
+            .await
+            .map_err(|e| Stop::Later(format!("no update bucket on the tier above: {e}")))?;
+        let bytes = store
+            .get(manifest_key(release, TARGET))
+            .await
+            .map_err(|e| Stop::Later(format!("cannot read the manifest: {e}")))?
+            .ok_or_else(|| {
+                Stop::Refuse(format!(
+                    "no release {release} for target {TARGET} at the tier above"
+                ))
+            })?;
+        let manifest = ReleaseManifest::decode(&bytes)
+            .map_err(|e| Stop::Refuse(format!("the manifest does not decode: {e}")))?;
+        manifest.verify(&self.release_keys).map_err(|e| {
+            Stop::Refuse(format!(
+                "the manifest is not signed by a release key of trust.release_keys: {e}"
+            ))
+        })?;
+        let spec = manifest.spec();
+        if spec.target != TARGET {
+            return Err(Stop::Refuse(format!(
+                "the release is built for {}, this node is {TARGET}",
+                spec.target
+            )));
+        }
+        if spec.version != release {
+            return Err(Stop::Refuse(format!(
+                "the manifest is for {}, the rollout for {release}",
+                spec.version
+            )));
+        }
+        if own < spec.min_version {
+            return Err(Stop::Refuse(format!(
+                "{own} is older than {}, the oldest version {release} may replace",
+                spec.min_version
+            )));
+        }
+        let _ = rollout;
+        self.download(&object_name(release, TARGET), spec).await
+    }
+
+    /// Downloads `name` into `downloads/`, resuming a download kept there; checks size and
+    /// SHA-256 against `spec`.
+    async fn download(&self, name: &str, spec: &ReleaseSpec) -> Result<PathBuf, Stop> {
+        let dir = self.data_dir.join("downloads");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Stop::Later(format!("cannot create {}: {e}", dir.display())))?;
+        let part = dir.join(format!("{name}.part"));
+        let resume_file = dir.join(format!("{name}.resume"));
+        let objects = objects(&self.source, false)
+            .await
+            .map_err(|e| Stop::Later(format!("no release store at the tier above: {e}")))?;
+        let info = objects
+            .info(name)
+            .await
+            .map_err(|e| Stop::Later(format!("the tier above does not hold {name} yet: {e}")))?;
+        if info.size as u64 != spec.size {
+            return Err(Stop::Refuse(format!(
+                "the binary at the tier above is {} bytes, the manifest says {}: it was altered",
+                info.size, spec.size
+            )));
+        }
+        let mut resume: Resume = std::fs::read(&resume_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|r: &Resume| r.nuid == info.nuid)
+            .unwrap_or_default();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&part)
+            .map_err(|e| Stop::Later(format!("cannot open {}: {e}", part.display())))?;
+        let mut hasher = Sha256::new();
+        if resume.written > 0 {
+            // Keep exactly what was recorded, and hash it again.
+            let io =
+                |e: std::io::Error| Stop::Later(format!("cannot resume {}: {e}", part.display()));
+            file.set_len(resume.written).map_err(io)?;
+            file.rewind().map_err(io)?;
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                let n = file.read(&mut buffer).map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buffer[..n]);
+            }
+            info!(
+                name,
+                at = resume.written,
+                of = spec.size,
+                "Resuming the download."
+            );
+        } else {
+            file.set_len(0).map_err(|e| Stop::Later(e.to_string()))?;
+            resume = Resume {
+                nuid: info.nuid.clone(),
+                ..Resume::default()
+            };
+        }
+        let stream = self
+            .source
+            .jetstream()
+            .get_stream(format!("OBJ_{OBJECTS}"))
+            .await
+            .map_err(|e| Stop::Later(format!("cannot open the release store: {e}")))?;
+        let deliver = if resume.last_seq > 0 {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: resume.last_seq + 1,
+            }
+        } else {
+            DeliverPolicy::All
+        };
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: format!("$O.{OBJECTS}.C.{}", info.nuid),
+                deliver_policy: deliver,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Stop::Later(format!("cannot read the release: {e}")))?;
+        let mut chunks = consumer
+            .messages()
+            .await
+            .map_err(|e| Stop::Later(format!("cannot read the release: {e}")))?;
+        let mut since_mark = 0u64;
+        let save = |file: &std::fs::File, resume: &Resume| -> Result<(), Stop> {
+            file.sync_data().map_err(|e| Stop::Later(e.to_string()))?;
+            let bytes = serde_json::to_vec(resume).map_err(|e| Stop::Later(e.to_string()))?;
+            write_atomically(&resume_file, &bytes, 0o600).map_err(|e| Stop::Later(e.to_string()))
+        };
+        while resume.written < spec.size {
+            let chunk = match tokio::time::timeout(CHUNK_WAIT, chunks.next()).await {
+                Ok(Some(Ok(chunk))) => chunk,
+                Ok(Some(Err(e))) => {
+                    save(&file, &resume)?;
+                    return Err(Stop::Later(format!(
+                        "the download broke off at byte {}: {e}",
+                        resume.written
+                    )));
+                }
+                Ok(None) | Err(_) => {
+                    save(&file, &resume)?;
+                    return Err(Stop::Later(format!(
+                        "the download stalled at byte {}",
+                        resume.written
+                    )));
+                }
+            };
+            let seq = chunk.info().map(|i| i.stream_sequence).unwrap_or(0);
+            file.write_all(&chunk.payload)
+                .map_err(|e| Stop::Later(format!("cannot write {}: {e}", part.display())))?;
+            hasher.update(&chunk.payload);
+            resume.written += chunk.payload.len() as u64;
+            resume.last_seq = seq;
+            since_mark += chunk.payload.len() as u64;
+            if since_mark >= RESUME_EVERY {
+                since_mark = 0;
+                save(&file, &resume)?;
+            }
+        }
+        file.sync_all().map_err(|e| Stop::Later(e.to_string()))?;
+        let digest: [u8; 32] = hasher.finalize().into();
+        let _ = std::fs::remove_file(&resume_file);
+        if resume.written != spec.size || digest != spec.sha256 {
+            let _ = std::fs::remove_file(&part);
+            return Err(Stop::Refuse(format!(
+                "the binary's SHA-256 is {}, the manifest says {}: it was altered",
+                hex_digest(&digest),
+                hex_digest(&spec.sha256)
+            )));
+        }
+        Ok(part)
+    }
+
+    /// Installs the verified download as a slot, puts it on trial and restarts.
+    async fn switch(
+        &self,
+        state: &mut UpdateState,
+        rollout: u64,
+        release: &str,
+        part: PathBuf,
+    ) -> Next {
+        let bin = self.data_dir.join("bin");
+        let path = bin.join(format!("nexus-agent-{release}"));
+        let installed = install_file(&part, &bin, &path);
+        if let Err(e) = installed {
+            warn!(error = %e, "Cannot install the update; trying again later.");
+            return Next::Rewatch;
+        }
+        if state.base.is_none() && std::env::var(SLOT_ENV).is_err() {
+            state.base = std::env::current_exe().ok();
+        }
+        state.pending = Some(Pending {
+            slot: Slot {
+                version: release.to_owned(),
+                path,
+            },
+            rollout,
+            starts: 0,
+            since: OffsetDateTime::now_utc().unix_timestamp(),
+        });
+        if let Err(e) = state.save(&self.data_dir) {
+            error!(error = %e, "Cannot record the update; not switching.");
+            state.pending = None;
+            return Next::Rewatch;
+        }
+        info!(release, "New agent version installed; restarting into it.");
+        request_restart(&self.restart);
+        Next::Stop
+    }
+}
+
+/// Moves the verified download to its slot: executable, fsynced, the directory too.
+fn install_file(part: &Path, bin: &Path, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(bin)?;
+    std::fs::set_permissions(part, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::File::open(part)?.sync_all()?;
+    std::fs::rename(part, path)?;
+    std::fs::File::open(bin)?.sync_all()
+}
+
+/// `go.{node}` on the tier above, and the state it updates.
+struct Following<'a> {
+    installer: &'a Installer,
+    state: UpdateState,
+}
+
+impl Follower for Following<'_> {
+    type With = ();
+
+    async fn open(&mut self) -> Result<(kv::Watch, ()), String> {
+        let store = bucket(&self.installer.source, false)
+            .await
+            .map_err(|e| format!("no update bucket on the tier above: {e}"))?;
+        let watch = store
+            .watch_with_history(go_key(&self.installer.node_id))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((watch, ()))
+    }
+
+    async fn handle(&mut self, _: &(), entry: kv::Entry) -> Next {
+        // Rewatch (the tier above not ready, a link broken): `follow` backs off first.
+        self.installer.take(&entry.value, &mut self.state).await
+    }
+}
