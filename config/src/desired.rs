@@ -4,6 +4,8 @@
 //! ([`hub_limits`]). The agent applies them before validating the result with the same
 //! [`crate::load`] that `nexus-agent check` runs.
 
+use figment::providers::{Format as _, Toml};
+use figment::value::{Dict, Value};
 use nexus_policies::SubjectPattern;
 
 use crate::{AclPolicy, Config};
@@ -25,9 +27,7 @@ const SECRET_NAMES: &[&str] = &[
 /// rest of the file, comments included, stays as it is; a replaced section takes the place
 /// of its first block. Errors name what does not parse.
 pub fn render(current: &str, patch: Option<&[String]>, toml: &str) -> Result<String, String> {
-    let desired: toml::Table = toml
-        .parse()
-        .map_err(|e| format!("the document's TOML does not parse: {e}"))?;
+    let desired = parse(toml).map_err(|e| format!("the document's TOML does not parse: {e}"))?;
     let Some(sections) = patch else {
         return Ok(toml.to_owned());
     };
@@ -36,9 +36,7 @@ pub fn render(current: &str, patch: Option<&[String]>, toml: &str) -> Result<Str
             "the patch holds section `{extra}`, which it does not name: name it in --keys or remove it"
         ));
     }
-    current
-        .parse::<toml::Table>()
-        .map_err(|e| format!("the current config file does not parse as TOML: {e}"))?;
+    parse(current).map_err(|e| format!("the current config file does not parse as TOML: {e}"))?;
     let incoming = blocks(toml);
     if incoming
         .iter()
@@ -72,9 +70,13 @@ pub fn render(current: &str, patch: Option<&[String]>, toml: &str) -> Result<Str
             }
         }
     }
-    out.parse::<toml::Table>()
-        .map_err(|e| format!("the patched config does not parse as TOML: {e}"))?;
+    parse(&out).map_err(|e| format!("the patched config does not parse as TOML: {e}"))?;
     Ok(out)
+}
+
+/// A TOML text as figment reads config files (the same parser: nothing more is linked).
+fn parse(text: &str) -> Result<Dict, String> {
+    Toml::from_str::<Dict>(text).map_err(|e| e.to_string())
 }
 
 /// Appends a block, on a line of its own.
@@ -127,17 +129,17 @@ fn header_name(line: &str) -> Option<&str> {
 /// URLs, and keys named like secrets. Config files name secret files (`node.key`,
 /// `*_file`); a document must never carry their content.
 pub fn find_secrets(toml: &str) -> Vec<String> {
-    let Ok(table) = toml.parse::<toml::Table>() else {
+    let Ok(table) = parse(toml) else {
         return Vec::new(); // render reports the parse error
     };
     let mut found = Vec::new();
-    walk(&toml::Value::Table(table), String::new(), &mut found);
+    walk(&Value::from(table), String::new(), &mut found);
     found
 }
 
-fn walk(value: &toml::Value, path: String, found: &mut Vec<String>) {
+fn walk(value: &Value, path: String, found: &mut Vec<String>) {
     match value {
-        toml::Value::Table(table) => {
+        Value::Dict(_, table) => {
             for (key, value) in table {
                 let path = if path.is_empty() {
                     key.clone()
@@ -157,12 +159,12 @@ fn walk(value: &toml::Value, path: String, found: &mut Vec<String>) {
                 walk(value, path, found);
             }
         }
-        toml::Value::Array(items) => {
+        Value::Array(_, items) => {
             for (i, item) in items.iter().enumerate() {
                 walk(item, format!("{path}[{i}]"), found);
             }
         }
-        toml::Value::String(text) => {
+        Value::String(_, text) => {
             if text.contains("-----BEGIN") {
                 found.push(format!(
                     "`{path}` holds a PEM block (a key or certificate): name its file instead"
@@ -263,10 +265,14 @@ mod tests {
         let patch = ["heartbeat".to_owned(), "iot".to_owned()];
         let out =
             render(CURRENT, Some(&patch), "[heartbeat]\ninterval = \"1s\"\n").expect("renders");
-        let table: toml::Table = out.parse().expect("parses");
-        assert_eq!(table["heartbeat"]["interval"].as_str(), Some("1s"));
-        assert!(table.get("iot").is_none(), "named but absent: removed");
-        assert_eq!(table["node"]["id"].as_str(), Some("edge-01"));
+        let table = parse(&out).expect("parses");
+        let text = |section: &str, key: &str| match table.get(section) {
+            Some(Value::Dict(_, d)) => d.get(key).and_then(Value::as_str).map(str::to_owned),
+            _ => None,
+        };
+        assert_eq!(text("heartbeat", "interval").as_deref(), Some("1s"));
+        assert!(!table.contains_key("iot"), "named but absent: removed");
+        assert_eq!(text("node", "id").as_deref(), Some("edge-01"));
     }
 
     #[test]

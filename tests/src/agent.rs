@@ -217,3 +217,28 @@ fn scrub_env(cmd: &mut Command) {
         cmd.env_remove(key);
     }
 }
+
+/// Prints the agents' logs when the test fails (what the members, the hub and the root
+/// did is the diagnosis).
+#[derive(Debug)]
+pub struct LogsOnPanic(pub Vec<PathBuf>);
+
+impl Drop for LogsOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for path in &self.0 {
+                let log = std::fs::read_to_string(path).unwrap_or_default();
+                let tail: Vec<&str> = log
+                    .lines()
+                    .rev()
+                    .filter(|l| !l.contains(" DEBUG "))
+                    .take(60)
+                    .collect();
+                eprintln!("==> {} (last 60 lines above DEBUG)", path.display());
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}

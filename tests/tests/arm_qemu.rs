@@ -80,6 +80,131 @@ async fn aarch64_musl_static_member_under_qemu_reports_to_a_native_hub_and_root(
     prove(&AARCH64_MUSL).await;
 }
 
+/// The update path on aarch64 (docs/updates.md): the emulated member downloads a release
+/// from its hub's cache, checks its manifest and SHA-256 and installs it into a slot, byte
+/// for byte. The switch itself `exec`s the new aarch64 binary, which only a kernel with
+/// binfmt for qemu runs: here it fails, and the member goes back to its own binary by
+/// itself and reports the rollback with the cause — the box stays up.
+#[tokio::test(flavor = "multi_thread")]
+async fn aarch64_member_under_qemu_downloads_checks_and_installs_a_release() {
+    let target = &AARCH64;
+    let Some(bin) = std::env::var_os(target.env).filter(|v| !v.is_empty()) else {
+        println!("SKIPPED: ${} is not set (`./dev test` sets it)", target.env);
+        return;
+    };
+    let bin = PathBuf::from(bin);
+    let launcher = launcher(target);
+    let fleet = Fleet::new();
+    let (release_key, release_public) = nexus_e2e::keygen(&fleet.path().join("keys"), "release");
+    let with_key = |toml: String| {
+        toml.replacen(
+            "root_keys = [",
+            &format!("release_keys = [\"{release_public}\"]\nroot_keys = ["),
+            1,
+        )
+    };
+    let beats =
+        nexus_e2e::Seen::watch(&fleet.root_nats, "nexus._core.edge.health.edge-msk-01").await;
+    let dir = fleet.path().to_path_buf();
+    let root =
+        nexus_e2e::AgentProcess::spawn(fleet::ROOT, &with_key(fleet.config(fleet::ROOT, "")), &dir);
+    let _hub =
+        nexus_e2e::AgentProcess::spawn(fleet::HUB, &with_key(fleet.config(fleet::HUB, "")), &dir);
+    let launch = Launch {
+        program: Some(bin.clone()),
+        launcher,
+        env: Vec::new(),
+    };
+    let member = nexus_e2e::AgentProcess::spawn_with(
+        &launch,
+        fleet::MEMBER,
+        &with_key(fleet.config(fleet::MEMBER, "[updates]\ngate = \"30s\"\n")),
+        &dir,
+    );
+    nexus_e2e::wait_until(
+        "the emulated member reports its target",
+        STARTUP,
+        async || {
+            beats
+                .last_payload()
+                .is_some_and(|b| b["update"]["target"] == target.triple)
+        },
+    )
+    .await;
+    let root_config = root.config_path().to_str().expect("utf-8").to_owned();
+    let cli = |args: &[&str]| {
+        let out = Command::new(nexus_e2e::agent_bin())
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    cli(&[
+        "release",
+        "publish",
+        "-c",
+        &root_config,
+        "--key",
+        release_key.to_str().expect("utf-8"),
+        bin.to_str().expect("utf-8"),
+        "--target",
+        target.triple,
+        "--version",
+        "0.9.0",
+    ]);
+    cli(&[
+        "rollout",
+        "start",
+        "-c",
+        &root_config,
+        "--version",
+        "0.9.0",
+        "--to",
+        fleet::MEMBER,
+    ]);
+    let slot = fleet
+        .data_dir(fleet::MEMBER)
+        .join("bin")
+        .join("nexus-agent-0.9.0");
+    let published = std::fs::read(&bin).expect("the binary");
+    nexus_e2e::wait_until(
+        "the release installed in its slot, byte for byte",
+        STARTUP,
+        async || std::fs::read(&slot).is_ok_and(|installed| installed == published),
+    )
+    .await;
+    // It restarts to switch; the exec of the new binary needs binfmt, so the restart (as
+    // systemd would make it) goes back to the member's own binary.
+    nexus_e2e::wait_until("the member stops to switch", STARTUP, async || {
+        !member.is_running()
+    })
+    .await;
+    member.restart();
+    let state_file = fleet.data_dir(fleet::MEMBER).join("update.json");
+    let update = nexus_e2e::wait_until("the member reports the rollback", STARTUP, async || {
+        match beats.last_payload() {
+            Some(b) if b["update"]["state"] == "rolled_back" => Ok(b["update"].clone()),
+            last => Err(format!(
+                "last heartbeat {:?}; update.json {}",
+                last.map(|b| (b["agent_version"].clone(), b["update"].clone())),
+                std::fs::read_to_string(&state_file).unwrap_or_default()
+            )),
+        }
+    })
+    .await;
+    assert_eq!(update["release"], "0.9.0");
+    assert!(
+        update["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("cannot start")),
+        "{update}"
+    );
+}
+
 async fn prove(target: &ArmTarget) {
     let Some(bin) = std::env::var_os(target.env).filter(|v| !v.is_empty()) else {
         println!(

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nexus_e2e::{agent_bin, fleet, keygen, wait_until, AgentProcess, Fleet, Seen};
+use nexus_e2e::{agent_bin, fleet, keygen, wait_until, AgentProcess, Fleet, LogsOnPanic, Seen};
 use nexus_policies::{AgentVersion, ReleaseManifest, ReleaseSpec, SecretKey, UnixTime};
 use serde_json::Value;
 
@@ -115,30 +115,6 @@ impl Supervised {
 impl Drop for Supervised {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Prints the agents' logs when the test fails (what the members, the hub and the root
-/// did is the diagnosis).
-struct LogsOnPanic(Vec<PathBuf>);
-
-impl Drop for LogsOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for path in &self.0 {
-                let log = std::fs::read_to_string(path).unwrap_or_default();
-                let tail: Vec<&str> = log
-                    .lines()
-                    .rev()
-                    .filter(|l| !l.contains(" DEBUG "))
-                    .take(60)
-                    .collect();
-                eprintln!("==> {} (last 60 lines above DEBUG)", path.display());
-                for line in tail.into_iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
     }
 }
 

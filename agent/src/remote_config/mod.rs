@@ -86,20 +86,16 @@ pub fn restart_requested() -> bool {
 /// Replaces this process with a new start of the same binary and arguments (same pid, so
 /// systemd keeps supervising it): the running executable, or (when it was replaced on
 /// disk, e.g. by a package upgrade) the path it was started as. Returns only when both
-/// fail; the caller exits, and systemd's `Restart=` starts it.
+/// fail; the caller exits, and systemd's `Restart=` starts it. The release it runs as
+/// (`crate::update::state::SLOT_ENV`) stays.
 pub fn reexec() -> std::io::Error {
-    use std::os::unix::process::CommandExt as _;
-    let start = |program: &std::ffi::OsStr| {
-        std::process::Command::new(program)
-            .args(std::env::args_os().skip(1))
-            .exec()
-    };
+    let slot = std::env::var(crate::update::state::SLOT_ENV).ok();
     let first = match std::env::current_exe() {
-        Ok(exe) => start(exe.as_os_str()),
+        Ok(exe) => crate::update::state::exec(&exe, slot.as_deref()),
         Err(error) => error,
     };
     match std::env::args_os().next() {
-        Some(argv0) => start(&argv0),
+        Some(argv0) => crate::update::state::exec(std::path::Path::new(&argv0), slot.as_deref()),
         None => first,
     }
 }

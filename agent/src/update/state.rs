@@ -202,15 +202,42 @@ pub fn boot(data_dir: &Path, me: Option<&str>, own: AgentVersion) -> Boot {
 
 /// Replaces this process with `path` (same arguments), `SLOT_ENV` set to `slot` or unset.
 /// Returns only when that fails.
+///
+/// `execve(2)` itself, not `execvp(3)`: on a binary the kernel cannot run (`ENOEXEC`),
+/// `execvp` would hand it to `/bin/sh` as a script, replacing the agent with a shell that
+/// fails; `execve` returns the error and the caller goes on with the binary it has.
 pub fn exec(path: &Path, slot: Option<&str>) -> std::io::Error {
-    use std::os::unix::process::CommandExt as _;
-    let mut command = std::process::Command::new(path);
-    command.args(std::env::args_os().skip(1));
-    match slot {
-        Some(slot) => command.env(SLOT_ENV, slot),
-        None => command.env_remove(SLOT_ENV),
-    };
-    command.exec()
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt as _;
+    let cstring = |bytes: &[u8]| CString::new(bytes).map_err(std::io::Error::other);
+    let prepared = (|| -> std::io::Result<(CString, Vec<CString>, Vec<CString>)> {
+        let program = cstring(path.as_os_str().as_bytes())?;
+        let mut args = vec![program.clone()];
+        for arg in std::env::args_os().skip(1) {
+            args.push(cstring(arg.as_bytes())?);
+        }
+        let mut env = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            if key.as_bytes() == SLOT_ENV.as_bytes() {
+                continue;
+            }
+            let mut pair = key.as_bytes().to_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(value.as_bytes());
+            env.push(cstring(&pair)?);
+        }
+        if let Some(slot) = slot {
+            env.push(cstring(format!("{SLOT_ENV}={slot}").as_bytes())?);
+        }
+        Ok((program, args, env))
+    })();
+    match prepared {
+        Ok((program, args, env)) => match nix::unistd::execve(&program, &args, &env) {
+            Ok(never) => match never {},
+            Err(errno) => std::io::Error::from(errno),
+        },
+        Err(error) => error,
+    }
 }
 
 #[cfg(test)]
