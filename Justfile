@@ -26,6 +26,11 @@ fmt:
 lint:
     ./dev lint
 
+# The agent built again as release 0.9.0 and as a broken 0.9.1, for the update tests
+# (target/update-fixtures/; `just test` does it).
+update-fixtures:
+    ./dev update-fixtures
+
 # Build the fuzz targets and run each for S seconds, default 60 (e.g. `just fuzz 600 envelope`).
 fuzz *ARGS:
     ./dev fuzz {{ARGS}}

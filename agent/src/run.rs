@@ -254,6 +254,15 @@ impl Links {
         })
     }
 
+    /// Every NATS link this node has (what a health gate waits for).
+    fn all(&self) -> Vec<Link> {
+        self.uplink
+            .iter()
+            .chain(self.local.iter())
+            .cloned()
+            .collect()
+    }
+
     /// This node's own NATS, which a hub and a root must have.
     fn local(&self, mode: Mode) -> anyhow::Result<Link> {
         self.local.clone().with_context(|| {
@@ -618,13 +627,7 @@ fn remote_config(node: &Node, started: Instant, report: Report) {
         owns_source,
         key: node.key.clone(),
         own: node.own.clone(),
-        links: node
-            .links
-            .uplink
-            .iter()
-            .chain(node.links.local.iter())
-            .cloned()
-            .collect(),
+        links: node.links.all(),
         faults: node.supervisor.faults().clone(),
         outbox: node.outbox.clone(),
         restart: node.supervisor.shutdown().clone(),
@@ -669,13 +672,7 @@ fn updates(node: &Node, started: Instant, parts: &ModeParts, report: Report) {
             anchors: config.trust.root_keys.clone(),
             release_keys: config.trust.release_keys.clone(),
             gate: config.updates.gate,
-            links: node
-                .links
-                .uplink
-                .iter()
-                .chain(node.links.local.iter())
-                .cloned()
-                .collect(),
+            links: node.links.all(),
             faults: node.supervisor.faults().clone(),
             restart: node.supervisor.shutdown().clone(),
             report,

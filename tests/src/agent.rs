@@ -242,3 +242,12 @@ impl Drop for LogsOnPanic {
         }
     }
 }
+
+/// Runs `nexus-agent ARGS…` (the CLI, stdin closed) and returns what it did.
+pub fn agent_cli(args: &[&str]) -> std::process::Output {
+    Command::new(agent_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run nexus-agent {args:?}: {e}"))
+}

@@ -51,7 +51,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod wait;
 
-pub use agent::{keygen, AgentProcess, Launch, LogsOnPanic};
+pub use agent::{agent_cli, keygen, AgentProcess, Launch, LogsOnPanic};
 pub use bins::{
     agent_bin, mosquitto_bin, mosquitto_client_bin, nats_server_bin, prometheus_bin, INSTALL_HINT,
 };

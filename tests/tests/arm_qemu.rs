@@ -133,14 +133,11 @@ async fn aarch64_member_under_qemu_downloads_checks_and_installs_a_release() {
     .await;
     let root_config = root.config_path().to_str().expect("utf-8").to_owned();
     let cli = |args: &[&str]| {
-        let out = Command::new(nexus_e2e::agent_bin())
-            .args(args)
-            .output()
-            .expect("runs");
+        let out = nexus_e2e::agent_cli(args);
         assert!(
             out.status.success(),
             "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            nexus_e2e::examples::text(&out)
         );
     };
     cli(&[
@@ -185,17 +182,20 @@ async fn aarch64_member_under_qemu_downloads_checks_and_installs_a_release() {
     .await;
     member.restart();
     let state_file = fleet.data_dir(fleet::MEMBER).join("update.json");
-    let update = nexus_e2e::wait_until("the member reports the rollback", STARTUP, async || {
-        match beats.last_payload() {
-            Some(b) if b["update"]["state"] == "rolled_back" => Ok(b["update"].clone()),
-            last => Err(format!(
-                "last heartbeat {:?}; update.json {}",
-                last.map(|b| (b["agent_version"].clone(), b["update"].clone())),
-                std::fs::read_to_string(&state_file).unwrap_or_default()
-            )),
-        }
-    })
-    .await;
+    let update =
+        nexus_e2e::wait_until(
+            "the member reports the rollback",
+            STARTUP,
+            async || match beats.last_payload() {
+                Some(b) if b["update"]["state"] == "rolled_back" => Ok(b["update"].clone()),
+                last => Err(format!(
+                    "last heartbeat {:?}; update.json {}",
+                    last.map(|b| (b["agent_version"].clone(), b["update"].clone())),
+                    std::fs::read_to_string(&state_file).unwrap_or_default()
+                )),
+            },
+        )
+        .await;
     assert_eq!(update["release"], "0.9.0");
     assert!(
         update["cause"]

@@ -12,11 +12,12 @@
 //!   outcomes in `config history`.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
+use nexus_e2e::examples::text;
 use nexus_e2e::landing::read_landed;
-use nexus_e2e::{agent_bin, fleet, wait_until, Fleet, Mosquitto, Seen};
+use nexus_e2e::{agent_cli, fleet, wait_until, Fleet, Mosquitto, Seen};
 use serde_json::Value;
 
 /// Process start-up, connects and stream creation on a loaded 2-core CI box.
@@ -30,24 +31,6 @@ fn iot(broker: &Mosquitto) -> String {
     format!(
         "[iot]\nurl = \"{}\"\nreconnect_max_delay = \"500ms\"\n\n[[iot.sensors]]\ntopic = \"sensors/{{sensor_id}}/{{metric}}\"\n",
         broker.url()
-    )
-}
-
-/// Runs `nexus-agent ARGS…`.
-fn cli(args: &[&str]) -> Output {
-    Command::new(agent_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("nexus-agent runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     )
 }
 
@@ -73,12 +56,12 @@ fn try_push(dir: &Path, config: &Path, node: &str, toml: &str, keys: Option<&str
     if let Some(keys) = keys {
         args.extend(["--keys", keys]);
     }
-    cli(&args)
+    agent_cli(&args)
 }
 
 /// `config status --json` at a tier: its row for `node`.
 fn status(config: &Path, node: &str) -> Option<Value> {
-    let out = cli(&["config", "status", "-c", config.to_str()?, "--json"]);
+    let out = agent_cli(&["config", "status", "-c", config.to_str()?, "--json"]);
     let rows: Value = serde_json::from_slice(&out.stdout).ok()?;
     rows.as_array()?.iter().find(|r| r["node"] == node).cloned()
 }
@@ -217,7 +200,7 @@ async fn root_documents_apply_refuse_and_roll_back_on_a_running_member() {
     })
     .await;
     assert_eq!(row["running_version"], version);
-    let diff = cli(&[
+    let diff = agent_cli(&[
         "config",
         "diff",
         "-c",
@@ -253,7 +236,7 @@ async fn root_documents_apply_refuse_and_roll_back_on_a_running_member() {
         row["running_version"], version,
         "the previous document still runs"
     );
-    let diff = cli(&[
+    let diff = agent_cli(&[
         "config",
         "diff",
         "-c",
@@ -303,7 +286,7 @@ async fn root_documents_apply_refuse_and_roll_back_on_a_running_member() {
         },
     )
     .await;
-    let history = cli(&[
+    let history = agent_cli(&[
         "config",
         "history",
         "-c",
@@ -414,7 +397,7 @@ async fn a_hub_configures_its_member_while_the_root_is_down_and_the_root_learns_
         "the root's history has the hub's documents",
         DEADLINE,
         async || {
-            let out = cli(&[
+            let out = agent_cli(&[
                 "config",
                 "history",
                 "-c",

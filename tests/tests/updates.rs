@@ -10,17 +10,21 @@
 //! - The broken 0.9.1 with `--max-failures 0`: the first member installs it, it exits at
 //!   start three times, the member switches back to 0.9.0 by itself and reports
 //!   `rolled_back`; the hub starts no other member.
-//! - A tampered binary, a manifest for another target and one signed by a key that is not a
-//!   release key (all three put in the hub's cache, as a compromised hub could): refused by
-//!   the member with the reason, in `rollout status` at the root.
+//! - A downgrade the rollout does not allow, a tampered binary, a manifest for another target
+//!   and one signed by a key that is not a release key (the last three put in the hub's
+//!   cache, as a compromised hub could): refused by the member with the reason, in
+//!   `rollout status` at the root.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nexus_e2e::{agent_bin, fleet, keygen, wait_until, AgentProcess, Fleet, LogsOnPanic, Seen};
+use nexus_e2e::examples::text;
+use nexus_e2e::{
+    agent_bin, agent_cli, fleet, keygen, wait_until, AgentProcess, Fleet, LogsOnPanic, Seen,
+};
 use nexus_policies::{AgentVersion, ReleaseManifest, ReleaseSpec, SecretKey, UnixTime};
 use serde_json::Value;
 
@@ -58,25 +62,8 @@ fn fixture(version: &str) -> PathBuf {
     bin
 }
 
-fn cli(args: &[&str]) -> Output {
-    Command::new(agent_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("nexus-agent runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn ok(args: &[&str]) -> String {
-    let out = cli(args);
+    let out = agent_cli(args);
     assert!(out.status.success(), "{args:?}: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -134,7 +121,7 @@ fn beat(seen: &Seen) -> Value {
 
 /// `rollout status --json` at the root: the node's row.
 fn rollout_row(root_config: &str, node: &str) -> Option<Value> {
-    let out = cli(&["rollout", "status", "-c", root_config, "--json"]);
+    let out = agent_cli(&["rollout", "status", "-c", root_config, "--json"]);
     let status: Value = serde_json::from_slice(&out.stdout).ok()?;
     status["nodes"]
         .as_array()?
@@ -314,7 +301,7 @@ async fn releases_roll_out_in_waves_roll_back_by_themselves_and_are_refused_when
         "the killed member resumed its download:\n{}",
         killed.agent.log()
     );
-    let status = cli(&["rollout", "status", "-c", &root_config]);
+    let status = agent_cli(&["rollout", "status", "-c", &root_config]);
     assert_eq!(status.status.code(), Some(0), "{}", text(&status));
     // Heartbeats keep landing from the new version.
     let before = beats1.len();
@@ -426,11 +413,36 @@ async fn releases_roll_out_in_waves_roll_back_by_themselves_and_are_refused_when
     )
     .expect("a key");
     for (version, reason) in [
+        (AgentVersion(0, 5, 0), "would downgrade"),
         (AgentVersion(0, 9, 5), "altered"),
         (AgentVersion(0, 9, 6), "built for aarch64-unknown-linux-gnu"),
         (AgentVersion(0, 9, 7), "not signed by a release key"),
     ] {
         publish(&good, &version.to_string());
+        if version.1 == 5 {
+            // Published as it is, not poisoned: the member refuses before downloading.
+            ok(&[
+                "rollout",
+                "start",
+                "-c",
+                &root_config,
+                "--version",
+                "0.5.0",
+                "--to",
+                spared,
+            ]);
+            let row = wait_until(
+                &format!("{spared} refuses {version}"),
+                DEADLINE,
+                async || rollout_row(&root_config, spared).filter(|r| r["state"] == "refused"),
+            )
+            .await;
+            assert!(
+                row["cause"].as_str().is_some_and(|c| c.contains(reason)),
+                "{reason}: {row}"
+            );
+            continue;
+        }
         let (manifest, stored) = match version.2 {
             5 => {
                 let root_manifest = root_kv

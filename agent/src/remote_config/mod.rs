@@ -52,21 +52,14 @@ pub fn node_of(key: &str) -> Option<&str> {
 
 /// Opens the bucket on `link`, creating it when `create` (a tier's own NATS).
 pub async fn bucket(link: &Link, create: bool) -> Result<kv::Store, async_nats::Error> {
-    let js = link.jetstream();
-    match js.get_key_value(BUCKET).await {
-        Ok(store) => Ok(store),
-        Err(error) if !create => Err(error.into()),
-        Err(_) => Ok(js
-            .create_key_value(kv::Config {
-                bucket: BUCKET.to_owned(),
-                description: "nexus-agent desired-config documents (docs/remote-config.md)"
-                    .to_owned(),
-                history: HISTORY,
-                storage: async_nats::jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await?),
-    }
+    let config = kv::Config {
+        bucket: BUCKET.to_owned(),
+        description: "nexus-agent desired-config documents (docs/remote-config.md)".to_owned(),
+        history: HISTORY,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    };
+    nexus_federation::trust::open_or_create(link, config, create).await
 }
 
 static RESTART: AtomicBool = AtomicBool::new(false);

@@ -79,20 +79,14 @@ pub fn hex_digest(bytes: &[u8; 32]) -> String {
 
 /// Opens the bucket on `link`, creating it when `create` (a tier's own NATS).
 pub async fn bucket(link: &Link, create: bool) -> Result<kv::Store, async_nats::Error> {
-    let js = link.jetstream();
-    match js.get_key_value(BUCKET).await {
-        Ok(store) => Ok(store),
-        Err(error) if !create => Err(error.into()),
-        Err(_) => Ok(js
-            .create_key_value(kv::Config {
-                bucket: BUCKET.to_owned(),
-                description: "nexus-agent release manifests, rollouts, wave starts".to_owned(),
-                history: 1,
-                storage: async_nats::jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await?),
-    }
+    let config = kv::Config {
+        bucket: BUCKET.to_owned(),
+        description: "nexus-agent release manifests, rollouts, wave starts".to_owned(),
+        history: 1,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    };
+    nexus_federation::trust::open_or_create(link, config, create).await
 }
 
 /// Opens the object store on `link`, creating it when `create`.

@@ -9,18 +9,31 @@ use crate::link::Link;
 /// Opens a key-value bucket of the federation on `link`; with `create`, creates it when it
 /// does not exist (only the tier that owns the server does that; the tier below waits).
 pub async fn bucket(link: &Link, name: &str, create: bool) -> Result<kv::Store, async_nats::Error> {
+    open_or_create(
+        link,
+        kv::Config {
+            bucket: name.to_owned(),
+            history: 1,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        },
+        create,
+    )
+    .await
+}
+
+/// Opens the bucket `config.bucket` on `link`; with `create`, creates it as `config` says
+/// when it does not exist.
+pub async fn open_or_create(
+    link: &Link,
+    config: kv::Config,
+    create: bool,
+) -> Result<kv::Store, async_nats::Error> {
     let js = link.jetstream();
-    match js.get_key_value(name).await {
+    match js.get_key_value(&config.bucket).await {
         Ok(store) => Ok(store),
         Err(error) if !create => Err(error.into()),
-        Err(_) => Ok(js
-            .create_key_value(kv::Config {
-                bucket: name.to_owned(),
-                history: 1,
-                storage: async_nats::jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await?),
+        Err(_) => Ok(js.create_key_value(config).await?),
     }
 }
 

@@ -39,7 +39,7 @@ mod registry;
 mod tests;
 
 pub use admission::{Admitted, Gatekeeper};
-pub use bucket::{bucket, ensure_bucket};
+pub use bucket::{bucket, ensure_bucket, open_or_create};
 pub use own_chain::OwnChain;
 pub use registry::{
     watch_registry, KnownChains, CHAIN_IDLE, MAX_KNOWN_CHAINS, PURGE_EXPIRED_AFTER,
