@@ -191,6 +191,7 @@ impl Installer {
             took_secs = took,
             "New agent version applied and healthy."
         );
+        remove_other_slots(&self.data_dir.join("bin"), &pending.slot.path);
         true
     }
 
@@ -471,6 +472,27 @@ impl Installer {
         info!(release, "New agent version installed; restarting into it.");
         request_restart(&self.restart);
         Next::Stop
+    }
+}
+
+/// Removes the releases in `bin` other than `keep` (the active one): a box keeps one
+/// installed release besides the packaged binary, whatever the number of updates.
+fn remove_other_slots(bin: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(bin) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path != keep
+            && entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("nexus-agent-")
+        {
+            if let Err(e) = std::fs::remove_file(&path) {
+                warn!(path = %path.display(), error = %e, "Cannot remove an old release.");
+            }
+        }
     }
 }
 
