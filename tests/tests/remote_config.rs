@@ -59,6 +59,17 @@ fn try_push(dir: &Path, config: &Path, node: &str, toml: &str, keys: Option<&str
     agent_cli(&args)
 }
 
+/// `config VERB -c CONFIG NODE` (diff, history).
+fn config_cli(verb: &str, config: &Path, node: &str) -> Output {
+    agent_cli(&[
+        "config",
+        verb,
+        "-c",
+        config.to_str().expect("utf-8 path"),
+        node,
+    ])
+}
+
 /// `config status --json` at a tier: its row for `node`.
 fn status(config: &Path, node: &str) -> Option<Value> {
     let out = agent_cli(&["config", "status", "-c", config.to_str()?, "--json"]);
@@ -200,13 +211,7 @@ async fn root_documents_apply_refuse_and_roll_back_on_a_running_member() {
     })
     .await;
     assert_eq!(row["running_version"], version);
-    let diff = agent_cli(&[
-        "config",
-        "diff",
-        "-c",
-        root_config.to_str().expect("utf-8"),
-        fleet::MEMBER,
-    ]);
+    let diff = config_cli("diff", &root_config, fleet::MEMBER);
     assert!(
         String::from_utf8_lossy(&diff.stdout).contains("no difference"),
         "{}",
@@ -236,13 +241,7 @@ async fn root_documents_apply_refuse_and_roll_back_on_a_running_member() {
         row["running_version"], version,
         "the previous document still runs"
     );
-    let diff = agent_cli(&[
-        "config",
-        "diff",
-        "-c",
-        root_config.to_str().expect("utf-8"),
-        fleet::MEMBER,
-    ]);
+    let diff = config_cli("diff", &root_config, fleet::MEMBER);
     let shown = String::from_utf8_lossy(&diff.stdout);
     assert!(
         shown.contains(&format!("--- {} runs v{version}", fleet::MEMBER))
@@ -286,13 +285,7 @@ async fn root_documents_apply_refuse_and_roll_back_on_a_running_member() {
         },
     )
     .await;
-    let history = agent_cli(&[
-        "config",
-        "history",
-        "-c",
-        root_config.to_str().expect("utf-8"),
-        fleet::MEMBER,
-    ]);
+    let history = config_cli("history", &root_config, fleet::MEMBER);
     let history = String::from_utf8_lossy(&history.stdout).to_string();
     for expected in [
         format!("v{version} "),

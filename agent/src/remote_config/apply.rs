@@ -20,10 +20,9 @@ use async_nats::jetstream::kv;
 use nexus_config::{desired, Config, ConfigErrors, RemoteAccept};
 use nexus_federation::follow::{follow, Follower, Next};
 use nexus_federation::fsutil::write_atomically;
-use nexus_federation::outbox::Priority;
 use nexus_federation::subsystem::SubsystemError;
 use nexus_federation::trust::OwnChain;
-use nexus_federation::{Encoding, Envelope, Link, Outbox};
+use nexus_federation::{Link, Outbox};
 use nexus_policies::{DesiredConfig, PublicKey, SecretKey};
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
@@ -31,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::state::{self, file_hash, Applied, Files, Pending, State, MAX_ERRORS};
-use super::{bucket, key, request_restart, Report, OUTCOME_EVENT};
+use super::{bucket, key, queue_event, request_restart, Report, OUTCOME_EVENT};
 use crate::supervisor::Faults;
 
 /// How often a trial looks at the node's health.
@@ -369,15 +368,14 @@ impl Applier {
         if !last.errors.is_empty() {
             payload.insert("errors".into(), Value::from(last.errors.clone()));
         }
-        let envelope = Envelope::new(
-            OUTCOME_EVENT,
+        let queued = queue_event(
+            &self.outbox,
+            &self.key,
             &self.config.node.id,
-            None,
+            OUTCOME_EVENT,
             payload,
-            OffsetDateTime::now_utc(),
         );
-        let seal = envelope.into_sealer(Encoding::Json, self.key.clone());
-        if let Err(e) = self.outbox.push_numbered(seal, Priority::Control).await {
+        if let Err(e) = queued.await {
             warn!(error = %e, "Cannot queue the desired-config outcome event.");
         }
     }

@@ -62,6 +62,29 @@ pub async fn bucket(link: &Link, create: bool) -> Result<kv::Store, async_nats::
     nexus_federation::trust::open_or_create(link, config, create).await
 }
 
+/// Signs a system event of this node (`nexus._core.{name}`) and queues it in the outbox
+/// with the control events (audit.config_issued, audit.config_outcome).
+pub async fn queue_event(
+    outbox: &nexus_federation::Outbox,
+    key: &nexus_policies::SecretKey,
+    node_id: &str,
+    name: &str,
+    payload: serde_json::Map<String, Value>,
+) -> Result<(), nexus_federation::OutboxError> {
+    let envelope = nexus_federation::Envelope::new(
+        name,
+        node_id,
+        None,
+        payload,
+        time::OffsetDateTime::now_utc(),
+    );
+    let seal = envelope.into_sealer(nexus_federation::Encoding::Json, key.clone());
+    outbox
+        .push_numbered(seal, nexus_federation::outbox::Priority::Control)
+        .await
+        .map(drop)
+}
+
 static RESTART: AtomicBool = AtomicBool::new(false);
 
 /// Asks the agent to stop as on SIGTERM and then start again with the same command line

@@ -7,17 +7,15 @@ use std::path::PathBuf;
 use async_nats::jetstream::kv;
 use nexus_federation::follow::{follow, Follower, Next};
 use nexus_federation::fsutil::write_atomically;
-use nexus_federation::outbox::Priority;
 use nexus_federation::subsystem::SubsystemError;
-use nexus_federation::{Encoding, Envelope, Link, Outbox};
+use nexus_federation::{Link, Outbox};
 use nexus_policies::{DesiredConfig, PublicKey, SecretKey};
 use serde_json::{json, Map};
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::state::file_hash;
-use super::{bucket, node_of, ISSUED_EVENT};
+use super::{bucket, node_of, queue_event, ISSUED_EVENT};
 
 /// A hub's copy of the root's documents for its members: every document in the root's
 /// bucket that a trust anchor signed, unless the hub's own bucket holds a version as new
@@ -130,16 +128,16 @@ impl Journal {
         );
         payload.insert("toml".into(), json!(spec.toml));
         payload.insert("document_hash".into(), json!(file_hash(bytes)));
-        let envelope = Envelope::new(
-            ISSUED_EVENT,
+        match queue_event(
+            &self.outbox,
+            &self.key,
             &self.node_id,
-            None,
+            ISSUED_EVENT,
             payload,
-            OffsetDateTime::now_utc(),
-        );
-        let seal = envelope.into_sealer(Encoding::Json, self.key.clone());
-        match self.outbox.push_numbered(seal, Priority::Control).await {
-            Ok(_) => true,
+        )
+        .await
+        {
+            Ok(()) => true,
             Err(e) => {
                 warn!(error = %e, "Cannot queue the desired-config announcement; trying again.");
                 false
