@@ -21,6 +21,11 @@ pub const HUB: &str = "hub-msk";
 /// The member's node id.
 pub const MEMBER: &str = "edge-msk-01";
 
+/// The `[health]` of every agent a [`Fleet`] configures: the disk and memory thresholds at
+/// 100 %, so the machine running the tests (a CI disk was seen 91 % full) never makes a
+/// heartbeat `degraded`; the thresholds themselves are tested in agent/src/health.rs.
+pub const HOST_LIMITS: &str = "\n[health]\ndisk_full_pct = 100\nmem_full_pct = 100\n";
+
 /// What the hub's token grants (and so the most a member's token may grant): events, and
 /// commands to any node (`_nexus.cmd.{node}.{command}`).
 pub const HUB_PUBLISH: &[&str] = &["nexus._core.>", "nexus.salon-001.>", "_nexus.cmd.>"];
@@ -236,7 +241,9 @@ impl Fleet {
             .expect("nexus-agent token issue runs")
     }
 
-    /// The TOML of one agent; `extra` is appended (e.g. `[[acl]]` rules).
+    /// The TOML of one agent; `extra` is appended (e.g. `[[acl]]` rules). The test machine's
+    /// own disk and memory are not what a test is about: [`HOST_LIMITS`] keeps a nearly full
+    /// CI disk from turning every heartbeat `degraded`.
     pub fn config(&self, node: &str, extra: &str) -> String {
         let dir = self.path().display();
         let (mode, key, uplink, local, token) = match node {
@@ -270,7 +277,7 @@ impl Fleet {
             toml.push_str(&format!("token = \"{}\"\n", token.display()));
         }
         toml.push_str(&format!(
-            "\n[trust]\nroot_keys = [\"{}\"]\n\n[heartbeat]\ninterval = \"{}ms\"\n\n[log]\nlevel = \"debug\"\n",
+            "\n[trust]\nroot_keys = [\"{}\"]\n\n[heartbeat]\ninterval = \"{}ms\"\n\n[log]\nlevel = \"debug\"\n{HOST_LIMITS}",
             self.root_key.public,
             self.interval.as_millis()
         ));

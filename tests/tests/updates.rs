@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use nexus_e2e::examples::text;
 use nexus_e2e::{
-    agent_bin, agent_cli, fleet, keygen, wait_until, AgentProcess, Fleet, LogsOnPanic, Seen,
+    agent_bin, agent_cli, fleet, keygen, wait_until, AgentProcess, Fleet, LogsOnPanic, Proxy, Seen,
 };
 use nexus_policies::{AgentVersion, ReleaseManifest, ReleaseSpec, SecretKey, UnixTime};
 use serde_json::Value;
@@ -464,4 +464,171 @@ async fn releases_roll_out_in_waves_roll_back_by_themselves_and_are_refused_when
     }
     drop(m1);
     drop(m2);
+}
+
+/// The member's `update.json` (agent/src/update/state.rs), `Null` while it has none.
+fn update_state(fleet: &Fleet) -> Value {
+    std::fs::read(fleet.data_dir(fleet::MEMBER).join("update.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// One member behind a link that can be cut (tests/src/proxy.rs), under a supervisor:
+///
+/// - its link to the hub goes silent in the middle of the download: the download stalls, is
+///   put off, and resumes from its last resume point once the link is back, in the same
+///   process;
+/// - the root's server is stopped once the hub holds the rollout and the release: the hub
+///   carries the rollout on by itself;
+/// - the member is SIGKILLed the moment its trial is recorded (between the install and the
+///   new version's health gate): the supervisor starts the packaged binary, which counts
+///   the start and runs the trial, and the release is applied;
+/// - the root, back, shows the member's outcome in `rollout status`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_outlives_a_link_cut_a_hub_cut_off_from_the_root_and_a_power_cut_before_its_trial(
+) {
+    let good = fixture("0.9.0");
+    let target = target();
+    let mut fleet = Fleet::new();
+    fleet.interval = Duration::from_secs(1);
+    let (release_key, release_public) = keygen(&fleet.path().join("keys"), "release");
+    let dir = fleet.path().to_path_buf();
+    let root = AgentProcess::spawn(
+        fleet::ROOT,
+        &with_release_key(&fleet.config(fleet::ROOT, ""), &release_public),
+        &dir,
+    );
+    let hub = AgentProcess::spawn(
+        fleet::HUB,
+        &with_release_key(&fleet.config(fleet::HUB, ""), &release_public),
+        &dir,
+    );
+    let proxy = Proxy::start(fleet.hub_nats.port()).await;
+    let direct = format!("[uplink]\nurl = \"{}\"\n", fleet.hub_nats.url());
+    let member_toml = with_release_key(
+        &fleet.config(fleet::MEMBER, "[updates]\ngate = \"10s\"\n"),
+        &release_public,
+    );
+    assert!(
+        member_toml.contains(&direct),
+        "the fleet's member config changed"
+    );
+    let member_toml =
+        member_toml.replace(&direct, &format!("[uplink]\nurl = \"{}\"\n", proxy.url()));
+    let member = Supervised::start(AgentProcess::spawn(fleet::MEMBER, &member_toml, &dir));
+    let _logs = LogsOnPanic(vec![
+        member.agent.log_path().to_path_buf(),
+        hub.log_path().to_path_buf(),
+    ]);
+    let root_config = root.config_path().to_str().expect("utf-8").to_owned();
+    wait_until("the member's uplink is up", STARTUP, async || {
+        member
+            .agent
+            .log()
+            .contains("Link connected. link=\"uplink\"")
+    })
+    .await;
+    ok(&[
+        "release",
+        "publish",
+        "-c",
+        &root_config,
+        "--key",
+        release_key.to_str().expect("utf-8"),
+        good.to_str().expect("utf-8"),
+        "--target",
+        &target,
+        "--version",
+        "0.9.0",
+    ]);
+    ok(&[
+        "rollout",
+        "start",
+        "-c",
+        &root_config,
+        "--version",
+        "0.9.0",
+        "--to",
+        fleet::MEMBER,
+    ]);
+
+    // The link goes silent in the middle of the download; the root's server stops.
+    let resume = fleet
+        .data_dir(fleet::MEMBER)
+        .join("downloads")
+        .join(format!("nexus-agent-0.9.0-{target}.resume"));
+    wait_until("the member keeps a resume point", DEADLINE, async || {
+        resume.is_file()
+    })
+    .await;
+    proxy.freeze(true);
+    fleet.root_nats.stop();
+    wait_until("the member puts the download off", DEADLINE, async || {
+        member
+            .agent
+            .log()
+            .contains("Update postponed; trying again.")
+    })
+    .await;
+    assert!(
+        !member.agent.log().contains("Resuming the download."),
+        "nothing resumed before the link came back"
+    );
+    proxy.freeze(false);
+
+    // The moment the trial is recorded: a power cut.
+    wait_until("the member puts 0.9.0 on trial", DEADLINE, async || {
+        update_state(&fleet)["pending"]["slot"]["version"] == "0.9.0"
+    })
+    .await;
+    member.agent.kill();
+    // Killed before the trial passed its gate (which takes a connected uplink first).
+    let at_kill = update_state(&fleet);
+    assert_eq!(at_kill["pending"]["slot"]["version"], "0.9.0", "{at_kill}");
+    let log = member.agent.log();
+    let resumed = log
+        .lines()
+        .find(|l| l.contains("Resuming the download."))
+        .unwrap_or_else(|| panic!("the download resumed after the link cut:\n{log}"));
+    assert!(!resumed.contains(" at=0 "), "{resumed}");
+    assert_eq!(
+        member.restarts.load(Ordering::SeqCst),
+        0,
+        "the download resumed in the process that began it"
+    );
+    let applied = wait_until("the member applies 0.9.0", DEADLINE, async || {
+        let state = update_state(&fleet);
+        (state["last"]["result"] == "applied" && state["active"]["version"] == "0.9.0")
+            .then_some(state)
+    })
+    .await;
+    assert!(applied["pending"].is_null(), "{applied}");
+    assert!(
+        member.restarts.load(Ordering::SeqCst) >= 1,
+        "the supervisor restarted it"
+    );
+    assert!(
+        !fleet.root_nats.is_running(),
+        "the root's server stayed down through the install"
+    );
+    assert!(
+        member
+            .agent
+            .log()
+            .contains("New agent version applied and healthy. version=\"0.9.0\""),
+        "{}",
+        member.agent.log()
+    );
+
+    // The root, back, learns the outcome.
+    fleet.root_nats.restart();
+    let row = wait_until(
+        "rollout status at the root shows it updated",
+        DEADLINE,
+        async || rollout_row(&root_config, fleet::MEMBER).filter(|r| r["state"] == "updated"),
+    )
+    .await;
+    assert_eq!(row["version"], "0.9.0", "{row}");
+    drop(member);
 }

@@ -179,9 +179,7 @@ impl Installer {
                 _ = tokio::time::sleep(TRIAL_TICK) => {}
             }
         }
-        state.pending = None;
-        state.active = Some(pending.slot.clone());
-        state.record(pending.rollout, &pending.slot.version, "applied", None);
+        commit(state, &pending);
         if let Err(e) = state.save(&self.data_dir) {
             warn!(error = %e, "Cannot record the applied update; it is judged again at the next start.");
         }
@@ -455,15 +453,7 @@ impl Installer {
         if state.base.is_none() && std::env::var(SLOT_ENV).is_err() {
             state.base = std::env::current_exe().ok();
         }
-        state.pending = Some(Pending {
-            slot: Slot {
-                version: release.to_owned(),
-                path,
-            },
-            rollout,
-            starts: 0,
-            since: OffsetDateTime::now_utc().unix_timestamp(),
-        });
+        put_on_trial(state, rollout, release, path);
         if let Err(e) = state.save(&self.data_dir) {
             error!(error = %e, "Cannot record the update; not switching.");
             state.pending = None;
@@ -473,6 +463,26 @@ impl Installer {
         request_restart(&self.restart);
         Next::Stop
     }
+}
+
+/// Names the installed `path` as the release on trial (saved by the caller).
+fn put_on_trial(state: &mut UpdateState, rollout: u64, release: &str, path: PathBuf) {
+    state.pending = Some(Pending {
+        slot: Slot {
+            version: release.to_owned(),
+            path,
+        },
+        rollout,
+        starts: 0,
+        since: OffsetDateTime::now_utc().unix_timestamp(),
+    });
+}
+
+/// The trial passed its gate: its release is the active one (saved by the caller).
+fn commit(state: &mut UpdateState, pending: &Pending) {
+    state.pending = None;
+    state.active = Some(pending.slot.clone());
+    state.record(pending.rollout, &pending.slot.version, "applied", None);
 }
 
 /// Removes the releases in `bin` other than `keep` (the active one): a box keeps one
@@ -529,5 +539,109 @@ impl Follower for Following<'_> {
     async fn handle(&mut self, _: &(), entry: kv::Entry) -> Next {
         // Rewatch (the tier above not ready, a link broken): `follow` backs off first.
         self.installer.take(&entry.value, &mut self.state).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::state::{boot, Boot, MAX_TRIAL_STARTS};
+    use super::*;
+    use nexus_policies::AgentVersion;
+
+    /// What a box would run if the power were cut now and the supervisor started the base:
+    /// the content of that binary, after checking it is there.
+    fn boots(data_dir: &Path, base: &Path) -> Vec<u8> {
+        let path = match boot(data_dir, None, AgentVersion(0, 1, 0)) {
+            Boot::Run => base.to_path_buf(),
+            Boot::Exec { path, slot } => {
+                assert!(slot.is_some(), "the base execs a release, not itself");
+                path
+            }
+        };
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{} does not boot: {e}", path.display()))
+    }
+
+    /// One install as the agent does it, with a power cut after each durable write: the
+    /// download in progress, the verified binary moved to its slot, the trial recorded, the
+    /// trial killed before its gate (every start it gets), the commit, the old slot removed.
+    /// After each, the box boots a complete binary: the one before the update until the
+    /// commit (or the trial, while it has starts left), the new one after.
+    fn install_with_power_cuts(
+        dir: &Path,
+        base: &Path,
+        rollout: u64,
+        release: &str,
+        before: &[u8],
+    ) {
+        let new = format!("agent {release}").into_bytes();
+        let downloads = dir.join("downloads");
+        std::fs::create_dir_all(&downloads).expect("downloads");
+        let part = downloads.join(format!("nexus-agent-{release}.part"));
+        // A download cut half-way.
+        std::fs::write(&part, &new[..new.len() / 2]).expect("part");
+        assert_eq!(boots(dir, base), before, "{release}: mid-download");
+        std::fs::write(&part, &new).expect("part");
+        let bin = dir.join("bin");
+        let path = bin.join(format!("nexus-agent-{release}"));
+        install_file(&part, &bin, &path).expect("install");
+        assert_eq!(
+            boots(dir, base),
+            before,
+            "{release}: installed, not on trial"
+        );
+        let mut state = UpdateState::load(dir);
+        put_on_trial(&mut state, rollout, release, path.clone());
+        state.save(dir).expect("save");
+        // Each start of the base during the trial (the trial killed before its gate) runs
+        // the trial, until its starts are used up.
+        for start in 1..=MAX_TRIAL_STARTS {
+            assert_eq!(boots(dir, base), new, "{release}: trial start {start}");
+        }
+        assert_eq!(boots(dir, base), before, "{release}: rolled back");
+        let state = UpdateState::load(dir);
+        let last = state.last.clone().expect("an outcome");
+        assert_eq!(
+            (last.result.as_str(), last.version.as_str()),
+            ("rolled_back", release)
+        );
+        // The same release again (another rollout), this time healthy.
+        let mut state = UpdateState::load(dir);
+        put_on_trial(&mut state, rollout + 1, release, path.clone());
+        state.save(dir).expect("save");
+        assert_eq!(boots(dir, base), new, "{release}: second trial");
+        let mut state = UpdateState::load(dir);
+        let pending = state.pending.clone().expect("on trial");
+        commit(&mut state, &pending);
+        state.save(dir).expect("save");
+        assert_eq!(boots(dir, base), new, "{release}: committed");
+        remove_other_slots(&bin, &path);
+        assert_eq!(boots(dir, base), new, "{release}: old slot removed");
+        // A state file torn by the file system falls back to the base, which always boots.
+        let saved = std::fs::read(dir.join("update.json")).expect("state");
+        std::fs::write(dir.join("update.json"), &saved[..saved.len() / 2]).expect("tear");
+        assert_eq!(boots(dir, base), b"base", "{release}: torn state");
+        std::fs::write(dir.join("update.json"), &saved).expect("restore");
+    }
+
+    #[test]
+    fn a_power_cut_after_any_durable_write_of_an_install_leaves_a_box_that_boots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("nexus-agent");
+        std::fs::write(&base, b"base").expect("base");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("data");
+        let mut state = UpdateState::load(&data);
+        state.base = Some(base.clone());
+        state.save(&data).expect("save");
+        install_with_power_cuts(&data, &base, 10, "0.2.0", b"base");
+        // The next update starts from the installed release, and a failed trial of it
+        // returns to that release, not to the base.
+        install_with_power_cuts(&data, &base, 20, "0.3.0", b"agent 0.2.0");
+        let kept: Vec<_> = std::fs::read_dir(data.join("bin"))
+            .expect("bin")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(kept, ["nexus-agent-0.3.0"], "one installed release is kept");
     }
 }
