@@ -17,11 +17,10 @@
 //!
 //! `--members N` (default 8), `--runs R` (default 3).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nexus_e2e::{agent_bin, fleet, keygen, wait_until, AgentProcess, Fleet, Seen};
+use nexus_e2e::releases::{agent_target, publish_release, start_rollout, update_fixture};
+use nexus_e2e::{fleet, keygen, wait_until, AgentProcess, Fleet, Seen};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -72,45 +71,6 @@ struct Times {
     applied: Vec<Duration>,
     /// When the last member's heartbeat reported it healthy at the root.
     at_root: Duration,
-}
-
-/// The release fixture built by `./dev update-fixtures`.
-fn fixture() -> PathBuf {
-    let bin = agent_bin()
-        .parent()
-        .and_then(Path::parent)
-        .map(|t| t.join("update-fixtures").join("nexus-agent-0.9.0"))
-        .expect("target dir");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run ./dev update-fixtures first",
-        bin.display()
-    );
-    bin
-}
-
-fn cli(args: &[&str]) -> String {
-    let out = Command::new(agent_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("nexus-agent runs");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The target triple the agent names in `--version`.
-fn target() -> String {
-    let version = cli(&["--version"]);
-    version
-        .split_once('(')
-        .and_then(|(_, rest)| rest.split_once(')'))
-        .map(|(triple, _)| triple.to_owned())
-        .unwrap_or_else(|| panic!("no target in {version}"))
 }
 
 async fn one_run(members: usize) -> Times {
@@ -182,7 +142,7 @@ async fn one_run(members: usize) -> Times {
         data_dirs.push(fleet.data_dir(&id));
         agents.push(AgentProcess::spawn(&id, &toml, &dir));
     }
-    let target = target();
+    let target = agent_target();
     wait_until("every member reports to the root", DEADLINE, async || {
         beats.iter().all(|b| {
             b.last_payload()
@@ -191,30 +151,15 @@ async fn one_run(members: usize) -> Times {
     })
     .await;
     let root_config = root.config_path().to_str().expect("utf-8").to_owned();
-    cli(&[
-        "release",
-        "publish",
-        "-c",
+    publish_release(
         &root_config,
-        "--key",
-        release_key.to_str().expect("utf-8"),
-        fixture().to_str().expect("utf-8"),
-        "--target",
+        &release_key,
+        &update_fixture("0.9.0"),
         &target,
-        "--version",
         "0.9.0",
-    ]);
+    );
     let started = Instant::now();
-    cli(&[
-        "rollout",
-        "start",
-        "-c",
-        &root_config,
-        "--version",
-        "0.9.0",
-        "--to",
-        "edge-*",
-    ]);
+    start_rollout(&root_config, "0.9.0", "edge-*");
     let mut applied: Vec<Option<Duration>> = vec![None; members];
     let at_root = wait_until(
         "the site runs 0.9.0, healthy at the root",

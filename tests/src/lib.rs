@@ -49,6 +49,7 @@ pub mod nats;
 mod process;
 pub mod prometheus;
 pub mod proxy;
+pub mod releases;
 pub mod wait;
 
 pub use agent::{agent_cli, keygen, AgentProcess, Launch, LogsOnPanic};

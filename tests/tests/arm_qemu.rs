@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use nexus_e2e::releases::{publish_release, start_rollout};
 use nexus_e2e::{collect_until, fleet, Fleet, Launch};
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
 use nexus_federation::{NatsProvenance as _, SignedEvent};
@@ -146,37 +147,8 @@ async fn aarch64_member_under_qemu_downloads_checks_installs_and_switches_to_a_r
     )
     .await;
     let root_config = root.config_path().to_str().expect("utf-8").to_owned();
-    let cli = |args: &[&str]| {
-        let out = nexus_e2e::agent_cli(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            nexus_e2e::examples::text(&out)
-        );
-    };
-    cli(&[
-        "release",
-        "publish",
-        "-c",
-        &root_config,
-        "--key",
-        release_key.to_str().expect("utf-8"),
-        bin.to_str().expect("utf-8"),
-        "--target",
-        target.triple,
-        "--version",
-        "0.9.0",
-    ]);
-    cli(&[
-        "rollout",
-        "start",
-        "-c",
-        &root_config,
-        "--version",
-        "0.9.0",
-        "--to",
-        fleet::MEMBER,
-    ]);
+    publish_release(&root_config, &release_key, &bin, target.triple, "0.9.0");
+    start_rollout(&root_config, "0.9.0", fleet::MEMBER);
     let slot = fleet
         .data_dir(fleet::MEMBER)
         .join("bin")

@@ -15,15 +15,15 @@
 //!   cache, as a compromised hub could): refused by the member with the reason, in
 //!   `rollout status` at the root.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_e2e::examples::text;
+use nexus_e2e::releases::{agent_target, cli_ok, publish_release, start_rollout, update_fixture};
 use nexus_e2e::{
-    agent_bin, agent_cli, fleet, keygen, wait_until, AgentProcess, Fleet, LogsOnPanic, Proxy, Seen,
+    agent_cli, fleet, keygen, wait_until, AgentProcess, Fleet, LogsOnPanic, Proxy, Seen,
 };
 use nexus_policies::{AgentVersion, ReleaseManifest, ReleaseSpec, SecretKey, UnixTime};
 use serde_json::Value;
@@ -32,42 +32,6 @@ const STARTUP: Duration = Duration::from_secs(30);
 const DEADLINE: Duration = Duration::from_secs(60);
 /// The second member.
 const MEMBER2: &str = "edge-msk-02";
-/// The target triple of the test binaries, as `nexus-agent --version` names it.
-fn target() -> String {
-    let out = Command::new(agent_bin())
-        .arg("--version")
-        .output()
-        .expect("--version");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_once('(')
-        .and_then(|(_, rest)| rest.split_once(')'))
-        .map(|(triple, _)| triple.to_owned())
-        .unwrap_or_else(|| panic!("no target in {text}"))
-}
-
-/// A fixture built by `./dev update-fixtures`.
-fn fixture(version: &str) -> PathBuf {
-    let debug = agent_bin();
-    let dir = debug
-        .parent()
-        .and_then(Path::parent)
-        .map(|t| t.join("update-fixtures"))
-        .expect("target dir");
-    let bin = dir.join(format!("nexus-agent-{version}"));
-    assert!(
-        bin.is_file(),
-        "{} is missing: build the update fixtures first (./dev update-fixtures; ./dev test does it)",
-        bin.display()
-    );
-    bin
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = agent_cli(args);
-    assert!(out.status.success(), "{args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Restarts an agent whenever it exits, like systemd's `Restart=always` (after 200 ms).
 struct Supervised {
     agent: Arc<AgentProcess>,
@@ -133,7 +97,7 @@ fn rollout_row(root_config: &str, node: &str) -> Option<Value> {
 /// Puts a manifest and a binary into the hub's cache, as a compromised hub could.
 async fn poison_hub(fleet: &Fleet, version: AgentVersion, manifest: &[u8], binary: &[u8]) {
     let js = async_nats::jetstream::new(fleet.hub_nats.client().await);
-    let target = target();
+    let target = agent_target();
     let objects = js
         .get_object_store("NEXUS_RELEASES")
         .await
@@ -158,10 +122,10 @@ async fn poison_hub(fleet: &Fleet, version: AgentVersion, manifest: &[u8], binar
 #[tokio::test(flavor = "multi_thread")]
 async fn releases_roll_out_in_waves_roll_back_by_themselves_and_are_refused_when_they_do_not_verify(
 ) {
-    let good = fixture("0.9.0");
-    let target = target();
+    let good = update_fixture("0.9.0");
+    let target = agent_target();
     let target = target.as_str();
-    let bad = fixture("0.9.1");
+    let bad = update_fixture("0.9.1");
     let mut fleet = Fleet::new();
     fleet.interval = Duration::from_secs(1);
     let (release_key, release_public) = keygen(&fleet.path().join("keys"), "release");
@@ -218,7 +182,6 @@ async fn releases_roll_out_in_waves_roll_back_by_themselves_and_are_refused_when
         m2.agent.log_path().to_path_buf(),
         _hub.log_path().to_path_buf(),
     ]);
-    let release_key = release_key.to_str().expect("utf-8").to_owned();
     let _ = &release_public;
     wait_until(
         "both members report their update state",
@@ -233,34 +196,13 @@ async fn releases_roll_out_in_waves_roll_back_by_themselves_and_are_refused_when
 
     // 1. 0.9.0 to both; the first member is killed in the middle of its download.
     let publish = |bin: &Path, version: &str| {
-        ok(&[
-            "release",
-            "publish",
-            "-c",
-            &root_config,
-            "--key",
-            &release_key,
-            bin.to_str().expect("utf-8"),
-            "--target",
-            target,
-            "--version",
-            version,
-        ])
+        publish_release(&root_config, &release_key, bin, target, version)
     };
     publish(&good, "0.9.0");
-    let listed = ok(&["release", "list", "-c", &root_config]);
+    let listed = cli_ok(&["release", "list", "-c", &root_config]);
     assert!(listed.contains(&format!("0.9.0 {target}")), "{listed}");
     let started = Instant::now();
-    ok(&[
-        "rollout",
-        "start",
-        "-c",
-        &root_config,
-        "--version",
-        "0.9.0",
-        "--to",
-        "edge-*",
-    ]);
+    start_rollout(&root_config, "0.9.0", "edge-*");
     let part = fleet
         .data_dir(fleet::MEMBER)
         .join("downloads")
@@ -313,7 +255,7 @@ async fn releases_roll_out_in_waves_roll_back_by_themselves_and_are_refused_when
     // 2. The broken 0.9.1, max failures 0: one member rolls back by itself, the other is
     //    never started.
     publish(&bad, "0.9.1");
-    ok(&[
+    cli_ok(&[
         "rollout",
         "start",
         "-c",
@@ -440,16 +382,7 @@ async fn releases_roll_out_in_waves_roll_back_by_themselves_and_are_refused_when
         if let Some((manifest, stored)) = poison {
             poison_hub(&fleet, version, &manifest, stored).await;
         }
-        ok(&[
-            "rollout",
-            "start",
-            "-c",
-            &root_config,
-            "--version",
-            &version.to_string(),
-            "--to",
-            spared,
-        ]);
+        start_rollout(&root_config, &version.to_string(), spared);
         let row = wait_until(
             &format!("{spared} refuses {version}"),
             DEADLINE,
@@ -488,8 +421,8 @@ fn update_state(fleet: &Fleet) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_update_outlives_a_link_cut_a_hub_cut_off_from_the_root_and_a_power_cut_before_its_trial(
 ) {
-    let good = fixture("0.9.0");
-    let target = target();
+    let good = update_fixture("0.9.0");
+    let target = agent_target();
     let mut fleet = Fleet::new();
     fleet.interval = Duration::from_secs(1);
     let (release_key, release_public) = keygen(&fleet.path().join("keys"), "release");
@@ -529,29 +462,8 @@ async fn an_update_outlives_a_link_cut_a_hub_cut_off_from_the_root_and_a_power_c
             .contains("Link connected. link=\"uplink\"")
     })
     .await;
-    ok(&[
-        "release",
-        "publish",
-        "-c",
-        &root_config,
-        "--key",
-        release_key.to_str().expect("utf-8"),
-        good.to_str().expect("utf-8"),
-        "--target",
-        &target,
-        "--version",
-        "0.9.0",
-    ]);
-    ok(&[
-        "rollout",
-        "start",
-        "-c",
-        &root_config,
-        "--version",
-        "0.9.0",
-        "--to",
-        fleet::MEMBER,
-    ]);
+    publish_release(&root_config, &release_key, &good, &target, "0.9.0");
+    start_rollout(&root_config, "0.9.0", fleet::MEMBER);
 
     // The link goes silent in the middle of the download; the root's server stops.
     let resume = fleet
