@@ -19,9 +19,10 @@
 
 use std::time::{Duration, Instant};
 
-use nexus_e2e::releases::{agent_target, publish_release, start_rollout, update_fixture};
+use nexus_e2e::releases::{
+    agent_target, publish_release, start_rollout, update_fixture, update_state,
+};
 use nexus_e2e::{fleet, keygen, wait_until, AgentProcess, Fleet, Seen};
-use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(180);
 
@@ -166,14 +167,8 @@ async fn one_run(members: usize) -> Times {
         DEADLINE,
         async || {
             for (i, data) in data_dirs.iter().enumerate() {
-                if applied[i].is_none() {
-                    let state: Value = std::fs::read(data.join("update.json"))
-                        .ok()
-                        .and_then(|b| serde_json::from_slice(&b).ok())
-                        .unwrap_or_default();
-                    if state["last"]["result"] == "applied" {
-                        applied[i] = Some(started.elapsed());
-                    }
+                if applied[i].is_none() && update_state(data)["last"]["result"] == "applied" {
+                    applied[i] = Some(started.elapsed());
                 }
             }
             let healthy = beats.iter().all(|b| {

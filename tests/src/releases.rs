@@ -74,6 +74,15 @@ pub fn start_rollout(root_config: &str, version: &str, to: &str) -> String {
     ])
 }
 
+/// A node's `update.json` in its data dir (agent/src/update/state.rs), `Null` while it has
+/// none or while it is being replaced.
+pub fn update_state(data_dir: &Path) -> serde_json::Value {
+    std::fs::read(data_dir.join("update.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 /// Runs the CLI and returns its stdout; panics with its output when it fails.
 pub fn cli_ok(args: &[&str]) -> String {
     let out = agent_cli(args);

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use nexus_e2e::releases::{publish_release, start_rollout};
+use nexus_e2e::releases::{publish_release, start_rollout, update_state};
 use nexus_e2e::{collect_until, fleet, Fleet, Launch};
 use nexus_federation::envelope::MAX_ENVELOPE_BYTES;
 use nexus_federation::{NatsProvenance as _, SignedEvent};
@@ -160,13 +160,8 @@ async fn aarch64_member_under_qemu_downloads_checks_installs_and_switches_to_a_r
         async || std::fs::read(&slot).is_ok_and(|installed| installed == published),
     )
     .await;
-    let state_file = fleet.data_dir(fleet::MEMBER).join("update.json");
-    let state = || -> serde_json::Value {
-        std::fs::read(&state_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    };
+    let member_data = fleet.data_dir(fleet::MEMBER);
+    let state = || update_state(&member_data);
     if binfmt.is_some() {
         // The same process (pid) execs the packaged binary, then the release.
         let applied = nexus_e2e::wait_until("the member applies 0.9.0", STARTUP, async || {

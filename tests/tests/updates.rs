@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_e2e::examples::text;
-use nexus_e2e::releases::{agent_target, cli_ok, publish_release, start_rollout, update_fixture};
+use nexus_e2e::releases::{
+    agent_target, cli_ok, publish_release, start_rollout, update_fixture, update_state,
+};
 use nexus_e2e::{
     agent_cli, fleet, keygen, wait_until, AgentProcess, Fleet, LogsOnPanic, Proxy, Seen,
 };
@@ -399,14 +401,6 @@ async fn releases_roll_out_in_waves_roll_back_by_themselves_and_are_refused_when
     drop(m2);
 }
 
-/// The member's `update.json` (agent/src/update/state.rs), `Null` while it has none.
-fn update_state(fleet: &Fleet) -> Value {
-    std::fs::read(fleet.data_dir(fleet::MEMBER).join("update.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null)
-}
-
 /// One member behind a link that can be cut (tests/src/proxy.rs), under a supervisor:
 ///
 /// - its link to the hub goes silent in the middle of the download: the download stalls, is
@@ -491,12 +485,12 @@ async fn an_update_outlives_a_link_cut_a_hub_cut_off_from_the_root_and_a_power_c
 
     // The moment the trial is recorded: a power cut.
     wait_until("the member puts 0.9.0 on trial", DEADLINE, async || {
-        update_state(&fleet)["pending"]["slot"]["version"] == "0.9.0"
+        update_state(&fleet.data_dir(fleet::MEMBER))["pending"]["slot"]["version"] == "0.9.0"
     })
     .await;
     member.agent.kill();
     // Killed before the trial passed its gate (which takes a connected uplink first).
-    let at_kill = update_state(&fleet);
+    let at_kill = update_state(&fleet.data_dir(fleet::MEMBER));
     assert_eq!(at_kill["pending"]["slot"]["version"], "0.9.0", "{at_kill}");
     let log = member.agent.log();
     let resumed = log
@@ -510,7 +504,7 @@ async fn an_update_outlives_a_link_cut_a_hub_cut_off_from_the_root_and_a_power_c
         "the download resumed in the process that began it"
     );
     let applied = wait_until("the member applies 0.9.0", DEADLINE, async || {
-        let state = update_state(&fleet);
+        let state = update_state(&fleet.data_dir(fleet::MEMBER));
         (state["last"]["result"] == "applied" && state["active"]["version"] == "0.9.0")
             .then_some(state)
     })
