@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::{
     agent_bin, fleet, mosquitto_client_bin, wait_until, AgentProcess, Fleet, Launch, Mosquitto,
-    NatsServer,
+    NatsCluster, NatsServer,
 };
 
 /// How long a step may take on a loaded 2-core machine.
@@ -69,18 +69,52 @@ impl ExampleFleet {
                 NatsServer::start()
             }
         };
-        let fleet = Fleet::with_servers(server(), server(), NatsServer::start());
+        Self::start_on(
+            Fleet::with_servers(server(), server(), NatsServer::start()),
+            &[],
+        )
+        .await
+    }
+
+    /// [`Self::start`] with the root's NATS a JetStream cluster (its servers as `cluster`
+    /// started them; `sync_interval: always` is theirs to set) and every stream and bucket
+    /// of the root at three replicas (`[ingress] replicas` and `[landing] replicas`, as
+    /// docs/deploy-root-cluster.md sets them); the hub's server durable.
+    pub async fn start_with_root_cluster(cluster: &NatsCluster) -> Self {
+        let fleet = Fleet::with_root_cluster(
+            cluster,
+            NatsServer::builder().sync_always().start(),
+            NatsServer::start(),
+        );
+        Self::start_on(
+            fleet,
+            &[
+                ("NEXUS_INGRESS__REPLICAS", "3"),
+                ("NEXUS_LANDING__REPLICAS", "3"),
+            ],
+        )
+        .await
+    }
+
+    /// The three agents on `fleet`'s servers, the root with `root_env` beyond the
+    /// deployer's overrides.
+    async fn start_on(fleet: Fleet, root_env: &[(&str, &str)]) -> Self {
         let broker = Mosquitto::start();
         let spawn = |node: &str, mode: &str| {
             let text = std::fs::read_to_string(example(mode)).expect("the example config");
+            let mut env = overrides(&fleet, &broker, node);
+            if node == fleet::ROOT {
+                env.extend(
+                    root_env
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+                );
+            }
             let launch = Launch {
-                env: overrides(&fleet, &broker, node)
-                    .into_iter()
-                    .map(|(k, v)| (k.into(), v.into()))
-                    .collect(),
+                env: env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
                 ..Launch::default()
             };
-            let exports: String = overrides(&fleet, &broker, node)
+            let exports: String = env
                 .iter()
                 .map(|(k, v)| format!("export {k}='{v}'\n"))
                 .collect();
@@ -200,10 +234,10 @@ pub fn overrides(fleet: &Fleet, broker: &Mosquitto, node: &str) -> Vec<(String, 
         ("NEXUS_TRUST__ROOT_KEYS", fleet.root_key.public.clone()),
     ];
     match node {
-        fleet::ROOT => env.push(("NEXUS_LOCAL__URL", fleet.root_nats.url())),
+        fleet::ROOT => env.push(("NEXUS_LOCAL__URL", fleet.root_url().to_owned())),
         fleet::HUB => env.extend([
             ("NEXUS_NODE__TOKEN", token(fleet, node)),
-            ("NEXUS_UPLINK__URL", fleet.root_nats.url()),
+            ("NEXUS_UPLINK__URL", fleet.root_url().to_owned()),
             ("NEXUS_LOCAL__URL", fleet.hub_nats.url()),
         ]),
         _ => env.extend([

@@ -157,6 +157,12 @@ impl Fleet {
         fleet
     }
 
+    /// The URL(s) of the root's NATS as the root's `[local]` and the hub's `[uplink]` name
+    /// them: every server of a clustered root, comma-separated.
+    pub fn root_url(&self) -> &str {
+        &self.root_url
+    }
+
     /// The fleet's temp dir (configs, logs, keys, tokens, data dirs).
     pub fn path(&self) -> &Path {
         self.dir.path()

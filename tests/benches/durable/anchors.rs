@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::StreamExt as _;
 use nexus_e2e::bench::events;
+use nexus_e2e::NatsCluster;
 use nexus_federation::{subject, SignedEvent};
 use nexus_policies::{keys, PublicKey, Signature};
 use tokio::time::Instant;
@@ -16,18 +17,35 @@ use super::{rate, server, to_ingress, DEADLINE, HOP_BATCH};
 /// The signed events into one file stream with `window` PubAcks in flight; events/s.
 pub async fn raw_publish(events: Arc<Vec<SignedEvent>>, window: usize, durable: bool) -> f64 {
     let server = server(durable);
-    let js = jetstream::new(server.client().await);
+    publish_into(server.client().await, 1, &events, window).await
+}
+
+/// [`raw_publish`] into a stream of three replicas on a three-server cluster
+/// (`sync_interval: always`, as a clustered root runs on).
+pub async fn raw_publish_replicated(events: Arc<Vec<SignedEvent>>, window: usize) -> f64 {
+    let cluster = NatsCluster::start(3);
+    publish_into(cluster.client().await, 3, &events, window).await
+}
+
+async fn publish_into(
+    client: async_nats::Client,
+    replicas: usize,
+    events: &[SignedEvent],
+    window: usize,
+) -> f64 {
+    let js = jetstream::new(client);
     js.create_stream(stream::Config {
         name: "RAW".into(),
         subjects: vec!["nexus.>".into()],
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
     .expect("stream");
     let start = Instant::now();
-    events::publish_window(&js, &events, window, |e| e.subject.clone()).await;
+    events::publish_window(&js, events, window, |e| e.subject.clone()).await;
     rate(events.len(), start.elapsed())
 }
 

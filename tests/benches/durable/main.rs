@@ -12,7 +12,8 @@
 //!
 //! Anchors, measured by the harness in the same run:
 //! - JetStream publish of the signed events into one file stream, W PubAcks in flight
-//!   (W = 1, 64, 1024), at nats-server's defaults and with `sync_interval: always`;
+//!   (W = 1, 64, 1024), at nats-server's defaults and with `sync_interval: always`; and
+//!   W = 64 into a stream of three replicas on a three-server cluster (`always`);
 //! - a plain async-nats hop: a pull consumer on stream IN (server A) publishes each message
 //!   to stream OUT (server B) and acks it after the PubAck, batches of 256; both settings;
 //! - Ed25519 verification on one core: `PublicKey::verify` one by one, and
@@ -26,7 +27,10 @@
 //!   servers durable, then at defaults. The added latency per tier comes from the stored
 //!   times of each event in the hub's `NEXUS_INGRESS`, the root's `NEXUS_INGRESS` and the
 //!   journal, and the envelope's `ts` (created, millisecond precision) → journal. At
-//!   defaults also paced: events signed and sent at 5,000/s.
+//!   defaults also paced: events signed and sent at 5,000/s. Then once more with the
+//!   root's NATS a three-server cluster and the root's streams at three replicas. The
+//!   whole machine's busy cores and CPU per event over each burst (`/proc/stat`) say
+//!   whether a run was short of CPU.
 //! - the hub's verify + forward alone: the hub agent's ingress is created by a first start,
 //!   the agent stopped, N signed events loaded into it, and the agent started again; the
 //!   root side is a plain nats-server with a `NEXUS_INGRESS` stream on `_nexus.ingress.>`
@@ -51,9 +55,9 @@ use nexus_e2e::bench::app as local_app;
 use nexus_e2e::bench::events::{self, between, sign_events, stream_count, wait_count, SUBJECT};
 use nexus_e2e::bench::machine::{replace_block, Setup};
 use nexus_e2e::bench::mqtt;
-use nexus_e2e::bench::stats::{process_cpu, Latency, MachineCpu};
+use nexus_e2e::bench::stats::{process_cpu, CpuUse, Latency, MachineCpu};
 use nexus_e2e::examples::ExampleFleet;
-use nexus_e2e::{fleet, landing, wait_until, AgentProcess, Fleet, NatsServer};
+use nexus_e2e::{fleet, landing, wait_until, AgentProcess, Fleet, NatsCluster, NatsServer};
 use nexus_federation::trust::{key_id, CHAINS_BUCKET, TRUST_BUCKET};
 use nexus_federation::{subject, SignedEvent};
 use rumqttc::QoS;
@@ -79,6 +83,9 @@ const VERIFY_BATCHES: [usize; 2] = [64, 256];
 const HOP_BATCH: usize = 256;
 const APP_IN_FLIGHT: usize = 256;
 const PACED_RATE: u32 = 5_000;
+/// PubAcks in flight of the anchor the durable path is held against (and of its
+/// three-replica twin).
+const ANCHOR_WINDOW: usize = 64;
 const SETUP_DEADLINE: Duration = Duration::from_secs(60);
 const DEADLINE: Duration = Duration::from_secs(300);
 
@@ -285,18 +292,47 @@ async fn tiers(
         .collect()
 }
 
+/// The hub's and the root's nats-servers in a member → hub → root run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Servers {
+    /// nats-server's defaults (PubAck before fsync).
+    Defaults,
+    /// `sync_interval: always`, as config/nats/ ships them.
+    Durable,
+    /// The hub's durable, the root's a three-server cluster (`sync_interval: always`) with
+    /// every stream and bucket at three replicas (docs/deploy-root-cluster.md).
+    Cluster,
+}
+
+impl Servers {
+    /// The key of its figures.
+    fn key(self) -> &'static str {
+        match self {
+            Servers::Defaults => "mhr.false",
+            Servers::Durable => "mhr.true",
+            Servers::Cluster => "mhr.cluster",
+        }
+    }
+}
+
 /// What member → hub → root measured on one fleet.
 #[derive(Debug, Clone, Copy)]
 struct Federation {
     rate: f64,
     tiers: Tiers,
     paced: Option<Tiers>,
+    /// The whole machine's CPU over the burst.
+    cpu: CpuUse,
 }
 
 /// member → hub → root (module doc) on the example fleet: first `paced` events at
 /// [`PACED_RATE`] (if any) on the quiet fleet, then the burst.
-async fn member_hub_root(durable: bool, burst: usize, paced: usize) -> Federation {
-    let site = ExampleFleet::start_with_servers(durable).await;
+async fn member_hub_root(servers: Servers, burst: usize, paced: usize) -> Federation {
+    let cluster = (servers == Servers::Cluster).then(|| NatsCluster::start(3));
+    let site = match &cluster {
+        Some(cluster) => ExampleFleet::start_with_root_cluster(cluster).await,
+        None => ExampleFleet::start_with_servers(servers == Servers::Durable).await,
+    };
     let hub_js = jetstream::new(site.fleet.hub_nats.client().await);
     ready(&site, &hub_js).await;
     let key = events::read_key(&site.fleet.member_key.secret);
@@ -323,6 +359,7 @@ async fn member_hub_root(durable: bool, burst: usize, paced: usize) -> Federatio
     };
     let signed = sign_events(&key, 0..burst);
     let burst_ids: Vec<String> = signed.iter().map(|e| e.event_id.clone()).collect();
+    let machine = MachineCpu::now();
     let start = Instant::now();
     let sender = {
         let js = hub_js.clone();
@@ -332,6 +369,7 @@ async fn member_hub_root(durable: bool, burst: usize, paced: usize) -> Federatio
         })
     };
     let landed = wait_count(&site.root_js, JOURNAL, SUBJECT, base + burst, DEADLINE).await;
+    let cpu = machine.since(burst as u64);
     let acked = sender.await.expect("the uplink");
     eprintln!(
         "    {burst} landed after {:.2} s (the hub's server acked all after {:.2} s)",
@@ -347,6 +385,7 @@ async fn member_hub_root(durable: bool, burst: usize, paced: usize) -> Federatio
         rate,
         tiers: found[0],
         paced: found.get(1).copied(),
+        cpu,
     }
 }
 
@@ -553,6 +592,15 @@ async fn main() -> ExitCode {
                 fig.values.insert(format!("raw.{durable}.{window}"), v);
             }
         }
+        if durable {
+            let events = Arc::new(signed[..sizes.raw].to_vec());
+            let name = format!("JetStream publish, three replicas, W = {ANCHOR_WINDOW}, `always`");
+            let run = anchors::raw_publish_replicated(events, ANCHOR_WINDOW);
+            if let Some(v) = section(&mut fig, &name, run).await {
+                eprintln!("    {v:.0} msg/s");
+                fig.values.insert(format!("raw3.{ANCHOR_WINDOW}"), v);
+            }
+        }
         let events = Arc::new(signed[..sizes.hop].to_vec());
         let name = format!("plain async-nats hop, {}", setting(durable));
         if let Some(v) = section(&mut fig, &name, anchors::hop(events, durable)).await {
@@ -597,17 +645,31 @@ async fn main() -> ExitCode {
         }
     }
 
-    for durable in [true, false] {
-        let (burst, paced) = if durable {
-            (sizes.burst_durable, 0)
-        } else {
-            (sizes.burst_defaults, sizes.paced)
+    for servers in [Servers::Durable, Servers::Defaults, Servers::Cluster] {
+        let (burst, paced, name) = match servers {
+            Servers::Durable => (sizes.burst_durable, 0, "member → hub → root, `always`"),
+            Servers::Defaults => (
+                sizes.burst_defaults,
+                sizes.paced,
+                "member → hub → root, defaults",
+            ),
+            Servers::Cluster => (
+                sizes.burst_durable,
+                0,
+                "member → hub → root on a three-server cluster, `always`",
+            ),
         };
-        let name = format!("member → hub → root, {}", setting(durable));
-        if let Some(f) = section(&mut fig, &name, member_hub_root(durable, burst, paced)).await {
-            eprintln!("    {:.0} events/s; tiers {:?}", f.rate, f.tiers);
-            fig.values.insert(format!("mhr.{durable}"), f.rate);
-            fig.tiers.insert(format!("mhr.{durable}"), f.tiers);
+        if let Some(f) = section(&mut fig, name, member_hub_root(servers, burst, paced)).await {
+            eprintln!(
+                "    {:.0} events/s; machine {:.2} cores busy, {:.0} µs CPU per event; tiers {:?}",
+                f.rate, f.cpu.busy_cores, f.cpu.micros_per_message, f.tiers
+            );
+            let key = servers.key();
+            fig.values.insert(key.into(), f.rate);
+            fig.values.insert(format!("{key}.busy"), f.cpu.busy_cores);
+            fig.values
+                .insert(format!("{key}.cpu"), f.cpu.micros_per_message);
+            fig.tiers.insert(key.into(), f.tiers);
             if let Some(tiers) = f.paced {
                 fig.tiers.insert("paced".into(), tiers);
             }

@@ -7,7 +7,10 @@ use std::time::Duration;
 use nexus_e2e::bench::machine::Setup;
 use nexus_e2e::bench::stats::{ms, Latency};
 
-use super::{Figures, Sizes, Tiers, APP_IN_FLIGHT, HOP_BATCH, PACED_RATE, VERIFY_BATCHES, WINDOWS};
+use super::{
+    Figures, Sizes, Tiers, ANCHOR_WINDOW, APP_IN_FLIGHT, HOP_BATCH, PACED_RATE, VERIFY_BATCHES,
+    WINDOWS,
+};
 
 /// 12345.6 → `12,346`.
 fn thousands(value: f64) -> String {
@@ -100,8 +103,8 @@ pub fn render(
     let _ = writeln!(
         out,
         "- Counts: JetStream publish {} (W = 1: {}), hop {}, verification {}, gateway {} \
-         (`always`: {}); member → hub → root {} (`always`) and {} (defaults) + {} paced; hub \
-         alone {}; MQTT {}; local app {}.\n",
+         (`always`: {}); member → hub → root {} (`always`, and again on a clustered root) and \
+         {} (defaults) + {} paced; hub alone {}; MQTT {}; local app {}.\n",
         thousands(sizes.raw as f64),
         thousands(sizes.raw_w1 as f64),
         thousands(sizes.hop as f64),
@@ -138,6 +141,14 @@ fn anchors(out: &mut String, fig: &Figures) {
                 if window == 1 { "" } else { "s" },
                 settings(durable),
                 figure(fig.get(&format!("raw.{durable}.{window}")))
+            );
+        }
+        if durable {
+            let _ = writeln!(
+                out,
+                "| JetStream publish into a stream of three replicas on a three-server cluster, \
+                 {ANCHOR_WINDOW} PubAcks in flight | `always` | {} msg/s |",
+                figure(fig.get(&format!("raw3.{ANCHOR_WINDOW}")))
             );
         }
         let _ = writeln!(
@@ -200,20 +211,39 @@ fn agent(out: &mut String, fig: &Figures, sizes: &Sizes) {
         } else {
             sizes.burst_defaults
         };
-        let value = fig.get(&format!("mhr.{durable}"));
+        let key = format!("mhr.{durable}");
+        let value = fig.get(&key);
         let anchor = fig.get(&format!("raw.{durable}.64"));
         let _ = writeln!(
             out,
             "| member → hub → root: {} events, the member's uplink played (batches of 256 into \
-             the hub's ingress) | {} | {} | JetStream publish, W = 64: {} | {} | {} |",
+             the hub's ingress){} | {} | {} | JetStream publish, W = 64: {} | {} | {} |",
             thousands(n as f64),
+            machine(fig, &key),
             settings(durable),
             figure(value),
             figure(anchor),
             times(ratio(value, anchor)),
-            tier_cells(fig.tiers.get(&format!("mhr.{durable}")))
+            tier_cells(fig.tiers.get(&key))
         );
     }
+    let value = fig.get("mhr.cluster");
+    let anchor = fig.get("raw.true.64");
+    let replicated = fig.get(&format!("raw3.{ANCHOR_WINDOW}"));
+    let _ = writeln!(
+        out,
+        "| the same, {} events, the root's NATS a three-server cluster, its streams at three \
+         replicas (× the three-replica publish anchor, {}: {}){} | `always` | {} | JetStream \
+         publish, W = 64: {} | {} | {} |",
+        thousands(sizes.burst_durable as f64),
+        figure(replicated),
+        times(ratio(value, replicated)),
+        machine(fig, "mhr.cluster"),
+        figure(value),
+        figure(anchor),
+        times(ratio(value, anchor)),
+        tier_cells(fig.tiers.get("mhr.cluster"))
+    );
     let _ = writeln!(
         out,
         "| the same, {} events signed and sent at {}/s | defaults | {} offered | – | – | {} |",
@@ -275,6 +305,20 @@ fn agent(out: &mut String, fig: &Figures, sizes: &Sizes) {
     );
 }
 
+/// `; the machine: B of C cores busy, U µs of CPU per event` for a run that measured it.
+fn machine(fig: &Figures, key: &str) -> String {
+    match (
+        fig.get(&format!("{key}.busy")),
+        fig.get(&format!("{key}.cpu")),
+    ) {
+        (Some(busy), Some(cpu)) => format!(
+            "; the machine: {busy:.2} of {} cores busy, {cpu:.0} µs of CPU per event",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
+        _ => String::new(),
+    }
+}
+
 /// The hub's events per CPU-second.
 fn per_core(fig: &Figures) -> Option<f64> {
     let cpu = fig.get("hub.cpu").filter(|c| *c > 0.0)?;
@@ -295,6 +339,13 @@ fn targets(out: &mut String, fig: &Figures) {
         "| member → hub → root, durable ≥ 1.0× raw single-stream `always` publish (W = 64) | {} | {} |",
         times(durable),
         status(durable.map(|r| r >= 1.0))
+    );
+    let clustered = ratio(fig.get("mhr.cluster"), fig.get("raw.true.64"));
+    let _ = writeln!(
+        out,
+        "| the same with the root on a three-server cluster (three replicas) | {} | {} |",
+        times(clustered),
+        status(clustered.map(|r| r >= 1.0))
     );
     let defaults = fig.get("mhr.false");
     let _ = writeln!(
