@@ -106,18 +106,35 @@ cross_bin_path() { # cross_bin_path TRIPLE PROFILE
     printf '%s/%s/%s/nexus-agent\n' "${CARGO_TARGET_DIR:-$ROOT/target}" "$1" "$dir"
 }
 
+# What the boxes' binaries leave out: unwind tables. The profiles that build them abort on
+# panic (profile.release, profile.arm-proof; other profiles keep the tables), so nothing
+# unwinds, and a stripped binary's backtrace has no names anyway; the panic message and its
+# file:line stay. It saves ~330 KB (4 %) of the aarch64 binary (docs/benchmarks.md,
+# "Binary"). The flags go to the target only: an explicit --target keeps RUSTFLAGS off
+# build scripts and proc macros. The C flags are the bundled SQLite's.
+CROSS_RUSTFLAGS="-C force-unwind-tables=no"
+CROSS_CFLAGS="-fno-asynchronous-unwind-tables -fno-unwind-tables"
+
 # Builds nexus-agent for TRIPLE with PROFILE (default release); logs go to stderr.
 cross_build_one() { # cross_build_one TRIPLE [PROFILE]
     local triple="$1" profile="${2:-release}" prefix upper
     prefix="$(cross_gcc_prefix "$triple")"
     say "cargo build -p nexus-agent --profile $profile --target $triple"
+    # Only where panics abort: rustc refuses the flag beside panic = "unwind" (e.g. dev).
+    local flags=()
+    case "$profile" in
+        release | arm-proof)
+            flags=("RUSTFLAGS=${RUSTFLAGS:+$RUSTFLAGS }$CROSS_RUSTFLAGS"
+                "CFLAGS_${triple//-/_}=$CROSS_CFLAGS") ;;
+    esac
     if [ -n "$prefix" ]; then
         upper="$(printf '%s' "$triple" | tr 'a-z-' 'A-Z_')"
-        env "CC_${triple//-/_}=$prefix-gcc" "AR_${triple//-/_}=$prefix-ar" \
+        env "${flags[@]}" "CC_${triple//-/_}=$prefix-gcc" "AR_${triple//-/_}=$prefix-ar" \
             "CARGO_TARGET_${upper}_LINKER=$prefix-gcc" \
             cargo build -p nexus-agent --profile "$profile" --target "$triple" "${LOCKED[@]}" >&2
     else
-        cargo zigbuild -p nexus-agent --profile "$profile" --target "$triple" "${LOCKED[@]}" >&2
+        env "${flags[@]}" \
+            cargo zigbuild -p nexus-agent --profile "$profile" --target "$triple" "${LOCKED[@]}" >&2
     fi
     local bin
     bin="$(cross_bin_path "$triple" "$profile")"
