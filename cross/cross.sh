@@ -107,11 +107,11 @@ cross_bin_path() { # cross_bin_path TRIPLE PROFILE
 }
 
 # What the boxes' binaries leave out: unwind tables. The profiles that build them abort on
-# panic (profile.release, profile.arm-proof; other profiles keep the tables), so nothing
-# unwinds, and a stripped binary's backtrace has no names anyway; the panic message and its
-# file:line stay. It saves ~330 KB (4 %) of the aarch64 binary (docs/benchmarks.md,
-# "Binary"). The flags go to the target only: an explicit --target keeps RUSTFLAGS off
-# build scripts and proc macros. The C flags are the bundled SQLite's.
+# panic (profile.release, profile.arm-proof), so nothing unwinds, and a stripped binary's
+# backtrace has no names anyway; the panic message and its file:line stay. It saves ~330 KB
+# (4 %) of the aarch64 binary (docs/benchmarks.md, "Event contract", the binary against its
+# budget). The flags go to the target only: an explicit --target keeps RUSTFLAGS off build
+# scripts and proc macros. The C flags reach the target's C code (the bundled SQLite, ring).
 CROSS_RUSTFLAGS="-C force-unwind-tables=no"
 CROSS_CFLAGS="-fno-asynchronous-unwind-tables -fno-unwind-tables"
 
@@ -120,7 +120,8 @@ cross_build_one() { # cross_build_one TRIPLE [PROFILE]
     local triple="$1" profile="${2:-release}" prefix upper
     prefix="$(cross_gcc_prefix "$triple")"
     say "cargo build -p nexus-agent --profile $profile --target $triple"
-    # Only where panics abort: rustc refuses the flag beside panic = "unwind" (e.g. dev).
+    # Only where panics abort: with panic = "unwind" (dev) the tables of every function
+    # that may unwind stay anyway, and dev builds keep their backtraces.
     local flags=()
     case "$profile" in
         release | arm-proof)

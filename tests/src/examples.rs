@@ -47,6 +47,9 @@ pub struct ExampleFleet {
     pub root_js: jetstream::Context,
     /// A local app's connection to the member's NATS.
     pub app: async_nats::Client,
+    /// What the root runs with beyond the deployer's overrides (a clustered root's
+    /// replicas), for its agent and the CLI alike.
+    root_env: Vec<(String, String)>,
 }
 
 impl ExampleFleet {
@@ -100,16 +103,13 @@ impl ExampleFleet {
     /// deployer's overrides.
     async fn start_on(fleet: Fleet, root_env: &[(&str, &str)]) -> Self {
         let broker = Mosquitto::start();
+        let root_env: Vec<(String, String)> = root_env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let spawn = |node: &str, mode: &str| {
             let text = std::fs::read_to_string(example(mode)).expect("the example config");
-            let mut env = overrides(&fleet, &broker, node);
-            if node == fleet::ROOT {
-                env.extend(
-                    root_env
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-                );
-            }
+            let env = node_env(&fleet, &broker, &root_env, node);
             let launch = Launch {
                 env: env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
                 ..Launch::default()
@@ -149,6 +149,7 @@ impl ExampleFleet {
             member,
             root_js,
             app,
+            root_env,
         }
     }
 
@@ -169,7 +170,7 @@ impl ExampleFleet {
             command.arg("-c").arg(&config).args(rest);
         }
         command
-            .envs(overrides(&self.fleet, &self.broker, node))
+            .envs(node_env(&self.fleet, &self.broker, &self.root_env, node))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .output()
@@ -215,6 +216,21 @@ impl ExampleFleet {
             tail(&self.member.log())
         )
     }
+}
+
+/// A node's environment in an [`ExampleFleet`]: its [`overrides`], and `root_env` for the
+/// root.
+fn node_env(
+    fleet: &Fleet,
+    broker: &Mosquitto,
+    root_env: &[(String, String)],
+    node: &str,
+) -> Vec<(String, String)> {
+    let mut env = overrides(fleet, broker, node);
+    if node == fleet::ROOT {
+        env.extend_from_slice(root_env);
+    }
+    env
 }
 
 /// What a deployer fills in for `node`: its key, token, data_dir, the trust anchor and the

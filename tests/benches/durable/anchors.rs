@@ -7,12 +7,12 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::StreamExt as _;
 use nexus_e2e::bench::events;
-use nexus_e2e::NatsCluster;
+use nexus_e2e::{wait_until, NatsCluster};
 use nexus_federation::{subject, SignedEvent};
 use nexus_policies::{keys, PublicKey, Signature};
 use tokio::time::Instant;
 
-use super::{rate, server, to_ingress, DEADLINE, HOP_BATCH};
+use super::{rate, server, to_ingress, DEADLINE, HOP_BATCH, SETUP_DEADLINE};
 
 /// The signed events into one file stream with `window` PubAcks in flight; events/s.
 pub async fn raw_publish(events: Arc<Vec<SignedEvent>>, window: usize, durable: bool) -> f64 {
@@ -34,16 +34,19 @@ async fn publish_into(
     window: usize,
 ) -> f64 {
     let js = jetstream::new(client);
-    js.create_stream(stream::Config {
+    let config = stream::Config {
         name: "RAW".into(),
         subjects: vec!["nexus.>".into()],
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
         num_replicas: replicas,
         ..Default::default()
+    };
+    // A cluster that has just formed may not place three replicas yet: asked again.
+    wait_until("the stream is created", SETUP_DEADLINE, async || {
+        js.get_or_create_stream(config.clone()).await
     })
-    .await
-    .expect("stream");
+    .await;
     let start = Instant::now();
     events::publish_window(&js, events, window, |e| e.subject.clone()).await;
     rate(events.len(), start.elapsed())

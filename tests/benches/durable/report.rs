@@ -205,6 +205,8 @@ fn agent(out: &mut String, fig: &Figures, sizes: &Sizes) {
         "| path | servers | events/s | anchor | × anchor | hub tier | root tier | created → journal |\n\
          |---|---|---:|---|---:|---:|---:|---:|\n",
     );
+    // The durable fleet, the same on a clustered root, then the fleet at defaults and its
+    // paced run ("the same" is the row above).
     for durable in [true, false] {
         let n = if durable {
             sizes.burst_durable
@@ -226,24 +228,10 @@ fn agent(out: &mut String, fig: &Figures, sizes: &Sizes) {
             times(ratio(value, anchor)),
             tier_cells(fig.tiers.get(&key))
         );
+        if durable {
+            clustered_row(out, fig, sizes);
+        }
     }
-    let value = fig.get("mhr.cluster");
-    let anchor = fig.get("raw.true.64");
-    let replicated = fig.get(&format!("raw3.{ANCHOR_WINDOW}"));
-    let _ = writeln!(
-        out,
-        "| the same, {} events, the root's NATS a three-server cluster, its streams at three \
-         replicas (× the three-replica publish anchor, {}: {}){} | `always` | {} | JetStream \
-         publish, W = 64: {} | {} | {} |",
-        thousands(sizes.burst_durable as f64),
-        figure(replicated),
-        times(ratio(value, replicated)),
-        machine(fig, "mhr.cluster"),
-        figure(value),
-        figure(anchor),
-        times(ratio(value, anchor)),
-        tier_cells(fig.tiers.get("mhr.cluster"))
-    );
     let _ = writeln!(
         out,
         "| the same, {} events signed and sent at {}/s | defaults | {} offered | – | – | {} |",
@@ -302,6 +290,27 @@ fn agent(out: &mut String, fig: &Figures, sizes: &Sizes) {
         figure(app),
         figure(raw),
         times(ratio(app, raw))
+    );
+}
+
+/// member → hub → root with the root on a three-server cluster, beside both anchors.
+fn clustered_row(out: &mut String, fig: &Figures, sizes: &Sizes) {
+    let value = fig.get("mhr.cluster");
+    let anchor = fig.get("raw.true.64");
+    let replicated = fig.get(&format!("raw3.{ANCHOR_WINDOW}"));
+    let _ = writeln!(
+        out,
+        "| the same, {} events, the root's NATS a three-server cluster, its streams at three \
+         replicas (× the three-replica publish anchor, {}: {}){} | `always` | {} | JetStream \
+         publish, W = 64: {} | {} | {} |",
+        thousands(sizes.burst_durable as f64),
+        figure(replicated),
+        times(ratio(value, replicated)),
+        machine(fig, "mhr.cluster"),
+        figure(value),
+        figure(anchor),
+        times(ratio(value, anchor)),
+        tier_cells(fig.tiers.get("mhr.cluster"))
     );
 }
 
