@@ -215,11 +215,11 @@ fn agent(out: &mut String, fig: &Figures, sizes: &Sizes) {
         };
         let key = format!("mhr.{durable}");
         let value = fig.get(&key);
-        let anchor = fig.get(&format!("raw.{durable}.64"));
+        let anchor = raw_anchor(fig, durable);
         let _ = writeln!(
             out,
             "| member → hub → root: {} events, the member's uplink played (batches of 256 into \
-             the hub's ingress){} | {} | {} | JetStream publish, W = 64: {} | {} | {} |",
+             the hub's ingress){} | {} | {} | JetStream publish, W = {ANCHOR_WINDOW}: {} | {} | {} |",
             thousands(n as f64),
             machine(fig, &key),
             settings(durable),
@@ -279,11 +279,11 @@ fn agent(out: &mut String, fig: &Figures, sizes: &Sizes) {
         times(ratio(mqtt, gateway))
     );
     let app = fig.get("app.rate");
-    let raw = fig.get("raw.true.64");
+    let raw = raw_anchor(fig, true);
     let _ = writeln!(
         out,
         "| local app → member (requests, {APP_IN_FLIGHT} in flight, all answered at {}/s) → \
-         hub → root's journal: {} events | `always` | {} | JetStream publish, W = 64: {} | {} | \
+         hub → root's journal: {} events | `always` | {} | JetStream publish, W = {ANCHOR_WINDOW}: {} | {} | \
          – | – | – |\n",
         figure(fig.get("app.answered")),
         thousands(sizes.app as f64),
@@ -296,13 +296,13 @@ fn agent(out: &mut String, fig: &Figures, sizes: &Sizes) {
 /// member → hub → root with the root on a three-server cluster, beside both anchors.
 fn clustered_row(out: &mut String, fig: &Figures, sizes: &Sizes) {
     let value = fig.get("mhr.cluster");
-    let anchor = fig.get("raw.true.64");
+    let anchor = raw_anchor(fig, true);
     let replicated = fig.get(&format!("raw3.{ANCHOR_WINDOW}"));
     let _ = writeln!(
         out,
         "| the same, {} events, the root's NATS a three-server cluster, its streams at three \
          replicas (× the three-replica publish anchor, {}: {}){} | `always` | {} | JetStream \
-         publish, W = 64: {} | {} | {} |",
+         publish, W = {ANCHOR_WINDOW}: {} | {} | {} |",
         thousands(sizes.burst_durable as f64),
         figure(replicated),
         times(ratio(value, replicated)),
@@ -326,6 +326,12 @@ fn machine(fig: &Figures, key: &str) -> String {
         ),
         _ => String::new(),
     }
+}
+
+/// The anchor a path is held against: JetStream publish into one file stream with
+/// [`ANCHOR_WINDOW`] PubAcks in flight, at defaults or `always`.
+fn raw_anchor(fig: &Figures, durable: bool) -> Option<f64> {
+    fig.get(&format!("raw.{durable}.{ANCHOR_WINDOW}"))
 }
 
 /// The hub's events per CPU-second.
@@ -352,7 +358,7 @@ fn targets(out: &mut String, fig: &Figures) {
             "the same with the root on a three-server cluster (three replicas)",
         ),
     ] {
-        let durable = ratio(fig.get(key), fig.get("raw.true.64"));
+        let durable = ratio(fig.get(key), raw_anchor(fig, true));
         let _ = writeln!(
             out,
             "| {target} | {} | {} |",
